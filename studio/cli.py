@@ -1,0 +1,147 @@
+"""python -m studio {data,train,recipes}: the same backend the app uses."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import time
+
+from studio.errors import StudioError
+
+
+def _quiet_libraries() -> None:
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
+
+
+def cmd_data(args) -> int:
+    from studio.data import prepare_dataset
+
+    tokenizer = None
+    if args.model:
+        from studio.models import load_tokenizer
+
+        tokenizer = load_tokenizer(args.model)
+    data = prepare_dataset(args.source, args.format, args.template, config=args.config, split=args.split,
+                           splits=args.splits, seed=args.seed, tokenizer=tokenizer, max_length=args.max_length)
+    summary = data.summary()
+    if args.json:
+        print(json.dumps(summary, ensure_ascii=False))
+        return 0
+    print(f"source:   {summary['source']}")
+    print(f"format:   {data.format.name} ({data.format.label}) → TRL {data.format.kind}")
+    print(f"rows:     {summary['rows']} usable, {summary['dropped']} dropped"
+          + (f" ({', '.join(f'{v} {k}' for k, v in data.dropped.items())})" if data.dropped else ""))
+    print("splits:   " + ", ".join(f"{k} {v}" for k, v in summary["splits"].items()))
+    if data.lengths:
+        print("tokens:   " + ", ".join(f"{k} {v}" for k, v in data.length_stats().items()))
+    print("example:\n" + "\n".join("  " + line for line in summary["example"].splitlines()))
+    return 0
+
+
+def cmd_recipes(args) -> int:
+    from studio.recipes import RECIPES_DIR, load_recipe
+
+    for path in sorted(RECIPES_DIR.glob("*.yaml")):
+        r = load_recipe(path)
+        print(f"{r.name:24} {r.method:6} {r.model.get('model_name_or_path', ''):34} {r.header.get('description', '')}")
+    return 0
+
+
+def cmd_train(args) -> int:
+    from studio.jobs import DONE, start_job
+    from studio.recipes import load_recipe
+
+    if args.resume:
+        job = start_job(None, resume=args.resume)
+    else:
+        if not args.recipe:
+            raise StudioError("train: give a recipe file (or --resume RUN_DIR)")
+        recipe = load_recipe(args.recipe, args.set)
+        job = start_job(recipe, runs_dir=args.runs_dir)
+    print(f"run: {job.run_dir}", file=sys.stderr)
+    bar, shown_logs = None, 0
+    try:
+        from tqdm.auto import tqdm
+
+        while not job.wait(0.25):
+            s = job.snapshot()
+            for line in job.logs[shown_logs:]:
+                (bar.write if bar else print)(line, file=sys.stderr)
+            shown_logs = len(job.logs)
+            if s["total"] and bar is None:
+                bar = tqdm(total=s["total"], initial=s["step"], unit="step", file=sys.stderr, dynamic_ncols=True)
+            if bar is not None:
+                bar.n = s["step"]
+                bar.set_postfix(loss=s["loss"], tok_s=s["tokens_per_s"], refresh=False)
+                bar.refresh()
+    except KeyboardInterrupt:
+        print("\nstopping after this step (a checkpoint will be saved)…", file=sys.stderr)
+        job.request_stop()
+        job.wait()
+    if bar is not None:
+        bar.n = job.step
+        bar.close()
+    for line in job.logs[shown_logs:]:
+        print(line, file=sys.stderr)
+    if job.status == DONE:
+        s = job.summary or {}
+        print(f"done: {s.get('steps')} steps, loss {s.get('first_loss')} → {s.get('final_loss')}, "
+              f"{s.get('tokens_per_s')} tokens/s", file=sys.stderr)
+        for sample in s.get("samples", []):
+            print(f"  {sample['prompt']!r}\n    before: {sample['before']!r}\n    after:  {sample['after']!r}",
+                  file=sys.stderr)
+        print(job.run_dir)
+        return 0
+    if job.status == "cancelled":
+        print(f"cancelled at step {job.step}; resume with: python -m studio train --resume {job.run_dir}",
+              file=sys.stderr)
+        print(job.run_dir)
+        return 130
+    raise StudioError(job.error or f"training ended as {job.status}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m studio", description="LoRA Studio command line")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    d = sub.add_parser("data", help="inspect a data source: format, rows, splits, one example")
+    d.add_argument("source", help="bundled sample name, file (jsonl/json/csv/parquet/txt), folder or Hub id")
+    d.add_argument("--format", help="override the detected format")
+    d.add_argument("--template", help="override the template, e.g. 'Q: {question}\\nA: '")
+    d.add_argument("--config", help="Hub dataset config")
+    d.add_argument("--split", help="Hub dataset split")
+    d.add_argument("--splits", default="80/10/10", help="train/validation/test percentages")
+    d.add_argument("--seed", type=int, default=42)
+    d.add_argument("--model", help="tokenizer for token-length statistics (e.g. embedded/tiny-llama)")
+    d.add_argument("--max-length", type=int, help="drop examples longer than this many tokens (needs --model)")
+    d.add_argument("--json", action="store_true", help="print one JSON object")
+    d.set_defaults(func=cmd_data)
+
+    t = sub.add_parser("train", help="train a recipe (the same Job the app runs)")
+    t.add_argument("recipe", nargs="?", help="recipes/NAME.yaml or a recipe name")
+    t.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a recipe key")
+    t.add_argument("--resume", metavar="RUN_DIR", help="resume a run from its last checkpoint")
+    t.add_argument("--runs-dir", help="where runs go (default: runs/ or $STUDIO_RUNS)")
+    t.set_defaults(func=cmd_train)
+
+    r = sub.add_parser("recipes", help="list the recipes")
+    r.set_defaults(func=cmd_recipes)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    _quiet_libraries()
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except StudioError as e:
+        if getattr(args, "json", False):
+            print(json.dumps({"error": str(e)}))
+        else:
+            print(f"error: {e}", file=sys.stderr)
+        return 2

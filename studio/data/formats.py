@@ -1,0 +1,233 @@
+"""Format detection and rendering onto TRL's standard dataset forms.
+
+Every known layout maps to one of TRL's forms: ``text``, ``prompt``/``completion``,
+``messages`` or ``prompt``/``chosen``/``rejected``. Detection looks at the
+columns; the user can override the format and the template. This module is the
+one place that knows the layouts, and serves the CLI, the UI and the trainers.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass
+from typing import Callable
+
+from studio.data.persona import format_persona, parse_lapdog_question
+from studio.errors import StudioError
+
+ROLES = {"system", "user", "assistant", "tool"}
+SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant",
+                  "chatgpt": "assistant", "bing": "assistant", "model": "assistant", "system": "system", "tool": "tool"}
+
+
+class RowError(ValueError):
+    """A problem with one row; the caller adds the source name and row number."""
+
+
+@dataclass(frozen=True)
+class Format:
+    name: str
+    label: str
+    kind: str  # text | prompt_completion | messages | preference
+    template: str | None  # the default template (text, or the prompt of prompt/completion)
+    render: Callable[[dict, str | None], dict | None]  # None = row has an empty target, drop it
+
+
+def _fill(template: str, row: dict) -> str:
+    values = defaultdict(str, {k: "" if v is None else v for k, v in row.items()})
+    try:
+        return template.format_map(values)
+    except (ValueError, IndexError, AttributeError) as e:
+        raise StudioError(f"template {template!r} is not valid: {e}") from None
+
+
+def _s(row: dict, key: str) -> str:
+    v = row.get(key)
+    return "" if v is None else str(v).strip()
+
+
+def _text(row, template):
+    text = _fill(template, row) if template else _s(row, "text")
+    return {"text": text} if _s(row, "text") and text.strip() else None
+
+
+def _quotes(row, template):
+    if not _s(row, "quote"):
+        return None
+    return {"text": _fill(template or "Quote: {quote}\nAuthor: {author}", row)}
+
+
+def _instruction_prompt(instruction: str, context: str) -> str:
+    prompt = f"### Instruction:\n{instruction}\n\n"
+    if context:
+        prompt += f"### Context:\n{context}\n\n"
+    return prompt + "### Response:\n"
+
+
+def _dolly(row, template):
+    if not _s(row, "response"):
+        return None
+    prompt = _fill(template, row) if template else _instruction_prompt(_s(row, "instruction"), _s(row, "context"))
+    return {"prompt": prompt, "completion": _s(row, "response")}
+
+
+def _alpaca(row, template):
+    if not _s(row, "output"):
+        return None
+    prompt = _fill(template, row) if template else _instruction_prompt(_s(row, "instruction"), _s(row, "input"))
+    return {"prompt": prompt, "completion": _s(row, "output")}
+
+
+def _prompt_completion(row, template):
+    if not _s(row, "completion"):
+        return None
+    prompt = row["prompt"]
+    if isinstance(prompt, list) or isinstance(row["completion"], list):  # conversational prompt/completion
+        return {"prompt": check_messages(prompt), "completion": check_messages(row["completion"])}
+    return {"prompt": _fill(template, row) if template else str(prompt), "completion": str(row["completion"])}
+
+
+def _e2e(row, template):
+    if not _s(row, "ref"):
+        return None
+    return {"prompt": _fill(template or "Data: {mr}\nText: ", row), "completion": _s(row, "ref")}
+
+
+def check_messages(messages, sharegpt: bool = False) -> list[dict]:
+    if not isinstance(messages, list):
+        raise RowError(f"expected a list of messages, got {type(messages).__name__}")
+    out = []
+    for m in messages:
+        if not isinstance(m, dict):
+            raise RowError(f"expected a message object, got {type(m).__name__}")
+        if sharegpt:
+            role, content = str(m.get("from", "")).lower(), m.get("value")
+            if role not in SHAREGPT_ROLES:
+                raise RowError(f'unknown role "{m.get("from")}" (expected human, gpt or system)')
+            role = SHAREGPT_ROLES[role]
+        else:
+            role, content = m.get("role"), m.get("content")
+            if role not in ROLES:
+                raise RowError(f'unknown role "{role}" (expected system, user or assistant)')
+        if isinstance(content, list):  # content blocks: keep the text ones
+            content = "".join(b.get("text", "") for b in content if isinstance(b, dict))
+        out.append({"role": role, "content": "" if content is None else str(content)})
+    return out
+
+
+def _chat(row, template):
+    sharegpt = "messages" not in row
+    messages = check_messages(row.get("messages") if not sharegpt else row.get("conversations"), sharegpt)
+    if not any(m["role"] == "assistant" and m["content"].strip() for m in messages):
+        return None
+    return {"messages": messages}
+
+
+def persona_parts(row: dict) -> tuple[list[str], list[dict], str]:
+    """(persona, history, reply) from either persona layout."""
+    if "question" in row:
+        try:
+            persona, history = parse_lapdog_question(str(row["question"]))
+        except ValueError as e:
+            raise RowError(f"question {e}") from None
+        answers = row.get("answers") or []
+        reply = str(answers[0]).strip() if isinstance(answers, list) and answers else _s(row, "answers")
+        return persona, history, reply
+    return list(row["persona"]), check_messages(row["history"]), _s(row, "reply")
+
+
+def _persona(row, template):
+    persona, history, reply = persona_parts(row)
+    if not reply:
+        return None
+    return {"messages": [{"role": "system", "content": format_persona(persona)}, *history,
+                         {"role": "assistant", "content": reply}]}
+
+
+def _implicit_prompt(chosen: str, rejected: str) -> tuple[str, str, str]:
+    """Split Anthropic-HH style dialogues at the last shared 'Assistant:' turn."""
+    n = 0
+    while n < min(len(chosen), len(rejected)) and chosen[n] == rejected[n]:
+        n += 1
+    cut = chosen.rfind("Assistant:", 0, n)
+    if cut < 0:
+        raise RowError("chosen and rejected share no 'Assistant:' turn to split the prompt at")
+    cut += len("Assistant:")
+    return chosen[:cut], chosen[cut:], rejected[cut:]
+
+
+def _preference(row, template):
+    chosen, rejected = row.get("chosen"), row.get("rejected")
+    if isinstance(chosen, list) or isinstance(rejected, list):
+        chosen, rejected = check_messages(chosen), check_messages(rejected)
+        if "prompt" in row and row["prompt"] is not None:
+            prompt = row["prompt"]
+            prompt = check_messages(prompt) if isinstance(prompt, list) else [{"role": "user", "content": str(prompt)}]
+        else:  # implicit prompt: the shared leading messages
+            k = 0
+            while k < min(len(chosen), len(rejected)) - 1 and chosen[k] == rejected[k]:
+                k += 1
+            prompt, chosen, rejected = chosen[:k], chosen[k:], rejected[k:]
+        if not chosen or not rejected or not any(m["content"].strip() for m in chosen + rejected):
+            return None
+        return {"prompt": prompt, "chosen": chosen, "rejected": rejected}
+    chosen, rejected = "" if chosen is None else str(chosen), "" if rejected is None else str(rejected)
+    if not chosen.strip() or not rejected.strip():
+        return None
+    if "prompt" in row and row["prompt"] is not None:
+        prompt = _fill(template, row) if template else str(row["prompt"])
+    else:
+        prompt, chosen, rejected = _implicit_prompt(chosen, rejected)
+    return {"prompt": prompt, "chosen": chosen, "rejected": rejected}
+
+
+FORMATS: dict[str, Format] = {f.name: f for f in [
+    Format("preference", "Preference pairs (prompt / chosen / rejected)", "preference", None, _preference),
+    Format("chat", "Chat (OpenAI messages or ShareGPT conversations)", "messages", None, _chat),
+    Format("persona", "Persona dialogue (ConvAI2)", "messages", None, _persona),
+    Format("dolly", "Instructions (Dolly: instruction / context / response)", "prompt_completion", None, _dolly),
+    Format("alpaca", "Instructions (Alpaca: instruction / input / output)", "prompt_completion", None, _alpaca),
+    Format("quotes", "Quotes (quote / author)", "text", "Quote: {quote}\nAuthor: {author}", _quotes),
+    Format("e2e", "Data-to-text (E2E: mr / ref)", "prompt_completion", "Data: {mr}\nText: ", _e2e),
+    Format("prompt_completion", "Prompt / completion", "prompt_completion", None, _prompt_completion),
+    Format("text", "Plain text", "text", "{text}", _text),
+]}
+
+# Detection: the first rule whose columns are all present wins.
+_RULES = [
+    ("preference", {"chosen", "rejected"}),
+    ("chat", {"messages"}),
+    ("chat", {"conversations"}),
+    ("persona", {"question", "answers"}),
+    ("persona", {"persona", "history", "reply"}),
+    ("dolly", {"instruction", "response"}),
+    ("alpaca", {"instruction", "output"}),
+    ("quotes", {"quote"}),
+    ("e2e", {"mr", "ref"}),
+    ("prompt_completion", {"prompt", "completion"}),
+    ("text", {"text"}),
+]
+REQUIRED = {name: [cols for n, cols in _RULES if n == name] for name in FORMATS}
+
+
+def detect_format(columns: list[str], name: str = "data") -> Format:
+    cols = set(columns)
+    for fmt, needed in _RULES:
+        if needed <= cols:
+            return FORMATS[fmt]
+    raise StudioError(
+        f"{name}: no column looks like a prompt or text, found [{', '.join(columns)}]; "
+        "expected e.g. text, prompt/completion, instruction/response, messages or chosen/rejected"
+    )
+
+
+def get_format(fmt: str | None, columns: list[str], name: str = "data") -> Format:
+    if not fmt or fmt == "auto":
+        return detect_format(columns, name)
+    if fmt not in FORMATS:
+        raise StudioError(f"unknown format '{fmt}'; choose one of {', '.join(FORMATS)}")
+    options = REQUIRED[fmt]
+    if not any(set(c) <= set(columns) for c in options):
+        want = " or ".join("/".join(sorted(c)) for c in options)
+        raise StudioError(f"{name}: format '{fmt}' needs the columns {want}, found [{', '.join(columns)}]")
+    return FORMATS[fmt]

@@ -1,0 +1,312 @@
+"""Training jobs: one background thread per process, its state, and runs/<run>/events.jsonl.
+
+A `Job` is fed by `JobCallback` (a TrainerCallback) and appends every event to
+``events.jsonl``, so a reloaded page or another process rebuilds the whole
+history with `Job.from_run_dir`. Stopping is a flag checked after each step:
+the trainer then saves a checkpoint and ends, status ``cancelled``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import threading
+import time
+import traceback
+from pathlib import Path
+
+from studio.errors import StudioError
+
+log = logging.getLogger("studio")
+
+QUEUED, RUNNING, STOPPING, DONE, FAILED, CANCELLED = "queued", "running", "stopping", "done", "failed", "cancelled"
+ACTIVE = (QUEUED, RUNNING, STOPPING)
+COMPLETE_MARKER = ".complete"  # written into a checkpoint once the trainer has fully saved it
+METRIC_KEYS = ("loss", "eval_loss", "learning_rate", "grad_norm", "memory_mb")
+
+
+def runs_root(runs_dir: str | os.PathLike | None = None) -> Path:
+    return Path(runs_dir or os.environ.get("STUDIO_RUNS") or "runs").expanduser()
+
+
+class Job:
+    def __init__(self, run_dir: Path, recipe=None, kind: str = "sft"):
+        self.run_dir = Path(run_dir)
+        self.id = self.run_dir.name
+        self.recipe = recipe
+        self.kind = kind
+        self.status = QUEUED
+        self.step = 0
+        self.total = 0
+        self.epoch = 0.0
+        self.tokens = 0
+        self.started_at: float | None = None  # start of this process's part of the run
+        self.start_step = 0  # the step this process started at (a resumed run skips the rest)
+        self.start_tokens = 0
+        self.elapsed_before = 0.0  # seconds spent by earlier processes, for resumed runs
+        self.finished_at: float | None = None
+        self.history: list[dict] = []
+        self.logs: list[str] = []
+        self.error: str | None = None
+        self.summary: dict | None = None
+        self.params: dict | None = None
+        self.stop_event = threading.Event()
+        self.thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+        self._events_path = self.run_dir / "events.jsonl"
+
+    # ---- events -------------------------------------------------------------------------------
+    def emit(self, type: str, **data) -> None:
+        event = {"t": round(time.time(), 3), "type": type, **data}
+        with self._lock:
+            self._apply(event)
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            with open(self._events_path, "a", encoding="utf-8") as f:
+                f.write(json.dumps(event, default=str) + "\n")
+
+    def _apply(self, e: dict) -> None:
+        kind = e["type"]
+        if kind == "status":
+            self.status = e["status"]
+            if e["status"] == RUNNING:
+                self.started_at, self.finished_at = e["t"], None
+                self.start_step = e.get("step", self.step)
+                self.start_tokens = self.tokens
+                self.elapsed_before = e.get("elapsed_before", self.elapsed_before)
+            if e["status"] in (DONE, FAILED, CANCELLED):
+                self.finished_at = e["t"]
+            if e.get("error"):
+                self.error = e["error"]
+        elif kind == "progress":
+            self.step, self.total = e["step"], e.get("total", self.total)
+            self.epoch, self.tokens = e.get("epoch", self.epoch), e.get("tokens", self.tokens)
+        elif kind == "metrics":
+            self.history.append({k: v for k, v in e.items() if k not in ("t", "type")})
+        elif kind == "log":
+            self.logs.append(e["line"])
+        elif kind == "params":
+            self.params = e["params"]
+        elif kind == "summary":
+            self.summary = e["summary"]
+
+    def log(self, line: str) -> None:
+        log.info("[%s] %s", self.id, line)
+        self.emit("log", line=line)
+
+    @classmethod
+    def from_run_dir(cls, run_dir: str | os.PathLike) -> "Job":
+        """Rebuild a job's whole state from its events.jsonl (read-only view)."""
+        job = cls(Path(run_dir))
+        path = job._events_path
+        if not path.exists():
+            raise StudioError(f"{run_dir}: not a run folder (no events.jsonl)")
+        for line in path.read_text("utf-8").splitlines():
+            try:
+                job._apply(json.loads(line))
+            except (json.JSONDecodeError, KeyError):
+                continue  # a line cut short by a crash
+        if job.status in ACTIVE:  # the process that ran it is gone
+            job.status = "interrupted"
+        return job
+
+    # ---- derived progress ---------------------------------------------------------------------
+    @property
+    def active(self) -> bool:
+        return self.status in ACTIVE
+
+    def elapsed(self) -> float:
+        if self.started_at is None:
+            return self.elapsed_before
+        end = self.finished_at or time.time()
+        return self.elapsed_before + max(0.0, end - self.started_at)
+
+    def snapshot(self) -> dict:
+        """Progress in plain numbers, for the CLI bar and the UI."""
+        run_time = (self.finished_at or time.time()) - self.started_at if self.started_at else 0.0
+        steps_done = max(0, self.step - self.start_step)
+        rate = steps_done / run_time if run_time > 0 and steps_done else 0.0
+        eta = (self.total - self.step) / rate if rate and self.active else None
+        tokens_per_s = (self.tokens - self.start_tokens) / run_time if run_time > 0 else 0.0
+        last = {}
+        for row in self.history:
+            last.update({k: v for k, v in row.items() if v is not None})
+        return {
+            "id": self.id, "status": self.status, "step": self.step, "total": self.total,
+            "epoch": round(self.epoch or 0.0, 3), "elapsed": round(self.elapsed(), 1),
+            "eta": None if eta is None else round(eta, 1), "steps_per_s": round(rate, 3),
+            "tokens_per_s": round(tokens_per_s, 1), "loss": last.get("loss"), "eval_loss": last.get("eval_loss"),
+            "error": self.error,
+        }
+
+    def describe(self) -> str:
+        s = self.snapshot()
+        pct = f", {100 * s['step'] / s['total']:.0f}%" if s["total"] else ""
+        return f"{self.id} ({s['status']}, step {s['step']}/{s['total'] or '?'}{pct})"
+
+    def request_stop(self) -> None:
+        if self.active:
+            self.stop_event.set()
+            if self.status == RUNNING:
+                self.emit("status", status=STOPPING)
+
+    def wait(self, timeout: float | None = None) -> bool:
+        if self.thread is not None:
+            self.thread.join(timeout)
+        return not self.active
+
+
+def make_callback(job: Job):
+    """A TrainerCallback that feeds `job` (built lazily: transformers is imported on first use)."""
+    from transformers import TrainerCallback
+
+    class JobCallback(TrainerCallback):
+        def on_train_begin(self, args, state, control, **kwargs):
+            job.emit("progress", step=state.global_step, total=state.max_steps, epoch=state.epoch or 0.0,
+                     tokens=state.num_input_tokens_seen or 0)
+            job.emit("status", status=RUNNING, step=state.global_step)
+
+        def on_step_end(self, args, state, control, **kwargs):
+            job.emit("progress", step=state.global_step, total=state.max_steps, epoch=round(state.epoch or 0, 4),
+                     tokens=state.num_input_tokens_seen or 0)
+            if job.stop_event.is_set():
+                control.should_training_stop = True
+                control.should_save = True  # stop = checkpoint now, resume later
+
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            logs = logs or {}
+            row = {"step": state.global_step, "epoch": round(state.epoch or 0, 4)}
+            for key in ("loss", "eval_loss", "learning_rate", "grad_norm"):
+                if key in logs:
+                    row[key] = float(logs[key])
+            for key, value in logs.items():  # DPO and eval extras: rewards/*, logps/*, eval_*
+                if key not in row and isinstance(value, (int, float)) and key.startswith(("rewards/", "logps/", "eval_")):
+                    row[key] = float(value)
+            if len(row) > 2:
+                row["memory_mb"] = memory_mb()
+                job.emit("metrics", **row)
+
+        def on_save(self, args, state, control, **kwargs):
+            ckpt = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+            if ckpt.is_dir():
+                (ckpt / COMPLETE_MARKER).write_text(str(state.global_step))
+                job.emit("checkpoint", step=state.global_step, path=str(ckpt))
+
+    return JobCallback()
+
+
+def memory_mb() -> float:
+    import torch
+
+    if torch.cuda.is_available():
+        return round(torch.cuda.max_memory_allocated() / 2**20, 1)
+    try:
+        import resource
+
+        return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)  # Linux: KiB
+    except Exception:  # noqa: BLE001
+        return 0.0
+
+
+def last_checkpoint(run_dir: str | os.PathLike) -> Path | None:
+    """The newest checkpoint the trainer finished writing; half-written ones are removed."""
+    folder = Path(run_dir) / "checkpoints"
+    if not folder.is_dir():
+        return None
+    found = []
+    for ckpt in folder.glob("checkpoint-*"):
+        try:
+            step = int(ckpt.name.split("-")[-1])
+        except ValueError:
+            continue
+        if (ckpt / COMPLETE_MARKER).exists():
+            found.append((step, ckpt))
+        else:
+            shutil.rmtree(ckpt, ignore_errors=True)  # a crash mid-save: never resume from it
+    return max(found)[1] if found else None
+
+
+# ---- the registry: one training job at a time per process ---------------------------------------
+_registry_lock = threading.Lock()
+_jobs: dict[str, Job] = {}
+_current: Job | None = None
+
+
+def current_job() -> Job | None:
+    return _current
+
+
+def get_job(job_id: str) -> Job | None:
+    return _jobs.get(job_id)
+
+
+def start_job(recipe, runs_dir=None, resume: str | os.PathLike | None = None, run_name: str | None = None) -> Job:
+    """Start `recipe` in a background thread, or resume the run folder `resume`."""
+    global _current
+    with _registry_lock:
+        if _current is not None and _current.active:
+            raise StudioError(
+                f"a training job is already running: {_current.describe()}; stop it or wait for it to finish"
+            )
+        if resume:
+            run_dir = Path(resume)
+            if not (run_dir / "recipe.yaml").exists():
+                raise StudioError(f"{run_dir}: not a run folder (no recipe.yaml)")
+        else:
+            stamp = time.strftime("%Y%m%d-%H%M%S")
+            base = run_name or f"{recipe.name}-{stamp}"
+            run_dir = runs_root(runs_dir) / base
+            n = 1
+            while run_dir.exists():
+                n += 1
+                run_dir = runs_root(runs_dir) / f"{base}-{n}"
+        job = Job.from_run_dir(run_dir) if resume and (run_dir / "events.jsonl").exists() else Job(run_dir)
+        job.stop_event = threading.Event()
+        if resume:
+            from studio.recipes import load_recipe
+
+            recipe = load_recipe(run_dir / "recipe.yaml")
+            job.elapsed_before = job.elapsed()
+        job.recipe, job.kind = recipe, recipe.method
+        run_dir.mkdir(parents=True, exist_ok=True)
+        if not resume:
+            (run_dir / "recipe.yaml").write_text(recipe.to_yaml(), encoding="utf-8")
+        job.emit("status", status=QUEUED, resume=bool(resume), elapsed_before=job.elapsed_before)
+        job.thread = threading.Thread(target=_run, args=(job, bool(resume)), name=f"train-{job.id}", daemon=True)
+        _jobs[job.id] = job
+        _current = job
+        job.thread.start()
+        return job
+
+
+def _run(job: Job, resume: bool) -> None:
+    from studio.train import run_method
+
+    try:
+        run_method(job, resume=resume)
+    except StudioError as e:
+        job.emit("status", status=FAILED, error=str(e))
+    except Exception as e:  # noqa: BLE001 - the process must stay up
+        import torch
+
+        if isinstance(e, torch.OutOfMemoryError):
+            msg = ("out of memory: lower per_device_train_batch_size or max_length, "
+                   "or turn on gradient_checkpointing or load_in_4bit")
+        else:
+            msg = f"unexpected error: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''} (traceback in {job.run_dir / 'error.log'})"
+        (job.run_dir / "error.log").write_text(traceback.format_exc(), encoding="utf-8")
+        log.exception("job %s failed", job.id)
+        job.emit("status", status=FAILED, error=msg)
+
+
+def list_runs(runs_dir=None) -> list[Job]:
+    """Past and present runs, newest first (live jobs of this process as they are)."""
+    root = runs_root(runs_dir)
+    runs = []
+    if root.is_dir():
+        for d in root.iterdir():
+            if (d / "events.jsonl").exists():
+                live = _jobs.get(d.name)
+                runs.append(live if live is not None and live.run_dir.resolve() == d.resolve() else Job.from_run_dir(d))
+    return sorted(runs, key=lambda j: j.started_at or 0, reverse=True)

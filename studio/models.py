@@ -1,0 +1,152 @@
+"""Base model and tokenizer loading, quantization, LoRA config and the parameter report.
+
+Model settings are TRL's own `ModelConfig` (model_name_or_path, lora_r, load_in_4bit…);
+the LoRA and bitsandbytes configs come from TRL's helpers built on it.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from pathlib import Path
+
+from studio.embedded import CHATML_TEMPLATE, EMBEDDED_MODEL_ID, embedded_model_path
+from studio.errors import StudioError
+
+PRESETS = {
+    EMBEDDED_MODEL_ID: "Embedded tiny Llama: offline, 1 MB, for trying things out",
+    "HuggingFaceTB/SmolLM2-135M-Instruct": "SmolLM2 135M Instruct",
+    "google/gemma-3-270m-it": "Gemma 3 270M instruct (gated)",
+    "gpt2": "GPT-2 124M",
+    "microsoft/DialoGPT-small": "DialoGPT small",
+    "google/gemma-2b": "Gemma 2B (gated)",
+    "meta-llama/Llama-2-7b-hf": "Llama 2 7B (gated)",
+}
+
+
+def hub_reachable(timeout: float = 1.0) -> bool:
+    if os.environ.get("HF_HUB_OFFLINE", "0").lower() in {"1", "true", "yes"}:
+        return False
+    try:
+        with socket.create_connection(("huggingface.co", 443), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def default_model() -> str:
+    """The embedded model when the Hub is out of reach, a small real one otherwise."""
+    return "HuggingFaceTB/SmolLM2-135M-Instruct" if hub_reachable() else EMBEDDED_MODEL_ID
+
+
+def resolve_model_path(name: str) -> str:
+    if not name:
+        raise StudioError("no model given: pick a preset, a Hub id or a local folder")
+    if name in (EMBEDDED_MODEL_ID, "embedded"):
+        return str(embedded_model_path())
+    return os.path.expanduser(name)
+
+
+def _hub_token() -> str | None:
+    return os.environ.get("HF_TOKEN") or None
+
+
+def _load_error(name: str, e: Exception) -> StudioError:
+    from huggingface_hub.errors import GatedRepoError, LocalEntryNotFoundError, RepositoryNotFoundError
+
+    if isinstance(e, GatedRepoError) or "gated" in str(e).lower():
+        return StudioError(
+            f"model {name} is gated: accept its licence at https://huggingface.co/{name} "
+            "and set HF_TOKEN to a token with read access"
+        )
+    if isinstance(e, RepositoryNotFoundError):
+        return StudioError(f"model {name}: not found on the Hub (if it is private, set HF_TOKEN)")
+    text = str(e)
+    if isinstance(e, LocalEntryNotFoundError) or "offline" in text.lower() or "connect" in text.lower():
+        return StudioError(
+            f"model {name}: not in the local cache and the Hub can't be reached; "
+            f"use a local folder or {EMBEDDED_MODEL_ID}"
+        )
+    if Path(name).exists():
+        return StudioError(f"model {name}: the folder is not a loadable model ({text.splitlines()[0] if text else e})")
+    return StudioError(f"model {name}: could not load ({text.splitlines()[0] if text else type(e).__name__})")
+
+
+def load_tokenizer(name: str):
+    """Tokenizer with the fixes training needs: a pad token and a chat template."""
+    from transformers import AutoTokenizer
+
+    try:
+        tok = AutoTokenizer.from_pretrained(resolve_model_path(name), token=_hub_token())
+    except Exception as e:  # noqa: BLE001 - every loading failure becomes one clear line
+        raise _load_error(name, e) from None
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token if tok.eos_token is not None else tok.unk_token
+    if not getattr(tok, "chat_template", None):
+        tok.chat_template = CHATML_TEMPLATE
+    return tok
+
+
+def pick_dtype():
+    """bf16 where supported, fp16 on older GPUs (T4), fp32 on CPU."""
+    import torch
+
+    if torch.cuda.is_available():
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.float32
+
+
+def load_model(model_args, gradient_checkpointing: bool = False):
+    """A causal LM from a TRL `ModelConfig`: dtype auto, optional 4-/8-bit through bitsandbytes."""
+    import torch
+    from transformers import AutoModelForCausalLM
+    from trl import get_quantization_config
+
+    name = model_args.model_name_or_path
+    quant = None
+    if model_args.load_in_4bit or model_args.load_in_8bit:
+        try:
+            import bitsandbytes  # noqa: F401
+        except Exception as e:  # noqa: BLE001
+            raise StudioError(
+                f"4-/8-bit loading needs bitsandbytes, which can't run here ({e}); "
+                "set load_in_4bit: false and load_in_8bit: false"
+            ) from None
+        quant = get_quantization_config(model_args)
+    dtype = model_args.dtype
+    if dtype in (None, "auto"):
+        dtype = pick_dtype()
+    elif isinstance(dtype, str):
+        dtype = getattr(torch, dtype)
+    kwargs = dict(dtype=dtype, token=_hub_token(), quantization_config=quant)
+    if model_args.attn_implementation:
+        kwargs["attn_implementation"] = model_args.attn_implementation
+    if quant is not None and torch.cuda.is_available():
+        kwargs["device_map"] = {"": torch.cuda.current_device()}
+    try:
+        model = AutoModelForCausalLM.from_pretrained(resolve_model_path(name), **kwargs)
+    except StudioError:
+        raise
+    except Exception as e:  # noqa: BLE001
+        if quant is not None and "bitsandbytes" in str(e).lower():
+            raise StudioError(
+                f"4-/8-bit loading failed in bitsandbytes ({str(e).splitlines()[0]}); turn off load_in_4bit"
+            ) from None
+        raise _load_error(name, e) from None
+    if gradient_checkpointing:
+        model.config.use_cache = False
+    return model
+
+
+def parameter_report(model) -> dict:
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    total = sum(p.numel() for p in model.parameters())
+    return {"trainable": trainable, "total": total, "percent": round(100 * trainable / max(total, 1), 4)}
+
+
+def format_parameter_report(report: dict) -> str:
+    return f"trainable params: {report['trainable']:,} || all params: {report['total']:,} || trainable%: {report['percent']:.4f}"
+
+
+def folder_size(path) -> int:
+    return sum(f.stat().st_size for f in Path(path).rglob("*") if f.is_file())

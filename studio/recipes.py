@@ -1,0 +1,242 @@
+"""Recipes: YAML keyed by TRL's own field names, plus a small header of ours.
+
+A recipe is three groups of keys in one flat file, as in the alignment-handbook:
+  header   name, description, source_notebook, method, dataset, eval_prompts, export, studio
+  model    TRL `ModelConfig` fields (model_name_or_path, lora_r, load_in_4bit, …)
+  train    the method's TRL config fields (`SFTConfig`, `DPOConfig`: learning_rate, max_steps, …)
+Validation builds the real TRL dataclasses, so a misspelt or removed key fails loudly.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import re
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from studio.errors import StudioError
+
+RECIPES_DIR = Path(__file__).resolve().parent.parent / "recipes"
+HEADER_KEYS = ["name", "description", "source_notebook", "method", "dataset", "eval_prompts", "export", "studio"]
+DATASET_KEYS = {"source", "format", "template", "config", "split", "splits", "max_length", "max_rows"}
+STUDIO_KEYS = {"auto_batch", "max_micro_batch", "sample_max_new_tokens"}
+EXPORT_KEYS = {"hub_model_id", "private", "merge"}
+METHODS = ("sft", "dpo", "lapdog")
+_SECRET = re.compile(r"^hf_[A-Za-z0-9]{16,}$")
+
+
+def _config_class(method: str):
+    import trl
+
+    return trl.DPOConfig if method == "dpo" else trl.SFTConfig
+
+
+def _fields(cls) -> dict[str, dataclasses.Field]:
+    return {f.name: f for f in dataclasses.fields(cls)}
+
+
+def _suggest(key: str, options) -> str:
+    close = difflib.get_close_matches(key, list(options), n=1, cutoff=0.75)
+    return f" (did you mean '{close[0]}'?)" if close else ""
+
+
+def _coerce(value, f: dataclasses.Field, where: str):
+    """YAML reads `2e-4` as a string and --set gives strings: convert to the field's type."""
+    hint = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", str(f.type))
+    if not isinstance(value, str):
+        if "float" in hint and isinstance(value, int) and not isinstance(value, bool):
+            return float(value)
+        return value
+    try:
+        if re.match(r"^(float|Optional\[float\]|float \| None)", hint):
+            return float(value)
+        if re.match(r"^(int|Optional\[int\]|int \| None)", hint):
+            return int(value)
+        if hint.startswith("bool"):
+            if value.lower() in {"true", "yes", "1"}:
+                return True
+            if value.lower() in {"false", "no", "0"}:
+                return False
+            raise ValueError(value)
+    except ValueError:
+        raise StudioError(f"{where}: '{f.name}' must be {hint.split(' ')[0]}, got {value!r}") from None
+    return value
+
+
+@dataclass
+class Recipe:
+    header: dict = field(default_factory=dict)
+    model: dict = field(default_factory=dict)
+    train: dict = field(default_factory=dict)
+    path: str | None = None
+
+    @property
+    def name(self) -> str:
+        return self.header.get("name") or (Path(self.path).stem if self.path else "run")
+
+    @property
+    def method(self) -> str:
+        return self.header.get("method", "sft")
+
+    @property
+    def dataset(self) -> dict:
+        return self.header.get("dataset") or {}
+
+    @property
+    def studio(self) -> dict:
+        return self.header.get("studio") or {}
+
+    def to_dict(self) -> dict:
+        out = {k: self.header[k] for k in HEADER_KEYS if k in self.header}
+        out.update(self.model)
+        out.update({k: v for k, v in self.train.items() if k not in ("output_dir", "hub_token")})
+        return out
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(scrub(self.to_dict()), sort_keys=False, allow_unicode=True, width=100)
+
+    def model_config(self):
+        from trl import ModelConfig
+
+        return ModelConfig(**self.model)
+
+    def training_config(self, output_dir: str, adapt: bool = True):
+        """The method's TRL config; with `adapt`, settings this machine can't run are switched off."""
+        values = dict(self.train)
+        notes = adapt_to_hardware(values) if adapt else []
+        cls = _config_class(self.method)
+        try:
+            return cls(output_dir=str(output_dir), **values), notes
+        except (ValueError, TypeError) as e:
+            where = self.path or self.name
+            raise StudioError(f"{where}: invalid training settings ({str(e).splitlines()[0]})") from None
+
+    def set(self, key: str, value) -> None:
+        """Set one key (dotted for header groups: dataset.source); validated like the file."""
+        head, _, sub = key.partition(".")
+        if sub:
+            if head not in ("dataset", "export", "studio"):
+                raise StudioError(f"--set {key}: only dataset.*, export.* and studio.* take dotted keys")
+            self.header.setdefault(head, {})
+            self.header[head][sub] = value
+        else:
+            data = self.to_dict()
+            data[key] = value
+            fresh = recipe_from_dict(data, self.path or "--set")
+            self.header, self.model, self.train = fresh.header, fresh.model, fresh.train
+        validate(self)
+
+
+def scrub(data):
+    """Drop secrets: no token ever reaches a recipe file."""
+    if isinstance(data, dict):
+        return {k: scrub(v) for k, v in data.items() if k != "hub_token" and not (isinstance(v, str) and _SECRET.match(v))}
+    if isinstance(data, list):
+        return [scrub(v) for v in data]
+    return data
+
+
+def recipe_from_dict(data: dict, where: str = "recipe") -> Recipe:
+    from trl import ModelConfig
+
+    if not isinstance(data, dict):
+        raise StudioError(f"{where}: expected a mapping of keys to values")
+    method = data.get("method", "sft")
+    if method not in METHODS:
+        raise StudioError(f"{where}: unknown method '{method}'; choose one of {', '.join(METHODS)}")
+    model_fields, train_fields = _fields(ModelConfig), _fields(_config_class(method))
+    recipe = Recipe(path=where if where.endswith((".yaml", ".yml")) else None)
+    for key, value in data.items():
+        if key in HEADER_KEYS:
+            recipe.header[key] = value
+        elif key in model_fields:
+            recipe.model[key] = _coerce(value, model_fields[key], where)
+        elif key in train_fields:
+            if key == "output_dir":
+                continue  # the studio owns the run folder
+            recipe.train[key] = _coerce(value, train_fields[key], where)
+        else:
+            options = [*HEADER_KEYS, *model_fields, *train_fields]
+            raise StudioError(f"{where}: unknown key '{key}'{_suggest(key, options)}")
+    return recipe
+
+
+def validate(recipe: Recipe) -> Recipe:
+    where = recipe.path or recipe.name
+    for group, allowed in (("dataset", DATASET_KEYS), ("studio", STUDIO_KEYS), ("export", EXPORT_KEYS)):
+        block = recipe.header.get(group) or {}
+        if not isinstance(block, dict):
+            raise StudioError(f"{where}: '{group}' must be a mapping")
+        for key in block:
+            if key not in allowed:
+                raise StudioError(f"{where}: unknown key '{group}.{key}'{_suggest(key, allowed)}")
+    if not recipe.dataset.get("source"):
+        raise StudioError(f"{where}: dataset.source is missing (a bundled sample, a file or a Hub id)")
+    if not recipe.model.get("model_name_or_path"):
+        raise StudioError(f"{where}: model_name_or_path is missing")
+    prompts = recipe.header.get("eval_prompts", [])
+    if not isinstance(prompts, list) or not all(isinstance(p, str) for p in prompts):
+        raise StudioError(f"{where}: eval_prompts must be a list of strings")
+    try:
+        recipe.model_config()
+    except (ValueError, TypeError) as e:
+        raise StudioError(f"{where}: invalid model settings ({str(e).splitlines()[0]})") from None
+    with tempfile.TemporaryDirectory() as tmp:
+        recipe.training_config(tmp)
+    return recipe
+
+
+def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
+    path = Path(path)
+    if not path.exists() and not path.suffix:
+        path = RECIPES_DIR / f"{path}.yaml"  # a bare name: recipes/NAME.yaml
+    if not path.exists():
+        raise StudioError(f"{path}: no such recipe file")
+    try:
+        data = yaml.safe_load(path.read_text("utf-8"))
+    except yaml.YAMLError as e:
+        line = getattr(getattr(e, "problem_mark", None), "line", None)
+        where = f"{path} line {line + 1}" if line is not None else str(path)
+        raise StudioError(f"{where}: not valid YAML ({getattr(e, 'problem', e)})") from None
+    recipe = recipe_from_dict(data or {}, str(path))
+    for item in overrides or []:
+        key, eq, value = item.partition("=")
+        if not eq or not key.strip():
+            raise StudioError(f"--set {item!r}: expected key=value")
+        recipe.set(key.strip(), yaml.safe_load(value) if value.strip() else None)
+    return validate(recipe)
+
+
+def list_recipes(folder: Path = RECIPES_DIR) -> list[Recipe]:
+    return [load_recipe(p) for p in sorted(folder.glob("*.yaml"))]
+
+
+def adapt_to_hardware(values: dict) -> list[str]:
+    """Switch off what this machine can't run, and say so. Mutates `values`."""
+    import torch
+
+    notes = []
+    if not torch.cuda.is_available():
+        values["use_cpu"] = True
+        for key in ("bf16", "fp16"):
+            if values.get(key):
+                values[key] = False
+                notes.append(f"{key} off: no GPU, training in fp32 on the CPU")
+        if values.get("tf32"):
+            values["tf32"] = None
+        optim = str(values.get("optim", ""))
+        if "paged" in optim or "8bit" in optim or "bnb" in optim:
+            values["optim"] = "adamw_torch"
+            notes.append(f"optim {optim} → adamw_torch: bitsandbytes optimizers need a GPU")
+        if values.get("use_liger_kernel"):
+            values["use_liger_kernel"] = False
+            notes.append("use_liger_kernel off: Liger kernels need a GPU")
+    elif values.get("bf16") and not torch.cuda.is_bf16_supported():
+        values["bf16"], values["fp16"] = False, True
+        notes.append("bf16 → fp16: this GPU has no bf16")
+    return notes
+

@@ -1,0 +1,14 @@
+"""Training methods: one short linear path each, run inside a `Job`'s thread."""
+
+from __future__ import annotations
+
+
+def run_method(job, resume: bool = False) -> None:
+    method = job.recipe.method
+    if method == "sft":
+        from studio.train.sft import run_sft
+
+        return run_sft(job, resume=resume)
+    from studio.errors import StudioError
+
+    raise StudioError(f"method '{method}' is not available in this version of the studio")
