@@ -7,7 +7,7 @@ import json
 import logging
 import os
 import sys
-import time
+import warnings
 
 from studio.errors import StudioError
 
@@ -15,6 +15,8 @@ from studio.errors import StudioError
 def _quiet_libraries() -> None:
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
+    warnings.filterwarnings("ignore", category=FutureWarning)
     logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
 
 

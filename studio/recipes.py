@@ -48,8 +48,6 @@ def _coerce(value, f: dataclasses.Field, where: str):
     """YAML reads `2e-4` as a string and --set gives strings: convert to the field's type."""
     hint = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", str(f.type))
     if not isinstance(value, str):
-        if "float" in hint and isinstance(value, int) and not isinstance(value, bool):
-            return float(value)
         return value
     try:
         if re.match(r"^(float|Optional\[float\]|float \| None)", hint):

@@ -42,7 +42,7 @@ def run_sft(job, resume: bool = False) -> dict:
         eval_ds = require_split(data, "validation", recipe.path or recipe.name)
 
     job.log(f"loading {model_args.model_name_or_path}")
-    model = load_model(model_args, gradient_checkpointing=args.gradient_checkpointing)
+    model = load_model(model_args, gradient_checkpointing=bool(args.activation_checkpointing or args.gradient_checkpointing))
     trainer = SFTTrainer(
         model=model,
         args=args,
