@@ -54,6 +54,7 @@ class Job:
         self.params: dict | None = None
         self.stop_event = threading.Event()
         self.thread: threading.Thread | None = None
+        self.owner: str | None = None  # who may stop it (a browser's id in the app)
         self._lock = threading.Lock()
         self._events_path = self.run_dir / "events.jsonl"
 
@@ -241,8 +242,12 @@ def get_job(job_id: str) -> Job | None:
     return _jobs.get(job_id)
 
 
-def start_job(recipe, runs_dir=None, resume: str | os.PathLike | None = None, run_name: str | None = None) -> Job:
-    """Start `recipe` in a background thread, or resume the run folder `resume`."""
+def start_job(recipe, runs_dir=None, resume: str | os.PathLike | None = None, run_name: str | None = None,
+              owner: str | None = None) -> Job:
+    """Start `recipe` in a background thread, or resume the run folder `resume`.
+
+    `owner` identifies the browser that started it: only it may stop the job; others watch read-only.
+    """
     global _current
     with _registry_lock:
         if _current is not None and _current.active:
@@ -268,7 +273,7 @@ def start_job(recipe, runs_dir=None, resume: str | os.PathLike | None = None, ru
 
             recipe = load_recipe(run_dir / "recipe.yaml")
             job.elapsed_before = job.elapsed()
-        job.recipe, job.kind = recipe, recipe.method
+        job.recipe, job.kind, job.owner = recipe, recipe.method, owner
         run_dir.mkdir(parents=True, exist_ok=True)
         if not resume:
             (run_dir / "recipe.yaml").write_text(recipe.to_yaml(), encoding="utf-8")
@@ -298,6 +303,12 @@ def _run(job: Job, resume: bool) -> None:
         (job.run_dir / "error.log").write_text(traceback.format_exc(), encoding="utf-8")
         log.exception("job %s failed", job.id)
         job.emit("status", status=FAILED, error=msg)
+
+
+def resumable(job: Job) -> bool:
+    """Stopped, interrupted or failed, with a finished checkpoint to go on from."""
+    return job.status in (CANCELLED, FAILED, "interrupted") and any(
+        (c / COMPLETE_MARKER).exists() for c in (job.run_dir / "checkpoints").glob("checkpoint-*"))
 
 
 def list_runs(runs_dir=None) -> list[Job]:

@@ -150,3 +150,32 @@ def format_parameter_report(report: dict) -> str:
 
 def folder_size(path) -> int:
     return sum(f.stat().st_size for f in Path(path).rglob("*") if f.is_file())
+
+
+def estimate_parameters(model_args) -> dict:
+    """Trainable / total parameters for a LoRA setup without loading weights (config only)."""
+    from accelerate import init_empty_weights
+    from peft import get_peft_model
+    from transformers import AutoConfig, AutoModelForCausalLM
+    from trl import get_peft_config
+
+    name = model_args.model_name_or_path
+    try:
+        config = AutoConfig.from_pretrained(resolve_model_path(name), token=_hub_token())
+    except Exception as e:  # noqa: BLE001
+        raise _load_error(name, e) from None
+    with init_empty_weights():
+        model = AutoModelForCausalLM.from_config(config)
+    # Empty-weight models are not tied for us (and the context re-creates assigned parameters): tie here,
+    # so shared embeddings count once, as in the loaded model.
+    out_emb, in_emb = model.get_output_embeddings(), model.get_input_embeddings()
+    if getattr(config, "tie_word_embeddings", False) and out_emb is not None and out_emb.weight is not in_emb.weight:
+        out_emb.weight = in_emb.weight
+    with init_empty_weights():
+        peft_config = get_peft_config(model_args)
+        if peft_config is not None:
+            try:
+                model = get_peft_model(model, peft_config)
+            except ValueError as e:
+                raise StudioError(f"LoRA settings don't fit {name}: {str(e).splitlines()[0]}") from None
+    return parameter_report(model)

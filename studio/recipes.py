@@ -102,10 +102,19 @@ class Recipe:
 
         return ModelConfig(**self.model)
 
-    def training_config(self, output_dir: str, adapt: bool = True):
-        """The method's TRL config; with `adapt`, settings this machine can't run are switched off."""
+    def training_config(self, output_dir: str, adapt: bool = True, validate_only: bool = False):
+        """The method's TRL config; with `adapt`, settings this machine can't run are switched off.
+
+        Building a TrainingArguments resets accelerate's process-wide state, which kills a job that is
+        training in another thread. `validate_only` reuses the configured state instead.
+        """
         values = dict(self.train)
         notes = adapt_to_hardware(values) if adapt else []
+        if validate_only:
+            from accelerate.state import PartialState
+
+            if PartialState._shared_state:
+                values["accelerator_config"] = {"use_configured_state": True}
         cls = _config_class(self.method)
         try:
             return cls(output_dir=str(output_dir), **values), notes
@@ -184,7 +193,7 @@ def validate(recipe: Recipe) -> Recipe:
     except (ValueError, TypeError) as e:
         raise StudioError(f"{where}: invalid model settings ({str(e).splitlines()[0]})") from None
     with tempfile.TemporaryDirectory() as tmp:
-        recipe.training_config(tmp)
+        recipe.training_config(tmp, validate_only=True)
     return recipe
 
 
@@ -238,3 +247,26 @@ def adapt_to_hardware(values: dict) -> list[str]:
         notes.append("bf16 → fp16: this GPU has no bf16")
     return notes
 
+
+
+def recipe_to_flat(recipe: Recipe) -> dict:
+    """Recipe → flat keys (dataset.source, lora_r, …), the shape a form edits."""
+    flat = {k: v for k, v in recipe.to_dict().items() if k not in ("dataset", "studio", "export")}
+    for group in ("dataset", "studio", "export"):
+        for k, v in (recipe.header.get(group) or {}).items():
+            flat[f"{group}.{k}"] = v
+    return flat
+
+
+def recipe_from_flat(flat: dict, where: str = "form") -> Recipe:
+    """Flat keys → a validated Recipe; empty values mean 'not set'."""
+    data: dict = {}
+    for key, value in flat.items():
+        if value is None or value == "":
+            continue
+        head, _, sub = key.partition(".")
+        if sub:
+            data.setdefault(head, {})[sub] = value
+        else:
+            data[key] = value
+    return validate(recipe_from_dict(data, where))

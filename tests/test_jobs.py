@@ -79,6 +79,20 @@ def test_one_job_at_a_time(runs):
         _wait(first)
 
 
+def test_validating_recipes_while_a_job_trains_does_not_break_it(runs):
+    from studio.recipes import RECIPES_DIR, load_recipe
+
+    job = jobs.start_job(tiny_recipe(max_steps=150, save_steps=1000, eval_steps=1000), runs_dir=runs)
+    deadline = time.time() + 60
+    while job.step < 3 and time.time() < deadline:
+        time.sleep(0.05)
+    for _ in range(5):  # what the app does on every page load and "Check parameters"
+        load_recipe(RECIPES_DIR / "tiny-quotes.yaml")
+        time.sleep(0.05)
+    _wait(job)
+    assert job.status == "done", job.error
+
+
 def test_failure_ends_job_with_message_and_process_stays_up(runs):
     job = _wait(jobs.start_job(tiny_recipe(**{"dataset.source": str(runs / "missing.jsonl")}), runs_dir=runs))
     assert job.status == "failed" and "missing.jsonl: no such file" in job.error

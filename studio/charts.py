@@ -1,0 +1,54 @@
+"""Plotly figures for the dashboard (no gradio here: the UI only places them)."""
+
+from __future__ import annotations
+
+
+def _figure(title: str):
+    import plotly.graph_objects as go
+
+    fig = go.Figure()
+    fig.update_layout(title=title, template="plotly_white", height=340, margin=dict(l=50, r=20, t=50, b=40),
+                      legend=dict(orientation="h", y=-0.2), xaxis_title="step")
+    return fig
+
+
+def loss_chart(history: list[dict], title: str = "Training"):
+    """Loss and eval loss on the left axis, learning rate on the right."""
+    import plotly.graph_objects as go
+
+    fig = _figure(title)
+    for key, name, dash in (("loss", "loss", None), ("eval_loss", "eval loss", "dash")):
+        pts = [(h["step"], h[key]) for h in history if h.get(key) is not None]
+        if pts:
+            fig.add_trace(go.Scatter(x=[p[0] for p in pts], y=[p[1] for p in pts], name=name,
+                                     mode="lines+markers", line=dict(dash=dash)))
+    lr = [(h["step"], h["learning_rate"]) for h in history if h.get("learning_rate") is not None]
+    if lr:
+        fig.add_trace(go.Scatter(x=[p[0] for p in lr], y=[p[1] for p in lr], name="learning rate", yaxis="y2",
+                                 mode="lines", line=dict(color="rgba(120,120,120,0.6)", width=1)))
+        fig.update_layout(yaxis2=dict(title="learning rate", overlaying="y", side="right", showgrid=False))
+    fig.update_layout(yaxis_title="loss")
+    return fig
+
+
+def overlay_chart(runs: list[tuple[str, list[dict]]]):
+    """The loss curves of several runs on one chart."""
+    import plotly.graph_objects as go
+
+    fig = _figure("Loss: " + " vs ".join(name for name, _ in runs))
+    for name, history in runs:
+        pts = [(h["step"], h["loss"]) for h in history if h.get("loss") is not None]
+        fig.add_trace(go.Scatter(x=[p[0] for p in pts], y=[p[1] for p in pts], name=name, mode="lines"))
+    fig.update_layout(yaxis_title="loss")
+    return fig
+
+
+def length_histogram(lengths: list[int], max_length: int | None = None):
+    import plotly.graph_objects as go
+
+    fig = _figure(f"Token lengths (train split, {len(lengths)} examples)")
+    fig.add_trace(go.Histogram(x=lengths, nbinsx=min(40, max(5, len(set(lengths)))), name="examples"))
+    if max_length:
+        fig.add_vline(x=max_length, line_dash="dash", annotation_text=f"max_length {max_length}")
+    fig.update_layout(xaxis_title="tokens", yaxis_title="examples", showlegend=False)
+    return fig

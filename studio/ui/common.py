@@ -1,0 +1,61 @@
+"""Widgets and helpers the tabs share."""
+
+from __future__ import annotations
+
+import html
+import logging
+
+from studio.errors import StudioError
+
+log = logging.getLogger("studio.ui")
+
+
+def error_html(message: str) -> str:
+    return f'<div class="studio-error" role="alert">⚠️ {html.escape(message)}</div>'
+
+
+def ok_html(message: str) -> str:
+    return f'<div class="studio-ok">{html.escape(message)}</div>'
+
+
+def safely(fn, *args, **kwargs):
+    """Run a backend call: (result, None) or (None, one-line message). Never a traceback on the page."""
+    try:
+        from studio.stack import import_ml_stack
+
+        import_ml_stack()  # waits for the warm-up import instead of racing it
+        return fn(*args, **kwargs), None
+    except StudioError as e:
+        return None, str(e)
+    except Exception as e:  # noqa: BLE001 - a bug: full traceback in the log, one line on the page
+        log.exception("unexpected error in %s", getattr(fn, "__name__", fn))
+        return None, f"unexpected error ({type(e).__name__}); details are in the server log"
+
+
+def progress_html(s: dict) -> str:
+    total, step = s.get("total") or 0, s.get("step") or 0
+    pct = 100 * step / total if total else 0
+    parts = [f"step {step}/{total or '?'}"]
+    if s.get("epoch"):
+        parts.append(f"epoch {s['epoch']:.2f}")
+    parts.append(f"elapsed {s.get('elapsed', 0):.0f}s")
+    if s.get("eta") is not None:
+        parts.append(f"ETA {s['eta']:.0f}s")
+    if s.get("tokens_per_s"):
+        parts.append(f"{s['tokens_per_s']:,.0f} tokens/s")
+    if s.get("loss") is not None:
+        parts.append(f"loss {s['loss']:.4f}")
+    status = html.escape(s.get("status", ""))
+    return (f'<div class="studio-progress" data-status="{status}" data-step="{step}">'
+            f'<div class="bar"><div class="fill" style="width:{pct:.1f}%"></div></div>'
+            f'<div class="label"><b>{status}</b> · {" · ".join(parts)}</div></div>')
+
+
+CSS = """
+.studio-error {background:#fdecea;color:#8a1c1c;border:1px solid #f5c2c0;border-radius:6px;padding:8px 12px;}
+.studio-ok {background:#e8f5e9;color:#1b5e20;border:1px solid #c8e6c9;border-radius:6px;padding:8px 12px;}
+.studio-progress .bar {height:14px;background:#eee;border-radius:7px;overflow:hidden;}
+.studio-progress .fill {height:100%;background:linear-gradient(90deg,#ff9d00,#ffcc4d);transition:width .5s;}
+.studio-progress .label {font-size:0.9em;margin-top:4px;}
+.studio-note {color:#555;font-style:italic;}
+"""

@@ -1,0 +1,97 @@
+"""Data tab: pick a source, see the detected format, preview, splits and token lengths."""
+
+from __future__ import annotations
+
+import gradio as gr
+
+from studio.ui.common import error_html, ok_html, safely
+
+SOURCES = ["Bundled sample", "Upload", "Local path", "Hub dataset"]
+
+
+def inspect(kind, sample, upload, path, hub_id, hub_config, hub_split, fmt, template, tokenizer_name):
+    """Thin handler: one backend call, shaped for the components."""
+    from studio.charts import length_histogram
+    from studio.data import prepare_dataset, render_example
+
+    source = {"Bundled sample": sample, "Upload": upload, "Local path": path, "Hub dataset": hub_id}[kind]
+    if not source:
+        return error_html(f"{kind}: nothing chosen yet"), "", None, None
+
+    def run():
+        from studio.models import load_tokenizer
+
+        tok = load_tokenizer(tokenizer_name) if tokenizer_name else None
+        return prepare_dataset(source, None if fmt == "auto" else fmt, template or None, config=hub_config or None,
+                               split=hub_split or None, tokenizer=tok), tok
+
+    result, err = safely(run)
+    if err:
+        return error_html(err), "", None, None
+    data, tok = result
+    s = data.summary()
+    dropped = f"{s['dropped']} dropped ({', '.join(f'{v} {k}' for k, v in data.dropped.items())})" if s["dropped"] else "0 dropped"
+    info = (f"**{data.source}** · format **{data.format.name}** ({data.format.label}) → TRL *{data.format.kind}* · "
+            f"**{s['rows']}** usable rows, {dropped} · splits: "
+            + ", ".join(f"{k} {v}" for k, v in s["splits"].items()))
+    if data.lengths:
+        st = data.length_stats()
+        info += f"  \nTokens per example: min {st['min']}, median {st['median']}, p95 {st['p95']}, max {st['max']}"
+    train = data.splits["train"]
+    examples = [render_example(train[i], tok) for i in range(min(4, len(train)))]
+    preview = "\n\n".join(f"**Example {i + 1}**\n```text\n{e}\n```" for i, e in enumerate(examples))
+    fig = length_histogram(data.lengths) if data.lengths else None
+    return ok_html("Loaded."), info + "\n\n" + preview, fig, {"source": source, "format": data.format.name,
+                                                               "template": template or None}
+
+
+def create_data_tab() -> dict:
+    from studio.data import FORMATS, SAMPLES
+    from studio.embedded import EMBEDDED_MODEL_ID
+
+    with gr.Tab("Data", id="data"):
+        gr.Markdown("Load a dataset, check how the studio reads it, then use it on the **Train** tab.")
+        with gr.Row():
+            with gr.Column(scale=1):
+                kind = gr.Radio(SOURCES, value="Bundled sample", label="Source")
+                sample = gr.Dropdown(list(SAMPLES), value="quotes", label="Bundled sample")
+                upload = gr.File(label="Upload (jsonl, json, csv, parquet, txt)", type="filepath", visible=False,
+                                 file_types=[".jsonl", ".json", ".csv", ".parquet", ".txt"])
+                path = gr.Textbox(label="Local path", placeholder="/path/to/data.jsonl", visible=False)
+                with gr.Group(visible=False) as hub_group:
+                    hub_id = gr.Textbox(label="Hub dataset id", placeholder="owner/name")
+                    with gr.Row():
+                        hub_config = gr.Textbox(label="Config", placeholder="optional")
+                        hub_split = gr.Textbox(label="Split", placeholder="train")
+                fmt = gr.Dropdown(["auto", *FORMATS], value="auto", label="Format (auto-detected)")
+                template = gr.Textbox(label="Template override", placeholder="e.g. Quote: {quote}\\nAuthor: {author}",
+                                      lines=2)
+                tokenizer_name = gr.Textbox(value=EMBEDDED_MODEL_ID, label="Tokenizer for length statistics")
+                load = gr.Button("Load dataset", variant="primary")
+            with gr.Column(scale=2):
+                status = gr.HTML()
+                info = gr.Markdown(elem_id="data-info")
+                hist = gr.Plot(label="Token lengths")
+                use = gr.Button("Use this dataset on the Train tab")
+        chosen = gr.State(None)
+
+        def show(k):
+            return (gr.update(visible=k == "Bundled sample"), gr.update(visible=k == "Upload"),
+                    gr.update(visible=k == "Local path"), gr.update(visible=k == "Hub dataset"))
+
+        kind.change(show, kind, [sample, upload, path, hub_group])
+        load.click(inspect, [kind, sample, upload, path, hub_id, hub_config, hub_split, fmt, template, tokenizer_name],
+                   [status, info, hist, chosen], api_name="inspect_data")
+
+        def send(choice):
+            if not choice:
+                return gr.update(), gr.update(), gr.update(), error_html("Load a dataset first.")
+            return choice["source"], choice["format"], choice["template"] or "", ok_html(
+                "Dataset set on the Train tab.")
+
+        def connect(train: dict) -> None:
+            """Wire 'use this dataset' to the Train tab's fields (built after this tab)."""
+            use.click(send, chosen, [train["dataset_source"], train["dataset_format"], train["dataset_template"],
+                                     status])
+
+        return {"connect": connect}

@@ -1,0 +1,311 @@
+"""Train tab: recipe → form, parameter report, Start/Stop/Resume, live dashboard, runs history."""
+
+from __future__ import annotations
+
+import html
+import json
+import tempfile
+from pathlib import Path
+
+import gradio as gr
+
+from studio.ui.common import error_html, ok_html, progress_html, safely
+
+SCRATCH = "(start from scratch)"
+# (recipe key, widget factory). Keys are the recipe's own (TRL) field names: one name per setting, everywhere.
+BASIC = [
+    ("lora_r", lambda: gr.Number(label="LoRA r", precision=0, minimum=1)),
+    ("lora_alpha", lambda: gr.Number(label="LoRA alpha", precision=0, minimum=1)),
+    ("lora_dropout", lambda: gr.Number(label="LoRA dropout", minimum=0, maximum=1)),
+    ("lora_target_modules", lambda: gr.Textbox(label="Target modules", placeholder="all-linear, or q_proj, v_proj")),
+    ("load_in_4bit", lambda: gr.Checkbox(label="4-bit NF4 (QLoRA)")),
+    ("learning_rate", lambda: gr.Number(label="Learning rate")),
+    ("max_steps", lambda: gr.Number(label="Max steps (-1: use epochs)", precision=0)),
+    ("num_train_epochs", lambda: gr.Number(label="Epochs")),
+    ("per_device_train_batch_size", lambda: gr.Number(label="Micro-batch", precision=0, minimum=1)),
+    ("gradient_accumulation_steps", lambda: gr.Number(label="Grad accumulation", precision=0, minimum=1)),
+    ("max_length", lambda: gr.Number(label="Max length (tokens)", precision=0, minimum=8)),
+]
+ADVANCED = [
+    ("warmup_steps", lambda: gr.Number(label="Warmup steps (or ratio < 1)")),
+    ("lr_scheduler_type", lambda: gr.Dropdown(["linear", "cosine", "constant", "constant_with_warmup"],
+                                              label="LR schedule", allow_custom_value=True)),
+    ("optim", lambda: gr.Textbox(label="Optimizer")),
+    ("logging_steps", lambda: gr.Number(label="Log every N steps")),
+    ("eval_strategy", lambda: gr.Dropdown(["no", "steps", "epoch"], label="Evaluate")),
+    ("eval_steps", lambda: gr.Number(label="Eval every N steps")),
+    ("save_steps", lambda: gr.Number(label="Checkpoint every N steps")),
+    ("seed", lambda: gr.Number(label="Seed", precision=0)),
+    ("use_dora", lambda: gr.Checkbox(label="DoRA")),
+    ("use_rslora", lambda: gr.Checkbox(label="rsLoRA")),
+    ("activation_checkpointing", lambda: gr.Checkbox(label="Gradient checkpointing")),
+    ("studio.auto_batch", lambda: gr.Checkbox(label="Auto micro-batch (keeps the effective batch)")),
+]
+INT_KEYS = {"lora_r", "lora_alpha", "max_steps", "per_device_train_batch_size", "gradient_accumulation_steps",
+            "max_length", "seed", "logging_steps", "eval_steps", "save_steps"}
+
+
+def _recipe_names() -> list[str]:
+    from studio.recipes import RECIPES_DIR
+
+    return [SCRATCH] + sorted(p.stem for p in RECIPES_DIR.glob("*.yaml"))
+
+
+def load_form(name: str) -> dict:
+    """The flat form values of a recipe, or of a from-scratch default."""
+    from studio.models import default_model
+    from studio.recipes import RECIPES_DIR, load_recipe, recipe_to_flat
+
+    recipe = load_recipe(RECIPES_DIR / "tiny-quotes.yaml" if name in (SCRATCH, None) else RECIPES_DIR / f"{name}.yaml")
+    flat = recipe_to_flat(recipe)
+    # Show TRL's defaults for what the recipe leaves unset, so every field says what will happen.
+    import tempfile as _tempfile
+
+    with _tempfile.TemporaryDirectory() as tmp:
+        args, _ = recipe.training_config(tmp, adapt=False, validate_only=True)
+    model_args = recipe.model_config()
+    for key, _make in BASIC + ADVANCED:
+        if key not in flat and "." not in key:
+            flat[key] = getattr(args, key, getattr(model_args, key, None))
+    if name in (SCRATCH, None):
+        flat.update({"name": "custom", "description": "Made in the Train tab", "source_notebook": "",
+                     "model_name_or_path": default_model()})
+    return flat
+
+
+def form_to_flat(keys: list[str], values: list, base: dict) -> dict:
+    flat = dict(base or {})
+    for key, value in zip(keys, values):
+        if key == "lora_target_modules" and isinstance(value, str):
+            parts = [p.strip() for p in value.split(",") if p.strip()]
+            value = parts[0] if parts == ["all-linear"] else parts or None
+        elif key == "eval_prompts" and isinstance(value, str):
+            value = [line for line in value.splitlines() if line.strip()]
+        elif key in INT_KEYS and isinstance(value, float):
+            value = int(value)
+        flat[key] = value
+    return flat
+
+
+def _flat_to_widget(key: str, value):
+    if key == "lora_target_modules" and isinstance(value, list):
+        return ", ".join(value)
+    if key == "eval_prompts":
+        return "\n".join(value or [])
+    return value
+
+
+def samples_markdown(summary: dict | None) -> str:
+    if not summary or not summary.get("samples"):
+        return ""
+    rows = ["| prompt | before (base) | after (tuned) |", "|---|---|---|"]
+    cell = lambda t: html.escape(t).replace("\n", "<br>").replace("|", "&#124;")  # noqa: E731
+    for s in summary["samples"]:
+        rows.append(f"| {cell(s['prompt'])} | {cell(s['before'])} | {cell(s['after'])} |")
+    return "**Before / after on the recipe's prompts**\n\n" + "\n".join(rows)
+
+
+def create_train_tab(client: gr.BrowserState) -> dict:
+    """`client` is this browser's id (kept in localStorage): who may stop the job it started."""
+    from studio.models import PRESETS
+
+    with gr.Tab("Train", id="train"):
+        base_flat = gr.State({})  # the recipe's keys the form does not show (header, other TRL fields)
+        with gr.Row():
+            recipe = gr.Dropdown(_recipe_names(), value="tiny-quotes", label="Recipe", scale=2)
+            model = gr.Dropdown(list(PRESETS), label="Base model (preset, Hub id or local folder)",
+                                allow_custom_value=True, scale=3)
+        with gr.Row():
+            ds_source = gr.Textbox(label="Dataset (sample name, file path or Hub id)", scale=3)
+            ds_format = gr.Dropdown(["auto"], label="Format", allow_custom_value=True, scale=1)
+            ds_template = gr.Textbox(label="Template override", scale=2)
+        widgets: dict = {"model_name_or_path": model, "dataset.source": ds_source, "dataset.format": ds_format,
+                         "dataset.template": ds_template}
+        with gr.Row():
+            for key, make in BASIC[:5]:
+                widgets[key] = make()
+        with gr.Row():
+            for key, make in BASIC[5:]:
+                widgets[key] = make()
+        with gr.Accordion("Advanced", open=False):
+            with gr.Row():
+                for key, make in ADVANCED[:6]:
+                    widgets[key] = make()
+            with gr.Row():
+                for key, make in ADVANCED[6:]:
+                    widgets[key] = make()
+            widgets["eval_prompts"] = gr.Textbox(label="Sample prompts (one per line), generated before and after",
+                                                 lines=2)
+        keys, comps = list(widgets), list(widgets.values())
+        with gr.Row():
+            check = gr.Button("Check parameters")
+            start = gr.Button("Start", variant="primary")
+            stop = gr.Button("Stop", variant="stop")
+            resume_last = gr.Button("Resume")
+            save = gr.DownloadButton("Save as recipe")
+        params = gr.Markdown(elem_id="param-report")
+        message = gr.HTML(elem_id="train-message")
+        progress = gr.HTML(elem_id="train-progress")
+        chart = gr.Plot(label="Loss, eval loss and learning rate", elem_id="train-chart")
+        samples = gr.Markdown(elem_id="train-samples")
+        logs = gr.Textbox(label="Log", lines=8, max_lines=12, autoscroll=True, elem_id="train-log")
+        with gr.Accordion("Runs history", open=False):
+            with gr.Row():
+                run_pick = gr.Dropdown([], label="Run", scale=3)
+                run_other = gr.Dropdown([], label="Compare with", scale=3)
+                refresh = gr.Button("Refresh", scale=1)
+            with gr.Row():
+                open_run = gr.Button("Open")
+                resume = gr.Button("Resume this run")
+            run_summary = gr.JSON(label="Summary")
+            run_chart = gr.Plot(label="Run chart")
+        seen = gr.State(-1)  # metric rows already drawn, so the chart is rebuilt only when it changed
+
+        def fill(name):
+            flat, err = safely(load_form, name)
+            if err:
+                return [gr.update()] * len(comps) + [{}, error_html(err)]
+            from studio.data import FORMATS
+
+            out = []
+            for key in keys:
+                value = _flat_to_widget(key, flat.get(key))
+                if key == "dataset.format":
+                    out.append(gr.update(choices=["auto", *FORMATS], value=value or "auto"))
+                else:
+                    out.append(value)
+            return out + [flat, ""]
+
+        recipe.change(fill, recipe, comps + [base_flat, message])
+
+        def check_params(base, *values):
+            from studio.models import estimate_parameters, format_parameter_report
+            from studio.recipes import recipe_from_flat
+
+            def run():
+                return estimate_parameters(recipe_from_flat(form_to_flat(keys, values, base)).model_config())
+
+            report, err = safely(run)
+            return error_html(err) if err else f"**Parameters:** `{format_parameter_report(report)}`"
+
+        check.click(check_params, [base_flat, *comps], params, api_name="check_parameters")
+
+        def start_run(client_id, base, *values):
+            from studio.jobs import start_job
+            from studio.recipes import recipe_from_flat
+
+            def run():
+                return start_job(recipe_from_flat(form_to_flat(keys, values, base)), owner=client_id)
+
+            job, err = safely(run)
+            if err:
+                return error_html(err), -1
+            return ok_html(f"Started {job.id}. Closing the browser does not stop it; reload to re-attach."), -1
+
+        start.click(start_run, [client, base_flat, *comps], [message, seen], api_name="start_training")
+
+        def stop_run(client_id):
+            from studio.jobs import current_job
+
+            job = current_job()
+            if job is None or not job.active:
+                return error_html("No training job is running.")
+            if job.owner and job.owner != client_id:
+                return error_html("This job was started by another visitor: you can watch it, not stop it.")
+            job.request_stop()
+            return ok_html(f"Stopping {job.id} after the current step; a checkpoint will be saved.")
+
+        stop.click(stop_run, client, message, api_name="stop_training")
+
+        def poll(client_id, seen_rows):
+            from studio.charts import loss_chart
+            from studio.jobs import current_job
+
+            job = current_job()
+            if job is None:
+                return gr.update(), gr.update(), gr.update(), gr.update(), gr.update(), seen_rows
+            s = job.snapshot()
+            mine = not job.owner or job.owner == client_id
+            note = "" if mine else ('<p class="studio-note">Another visitor started this run: '
+                                    "you are watching it read-only.</p>")
+            bar = progress_html(s) + note + (error_html(s["error"]) if s.get("error") else "")
+            n = len(job.history)
+            fig = loss_chart(job.history, f"Run {job.id}") if n != seen_rows else gr.update()
+            log_text = "\n".join(job.logs[-200:]) if mine else "(the log is shown only to the visitor who started the run)"
+            return bar, fig, log_text, samples_markdown(job.summary), gr.update(), n
+
+        timer = gr.Timer(1.0)
+        timer.tick(poll, [client, seen], [progress, chart, logs, samples, message, seen], show_progress="hidden")
+
+        def list_run_ids():
+            from studio.jobs import list_runs
+
+            ids = [j.id for j in list_runs()]
+            return gr.update(choices=ids, value=ids[0] if ids else None), gr.update(choices=ids, value=None)
+
+        refresh.click(list_run_ids, None, [run_pick, run_other])
+
+        def open_selected(run_id, other_id):
+            from studio.charts import loss_chart, overlay_chart
+            from studio.jobs import Job, get_job, runs_root
+
+            if not run_id:
+                return None, None, error_html("Pick a run first (Refresh lists them).")
+
+            def load(rid):
+                return get_job(rid) or Job.from_run_dir(runs_root() / rid)
+
+            job, err = safely(load, run_id)
+            if err:
+                return None, None, error_html(err)
+            summary = job.summary or job.snapshot()
+            if other_id and other_id != run_id:
+                other, err = safely(load, other_id)
+                if err:
+                    return summary, None, error_html(err)
+                return summary, overlay_chart([(job.id, job.history), (other.id, other.history)]), ""
+            return summary, loss_chart(job.history, f"Run {job.id}"), ""
+
+        open_run.click(open_selected, [run_pick, run_other], [run_summary, run_chart, message])
+
+        def resume_selected(client_id, run_id):
+            from studio.jobs import runs_root, start_job
+
+            if not run_id:
+                return error_html("Pick a stopped or interrupted run to resume."), -1
+            job, err = safely(start_job, None, resume=runs_root() / run_id, owner=client_id)
+            return (error_html(err) if err else ok_html(f"Resuming {job.id} from its last checkpoint.")), -1
+
+        resume.click(resume_selected, [client, run_pick], [message, seen], api_name="resume_training")
+
+        def resume_latest(client_id):
+            from studio.jobs import list_runs, resumable
+
+            run = next((j for j in list_runs() if resumable(j)), None)
+            if run is None:
+                return error_html("No stopped or interrupted run with a checkpoint to resume."), -1
+            return resume_selected(client_id, run.id)
+
+        resume_last.click(resume_latest, client, [message, seen], api_name="resume_latest")
+
+        def save_recipe(base, *values):
+            from studio.recipes import recipe_from_flat
+
+            recipe_obj, err = safely(lambda: recipe_from_flat(form_to_flat(keys, values, base)))
+            if err:
+                raise gr.Error(err)
+            folder = Path(tempfile.mkdtemp(prefix="recipe-"))
+            path = folder / f"{recipe_obj.name}.yaml"
+            path.write_text(recipe_obj.to_yaml(), encoding="utf-8")
+            return str(path)
+
+        save.click(save_recipe, [base_flat, *comps], save, api_name="save_recipe")
+
+        def on_load(client_id, name):
+            import uuid
+
+            return [client_id or uuid.uuid4().hex] + fill(name)
+
+        return {"on_load": (on_load, [client, recipe], [client] + comps + [base_flat, message]),
+                "dataset_source": ds_source, "dataset_format": ds_format, "dataset_template": ds_template,
+                "run_history": (list_run_ids, None, [run_pick, run_other])}

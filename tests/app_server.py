@@ -1,0 +1,38 @@
+"""Launch the real app on a free local port for API and browser tests."""
+
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_app(runs_dir: Path, timeout: float = 90):
+    port = free_port()
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "STUDIO_RUNS": str(runs_dir), "PYTHONPATH": str(ROOT),
+           "GRADIO_ANALYTICS_ENABLED": "False"}
+    log = open(runs_dir.parent / f"app-{port}.log", "w")
+    proc = subprocess.Popen([sys.executable, str(ROOT / "app.py"), "--port", str(port), "--no-share"], env=env,
+                            cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}/"
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"app exited: {(runs_dir.parent / f'app-{port}.log').read_text()[-3000:]}")
+        try:
+            if urllib.request.urlopen(url, timeout=2).status == 200:
+                return proc, url
+        except OSError:
+            time.sleep(0.3)
+    proc.kill()
+    raise RuntimeError("app did not start")

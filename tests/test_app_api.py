@@ -1,0 +1,84 @@
+"""The app's events through gradio_client, against the real app on a local port."""
+
+import time
+
+import pytest
+import yaml
+
+from app_server import start_app
+
+
+@pytest.fixture(scope="module")
+def app(tmp_path_factory):
+    runs = tmp_path_factory.mktemp("api") / "runs"
+    runs.mkdir()
+    proc, url = start_app(runs)
+    yield url, runs
+    proc.terminate()
+    proc.wait(10)
+
+
+@pytest.fixture(scope="module")
+def client(app):
+    from gradio_client import Client
+
+    return Client(app[0], verbose=False)
+
+
+def test_inspect_bundled_sample(client):
+    status, info, _plot = client.predict("Bundled sample", "dolly", None, "", "", "", "", "auto", "",
+                                         "embedded/tiny-llama", api_name="/inspect_data")
+    assert "Loaded" in status and "format **dolly**" in info and "1 dropped" in info
+    assert "### Instruction:" in info and "Tokens per example" in info
+
+
+def test_inspect_bad_path_is_one_line_inline(client):
+    status, info, _plot = client.predict("Local path", "quotes", None, "/nope/missing.jsonl", "", "", "",
+                                         "auto", "", "", api_name="/inspect_data")
+    assert "studio-error" in status and "missing.jsonl: no such file" in status and "Traceback" not in status
+    assert info == ""
+
+
+def _form(**changes):
+    """Form values in the Train tab's order, from the tiny-quotes recipe."""
+    from studio.recipes import RECIPES_DIR, load_recipe, recipe_to_flat
+    from studio.ui.train_tab import ADVANCED, BASIC, _flat_to_widget
+
+    flat = recipe_to_flat(load_recipe(RECIPES_DIR / "tiny-quotes.yaml"))
+    flat.update(changes)
+    keys = ["model_name_or_path", "dataset.source", "dataset.format", "dataset.template"] + [k for k, _ in BASIC] + [
+        k for k, _ in ADVANCED] + ["eval_prompts"]
+    return flat, [_flat_to_widget(k, flat.get(k)) for k in keys]
+
+
+def test_parameter_report_and_save_recipe(client, tmp_path):
+    client.predict("tiny-quotes", api_name="/fill")  # as the page does on load: the session keeps the recipe
+    flat, values = _form(lora_r=4)
+    report = client.predict(*values, api_name="/check_parameters")
+    assert "trainable params: 11,264 || all params: 265,536" in report and "trainable%" in report
+    path = client.predict(*values, api_name="/save_recipe")
+    saved = yaml.safe_load(open(path).read())
+    assert saved["lora_r"] == 4 and saved["model_name_or_path"] == "embedded/tiny-llama"
+    assert saved["name"] == "tiny-quotes" and saved["save_total_limit"] == 2  # keys the form doesn't show are kept
+    # what the download holds runs unchanged with the CLI's loader
+    from studio.recipes import load_recipe
+
+    copy = tmp_path / "saved.yaml"
+    copy.write_text(open(path).read())
+    assert load_recipe(copy).model["lora_r"] == 4
+
+
+def test_start_second_start_and_stop_from_another_visitor(client, app):
+    client.predict("tiny-quotes", api_name="/fill")
+    flat, values = _form(max_steps=3000, save_steps=1000, eval_steps=1000)
+    msg = client.predict("visitor-a", *values, api_name="/start_training")
+    assert "Started" in msg
+    msg = client.predict("visitor-b", *values, api_name="/start_training")
+    assert "already running" in msg
+    assert "another visitor" in client.predict("visitor-b", api_name="/stop_training")
+    assert "Stopping" in client.predict("visitor-a", api_name="/stop_training")
+    runs = app[1]
+    deadline = time.time() + 60
+    while time.time() < deadline and not list(runs.glob("*/summary.json")):
+        time.sleep(0.3)
+    assert list(runs.glob("*/checkpoints/checkpoint-*/.complete"))

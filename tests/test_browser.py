@@ -1,0 +1,130 @@
+"""End to end in headless Chromium: the real app, driven like a person would."""
+
+import os
+import re
+import shutil
+import time
+from pathlib import Path
+
+import pytest
+
+from app_server import ROOT, start_app
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+pytestmark = pytest.mark.skipif(not os.path.exists(CHROMIUM), reason="Debian chromium not installed")
+ARTIFACTS = ROOT / "artifacts" / "screenshots"
+TABS = ["Data", "Train", "DPO", "Persona Chat", "Evaluate", "Export"]
+
+
+@pytest.fixture(scope="module")
+def app(tmp_path_factory):
+    runs = tmp_path_factory.mktemp("browser") / "runs"
+    runs.mkdir()
+    proc, url = start_app(runs)
+    yield url
+    proc.terminate()
+    proc.wait(10)
+
+
+@pytest.fixture(scope="module")
+def browser():
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, args=[
+            "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+            "--disable-sync", "--no-first-run", "--disable-quic"])
+        yield b
+        b.close()
+
+
+def _step(page) -> int:
+    el = page.locator("#train-progress .studio-progress")
+    return int(el.get_attribute("data-step")) if el.count() else -1
+
+
+def _wait_for(cond, timeout=60, what="condition"):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if cond():
+            return
+        time.sleep(0.25)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def test_train_from_the_browser_live_chart_stop_reload_reattach(app, browser):
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    context = browser.new_context(viewport={"width": 1400, "height": 1000})
+    page = context.new_page()
+    page.goto(app)
+    page.get_by_role("tab", name="Data").wait_for()
+    for name in TABS:
+        assert page.get_by_role("tab", name=name).count() == 1, name
+
+    # Data: the bundled sample loads and is described
+    page.get_by_role("button", name="Load dataset").click()
+    page.locator("#data-info").get_by_text("format").first.wait_for(timeout=60000)
+    assert "quotes" in page.locator("#data-info").inner_text()
+    page.wait_for_timeout(500)
+    page.screenshot(path=str(ARTIFACTS / "1-data.png"), full_page=True)
+
+    # Train: the tiny recipe fills the form; make it long enough to watch, then start
+    page.get_by_role("tab", name="Train").click()
+    steps = page.get_by_label("Max steps (-1: use epochs)")
+    _wait_for(lambda: steps.input_value() == "200", 120, "recipe to fill the form")
+    steps.fill("3000")
+    steps.press("Tab")
+    page.get_by_role("button", name="Start", exact=True).click()
+    page.locator("#train-message").get_by_text("Started").wait_for(timeout=30000)
+    _wait_for(lambda: _step(page) >= 10, 90, "progress to advance")
+    first = _step(page)
+    _wait_for(lambda: _step(page) > first + 5, 60, "progress to keep advancing")
+    _wait_for(lambda: page.locator("#train-chart .js-plotly-plot .scatterlayer .trace").count() >= 1, 30, "chart")
+    points_before = page.locator("#train-chart .js-plotly-plot .scatterlayer .trace .point").count()
+    _wait_for(lambda: page.locator("#train-chart .js-plotly-plot .scatterlayer .trace .point").count() > points_before,
+              30, "chart to update")
+    page.screenshot(path=str(ARTIFACTS / "2-train-running.png"), full_page=True)
+
+    # Reload: the page re-attaches to the running job with its history
+    page.reload()
+    page.get_by_role("tab", name="Train").click()
+    _wait_for(lambda: _step(page) > first + 5, 30, "re-attached progress")
+    _wait_for(lambda: page.locator("#train-chart .js-plotly-plot .scatterlayer .trace").count() >= 1, 30, "chart")
+    assert re.search(r"running", page.locator("#train-progress").inner_text())
+
+    # Stop (the same browser still owns the job after a reload)
+    page.get_by_role("button", name="Stop").click()
+    page.locator("#train-message").get_by_text("Stopping").wait_for(timeout=10000)
+    _wait_for(lambda: "cancelled" in page.locator("#train-progress").inner_text(), 60, "cancelled status")
+    page.screenshot(path=str(ARTIFACTS / "3-train-stopped.png"), full_page=True)
+
+    for i, name in enumerate(TABS[2:], start=4):
+        page.get_by_role("tab", name=name).click()
+        page.wait_for_timeout(300)
+        page.screenshot(path=str(ARTIFACTS / f"{i}-{name.lower().replace(' ', '-')}.png"))
+    context.close()
+
+
+def test_second_visitor_sees_job_read_only(app, browser):
+    owner = browser.new_context()
+    other = browser.new_context()
+    p1, p2 = owner.new_page(), other.new_page()
+    p1.goto(app)
+    p1.get_by_role("tab", name="Train").click()
+    steps = p1.get_by_label("Max steps (-1: use epochs)")
+    _wait_for(lambda: steps.input_value() == "200", 120, "form")
+    steps.fill("3000")
+    steps.press("Tab")
+    p1.get_by_role("button", name="Start", exact=True).click()
+    _wait_for(lambda: _step(p1) >= 3, 60, "owner progress")
+    p2.goto(app)
+    p2.get_by_role("tab", name="Train").click()
+    _wait_for(lambda: _step(p2) >= 3, 30, "visitor sees progress")
+    assert "read-only" in p2.locator("#train-progress").inner_text()
+    assert "shown only to the visitor" in p2.locator("#train-log textarea").input_value()
+    p2.get_by_role("button", name="Stop").click()
+    p2.locator("#train-message").get_by_text("another visitor").wait_for(timeout=10000)
+    p1.get_by_role("button", name="Stop").click()
+    _wait_for(lambda: "cancelled" in p1.locator("#train-progress").inner_text(), 60, "cancelled")
+    owner.close()
+    other.close()
