@@ -97,6 +97,15 @@ def test_train_from_the_browser_live_chart_stop_reload_reattach(app, browser):
     page.locator("#train-message").get_by_text("Stopping").wait_for(timeout=10000)
     _wait_for(lambda: "cancelled" in page.locator("#train-progress").inner_text(), 60, "cancelled status")
     page.screenshot(path=str(ARTIFACTS / "3-train-stopped.png"), full_page=True)
+    stopped_at = _step(page)
+
+    # Resume picks the stopped run up from its checkpoint
+    page.get_by_role("button", name="Resume", exact=True).click()
+    page.locator("#train-message").get_by_text("Resuming").wait_for(timeout=30000)
+    _wait_for(lambda: "running" in page.locator("#train-progress").inner_text() and _step(page) > stopped_at,
+              90, "resumed progress")
+    page.get_by_role("button", name="Stop").click()
+    _wait_for(lambda: "cancelled" in page.locator("#train-progress").inner_text(), 60, "cancelled again")
 
     for i, name in enumerate(TABS[2:], start=4):
         page.get_by_role("tab", name=name).click()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import enum
 import html
 import json
 import tempfile
@@ -62,11 +63,12 @@ def load_form(name: str) -> dict:
     import tempfile as _tempfile
 
     with _tempfile.TemporaryDirectory() as tmp:
-        args, _ = recipe.training_config(tmp, adapt=False, validate_only=True)
+        args, _ = recipe.training_config(tmp, validate_only=True)
     model_args = recipe.model_config()
     for key, _make in BASIC + ADVANCED:
         if key not in flat and "." not in key:
-            flat[key] = getattr(args, key, getattr(model_args, key, None))
+            value = getattr(args, key, getattr(model_args, key, None))
+            flat[key] = value.value if isinstance(value, enum.Enum) else value
     if name in (SCRATCH, None):
         flat.update({"name": "custom", "description": "Made in the Train tab", "source_notebook": "",
                      "model_name_or_path": default_model()})
