@@ -8,6 +8,7 @@ the trainer then saves a checkpoint and ends, status ``cancelled``.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -57,15 +58,21 @@ class Job:
         self.owner: str | None = None  # who may stop it (a browser's id in the app)
         self._lock = threading.Lock()
         self._events_path = self.run_dir / "events.jsonl"
+        self._events_file = None
 
     # ---- events -------------------------------------------------------------------------------
     def emit(self, type: str, **data) -> None:
         event = {"t": round(time.time(), 3), "type": type, **data}
         with self._lock:
             self._apply(event)
-            self.run_dir.mkdir(parents=True, exist_ok=True)
-            with open(self._events_path, "a", encoding="utf-8") as f:
-                f.write(json.dumps(event, default=str) + "\n")
+            if self._events_file is None:  # kept open: an open/close per step costs more than the step on tiny models
+                self.run_dir.mkdir(parents=True, exist_ok=True)
+                self._events_file = open(self._events_path, "a", encoding="utf-8")
+            self._events_file.write(json.dumps(event, default=str) + "\n")
+            self._events_file.flush()  # readers in other processes see every event at once
+            if type == "status" and event.get("status") in (DONE, FAILED, CANCELLED):
+                self._events_file.close()
+                self._events_file = None
 
     def _apply(self, e: dict) -> None:
         kind = e["type"]
@@ -197,10 +204,17 @@ def make_callback(job: Job):
     return JobCallback()
 
 
-def memory_mb() -> float:
+@functools.cache
+def _has_cuda() -> bool:
     import torch
 
-    if torch.cuda.is_available():
+    return torch.cuda.is_available()  # ~4 ms a call on a CPU build: ask once, not every log
+
+
+def memory_mb() -> float:
+    if _has_cuda():
+        import torch
+
         return round(torch.cuda.max_memory_allocated() / 2**20, 1)
     try:
         import resource

@@ -96,7 +96,7 @@ def pick_dtype():
     return torch.float32
 
 
-def load_model(model_args, gradient_checkpointing: bool = False):
+def load_model(model_args):
     """A causal LM from a TRL `ModelConfig`: dtype auto, optional 4-/8-bit through bitsandbytes."""
     import torch
     from transformers import AutoModelForCausalLM
@@ -133,8 +133,6 @@ def load_model(model_args, gradient_checkpointing: bool = False):
                 f"4-/8-bit loading failed in bitsandbytes ({str(e).splitlines()[0]}); turn off load_in_4bit"
             ) from None
         raise _load_error(name, e) from None
-    if gradient_checkpointing:
-        model.config.use_cache = False
     return model
 
 

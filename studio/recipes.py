@@ -47,6 +47,8 @@ def _suggest(key: str, options) -> str:
 def _coerce(value, f: dataclasses.Field, where: str):
     """YAML reads `2e-4` as a string and --set gives strings: convert to the field's type."""
     hint = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", str(f.type))
+    if isinstance(value, bool) and "bool" not in hint:
+        return "no" if value is False else value  # YAML 1.1 reads `no` as False: eval_strategy: no
     if not isinstance(value, str):
         return value
     try:
@@ -55,9 +57,9 @@ def _coerce(value, f: dataclasses.Field, where: str):
         if re.match(r"^(int|Optional\[int\]|int \| None)", hint):
             return int(value)
         if hint.startswith("bool"):
-            if value.lower() in {"true", "yes", "1"}:
+            if value.lower() in {"true", "yes", "on", "1"}:
                 return True
-            if value.lower() in {"false", "no", "0"}:
+            if value.lower() in {"false", "no", "off", "0"}:
                 return False
             raise ValueError(value)
     except ValueError:

@@ -21,6 +21,7 @@ def import_ml_stack() -> None:
         if not _ready:
             import datasets  # noqa: F401
             import peft  # noqa: F401
+            import plotly.graph_objects  # noqa: F401 - the dashboard's charts
             import transformers
             import trl  # noqa: F401
 

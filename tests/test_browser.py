@@ -52,6 +52,17 @@ def _wait_for(cond, timeout=60, what="condition"):
     raise AssertionError(f"timed out waiting for {what}")
 
 
+def start_long_run(page, steps: str = "3000") -> None:
+    """Open the Train tab, wait for the tiny recipe to fill the form, lengthen it and press Start."""
+    page.get_by_role("tab", name="Train").click()
+    field = page.get_by_label("Max steps (-1: use epochs)")
+    _wait_for(lambda: field.input_value() == "200", 120, "recipe to fill the form")
+    field.fill(steps)
+    field.press("Tab")
+    page.get_by_role("button", name="Start", exact=True).click()
+    page.locator("#train-message").get_by_text("Started").wait_for(timeout=30000)
+
+
 def test_train_from_the_browser_live_chart_stop_reload_reattach(app, browser):
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     context = browser.new_context(viewport={"width": 1400, "height": 1000})
@@ -69,13 +80,7 @@ def test_train_from_the_browser_live_chart_stop_reload_reattach(app, browser):
     page.screenshot(path=str(ARTIFACTS / "1-data.png"), full_page=True)
 
     # Train: the tiny recipe fills the form; make it long enough to watch, then start
-    page.get_by_role("tab", name="Train").click()
-    steps = page.get_by_label("Max steps (-1: use epochs)")
-    _wait_for(lambda: steps.input_value() == "200", 120, "recipe to fill the form")
-    steps.fill("3000")
-    steps.press("Tab")
-    page.get_by_role("button", name="Start", exact=True).click()
-    page.locator("#train-message").get_by_text("Started").wait_for(timeout=30000)
+    start_long_run(page)
     _wait_for(lambda: _step(page) >= 10, 90, "progress to advance")
     first = _step(page)
     _wait_for(lambda: _step(page) > first + 5, 60, "progress to keep advancing")
@@ -119,12 +124,7 @@ def test_second_visitor_sees_job_read_only(app, browser):
     other = browser.new_context()
     p1, p2 = owner.new_page(), other.new_page()
     p1.goto(app)
-    p1.get_by_role("tab", name="Train").click()
-    steps = p1.get_by_label("Max steps (-1: use epochs)")
-    _wait_for(lambda: steps.input_value() == "200", 120, "form")
-    steps.fill("3000")
-    steps.press("Tab")
-    p1.get_by_role("button", name="Start", exact=True).click()
+    start_long_run(p1)
     _wait_for(lambda: _step(p1) >= 3, 60, "owner progress")
     p2.goto(app)
     p2.get_by_role("tab", name="Train").click()

@@ -61,6 +61,12 @@ def test_bad_values_and_yaml(tmp_path):
         recipe_from_dict({"method": "ppo"})
 
 
+def test_yaml_no_means_the_word_no_for_strategy_fields():
+    r = load_recipe(RECIPES_DIR / "tiny-quotes.yaml", ["eval_strategy=no", "save_strategy=no"])
+    args, _ = r.training_config("/tmp/out")
+    assert args.eval_strategy == "no" and args.save_strategy == "no"
+
+
 def test_set_overrides_and_string_numbers():
     r = load_recipe(RECIPES_DIR / "tiny-quotes.yaml", ["max_steps=7", "learning_rate=2e-4", "dataset.source=dolly"])
     assert r.train["max_steps"] == 7 and r.train["learning_rate"] == pytest.approx(2e-4)

@@ -14,23 +14,45 @@ def largest_divisor_at_most(n: int, cap: int) -> int:
     return max(d for d in range(1, max(1, min(n, cap)) + 1) if n % d == 0)
 
 
-def resolve_fast_defaults(recipe, on_gpu: bool, fits=None) -> list[str]:
-    """Fill the studio's speed choices into `recipe.train`; each is recorded and can be switched off.
+def _explicit_checkpointing(train: dict) -> bool | None:
+    for key in ("activation_checkpointing", "gradient_checkpointing"):
+        if train.get(key) is not None:
+            return bool(train[key])
+    return None
 
-    - auto_batch: keep the effective batch (micro-batch × accumulation), but make the micro-batch
-      the largest that fits (a divisor of the effective batch), so fewer, fuller steps run.
-    - group by length with dynamic padding (TRL's collator pads to the longest in each batch).
-    - count non-padding tokens for an honest tokens/s.
-    `fits(micro)` answers whether a micro-batch fits in memory (a GPU probe); on CPU memory is ample.
+
+def resolve_fast_defaults(recipe, on_gpu: bool, fits=None) -> list[str]:
+    """Fill the studio's speed choices into `recipe.train`; each is logged, recorded in the resolved
+    recipe, and switched off by setting the key yourself (or `studio.auto_batch: false`).
+
+    - auto_batch: keep the effective batch (micro-batch × accumulation) but make the micro-batch the
+      largest that fits, a divisor of the effective batch: fewer, fuller steps, the same maths.
+    - group by length, with TRL's dynamic padding to the longest in each batch (never a fixed length).
+      TRL's padding-free/packing paths need FlashAttention for correctness; they stay the user's choice.
+    - gradient checkpointing only when memory needs it (TRL turns it on by default; it costs ~30%).
+    - on GPU: tf32 where the GPU has it, Liger kernels where installed.
+    `fits(micro, checkpointing)` answers whether a micro-batch fits in memory (a GPU probe); a CPU has room.
     """
+    import importlib.util
+
     studio, train, notes = recipe.studio, recipe.train, []
+    explicit_ckpt = _explicit_checkpointing(train)
+    ckpt = bool(explicit_ckpt)
+    if explicit_ckpt is None:
+        if fits is not None and not fits(1, False):
+            ckpt = True
+            notes.append("gradient checkpointing on: one example does not fit in memory without it")
+        else:
+            notes.append("gradient checkpointing off: memory allows it (set activation_checkpointing: true to force)")
+        train["activation_checkpointing"] = ckpt
+        train["gradient_checkpointing"] = ckpt
     micro = int(train.get("per_device_train_batch_size", 8))
     accum = int(train.get("gradient_accumulation_steps", 1))
     effective = micro * accum
     if studio.get("auto_batch", True) and accum > 1:
         cap = int(studio.get("max_micro_batch", 16 if on_gpu else 8))
         best = largest_divisor_at_most(effective, cap)
-        while fits is not None and best > micro and not fits(best):
+        while fits is not None and best > micro and not fits(best, ckpt):
             best = largest_divisor_at_most(effective, best - 1)
         if best != micro:
             train["per_device_train_batch_size"] = best
@@ -41,7 +63,55 @@ def resolve_fast_defaults(recipe, on_gpu: bool, fits=None) -> list[str]:
         train["train_sampling_strategy"] = "group_by_length"
         notes.append("group_by_length: batches of similar length, padded to the longest in each batch")
     train.setdefault("include_num_input_tokens_seen", "non_padding")
+    import torch
+
+    if on_gpu and torch.cuda.is_available():
+        if "tf32" not in train and torch.cuda.get_device_capability()[0] >= 8:
+            train["tf32"] = True
+            notes.append("tf32 on: Ampere or newer GPU")
+        if "use_liger_kernel" not in train and importlib.util.find_spec("liger_kernel") is not None:
+            train["use_liger_kernel"] = True
+            notes.append("Liger kernels on (installed)")
     return notes
+
+
+def memory_probe(model, tokenizer, data, max_length: int | None):
+    """fits(micro, checkpointing): one forward/backward on the longest training examples, OOM = no.
+
+    Only the activations get gradients (weights frozen, as under LoRA), so the answer tracks a LoRA step.
+    """
+    import torch
+
+    from studio.data import render_example
+
+    train = data.splits["train"]
+    texts = sorted((render_example(train[i], tokenizer) for i in range(len(train))), key=len, reverse=True)
+
+    def fits(micro: int, checkpointing: bool) -> bool:
+        chosen = (texts * micro)[:micro]  # the longest examples, repeated if there are fewer than `micro`
+        batch = tokenizer(chosen, return_tensors="pt", padding=True, truncation=bool(max_length),
+                          max_length=max_length).to(model.device)
+        flags = [p.requires_grad for p in model.parameters()]
+        for p in model.parameters():
+            p.requires_grad_(False)
+        model.enable_input_require_grads()
+        if checkpointing:
+            model.gradient_checkpointing_enable()
+        try:
+            out = model(**batch, labels=batch["input_ids"])
+            out.loss.backward()
+            return True
+        except torch.OutOfMemoryError:
+            return False
+        finally:
+            if checkpointing:
+                model.gradient_checkpointing_disable()
+            for p, f in zip(model.parameters(), flags):
+                p.requires_grad_(f)
+            model.zero_grad(set_to_none=True)
+            torch.cuda.empty_cache()
+
+    return fits
 
 
 def quiet_trainer(trainer) -> None:
@@ -74,21 +144,20 @@ def write_summary(job, trainer, status: str, started: float, start_step: int, ex
     evals = [h["eval_loss"] for h in state.log_history if "eval_loss" in h]
     runtime = time.time() - started
     steps = state.global_step - start_step
+    train_runtime = (extra or {}).get("train_runtime_s") or runtime
+    tokens_now = int(state.num_input_tokens_seen or 0) - job.start_tokens  # this process's part of a resumed run
     summary = {
         "run": job.id, "status": status, "method": job.recipe.method,
         "steps": state.global_step, "planned_steps": state.max_steps,
         "first_loss": losses[0] if losses else None, "final_loss": losses[-1] if losses else None,
         "best_eval_loss": min(evals) if evals else None, "final_eval_loss": evals[-1] if evals else None,
-        "runtime_s": round(runtime, 2), "steps_per_s": round(steps / runtime, 3) if runtime else None,
+        "runtime_s": round(runtime, 2), "steps_per_s": round(steps / train_runtime, 3) if train_runtime else None,
         "tokens_seen": int(state.num_input_tokens_seen or 0),
-        "tokens_per_s": round((state.num_input_tokens_seen or 0) / runtime, 1) if runtime and start_step == 0 else None,
+        "tokens_per_s": round(tokens_now / train_runtime, 1) if train_runtime else None,
         "trainable_params": (job.params or {}).get("trainable"), "total_params": (job.params or {}).get("total"),
         "trainable_percent": (job.params or {}).get("percent"),
         "best_checkpoint": state.best_model_checkpoint,
     }
-    if summary["tokens_per_s"] is None and runtime:
-        tokens_now = (state.num_input_tokens_seen or 0) - job.start_tokens
-        summary["tokens_per_s"] = round(tokens_now / runtime, 1)
     summary.update(extra or {})
     summary = {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in summary.items()}
     (Path(job.run_dir) / "summary.json").write_text(json.dumps(summary, indent=2), encoding="utf-8")

@@ -3,56 +3,62 @@
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 from studio.jobs import CANCELLED, DONE, last_checkpoint, make_callback
-from studio.train.common import generate_samples, quiet_trainer, require_split, resolve_fast_defaults, write_summary
+from studio.train.common import (generate_samples, memory_probe, quiet_trainer, require_split, resolve_fast_defaults,
+                                 write_summary)
 
 
-def run_sft(job, resume: bool = False) -> dict:
+def build_sft_trainer(recipe, run_dir: Path, log=print, callbacks=()):
+    """seed → tokenizer → data → model → speed settings → TRL config → SFTTrainer.
+
+    The studio's job and the benchmarks' "plain TRL" arm both build their trainer here, so they
+    train the identical configuration.
+    """
     import torch
     from transformers import set_seed
     from trl import SFTTrainer, get_peft_config
 
     from studio.data import prepare_dataset
-    from studio.models import format_parameter_report, load_model, load_tokenizer, parameter_report
+    from studio.models import load_model, load_tokenizer
 
-    recipe, run_dir = job.recipe, job.run_dir
-    started = time.time()
-
-    # seed → settings → data → tokenizer → model → trainer → train → save → samples → summary
     seed = int(recipe.train.get("seed", 42))
     set_seed(seed)
-    for note in resolve_fast_defaults(recipe, on_gpu=torch.cuda.is_available()):
-        job.log(note)
-    args, notes = recipe.training_config(run_dir / "checkpoints")
-    for note in notes:
-        job.log(note)
-    (run_dir / "recipe.yaml").write_text(recipe.to_yaml(), encoding="utf-8")  # the resolved recipe
-
     model_args = recipe.model_config()
     tokenizer = load_tokenizer(model_args.model_name_or_path)
     ds = recipe.dataset
     data = prepare_dataset(ds["source"], ds.get("format"), ds.get("template"), config=ds.get("config"),
                            split=ds.get("split"), splits=ds.get("splits", "80/10/10"), seed=seed,
                            tokenizer=tokenizer, max_length=ds.get("max_length"), max_rows=ds.get("max_rows"))
-    job.log(f"data: {data.source} as {data.format.name}, {data.rows} rows, {data.dropped_total} dropped, "
-            f"splits {', '.join(f'{k} {len(v)}' for k, v in data.splits.items())}")
+    log(f"data: {data.source} as {data.format.name}, {data.rows} rows, {data.dropped_total} dropped, "
+        f"splits {', '.join(f'{k} {len(v)}' for k, v in data.splits.items())}")
     eval_ds = None
-    if args.eval_strategy != "no":
+    if recipe.train.get("eval_strategy", "no") != "no":
         eval_ds = require_split(data, "validation", recipe.path or recipe.name)
 
-    job.log(f"loading {model_args.model_name_or_path}")
-    model = load_model(model_args, gradient_checkpointing=bool(args.activation_checkpointing or args.gradient_checkpointing))
-    trainer = SFTTrainer(
-        model=model,
-        args=args,
-        train_dataset=data.splits["train"],
-        eval_dataset=eval_ds,
-        processing_class=tokenizer,
-        peft_config=get_peft_config(model_args),
-        callbacks=[make_callback(job)],
-    )
+    log(f"loading {model_args.model_name_or_path}")
+    model = load_model(model_args)
+    on_gpu = torch.cuda.is_available()
+    fits = memory_probe(model, tokenizer, data, recipe.train.get("max_length")) if on_gpu else None
+    for note in resolve_fast_defaults(recipe, on_gpu=on_gpu, fits=fits):
+        log(note)
+    args, notes = recipe.training_config(run_dir / "checkpoints")
+    for note in notes:
+        log(note)
+    trainer = SFTTrainer(model=model, args=args, train_dataset=data.splits["train"], eval_dataset=eval_ds,
+                         processing_class=tokenizer, peft_config=get_peft_config(model_args), callbacks=list(callbacks))
     quiet_trainer(trainer)
+    return trainer, tokenizer, data
+
+
+def run_sft(job, resume: bool = False) -> dict:
+    from studio.models import folder_size, format_parameter_report, parameter_report
+
+    recipe, run_dir = job.recipe, job.run_dir
+    started = time.time()
+    trainer, tokenizer, _data = build_sft_trainer(recipe, run_dir, job.log, [make_callback(job)])
+    (run_dir / "recipe.yaml").write_text(recipe.to_yaml(), encoding="utf-8")  # the resolved recipe
     job.params = parameter_report(trainer.model)
     job.emit("params", params=job.params)
     job.log(format_parameter_report(job.params))
@@ -61,19 +67,19 @@ def run_sft(job, resume: bool = False) -> dict:
     if resume:
         job.log(f"resuming from {checkpoint.name}" if checkpoint else "no complete checkpoint: starting over")
     start_step = int(checkpoint.name.split("-")[-1]) if checkpoint else 0
-    trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+    output = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+    extra = {"train_runtime_s": round(output.metrics.get("train_runtime", 0.0), 3)}
 
     if job.stop_event.is_set():
         job.log(f"stopped at step {trainer.state.global_step}; resume to continue")
-        summary = write_summary(job, trainer, CANCELLED, started, start_step)
+        summary = write_summary(job, trainer, CANCELLED, started, start_step, extra)
         job.emit("status", status=CANCELLED)
         return summary
 
     adapter_dir = run_dir / "adapter"
     trainer.save_model(str(adapter_dir))
     tokenizer.save_pretrained(str(adapter_dir))
-
-    extra = {"adapter_dir": str(adapter_dir)}
+    extra.update(adapter_dir=str(adapter_dir), adapter_bytes=folder_size(adapter_dir))
     prompts = recipe.header.get("eval_prompts") or []
     if prompts:
         n = int(recipe.studio.get("sample_max_new_tokens", 32))
@@ -82,9 +88,6 @@ def run_sft(job, resume: bool = False) -> dict:
             before = generate_samples(peft_model, tokenizer, prompts, n)
         after = generate_samples(peft_model, tokenizer, prompts, n)
         extra["samples"] = [{"prompt": p, "before": b, "after": a} for p, b, a in zip(prompts, before, after)]
-    from studio.models import folder_size
-
-    extra["adapter_bytes"] = folder_size(adapter_dir)
     summary = write_summary(job, trainer, DONE, started, start_step, extra)
     job.emit("status", status=DONE)
     return summary

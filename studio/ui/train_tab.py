@@ -65,6 +65,7 @@ def load_form(name: str) -> dict:
     with _tempfile.TemporaryDirectory() as tmp:
         args, _ = recipe.training_config(tmp, validate_only=True)
     model_args = recipe.model_config()
+    flat.setdefault("activation_checkpointing", False)  # the studio turns it on only when memory needs it
     for key, _make in BASIC + ADVANCED:
         if key not in flat and "." not in key:
             value = getattr(args, key, getattr(model_args, key, None))
