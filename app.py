@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import socket
 import sys
 import threading
 
@@ -22,6 +23,26 @@ def want_share(flag: bool | None) -> bool:
     if on_space():
         return False
     return on_colab() if flag is None else flag
+
+
+SHARE_SERVER = ("api.gradio.app", 443)
+
+
+def share_reachable(timeout: float = 3.0) -> bool:
+    try:
+        with socket.create_connection(SHARE_SERVER, timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def resolve_share(flag: bool | None) -> tuple[bool, str | None]:
+    """(share?, a one-line note to print). Offline, Gradio's own message is a multi-line how-to."""
+    if not want_share(flag):
+        return False, None
+    if not share_reachable():
+        return False, "Could not create a public share link (the share service is unreachable); serving locally only."
+    return True, None
 
 
 def _warm_imports() -> None:
@@ -43,6 +64,8 @@ def main(argv=None) -> None:
     p.add_argument("--runs-dir", help="where runs are kept (default runs/; on Colab e.g. a Drive folder)")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+    logging.getLogger("bitsandbytes").setLevel(logging.ERROR)  # "no CPU 4-bit kernels package": not actionable
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
     if args.runs_dir:
@@ -53,19 +76,14 @@ def main(argv=None) -> None:
 
     # Serve first; warm the ML stack in the background so the first click doesn't wait for imports.
     threading.Thread(target=_warm_imports, name="warm-imports", daemon=True).start()
-    share_link = want_share(args.share)
+    share_link, note = resolve_share(args.share)
+    if note:
+        print(note, flush=True)
     demo = build_app()
     runs_root().mkdir(parents=True, exist_ok=True)
-    try:
-        demo.queue(default_concurrency_limit=8).launch(
-            server_name=args.host, server_port=args.port, share=share_link,
-            allowed_paths=[str(runs_root().resolve())], **launch_kwargs())
-    except Exception as e:  # noqa: BLE001
-        if share_link and "share" in str(e).lower():
-            print("Could not create a public share link (no network?); serving locally only.", flush=True)
-            demo.launch(server_name=args.host, server_port=args.port, share=False, **launch_kwargs())
-        else:
-            raise
+    demo.queue(default_concurrency_limit=8).launch(
+        server_name=args.host, server_port=args.port, share=share_link,
+        allowed_paths=[str(runs_root().resolve())], **launch_kwargs())
 
 
 if __name__ == "__main__":

@@ -43,3 +43,35 @@ def test_embedded_model_is_small_and_reproducible(embedded_path):
 
     assert folder_size(embedded_path) < 20 * 2**20
     assert embedded_path.name.startswith("tiny-llama-")
+
+
+def test_gated_model_message_says_how_to_fix():
+    from huggingface_hub.errors import GatedRepoError
+
+    from studio.models import _load_error
+
+    import httpx
+
+    response = httpx.Response(403, request=httpx.Request("GET", "https://huggingface.co/google/gemma-2b"))
+    err = _load_error("google/gemma-2b", GatedRepoError("Access to model google/gemma-2b is restricted",
+                                                        response=response))
+    assert "gated" in str(err) and "https://huggingface.co/google/gemma-2b" in str(err) and "HF_TOKEN" in str(err)
+
+
+def test_qlora_4bit_nf4_loads_and_trains_on_cpu(tmp_path):
+    """The QLoRA code path through bitsandbytes (which runs 4-bit on CPU, slowly)."""
+    import bitsandbytes as bnb
+
+    from conftest import tiny_recipe
+    from studio import jobs
+
+    recipe = tiny_recipe(load_in_4bit=True, use_bnb_nested_quant=True, max_steps=3, eval_steps=3, save_steps=3)
+    from studio.models import load_model
+
+    model = load_model(recipe.model_config())
+    assert any(isinstance(m, bnb.nn.Linear4bit) for m in model.modules())
+    assert model.config.quantization_config.bnb_4bit_quant_type == "nf4"
+    job = jobs.start_job(recipe, runs_dir=tmp_path)
+    job.wait(240)
+    assert job.status == "done", job.error
+    assert (job.run_dir / "adapter" / "adapter_config.json").exists()
