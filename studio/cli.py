@@ -64,7 +64,7 @@ def cmd_train(args) -> int:
         if not args.recipe:
             raise StudioError("train: give a recipe file (or --resume RUN_DIR)")
         recipe = load_recipe(args.recipe, args.set)
-        job = start_job(recipe, runs_dir=args.runs_dir)
+        job = start_job(recipe, runs_dir=args.runs_dir, run_name=args.run_name)
     print(f"run: {job.run_dir}", file=sys.stderr)
     bar, shown_logs = None, 0
     try:
@@ -129,6 +129,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a recipe key")
     t.add_argument("--resume", metavar="RUN_DIR", help="resume a run from its last checkpoint")
     t.add_argument("--runs-dir", help="where runs go (default: runs/ or $STUDIO_RUNS)")
+    t.add_argument("--run-name", help="the run folder's name (default: recipe name + time); under "
+                                      "`accelerate launch` give one so every process uses the same folder")
     t.set_defaults(func=cmd_train)
 
     r = sub.add_parser("recipes", help="list the recipes")

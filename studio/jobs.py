@@ -277,7 +277,9 @@ def start_job(recipe, runs_dir=None, resume: str | os.PathLike | None = None, ru
             base = run_name or f"{recipe.name}-{stamp}"
             run_dir = runs_root(runs_dir) / base
             n = 1
-            while run_dir.exists():
+            if run_name and (run_dir / "summary.json").exists():
+                raise StudioError(f"{run_dir}: a finished run already has this name; pick another, or --resume it")
+            while run_dir.exists() and not run_name:  # a given name is shared on purpose (multi-GPU ranks)
                 n += 1
                 run_dir = runs_root(runs_dir) / f"{base}-{n}"
         job = Job.from_run_dir(run_dir) if resume and (run_dir / "events.jsonl").exists() else Job(run_dir)

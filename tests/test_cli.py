@@ -40,9 +40,12 @@ def test_recipes_lists_each(tmp_path):
 
 def test_train_prints_run_folder(tmp_path):
     out = run_cli("train", "recipes/tiny-quotes.yaml", "--runs-dir", str(tmp_path), "--set", "max_steps=6",
-                  "--set", "eval_steps=3", "--set", "save_steps=3")
+                  "--set", "eval_steps=3", "--set", "save_steps=3", "--run-name", "my-run")
     assert out.returncode == 0, out.stderr[-2000:]
     run_dir = out.stdout.strip().splitlines()[-1]
+    assert run_dir == str(tmp_path / "my-run")
+    again = run_cli("train", "recipes/tiny-quotes.yaml", "--runs-dir", str(tmp_path), "--run-name", "my-run")
+    assert again.returncode == 2 and "a finished run already has this name" in again.stderr
     assert json.loads(open(os.path.join(run_dir, "summary.json")).read())["steps"] == 6
     out = run_cli("train", "recipes/tiny-quotes.yaml", "--set", "bogus_key=1")
     assert out.returncode == 2 and "unknown key 'bogus_key'" in out.stderr
