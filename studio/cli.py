@@ -46,10 +46,9 @@ def cmd_data(args) -> int:
 
 
 def cmd_recipes(args) -> int:
-    from studio.recipes import RECIPES_DIR, load_recipe
+    from studio.recipes import list_recipes
 
-    for path in sorted(RECIPES_DIR.glob("*.yaml")):
-        r = load_recipe(path)
+    for r in list_recipes():
         print(f"{r.name:24} {r.method:6} {r.model.get('model_name_or_path', ''):34} {r.header.get('description', '')}")
     return 0
 
