@@ -30,7 +30,9 @@ def build_sft_trainer(recipe, run_dir: Path, log=print, callbacks=()):
     ds = recipe.dataset
     data = prepare_dataset(ds["source"], ds.get("format"), ds.get("template"), config=ds.get("config"),
                            split=ds.get("split"), splits=ds.get("splits", "80/10/10"), seed=seed,
-                           tokenizer=tokenizer, max_length=ds.get("max_length"), max_rows=ds.get("max_rows"))
+                           # token lengths only when filtering by them: SFTTrainer tokenizes everything anyway
+                           tokenizer=tokenizer if ds.get("max_length") else None, max_length=ds.get("max_length"),
+                           max_rows=ds.get("max_rows"))
     log(f"data: {data.source} as {data.format.name}, {data.rows} rows, {data.dropped_total} dropped, "
         f"splits {', '.join(f'{k} {len(v)}' for k, v in data.splits.items())}")
     eval_ds = None
