@@ -48,6 +48,7 @@ class Job:
         self.start_tokens = 0
         self.elapsed_before = 0.0  # seconds spent by earlier processes, for resumed runs
         self.finished_at: float | None = None
+        self.last_event_at: float | None = None
         self.history: list[dict] = []
         self.logs: list[str] = []
         self.error: str | None = None
@@ -76,13 +77,15 @@ class Job:
 
     def _apply(self, e: dict) -> None:
         kind = e["type"]
+        self.last_event_at = e["t"]
         if kind == "status":
             self.status = e["status"]
+            if "elapsed_before" in e:  # a resumed run: time spent by earlier processes
+                self.elapsed_before = e["elapsed_before"]
             if e["status"] == RUNNING:
                 self.started_at, self.finished_at = e["t"], None
                 self.start_step = e.get("step", self.step)
                 self.start_tokens = self.tokens
-                self.elapsed_before = e.get("elapsed_before", self.elapsed_before)
             if e["status"] in (DONE, FAILED, CANCELLED):
                 self.finished_at = e["t"]
             if e.get("error"):
@@ -115,8 +118,9 @@ class Job:
                 job._apply(json.loads(line))
             except (json.JSONDecodeError, KeyError):
                 continue  # a line cut short by a crash
-        if job.status in ACTIVE:  # the process that ran it is gone
+        if job.status in ACTIVE:  # the process that ran it is gone: it stopped at its last event
             job.status = "interrupted"
+            job.finished_at = job.last_event_at
         return job
 
     # ---- derived progress ---------------------------------------------------------------------
@@ -283,7 +287,6 @@ def start_job(recipe, runs_dir=None, resume: str | os.PathLike | None = None, ru
                 n += 1
                 run_dir = runs_root(runs_dir) / f"{base}-{n}"
         job = Job.from_run_dir(run_dir) if resume and (run_dir / "events.jsonl").exists() else Job(run_dir)
-        job.stop_event = threading.Event()
         if resume:
             from studio.recipes import load_recipe
 

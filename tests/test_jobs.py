@@ -129,6 +129,9 @@ def test_sigkill_mid_training_then_resume_finishes_planned_steps(tmp_path):
     proc.wait()
     killed_at = jobs.Job.from_run_dir(run_dir)
     assert killed_at.status == "interrupted" and killed_at.step < 300
+    frozen = killed_at.elapsed()
+    time.sleep(0.2)
+    assert killed_at.elapsed() == frozen > 0  # an interrupted run's clock stopped with its process
     out = subprocess.run([sys.executable, "-m", "studio", "train", "--resume", str(run_dir)], env=env, cwd=tmp_path,
                          capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
@@ -136,3 +139,6 @@ def test_sigkill_mid_training_then_resume_finishes_planned_steps(tmp_path):
     assert "resuming from checkpoint-" in out.stderr
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["status"] == "done" and summary["steps"] == 300
+    replay = jobs.Job.from_run_dir(run_dir)  # a later process sees both processes' time
+    assert replay.status == "done" and replay.elapsed_before == pytest.approx(frozen, abs=0.01)
+    assert replay.elapsed() > frozen

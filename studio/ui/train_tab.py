@@ -124,19 +124,15 @@ def create_train_tab(client: gr.BrowserState) -> dict:
             ds_template = gr.Textbox(label="Template override", scale=2)
         widgets: dict = {"model_name_or_path": model, "dataset.source": ds_source, "dataset.format": ds_format,
                          "dataset.template": ds_template}
-        with gr.Row():
-            for key, make in BASIC[:5]:
-                widgets[key] = make()
-        with gr.Row():
-            for key, make in BASIC[5:]:
-                widgets[key] = make()
+        def place_rows(*rows):
+            for specs in rows:
+                with gr.Row():
+                    for key, make in specs:
+                        widgets[key] = make()
+
+        place_rows(BASIC[:5], BASIC[5:])
         with gr.Accordion("Advanced", open=False):
-            with gr.Row():
-                for key, make in ADVANCED[:6]:
-                    widgets[key] = make()
-            with gr.Row():
-                for key, make in ADVANCED[6:]:
-                    widgets[key] = make()
+            place_rows(ADVANCED[:6], ADVANCED[6:])
             widgets["eval_prompts"] = gr.Textbox(label="Sample prompts (one per line), generated before and after",
                                                  lines=2)
         keys, comps = list(widgets), list(widgets.values())
