@@ -62,6 +62,10 @@ def main(argv=None) -> None:
     share.add_argument("--share", dest="share", action="store_true", default=None, help="public share link")
     share.add_argument("--no-share", dest="share", action="store_false")
     p.add_argument("--runs-dir", help="where runs are kept (default runs/; on Colab e.g. a Drive folder)")
+    p.add_argument("--shared", action="store_true", default=None,
+                   help="treat visitors as strangers even without a share link (on with --share and on a Space)")
+    p.add_argument("--allow-remote-code", action="store_true",
+                   help="let recipes from the page set trust_remote_code (off by default; never for a public app)")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)
@@ -79,11 +83,16 @@ def main(argv=None) -> None:
     share_link, note = resolve_share(args.share)
     if note:
         print(note, flush=True)
+    if args.shared or share_link or want_share(args.share) or on_space():
+        # strangers can call every endpoint: only samples, uploads, runs and Hub ids (studio.access)
+        os.environ["STUDIO_SHARED"] = "1"
+    if args.allow_remote_code:
+        os.environ["STUDIO_ALLOW_REMOTE_CODE"] = "1"
     demo = build_app()
     runs_root().mkdir(parents=True, exist_ok=True)
     demo.queue(default_concurrency_limit=8).launch(
         server_name=args.host, server_port=args.port, share=share_link,
-        allowed_paths=[str(runs_root().resolve())], **launch_kwargs())
+        **launch_kwargs())  # no allowed_paths: files reach the browser only through the temp dir
 
 
 if __name__ == "__main__":

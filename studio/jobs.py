@@ -8,28 +8,21 @@ the trainer then saves a checkpoint and ends, status ``cancelled``.
 
 from __future__ import annotations
 
-import functools
 import json
 import logging
 import os
-import shutil
 import threading
 import time
 import traceback
 from pathlib import Path
 
+from studio.access import check_run_name, runs_root  # noqa: F401 (runs_root is re-exported)
 from studio.errors import StudioError
 
 log = logging.getLogger("studio")
 
-QUEUED, RUNNING, STOPPING, DONE, FAILED, CANCELLED = "queued", "running", "stopping", "done", "failed", "cancelled"
-ACTIVE = (QUEUED, RUNNING, STOPPING)
-COMPLETE_MARKER = ".complete"  # written into a checkpoint once the trainer has fully saved it
-METRIC_KEYS = ("loss", "eval_loss", "learning_rate", "grad_norm", "memory_mb")
-
-
-def runs_root(runs_dir: str | os.PathLike | None = None) -> Path:
-    return Path(runs_dir or os.environ.get("STUDIO_RUNS") or "runs").expanduser()
+from studio.train.progress import (ACTIVE, CANCELLED, COMPLETE_MARKER, DONE, FAILED, QUEUED,  # noqa: F401
+                                   RUNNING, STOPPING, last_checkpoint, make_callback, memory_mb)
 
 
 class Job:
@@ -169,83 +162,6 @@ class Job:
         return not self.active
 
 
-def make_callback(job: Job):
-    """A TrainerCallback that feeds `job` (built lazily: transformers is imported on first use)."""
-    from transformers import TrainerCallback
-
-    class JobCallback(TrainerCallback):
-        def on_train_begin(self, args, state, control, **kwargs):
-            job.emit("progress", step=state.global_step, total=state.max_steps, epoch=state.epoch or 0.0,
-                     tokens=state.num_input_tokens_seen or 0)
-            job.emit("status", status=RUNNING, step=state.global_step)
-
-        def on_step_end(self, args, state, control, **kwargs):
-            job.emit("progress", step=state.global_step, total=state.max_steps, epoch=round(state.epoch or 0, 4),
-                     tokens=state.num_input_tokens_seen or 0)
-            if job.stop_event.is_set():
-                control.should_training_stop = True
-                control.should_save = True  # stop = checkpoint now, resume later
-
-        def on_log(self, args, state, control, logs=None, **kwargs):
-            logs = logs or {}
-            row = {"step": state.global_step, "epoch": round(state.epoch or 0, 4)}
-            for key in ("loss", "eval_loss", "learning_rate", "grad_norm"):
-                if key in logs:
-                    row[key] = float(logs[key])
-            for key, value in logs.items():  # DPO and eval extras: rewards/*, logps/*, eval_*
-                if key not in row and isinstance(value, (int, float)) and key.startswith(("rewards/", "logps/", "eval_")):
-                    row[key] = float(value)
-            if len(row) > 2:
-                row["memory_mb"] = memory_mb()
-                job.emit("metrics", **row)
-
-        def on_save(self, args, state, control, **kwargs):
-            ckpt = Path(args.output_dir) / f"checkpoint-{state.global_step}"
-            if ckpt.is_dir():
-                (ckpt / COMPLETE_MARKER).write_text(str(state.global_step))
-                job.emit("checkpoint", step=state.global_step, path=str(ckpt))
-
-    return JobCallback()
-
-
-@functools.cache
-def _has_cuda() -> bool:
-    import torch
-
-    return torch.cuda.is_available()  # ~4 ms a call on a CPU build: ask once, not every log
-
-
-def memory_mb() -> float:
-    if _has_cuda():
-        import torch
-
-        return round(torch.cuda.max_memory_allocated() / 2**20, 1)
-    try:
-        import resource
-
-        return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)  # Linux: KiB
-    except Exception:  # noqa: BLE001
-        return 0.0
-
-
-def last_checkpoint(run_dir: str | os.PathLike) -> Path | None:
-    """The newest checkpoint the trainer finished writing; half-written ones are removed."""
-    folder = Path(run_dir) / "checkpoints"
-    if not folder.is_dir():
-        return None
-    found = []
-    for ckpt in folder.glob("checkpoint-*"):
-        try:
-            step = int(ckpt.name.split("-")[-1])
-        except ValueError:
-            continue
-        if (ckpt / COMPLETE_MARKER).exists():
-            found.append((step, ckpt))
-        else:
-            shutil.rmtree(ckpt, ignore_errors=True)  # a crash mid-save: never resume from it
-    return max(found)[1] if found else None
-
-
 # ---- the registry: one training job at a time per process ---------------------------------------
 _registry_lock = threading.Lock()
 _jobs: dict[str, Job] = {}
@@ -276,9 +192,14 @@ def start_job(recipe, runs_dir=None, resume: str | os.PathLike | None = None, ru
             run_dir = Path(resume)
             if not (run_dir / "recipe.yaml").exists():
                 raise StudioError(f"{run_dir}: not a run folder (no recipe.yaml)")
+            if (run_dir / "events.jsonl").exists():
+                before = Job.from_run_dir(run_dir)
+                if before.status == DONE:
+                    raise StudioError(f"{run_dir.name} already finished ({before.step}/{before.total} steps); "
+                                      "nothing to resume, the run is left as it was")
         else:
             stamp = time.strftime("%Y%m%d-%H%M%S")
-            base = run_name or f"{recipe.name}-{stamp}"
+            base = check_run_name(run_name) if run_name else f"{check_run_name(recipe.name, 'recipe name')}-{stamp}"
             run_dir = runs_root(runs_dir) / base
             n = 1
             if run_name and (run_dir / "summary.json").exists():

@@ -96,7 +96,7 @@ def pick_dtype():
     return torch.float32
 
 
-def load_model(model_args):
+def load_model(model_args, trust_remote_code: bool = False):
     """A causal LM from a TRL `ModelConfig`: dtype auto, optional 4-/8-bit through bitsandbytes."""
     import torch
     from transformers import AutoModelForCausalLM
@@ -118,7 +118,9 @@ def load_model(model_args):
         dtype = pick_dtype()
     elif isinstance(dtype, str):
         dtype = getattr(torch, dtype)
-    kwargs = dict(dtype=dtype, token=_hub_token(), quantization_config=quant)
+    # `trust_remote_code` comes from a recipe's SFTConfig/DPOConfig key: a file the owner runs, or a page form
+    # only when the owner allowed it (studio.access.check_remote_code). Off by default.
+    kwargs = dict(dtype=dtype, token=_hub_token(), quantization_config=quant, trust_remote_code=trust_remote_code)
     if model_args.attn_implementation:
         kwargs["attn_implementation"] = model_args.attn_implementation
     if quant is not None and torch.cuda.is_available():

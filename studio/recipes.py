@@ -21,7 +21,8 @@ import yaml
 from studio.errors import StudioError
 
 RECIPES_DIR = Path(__file__).resolve().parent.parent / "recipes"
-HEADER_KEYS = ["name", "description", "source_notebook", "method", "dataset", "eval_prompts", "export", "studio"]
+HEADER_KEYS = ["name", "description", "source_notebook", "method", "init_adapter", "dataset", "eval_prompts", "export",
+               "studio", "retrieval"]
 DATASET_KEYS = {"source", "format", "template", "config", "split", "splits", "max_length", "max_rows"}
 STUDIO_KEYS = {"auto_batch", "max_micro_batch", "sample_max_new_tokens"}
 EXPORT_KEYS = {"hub_model_id", "private", "merge"}
@@ -174,6 +175,52 @@ def recipe_from_dict(data: dict, where: str = "recipe") -> Recipe:
     return recipe
 
 
+# Settings that can never train: checked before a job starts, so the user gets one line, not a failed run.
+# key → (test, the allowed range in words)
+RANGES = {
+    "learning_rate": (lambda v: v > 0, "> 0"),
+    "lora_r": (lambda v: v >= 1, "an integer ≥ 1"),
+    "lora_alpha": (lambda v: v > 0, "> 0"),
+    "lora_dropout": (lambda v: 0 <= v < 1, "from 0 up to (not including) 1"),
+    "per_device_train_batch_size": (lambda v: v >= 1, "an integer ≥ 1"),
+    "per_device_eval_batch_size": (lambda v: v >= 1, "an integer ≥ 1"),
+    "gradient_accumulation_steps": (lambda v: v >= 1, "an integer ≥ 1"),
+    "num_train_epochs": (lambda v: v > 0, "> 0"),
+    "max_steps": (lambda v: v == -1 or v >= 1, "-1 (use epochs) or an integer ≥ 1"),
+    "max_length": (lambda v: v >= 1, "an integer ≥ 1 (or unset)"),
+    "warmup_steps": (lambda v: v >= 0, "≥ 0 (a ratio below 1, or a number of steps)"),
+    "weight_decay": (lambda v: v >= 0, "≥ 0"),
+    "max_grad_norm": (lambda v: v >= 0, "≥ 0"),
+    "logging_steps": (lambda v: v > 0, "> 0"),
+    "save_steps": (lambda v: v > 0, "> 0"),
+    "eval_steps": (lambda v: v > 0, "> 0 (or unset)"),
+    "save_total_limit": (lambda v: v >= 1, "an integer ≥ 1 (or unset)"),
+    "seed": (lambda v: v >= 0, "an integer ≥ 0"),
+    "beta": (lambda v: v > 0, "> 0"),
+    "dataset.max_length": (lambda v: v >= 1, "an integer ≥ 1"),
+    "dataset.max_rows": (lambda v: v >= 1, "an integer ≥ 1"),
+    "studio.max_micro_batch": (lambda v: v >= 1, "an integer ≥ 1"),
+    "studio.sample_max_new_tokens": (lambda v: 1 <= v <= 4096, "from 1 to 4096"),
+}
+
+
+def check_ranges(recipe: "Recipe") -> None:
+    where = recipe.path or recipe.name
+    flat = {**recipe.model, **recipe.train}
+    for group in ("dataset", "studio"):
+        flat.update({f"{group}.{k}": v for k, v in (recipe.header.get(group) or {}).items()})
+    for key, (ok, allowed) in RANGES.items():
+        value = flat.get(key)
+        if value is None or isinstance(value, bool):
+            continue
+        try:
+            good = ok(float(value))
+        except (TypeError, ValueError):
+            raise StudioError(f"{where}: '{key}' must be a number ({allowed}), got {value!r}") from None
+        if not good:
+            raise StudioError(f"{where}: '{key}' must be {allowed}, got {value!r}")
+
+
 def validate(recipe: Recipe) -> Recipe:
     where = recipe.path or recipe.name
     for group, allowed in (("dataset", DATASET_KEYS), ("studio", STUDIO_KEYS), ("export", EXPORT_KEYS)):
@@ -190,6 +237,7 @@ def validate(recipe: Recipe) -> Recipe:
     prompts = recipe.header.get("eval_prompts", [])
     if not isinstance(prompts, list) or not all(isinstance(p, str) for p in prompts):
         raise StudioError(f"{where}: eval_prompts must be a list of strings")
+    check_ranges(recipe)
     try:
         recipe.model_config()
     except (ValueError, TypeError) as e:
@@ -261,7 +309,20 @@ def recipe_to_flat(recipe: Recipe) -> dict:
 
 
 def recipe_from_flat(flat: dict, where: str = "form") -> Recipe:
-    """Flat keys → a validated Recipe; empty values mean 'not set'."""
+    """Flat keys → a validated Recipe; empty values mean 'not set'.
+
+    This is what the page and its API send: remote code stays off unless the app's owner allowed it,
+    and the recipe's name must be a plain run name (it becomes a folder under runs/).
+    """
+    from studio.access import check_remote_code, check_run_name
+
+    from studio.access import check_data_source, check_model_source
+
+    check_remote_code(flat.get("trust_remote_code"), where)
+    if flat.get("name"):
+        check_run_name(flat["name"], "recipe name")
+    check_data_source(flat.get("dataset.source") or "")
+    check_model_source(flat.get("model_name_or_path") or "")
     data: dict = {}
     for key, value in flat.items():
         if value is None or value == "":

@@ -9,6 +9,14 @@ def run_method(job, resume: bool = False) -> None:
         from studio.train.sft import run_sft
 
         return run_sft(job, resume=resume)
+    if method == "dpo":
+        from studio.train.dpo import run_dpo
+
+        return run_dpo(job, resume=resume)
+    if method == "lapdog":
+        from studio.train.lapdog import run_lapdog
+
+        return run_lapdog(job, resume=resume)
     from studio.errors import StudioError
 
     raise StudioError(f"method '{method}' is not available in this version of the studio")

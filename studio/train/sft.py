@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from studio.jobs import CANCELLED, DONE, last_checkpoint, make_callback
+from studio.train.progress import CANCELLED, DONE, last_checkpoint, make_callback
 from studio.train.common import (generate_samples, memory_probe, quiet_trainer, require_split, resolve_fast_defaults,
                                  write_summary)
 
@@ -40,7 +40,7 @@ def build_sft_trainer(recipe, run_dir: Path, log=print, callbacks=()):
         eval_ds = require_split(data, "validation", recipe.path or recipe.name)
 
     log(f"loading {model_args.model_name_or_path}")
-    model = load_model(model_args)
+    model = load_model(model_args, trust_remote_code=bool(recipe.train.get("trust_remote_code")))
     on_gpu = torch.cuda.is_available()
     fits = memory_probe(model, tokenizer, data, recipe.train.get("max_length")) if on_gpu else None
     for note in resolve_fast_defaults(recipe, on_gpu=on_gpu, fits=fits):

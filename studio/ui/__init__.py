@@ -4,22 +4,13 @@ from __future__ import annotations
 
 import gradio as gr
 
+from studio.ui.chat_tab import create_chat_tab
 from studio.ui.common import CSS
 from studio.ui.data_tab import create_data_tab
+from studio.ui.dpo_tab import create_dpo_tab
+from studio.ui.evaluate_tab import create_evaluate_tab
+from studio.ui.export_tab import create_export_tab
 from studio.ui.train_tab import create_train_tab
-
-# Tabs whose capability is still being built say so; they carry no buttons.
-COMING = {
-    "DPO": "Align a tuned model with **Direct Preference Optimization** on prompt / chosen / rejected pairs "
-           "(the DialoGPT-small DPO recipe). Preference data already loads and previews on the **Data** tab.",
-    "Persona Chat": "Chat with a **persona bot** whose replies are grounded in retrieved first-person stories "
-                    "(LAPDOG: retriever and generator trained jointly). ConvAI2 persona data already loads on the "
-                    "**Data** tab.",
-    "Evaluate": "Compare **base vs tuned** models side by side with ROUGE, BLEU, F1 and perplexity. "
-                "Until then, every finished run shows before/after generations on its recipe's prompts.",
-    "Export": "Save adapters or merged models and **push them to the Hugging Face Hub** with a model card. "
-              "Until then, each run's PEFT adapter is in `runs/<run>/adapter/`.",
-}
 
 
 def build_app() -> gr.Blocks:
@@ -31,12 +22,16 @@ def build_app() -> gr.Blocks:
         with gr.Tabs():
             data = create_data_tab()
             train = create_train_tab(client)
-            for name, text in COMING.items():
-                with gr.Tab(name):
-                    gr.Markdown(f"### Coming next\n{text}")
+            dpo = create_dpo_tab(client)
+            chat = create_chat_tab(client)
+            evaluate = create_evaluate_tab(client)
+            export = create_export_tab(client)
         data["connect"](train)
         demo.load(*train["on_load"])
         demo.load(*train["run_history"])
+        for tab in (dpo, chat, evaluate, export):  # each tab may ask for page-load events: (fn, inputs, outputs)
+            for event in tab.get("on_load", []):
+                demo.load(*event)
     return demo
 
 

@@ -246,13 +246,14 @@ def create_train_tab(client: gr.BrowserState) -> dict:
 
         def open_selected(run_id, other_id):
             from studio.charts import loss_chart, overlay_chart
-            from studio.jobs import Job, get_job, runs_root
+            from studio.access import resolve_run
+            from studio.jobs import Job, get_job
 
             if not run_id:
                 return None, None, error_html("Pick a run first (Refresh lists them).")
 
             def load(rid):
-                return get_job(rid) or Job.from_run_dir(runs_root() / rid)
+                return get_job(rid) or Job.from_run_dir(resolve_run(rid))
 
             job, err = safely(load, run_id)
             if err:
@@ -268,11 +269,12 @@ def create_train_tab(client: gr.BrowserState) -> dict:
         open_run.click(open_selected, [run_pick, run_other], [run_summary, run_chart, message])
 
         def resume_selected(client_id, run_id):
-            from studio.jobs import runs_root, start_job
+            from studio.access import resolve_run
+            from studio.jobs import start_job
 
             if not run_id:
                 return error_html("Pick a stopped or interrupted run to resume."), -1
-            job, err = safely(start_job, None, resume=runs_root() / run_id, owner=client_id)
+            job, err = safely(lambda: start_job(None, resume=resolve_run(run_id), owner=client_id))
             return (error_html(err) if err else ok_html(f"Resuming {job.id} from its last checkpoint.")), -1
 
         resume.click(resume_selected, [client, run_pick], [message, seen], api_name="resume_training")

@@ -1,0 +1,149 @@
+"""Models for generation: a base model or a run's adapter on its base, and batched generation.
+
+Every tab that generates (DPO labelling, Evaluate, Persona Chat, Export's checks) loads through
+`load_for_inference` and generates through `generate`, so "the base" always means the same thing
+and a run's adapter is always put on the base model its recipe names.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from studio.errors import StudioError
+
+
+@dataclass
+class Loaded:
+    model: object  # a transformers model, or a PeftModel when an adapter is on
+    tokenizer: object
+    base: str  # the base model's id or path, as the recipe names it
+    run: Path | None = None  # the run folder whose adapter is loaded, if any
+    adapter: Path | None = None
+    info: dict = field(default_factory=dict)
+
+    @property
+    def label(self) -> str:
+        return self.run.name if self.run is not None else self.base
+
+
+def run_base_model(run_dir: str | Path) -> str:
+    """The base model a run trained on, from its resolved recipe.yaml."""
+    import yaml
+
+    path = Path(run_dir) / "recipe.yaml"
+    if not path.exists():
+        raise StudioError(f"{Path(run_dir).name}: not a run folder (no recipe.yaml)")
+    data = yaml.safe_load(path.read_text("utf-8")) or {}
+    if not data.get("model_name_or_path"):
+        raise StudioError(f"{path}: no model_name_or_path")
+    return str(data["model_name_or_path"])
+
+
+def run_adapter(run_dir: str | Path) -> Path:
+    """A run's final adapter folder (or a clear line saying it has none yet)."""
+    adapter = Path(run_dir) / "adapter"
+    if not (adapter / "adapter_config.json").exists():
+        raise StudioError(f"{Path(run_dir).name}: this run has no adapter (it has not finished training)")
+    return adapter
+
+
+def is_run_ref(ref: str) -> bool:
+    """A run name in the runs folder, or a path to a run folder (vs. a model id or model folder)."""
+    from studio.access import runs_root
+
+    ref = str(ref or "").strip()
+    if not ref:
+        return False
+    path = Path(ref).expanduser()
+    if (path / "recipe.yaml").exists() and (path / "events.jsonl").exists():
+        return True
+    return "/" not in ref and (runs_root() / ref / "recipe.yaml").exists()
+
+
+def load_for_inference(ref: str, device: str | None = None, adapter: bool = True) -> Loaded:
+    """`ref` is a run (name or folder: its adapter on its base) or a model (embedded, Hub id, folder).
+
+    With `adapter=False` a run loads its base alone: the "base" column of a comparison is really the
+    base, never the adapter switched off on a shared model object.
+    """
+    import torch
+    from trl import ModelConfig
+
+    from studio.access import check_model_source, resolve_run
+    from studio.models import load_model, load_tokenizer
+
+    run = None
+    if is_run_ref(ref):
+        run = resolve_run(ref)
+        base = run_base_model(run)
+    else:
+        base = check_model_source(ref)
+        if not base:
+            raise StudioError("no model given: pick a run, a preset, a Hub id or a local folder")
+    tok_source = str(run_adapter(run)) if run is not None and adapter else base
+    tokenizer = load_tokenizer(tok_source) if run is None or not adapter else load_tokenizer(base)
+    model = load_model(ModelConfig(model_name_or_path=base))
+    adapter_dir = None
+    if run is not None and adapter:
+        from peft import PeftModel
+
+        adapter_dir = run_adapter(run)
+        model = PeftModel.from_pretrained(model, str(adapter_dir))
+    if device:
+        model.to(device)
+    elif torch.cuda.is_available() and getattr(model, "hf_device_map", None) is None:
+        model.to("cuda")
+    model.eval()
+    info = {}
+    if run is not None and (run / "summary.json").exists():
+        info = json.loads((run / "summary.json").read_text("utf-8"))
+    return Loaded(model=model, tokenizer=tokenizer, base=base, run=run if adapter or run else None,
+                  adapter=adapter_dir, info=info)
+
+
+def generate(model, tokenizer, prompts: list[str], max_new_tokens: int = 64, *, do_sample: bool = False,
+             temperature: float = 1.0, top_p: float = 1.0, repetition_penalty: float = 1.0, seed: int = 0,
+             batch_size: int = 16, progress=None) -> list[str]:
+    """Continuations of `prompts` (plain strings, already templated), batched with left padding.
+
+    Greedy by default. Greedy outputs equal one-prompt-at-a-time generation (tested); with sampling the
+    seed makes a batch reproducible. `progress(done, total)` is called after each batch.
+    """
+    import torch
+
+    if not prompts:
+        return []
+    device = next(model.parameters()).device
+    side, pad = tokenizer.padding_side, tokenizer.pad_token_id
+    tokenizer.padding_side = "left"
+    if pad is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    outputs: list[str] = [""] * len(prompts)
+    # longest first: batches of similar length pad less
+    order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))
+    try:
+        for start in range(0, len(order), batch_size):
+            idx = order[start:start + batch_size]
+            enc = tokenizer([prompts[i] for i in idx], return_tensors="pt", padding=True).to(device)
+            kwargs = dict(max_new_tokens=max_new_tokens, do_sample=do_sample, pad_token_id=tokenizer.pad_token_id,
+                          repetition_penalty=repetition_penalty)
+            if do_sample:
+                torch.manual_seed(seed + start)
+                kwargs.update(temperature=temperature, top_p=top_p)
+            with torch.no_grad():
+                ids = model.generate(**enc, **kwargs)
+            new = ids[:, enc["input_ids"].shape[1]:]
+            for j, i in enumerate(idx):
+                outputs[i] = tokenizer.decode(new[j], skip_special_tokens=True)
+            if progress is not None:
+                progress(min(start + batch_size, len(order)), len(order))
+    finally:
+        tokenizer.padding_side = side
+    return outputs
+
+
+def chat_prompt(tokenizer, messages: list[dict]) -> str:
+    """Messages → the prompt string the model continues (its chat template, generation prompt on)."""
+    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)

@@ -1,0 +1,156 @@
+"""The four findings of the reliability issue: finished runs, run names, impossible settings, server files."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from conftest import ROOT, tiny_recipe
+from studio import access, jobs
+from studio.errors import StudioError
+from studio.recipes import load_recipe, recipe_from_flat, recipe_to_flat
+
+
+def run_cli(*args, env=None):
+    env = {**os.environ, "PYTHONPATH": str(ROOT), **(env or {})}
+    return subprocess.run([sys.executable, "-m", "studio", *args], capture_output=True, text=True, env=env,
+                          cwd=ROOT, timeout=300)
+
+
+def test_resuming_a_finished_run_changes_nothing(tmp_path):
+    runs = tmp_path / "runs"
+    job = jobs.start_job(tiny_recipe(max_steps=6, save_steps=3, eval_steps=3), runs_dir=runs)
+    assert job.wait(120) and job.status == "done", job.error
+    adapter = (job.run_dir / "adapter" / "adapter_model.safetensors").read_bytes()
+    ckpts = sorted(p.name for p in (job.run_dir / "checkpoints").iterdir())
+    events = (job.run_dir / "events.jsonl").read_text()
+    out = run_cli("train", "--resume", str(job.run_dir))
+    assert out.returncode == 2, out.stderr
+    line = out.stderr.strip()
+    assert len(line.splitlines()) == 1 and "already finished (6/6 steps)" in line and "Traceback" not in line
+    assert (job.run_dir / "adapter" / "adapter_model.safetensors").read_bytes() == adapter
+    assert sorted(p.name for p in (job.run_dir / "checkpoints").iterdir()) == ckpts
+    assert (job.run_dir / "events.jsonl").read_text() == events
+    with pytest.raises(StudioError, match="already finished"):
+        jobs.start_job(None, resume=job.run_dir)
+
+
+@pytest.mark.parametrize("name", ["../escaped", "/tmp/abs", "a/b", "..", "x..y", ".hidden", "name with space",
+                                  "semi;colon", "", "a" * 101])
+def test_run_names_stay_in_the_runs_folder(tmp_path, name):
+    runs = tmp_path / "runs"
+    with pytest.raises(StudioError, match="not allowed"):
+        jobs.start_job(tiny_recipe(), runs_dir=runs, run_name=name or " ")
+    assert not (tmp_path / "escaped").exists() and not any(tmp_path.glob("*escaped*"))
+    assert not runs.exists() or not any(runs.iterdir())
+
+
+def test_cli_run_name_and_recipe_name_rejected(tmp_path):
+    out = run_cli("train", "recipes/tiny-quotes.yaml", "--runs-dir", str(tmp_path / "runs"), "--run-name",
+                  "../escaped")
+    assert out.returncode == 2 and "run name '../escaped' is not allowed" in out.stderr
+    assert not (tmp_path / "escaped").exists() and not (ROOT / "escaped").exists()
+    flat = recipe_to_flat(load_recipe(ROOT / "recipes" / "tiny-quotes.yaml"))
+    flat["name"] = "../../etc/evil"
+    with pytest.raises(StudioError, match="recipe name '../../etc/evil' is not allowed"):
+        recipe_from_flat(flat)
+
+
+@pytest.mark.parametrize("setting,message", [
+    ("learning_rate=-1", "'learning_rate' must be > 0, got -1"),
+    ("lora_r=0", "'lora_r' must be an integer ≥ 1, got 0"),
+    ("lora_dropout=1.5", "'lora_dropout' must be from 0 up to"),
+    ("per_device_train_batch_size=0", "'per_device_train_batch_size' must be an integer ≥ 1"),
+    ("max_steps=0", "'max_steps' must be -1 (use epochs) or an integer ≥ 1"),
+    ("num_train_epochs=0", "'num_train_epochs' must be > 0"),
+    ("dataset.max_rows=0", "'dataset.max_rows' must be an integer ≥ 1"),
+])
+def test_impossible_settings_fail_before_a_run_exists(tmp_path, setting, message):
+    runs = tmp_path / "runs"
+    out = run_cli("train", "recipes/tiny-quotes.yaml", "--runs-dir", str(runs), "--set", setting)
+    assert out.returncode == 2, out.stderr
+    assert message in out.stderr and len(out.stderr.strip().splitlines()) == 1 and "Traceback" not in out.stderr
+    assert not runs.exists() or not any(runs.iterdir())
+
+
+def test_form_rejects_impossible_settings():
+    flat = recipe_to_flat(load_recipe(ROOT / "recipes" / "tiny-quotes.yaml"))
+    with pytest.raises(StudioError, match="'learning_rate' must be > 0"):
+        recipe_from_flat({**flat, "learning_rate": -1})
+
+
+@pytest.fixture
+def shared(monkeypatch, tmp_path):
+    monkeypatch.setenv("STUDIO_SHARED", "1")
+    monkeypatch.setenv("STUDIO_RUNS", str(tmp_path / "runs"))
+    monkeypatch.setenv("GRADIO_TEMP_DIR", str(tmp_path / "uploads"))
+    (tmp_path / "uploads").mkdir()
+    (tmp_path / "runs" / "pairs").mkdir(parents=True)
+    return tmp_path
+
+
+def test_shared_mode_reads_only_samples_uploads_pairs_and_hub(shared, write):
+    secret = write("secret.jsonl", [{"text": "server secret"}])
+    for source in [str(secret), "/etc/passwd", str(ROOT / "assets" / "samples" / "dolly.jsonl"),
+                   str(shared / "uploads" / ".." / "secret.jsonl"), str(ROOT)]:
+        with pytest.raises(StudioError, match="on a shared studio only bundled samples"):
+            access.check_data_source(source)
+    upload = shared / "uploads" / "abc" / "mine.jsonl"
+    upload.parent.mkdir()
+    upload.write_text('{"text": "hi"}\n')
+    pairs = shared / "runs" / "pairs" / "p.jsonl"
+    pairs.write_text("{}\n")
+    for source in ["quotes", "sample:dolly", str(upload), str(pairs), "Abirate/english_quotes"]:
+        assert access.check_data_source(source) == source
+
+
+def test_shared_mode_models_and_runs(shared):
+    assert access.check_model_source("embedded/tiny-llama") == "embedded/tiny-llama"
+    assert access.check_model_source("gpt2/x") == "gpt2/x"
+    for name in [str(ROOT), "/root/.cache", str(shared)]:
+        with pytest.raises(StudioError, match="on a shared studio models come from"):
+            access.check_model_source(name)
+    (shared / "runs" / "r1").mkdir()
+    assert access.resolve_run("r1") == shared / "runs" / "r1"
+    for ref in ["../r1", str(shared), "/etc", "r1/../../x"]:
+        with pytest.raises(StudioError):
+            access.resolve_run(ref)
+
+
+def test_form_in_shared_mode_refuses_server_paths_and_remote_code(shared):
+    flat = recipe_to_flat(load_recipe(ROOT / "recipes" / "tiny-quotes.yaml"))
+    with pytest.raises(StudioError, match="only bundled samples"):
+        recipe_from_flat({**flat, "dataset.source": "/etc/hostname"})
+    with pytest.raises(StudioError, match="models come from"):
+        recipe_from_flat({**flat, "model_name_or_path": str(ROOT)})
+
+
+def test_remote_code_only_from_the_owner(monkeypatch):
+    flat = recipe_to_flat(load_recipe(ROOT / "recipes" / "tiny-quotes.yaml"))
+    monkeypatch.delenv("STUDIO_ALLOW_REMOTE_CODE", raising=False)
+    with pytest.raises(StudioError, match="trust_remote_code can only be turned on by whoever started the app"):
+        recipe_from_flat({**flat, "trust_remote_code": True})
+    assert recipe_from_flat({**flat, "trust_remote_code": False}).train.get("trust_remote_code") is False
+    monkeypatch.setenv("STUDIO_ALLOW_REMOTE_CODE", "1")
+    assert recipe_from_flat({**flat, "trust_remote_code": True}).train["trust_remote_code"] is True
+
+
+def test_remote_code_from_the_owners_recipe_file_reaches_the_loader(tmp_path, monkeypatch):
+    import studio.train.sft as sft
+
+    import studio.models as models
+
+    seen = {}
+
+    def spy(model_args, trust_remote_code=False):
+        seen["trust"] = trust_remote_code
+        raise StudioError("stop here")
+
+    monkeypatch.setattr(models, "load_model", spy)
+    path = tmp_path / "r.yaml"
+    path.write_text((ROOT / "recipes" / "tiny-quotes.yaml").read_text() + "trust_remote_code: true\n")
+    with pytest.raises(StudioError, match="stop here"):
+        sft.build_sft_trainer(load_recipe(path), tmp_path / "run")
+    assert seen["trust"] is True

@@ -1,0 +1,48 @@
+"""Loading a base or a run for generation, and batched generation equal to one-at-a-time."""
+
+import pytest
+
+from conftest import tiny_recipe
+from studio import jobs
+from studio.errors import StudioError
+from studio.inference import generate, is_run_ref, load_for_inference
+
+PROMPTS = ["Quote: I am not talented", "Quote: A Woman is like a tea bag;", "The", "### Instruction:\nSay hi\n\n"
+           "### Response:\n", "Data: name[The Eagle], food[French]\nText: "]
+
+
+def test_batched_greedy_equals_one_at_a_time():
+    loaded = load_for_inference("embedded/tiny-llama")
+    batched = generate(loaded.model, loaded.tokenizer, PROMPTS, 16, batch_size=4)
+    single = [generate(loaded.model, loaded.tokenizer, [p], 16, batch_size=1)[0] for p in PROMPTS]
+    assert batched == single and all(batched)
+
+
+def test_seeded_sampling_is_reproducible():
+    loaded = load_for_inference("embedded/tiny-llama")
+    a = generate(loaded.model, loaded.tokenizer, PROMPTS[:2], 12, do_sample=True, seed=3, temperature=1.2)
+    b = generate(loaded.model, loaded.tokenizer, PROMPTS[:2], 12, do_sample=True, seed=3, temperature=1.2)
+    assert a == b
+
+
+def test_run_loads_its_adapter_on_its_base_and_base_is_really_the_base(tmp_path, monkeypatch):
+    runs = tmp_path / "runs"
+    monkeypatch.setenv("STUDIO_RUNS", str(runs))
+    job = jobs.start_job(tiny_recipe(max_steps=30, save_steps=30, eval_steps=30), runs_dir=runs)
+    assert job.wait(120) and job.status == "done", job.error
+    assert is_run_ref(job.id) and is_run_ref(str(job.run_dir)) and not is_run_ref("embedded/tiny-llama")
+    tuned = load_for_inference(job.id)
+    base_of_run = load_for_inference(job.id, adapter=False)
+    plain = load_for_inference("embedded/tiny-llama")
+    assert tuned.adapter is not None and base_of_run.adapter is None and tuned.base == "embedded/tiny-llama"
+    prompts = PROMPTS[:2]
+    out_tuned = generate(tuned.model, tuned.tokenizer, prompts, 16)
+    out_base = generate(base_of_run.model, base_of_run.tokenizer, prompts, 16)
+    assert out_base == generate(plain.model, plain.tokenizer, prompts, 16)
+    assert out_tuned != out_base
+
+
+def test_unknown_run_or_model_is_one_line(tmp_path, monkeypatch):
+    monkeypatch.setenv("STUDIO_RUNS", str(tmp_path / "runs"))
+    with pytest.raises(StudioError, match="model no/such-model"):
+        load_for_inference("no/such-model")
