@@ -17,13 +17,14 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_app(runs_dir: Path, timeout: float = 90):
+def start_app(runs_dir: Path, timeout: float = 90, extra_args=(), env=None):
+    """The real app in a subprocess; `extra_args` go to app.py (e.g. --shared), `env` adds variables."""
     port = free_port()
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "STUDIO_RUNS": str(runs_dir), "PYTHONPATH": str(ROOT),
-           "GRADIO_ANALYTICS_ENABLED": "False"}
+           "GRADIO_ANALYTICS_ENABLED": "False", **(env or {})}
     log = open(runs_dir.parent / f"app-{port}.log", "w")
-    proc = subprocess.Popen([sys.executable, str(ROOT / "app.py"), "--port", str(port), "--no-share"], env=env,
-                            cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+    cmd = [sys.executable, str(ROOT / "app.py"), "--port", str(port), "--no-share", *extra_args]
+    proc = subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}/"
     deadline = time.time() + timeout
     while time.time() < deadline:
