@@ -241,9 +241,16 @@ def candidates(name: str) -> tuple[str, str]:
     if s["done"]:
         raise StudioError(f"all {s['total']} prompts of {name} are labelled")
     loaded = _model(s["model"])
-    a, b = generate(loaded.model, loaded.tokenizer, [s["prompt"], s["prompt"]], s["max_new_tokens"], do_sample=True,
-                    temperature=s["temperature"], seed=s["seed"] + 1000 * s["position"])
-    return a, b
+    replies: list[str] = []
+    for attempt in range(4):  # an empty or repeated sample can't be either side of a pair: draw again
+        drawn = generate(loaded.model, loaded.tokenizer, [s["prompt"]] * 2, s["max_new_tokens"], do_sample=True,
+                         temperature=s["temperature"], seed=s["seed"] + 1000 * s["position"] + 100 * attempt)
+        for reply in drawn:
+            if reply.strip() and reply.strip() not in {r.strip() for r in replies} and len(replies) < 2:
+                replies.append(reply)
+        if len(replies) == 2:
+            break
+    return tuple(replies + [""] * (2 - len(replies)))
 
 
 def record_decision(name: str, index: int, choice: str, shown: tuple[str, str], edited: tuple[str, str]) -> dict:
@@ -263,8 +270,9 @@ def record_decision(name: str, index: int, choice: str, shown: tuple[str, str], 
     else:
         pick = 0 if choice == "A" else 1
         chosen, rejected = str(edited[pick]), str(shown[1 - pick])
-        if not chosen.strip():
-            raise StudioError(f"reply {choice} is empty: write a reply or skip this prompt")
+        if not chosen.strip() or not rejected.strip():
+            raise StudioError(f"reply {choice if not chosen.strip() else 'AB'[1 - pick]} is empty: a pair needs two "
+                              "replies; write one in or skip this prompt")
         if chosen.strip() == rejected.strip():
             raise StudioError("the two replies are the same: edit the one you prefer, or skip this prompt")
         _append(pairs_path(name), {"prompt": session["prompts"][session["position"]], "chosen": chosen,

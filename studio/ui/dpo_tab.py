@@ -133,7 +133,7 @@ def create_dpo_tab(client: gr.BrowserState) -> dict:
                                        elem_id="dpo-init")
             ds_source = gr.Textbox(label="Preference pairs (sample, file, runs/pairs/NAME.jsonl or Hub id)", scale=3)
         widgets = {"model_name_or_path": model, "dataset.source": ds_source}
-        with gr.Row():
+        with gr.Row(elem_id="dpo-fields"):
             for key, make in FIELDS:
                 widgets[key] = make()
         keys, comps = list(widgets), list(widgets.values())
@@ -146,7 +146,8 @@ def create_dpo_tab(client: gr.BrowserState) -> dict:
         chart = gr.Plot(label="Loss and rewards (train solid, eval dashed)", elem_id="dpo-chart")
         table = gr.Dataframe(headers=TABLE_HEADERS, label="Held-out pairs after training: log p(chosen) − "
                              "log p(rejected) for the policy and the reference; reward margin = β·(policy − reference)",
-                             wrap=True, elem_id="dpo-heldout", interactive=False)
+                             wrap=True, elem_id="dpo-heldout", interactive=False,
+                             column_widths=["22%", "22%", "16%", "10%", "10%", "10%", "10%"])
         logs = gr.Textbox(label="Log", lines=6, max_lines=10, autoscroll=True, elem_id="dpo-log")
         seen = gr.State((-1, False))
 
