@@ -175,9 +175,10 @@ def test_missing_rejected_empty_prompt_and_non_preference_data(write):
     rows = FORMATS["explicit prompt"][:3] + [{"prompt": "  ", "chosen": "A", "rejected": "B"}]
     with pytest.raises(StudioError, match="empty.jsonl line 4: empty prompt"):
         _load(write("empty.jsonl", rows))
-    with pytest.raises(StudioError, match=r"dolly.jsonl is a Instructions \(Dolly.*DPO needs prompt / chosen / rejected.*"
-                                          r"python -m studio pairs build dolly"):
-        _load("dolly", **{"dataset.format": "auto"})
+    for fmt in ("auto", "preference"):  # detected, or named by the recipe: the message says what the data is
+        with pytest.raises(StudioError, match=r"dolly.jsonl holds Instructions \(Dolly.*, not preference pairs; DPO "
+                                              r"needs prompt / chosen / rejected.*python -m studio pairs build dolly"):
+            _load("dolly", **{"dataset.format": fmt})
 
 
 # ---- pairs: the builder, the _meta line, labelling ---------------------------------------------------------

@@ -53,7 +53,7 @@ def load_pairs(recipe, tokenizer=None, seed: int = 42):
     Pairs whose chosen equals rejected teach nothing: they are dropped and counted.
     """
     from studio.data import prepare_dataset, read_source
-    from studio.data.formats import get_format
+    from studio.data.formats import detect_format, get_format
 
     ds = recipe.dataset
     raw = read_source(ds["source"], ds.get("config"), ds.get("split"))
@@ -61,11 +61,18 @@ def load_pairs(recipe, tokenizer=None, seed: int = 42):
     if "chosen" in columns and "rejected" not in columns:
         raise StudioError(f"{raw.name}: no 'rejected' column (found {', '.join(columns)}); DPO needs prompt / chosen / "
                           "rejected")
+    not_pairs = StudioError(
+        f"{raw.name} holds {{}}, not preference pairs; DPO needs prompt / chosen / rejected. Make pairs with the "
+        f"DPO tab's pair builder or `python -m studio pairs build {ds['source']} --out FILE`")
+    if not {"chosen", "rejected"} <= set(columns):
+        try:
+            what = detect_format(columns, raw.name).label
+        except StudioError:
+            what = f"the columns {', '.join(columns)}"
+        raise StudioError(str(not_pairs).format(what))
     fmt = get_format(ds.get("format") or raw.hint, columns, raw.name)
     if fmt.kind != "preference":
-        raise StudioError(
-            f"{raw.name} is a {fmt.label} dataset, not preference pairs; DPO needs prompt / chosen / rejected. "
-            f"Make pairs with the DPO tab's pair builder or `python -m studio pairs build {ds['source']} --out FILE`")
+        raise StudioError(str(not_pairs).format(fmt.label))
     for i, row in enumerate(raw.rows):
         if "prompt" in row and (row["prompt"] is None or not (str(row["prompt"]).strip() if not isinstance(
                 row["prompt"], list) else row["prompt"])):

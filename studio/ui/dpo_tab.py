@@ -249,7 +249,7 @@ def create_dpo_tab(client: gr.BrowserState) -> dict:
         def start_run(client_id, base, start_from, *values):
             from studio.jobs import start_job
             from studio.recipes import recipe_from_flat
-            from studio.train.dpo import init_adapter_run
+            from studio.train.dpo import init_adapter_run, load_pairs
             from studio.ui.train_tab import form_to_flat
 
             def run():
@@ -257,6 +257,7 @@ def create_dpo_tab(client: gr.BrowserState) -> dict:
                 flat["init_adapter"] = None if start_from in (None, "", BASE_START) else start_from
                 recipe_obj = recipe_from_flat(flat)
                 init_adapter_run(recipe_obj)  # one line now, not a failed job later
+                load_pairs(recipe_obj)
                 return start_job(recipe_obj, owner=client_id)
 
             job, err = safely(run)
