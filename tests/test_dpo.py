@@ -131,17 +131,17 @@ def test_init_adapter_problems_are_one_line(runs):
 
 
 def test_stop_checkpoints_and_resume_finishes(runs):
-    job = jobs.start_job(dpo_recipe(max_steps=40, save_steps=100, logging_steps=2))
+    job = jobs.start_job(dpo_recipe(max_steps=12, save_steps=100, logging_steps=2))
     deadline = time.time() + 120
     while job.step < 2 and time.time() < deadline:
         time.sleep(0.1)
     job.request_stop()
     _wait(job)
-    assert job.status == "cancelled" and job.step < 40
+    assert job.status == "cancelled" and job.step < 12
     assert jobs.resumable(job)
     again = _wait(jobs.start_job(None, resume=job.run_dir))
     assert again.status == "done", again.error
-    assert json.loads((job.run_dir / "summary.json").read_text())["steps"] == 40
+    assert json.loads((job.run_dir / "summary.json").read_text())["steps"] == 12
 
 
 def test_a_dpo_start_while_another_job_runs_gets_the_busy_line(runs, monkeypatch):
