@@ -52,3 +52,29 @@ def length_histogram(lengths: list[int], max_length: int | None = None):
         fig.add_vline(x=max_length, line_dash="dash", annotation_text=f"max_length {max_length}")
     fig.update_layout(xaxis_title="tokens", yaxis_title="examples", showlegend=False)
     return fig
+
+
+# ---- DPO: loss and rewards (train and eval) -------------------------------------------------------------
+
+DPO_PANELS = [("loss", "loss"), ("rewards/chosen", "reward, chosen"), ("rewards/rejected", "reward, rejected"),
+              ("rewards/margins", "reward margin"), ("rewards/accuracies", "reward accuracy")]
+
+
+def dpo_chart(history: list[dict], title: str = "DPO"):
+    """One panel per quantity TRL's DPO logs, train solid and eval dashed."""
+    import plotly.graph_objects as go
+    from plotly.subplots import make_subplots
+
+    fig = make_subplots(rows=1, cols=len(DPO_PANELS), subplot_titles=[label for _, label in DPO_PANELS],
+                        horizontal_spacing=0.05)
+    for col, (key, label) in enumerate(DPO_PANELS, 1):
+        for prefix, name, dash, color in (("", "train", None, "#ff7f0e"), ("eval_", "eval", "dash", "#1f77b4")):
+            pts = [(h["step"], h[prefix + key]) for h in history if h.get(prefix + key) is not None]
+            if pts:
+                fig.add_trace(go.Scatter(x=[p[0] for p in pts], y=[p[1] for p in pts], name=name, legendgroup=name,
+                                         showlegend=col == 1, mode="lines+markers",
+                                         line=dict(dash=dash, color=color)), row=1, col=col)
+    fig.update_layout(title=title, template="plotly_white", height=320, margin=dict(l=40, r=20, t=70, b=40),
+                      legend=dict(orientation="h", y=-0.2))
+    fig.update_yaxes(range=[-0.05, 1.05], row=1, col=len(DPO_PANELS))
+    return fig

@@ -106,6 +106,17 @@ def cmd_train(args) -> int:
     raise StudioError(job.error or f"training ended as {job.status}")
 
 
+def cmd_pairs(args) -> int:
+    from studio.pairs import build_pairs
+
+    result = build_pairs(args.source, args.out, args.model, max_rows=args.max_rows, seed=args.seed,
+                         max_new_tokens=args.max_new_tokens, temperature=args.temperature)
+    print(f"{result['pairs']} pairs written, {result['skipped']} skipped (sample empty or equal to the gold reply); "
+          f"{result['meta']['how']}", file=sys.stderr)
+    print(result["out"])
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m studio", description="LoRA Studio command line")
     sub = p.add_subparsers(dest="command", required=True)
@@ -131,6 +142,18 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--run-name", help="the run folder's name (default: recipe name + time); under "
                                       "`accelerate launch` give one so every process uses the same folder")
     t.set_defaults(func=cmd_train)
+
+    pr = sub.add_parser("pairs", help="preference pairs for DPO")
+    pr_sub = pr.add_subparsers(dest="pairs_command", required=True)
+    pb = pr_sub.add_parser("build", help="from an SFT dataset: gold response = chosen, the model's sample = rejected")
+    pb.add_argument("source", help="a prompt/completion, instruction or chat dataset (sample name, file or Hub id)")
+    pb.add_argument("--out", required=True, help="the preference JSONL to write (e.g. runs/pairs/NAME.jsonl)")
+    pb.add_argument("--model", default="embedded/tiny-llama", help="model or run whose sampled replies are rejected")
+    pb.add_argument("--max-rows", type=int, help="use at most this many rows")
+    pb.add_argument("--seed", type=int, default=0)
+    pb.add_argument("--max-new-tokens", type=int, default=48)
+    pb.add_argument("--temperature", type=float, default=1.0)
+    pb.set_defaults(func=cmd_pairs)
 
     r = sub.add_parser("recipes", help="list the recipes")
     r.set_defaults(func=cmd_recipes)

@@ -58,6 +58,8 @@ def _read_jsonl(path: Path, text: str, lines: list[int] | None = None) -> list[d
             raise StudioError(f"{path.name} line {n}: malformed JSON ({e.msg} at column {e.colno})") from None
         if not isinstance(row, dict):
             raise StudioError(f"{path.name} line {n}: expected a JSON object per line, got {type(row).__name__}")
+        if set(row) == {"_meta"}:
+            continue  # the file's own description (how its preference pairs were made), not a row
         rows.append(row)
         if lines is not None:
             lines.append(n)

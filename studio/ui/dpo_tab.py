@@ -1,11 +1,312 @@
-"""DPO tab (being built)."""
+"""DPO tab: label preference pairs in the browser, build them from an SFT dataset, train with DPO, watch rewards."""
 
 from __future__ import annotations
 
+import json
+
 import gradio as gr
+
+from studio.ui.common import error_html, ok_html, progress_html, safely
+
+BASE_START = "(base model: a fresh adapter)"
+LOSS_TYPES = ["sigmoid", "ipo", "hinge", "robust", "exo_pair", "nca_pair", "bco_pair", "sppo_hard", "aot",
+              "aot_unpaired", "apo_zero", "apo_down", "discopop", "sigmoid_norm"]
+# (recipe key, widget factory): the recipe's own (TRL DPOConfig / ModelConfig) field names
+FIELDS = [
+    ("beta", lambda: gr.Number(label="beta", minimum=0)),
+    ("loss_type", lambda: gr.Dropdown(LOSS_TYPES, label="Loss type", allow_custom_value=True)),
+    ("learning_rate", lambda: gr.Number(label="Learning rate")),
+    ("max_length", lambda: gr.Number(label="Max length (tokens)", precision=0, minimum=8)),
+    ("max_steps", lambda: gr.Number(label="Max steps (-1: use epochs)", precision=0)),
+    ("lora_r", lambda: gr.Number(label="LoRA r", precision=0, minimum=1)),
+    ("lora_alpha", lambda: gr.Number(label="LoRA alpha", precision=0, minimum=1)),
+]
+TABLE_HEADERS = ["prompt", "chosen", "rejected", "policy margin", "reference margin", "reward margin",
+                 "policy prefers chosen"]
+
+
+def _dpo_recipes() -> list[str]:
+    from studio.recipes import RECIPES_DIR
+
+    import yaml
+
+    names = []
+    for p in sorted(RECIPES_DIR.glob("*.yaml")):
+        if (yaml.safe_load(p.read_text("utf-8")) or {}).get("method") == "dpo":
+            names.append(p.stem)
+    return names
+
+
+def _runs_with_adapter() -> list[str]:
+    from studio.jobs import list_runs
+
+    return [j.id for j in list_runs() if (j.run_dir / "adapter" / "adapter_config.json").exists()]
+
+
+def load_dpo_form(name: str) -> dict:
+    from studio.recipes import RECIPES_DIR, load_recipe, recipe_to_flat
+
+    flat = recipe_to_flat(load_recipe(RECIPES_DIR / f"{name}.yaml"))
+    if isinstance(flat.get("loss_type"), list):
+        flat["loss_type"] = flat["loss_type"][0]
+    return flat
+
+
+def heldout_rows(run_dir) -> list[list]:
+    from pathlib import Path
+
+    path = Path(run_dir) / "heldout_margins.json"
+    if not path.exists():
+        return []
+    return [[r["prompt"], r["chosen"], r["rejected"], r["policy_margin"], r["reference_margin"], r["reward_margin"],
+             "yes" if r["prefers_chosen"] else "no"] for r in json.loads(path.read_text("utf-8"))]
+
+
+def _label_status(s: dict) -> str:
+    from studio.pairs import describe, read_meta
+
+    where = f"`{s['file']}`"
+    head = f"**{s['name']}**: **{s['pairs']}** pairs saved, {s['skipped']} skipped"
+    if s["done"]:
+        return f"{head} · all {s['total']} prompts labelled · {where}"
+    return (f"{head} · prompt **{s['position'] + 1}** of {s['total']} · {where}  \n"
+            f"*{describe(read_meta(s['file']))}*")
 
 
 def create_dpo_tab(client: gr.BrowserState) -> dict:
+    from studio.models import PRESETS
+
     with gr.Tab("DPO", id="dpo"):
-        gr.Markdown("### Coming next\n" + 'Align a tuned model with **Direct Preference Optimization** on prompt / chosen / rejected pairs (the DialoGPT-small DPO recipe). Preference data already loads and previews on the **Data** tab.')
-    return {}
+        gr.Markdown("Align a model with **Direct Preference Optimization** on prompt / chosen / rejected pairs. "
+                    "No pairs yet? Label some below, or build them from an SFT dataset.")
+
+        # ---- label pairs in the browser ------------------------------------------------------------------
+        with gr.Accordion("Label pairs: pick the better of two replies", open=True):
+            with gr.Row():
+                pairs_name = gr.Textbox("my-pairs", label="Pairs file name (saved as runs/pairs/NAME.jsonl)", scale=2)
+                label_model = gr.Dropdown(list(PRESETS), value="embedded/tiny-llama", allow_custom_value=True,
+                                          label="Model or run that writes the candidates", scale=2)
+                label_seed = gr.Number(0, label="Seed", precision=0, scale=1)
+                label_tokens = gr.Number(48, label="Max new tokens", precision=0, minimum=1, maximum=512, scale=1)
+            with gr.Row():
+                typed = gr.Textbox(label="Prompts (a blank line between prompts)", lines=4, scale=3,
+                                   value="Question: How do I make tea?\nAnswer:\n\nQuestion: Why is the sky blue?\n"
+                                         "Answer:\n\nQuestion: How can I sleep better?\nAnswer:\n\n"
+                                         "Question: What is rain?\nAnswer:\n\nQuestion: How do I cook rice?\nAnswer:\n\n"
+                                         "Question: What is a noun?\nAnswer:")
+                prompt_source = gr.Textbox(label="…or the prompts of a dataset (sample, file or Hub id)",
+                                           placeholder="dolly", scale=2)
+            start_label = gr.Button("Start or resume labelling", variant="primary")
+            label_status = gr.Markdown(elem_id="label-status")
+            label_message = gr.HTML(elem_id="label-message")
+            shown_prompt = gr.Textbox(label="Prompt", interactive=False, lines=2, elem_id="label-prompt")
+            with gr.Row():
+                reply_a = gr.Textbox(label="Reply A (edit it to make it better, then pick it)", lines=4,
+                                     elem_id="reply-a")
+                reply_b = gr.Textbox(label="Reply B (edit it to make it better, then pick it)", lines=4,
+                                     elem_id="reply-b")
+            with gr.Row():
+                pick_a = gr.Button("A is better")
+                pick_b = gr.Button("B is better")
+                skip = gr.Button("Both bad (skip)")
+            shown = gr.State(None)  # {"name", "index", "a", "b"}: what the page showed, as generated
+
+        # ---- build pairs from an SFT dataset -------------------------------------------------------------
+        with gr.Accordion("Build pairs from an SFT dataset: gold reply = chosen, the model's own reply = rejected",
+                          open=False):
+            with gr.Row():
+                build_source = gr.Textbox("dolly", label="SFT dataset (sample, file or Hub id)", scale=2)
+                build_model = gr.Dropdown(list(PRESETS), value="embedded/tiny-llama", allow_custom_value=True,
+                                          label="Model or run whose replies are rejected", scale=2)
+                build_name = gr.Textbox("built-pairs", label="Pairs file name", scale=1)
+                build_rows = gr.Number(50, label="Max rows", precision=0, minimum=1, scale=1)
+            build = gr.Button("Build pairs")
+            build_message = gr.HTML(elem_id="build-message")
+
+        # ---- train -----------------------------------------------------------------------------------------
+        gr.Markdown("### Train with DPO")
+        base_flat = gr.State({})
+        with gr.Row():
+            recipe = gr.Dropdown(_dpo_recipes(), value="tiny-dpo", label="DPO recipe", scale=1)
+            model = gr.Dropdown(list(PRESETS), label="Base model", allow_custom_value=True, scale=2)
+            init_adapter = gr.Dropdown([BASE_START], value=BASE_START, label="Start from", scale=2,
+                                       elem_id="dpo-init")
+            ds_source = gr.Textbox(label="Preference pairs (sample, file, runs/pairs/NAME.jsonl or Hub id)", scale=3)
+        widgets = {"model_name_or_path": model, "dataset.source": ds_source}
+        with gr.Row(elem_id="dpo-fields"):
+            for key, make in FIELDS:
+                widgets[key] = make()
+        keys, comps = list(widgets), list(widgets.values())
+        with gr.Row():
+            start = gr.Button("Start DPO", variant="primary")
+            stop = gr.Button("Stop", variant="stop")
+            refresh = gr.Button("Refresh runs")
+        message = gr.HTML(elem_id="dpo-message")
+        progress = gr.HTML(elem_id="dpo-progress")
+        chart = gr.Plot(label="Loss and rewards (train solid, eval dashed)", elem_id="dpo-chart")
+        table = gr.Dataframe(headers=TABLE_HEADERS, label="Held-out pairs after training: log p(chosen) − "
+                             "log p(rejected) for the policy and the reference; reward margin = β·(policy − reference)",
+                             wrap=True, elem_id="dpo-heldout", interactive=False,
+                             column_widths=["22%", "22%", "16%", "10%", "10%", "10%", "10%"])
+        logs = gr.Textbox(label="Log", lines=6, max_lines=10, autoscroll=True, elem_id="dpo-log")
+        seen = gr.State((-1, False))
+
+        # ---- labelling handlers ------------------------------------------------------------------------------
+        def show_session(s: dict, note: str = ""):
+            """Status, the current prompt and its two candidates (generated here), and what was shown."""
+            from studio.pairs import candidates
+
+            if s["done"]:
+                return (_label_status(s), note or ok_html("All prompts labelled. Train on the file below, or see it "
+                                                          "on the Data tab."), "", "", "", None,
+                        gr.update(value=s["file"]))
+            pair, err = safely(candidates, s["name"])
+            if err:
+                return _label_status(s), error_html(err), s["prompt"], "", "", None, gr.update()
+            a, b = pair
+            return (_label_status(s), note, s["prompt"], a, b,
+                    {"name": s["name"], "index": s["position"], "a": a, "b": b}, gr.update())
+
+        def begin(name, model_ref, seed, tokens, text, source):
+            from studio.pairs import dataset_prompts, prompts_from_text, start_labelling
+
+            def run():
+                prompts = dataset_prompts(source, model_ref) if (source or "").strip() else prompts_from_text(text)
+                return start_labelling(name, model_ref, prompts, seed=int(seed or 0), max_new_tokens=int(tokens or 48))
+
+            s, err = safely(run)
+            if err:
+                return "", error_html(err), "", "", "", None, gr.update()
+            return show_session(s)
+
+        label_outputs = [label_status, label_message, shown_prompt, reply_a, reply_b, shown, ds_source]
+        start_label.click(begin, [pairs_name, label_model, label_seed, label_tokens, typed, prompt_source],
+                          label_outputs, api_name="start_labelling")
+
+        def decide(choice):
+            def handler(state, a, b):
+                from studio.pairs import open_labelling, record_decision
+
+                if not state:
+                    return ("", error_html("Start or resume a labelling session first."), gr.update(), gr.update(),
+                            gr.update(), state, gr.update())
+                s, err = safely(record_decision, state["name"], state["index"], choice, (state["a"], state["b"]),
+                                (a, b))
+                if err:
+                    current, _ = safely(open_labelling, state["name"])
+                    return show_session(current, error_html(err)) if current else (
+                        "", error_html(err), gr.update(), gr.update(), gr.update(), state, gr.update())
+                return show_session(s)
+
+            return handler
+
+        pick_a.click(decide("A"), [shown, reply_a, reply_b], label_outputs, api_name="label_a")
+        pick_b.click(decide("B"), [shown, reply_a, reply_b], label_outputs, api_name="label_b")
+        skip.click(decide("skip"), [shown, reply_a, reply_b], label_outputs, api_name="label_skip")
+
+        def resume_latest():
+            """A reloaded page picks up the session touched last, at the prompt where it stopped."""
+            from studio.pairs import latest_session, open_labelling
+
+            name = latest_session()
+            if not name:
+                return [gr.update()] * (len(label_outputs) + 1)
+            s, err = safely(open_labelling, name)
+            if err:
+                return [gr.update(), "", error_html(err)] + [gr.update()] * (len(label_outputs) - 2)
+            return [name, *show_session(s)]
+
+        # ---- pair builder -------------------------------------------------------------------------------------
+        def build_from_sft(source, model_ref, name, rows, progress=gr.Progress()):
+            from studio.access import check_data_source
+            from studio.pairs import build_pairs, pairs_path
+
+            def run():
+                check_data_source(source)
+                return build_pairs(source, pairs_path(name), model_ref, max_rows=int(rows or 50),
+                                   progress=lambda done, total: progress((done, total), desc="sampling replies"))
+
+            result, err = safely(run)
+            if err:
+                return error_html(err), gr.update()
+            return ok_html(f"{result['pairs']} pairs written to {result['out']} ({result['skipped']} skipped: the "
+                           f"sample was empty or equal to the gold reply). {result['meta']['how']}."), result["out"]
+
+        build.click(build_from_sft, [build_source, build_model, build_name, build_rows], [build_message, ds_source],
+                    api_name="build_pairs")
+
+        # ---- training handlers --------------------------------------------------------------------------------
+        def fill(name):
+            from studio.ui.train_tab import _flat_to_widget
+
+            flat, err = safely(load_dpo_form, name)
+            if err:
+                return [gr.update()] * len(comps) + [{}, error_html(err)]
+            return [_flat_to_widget(k, flat.get(k)) for k in keys] + [flat, ""]
+
+        recipe.change(fill, recipe, comps + [base_flat, message])
+
+        def start_run(client_id, base, start_from, *values):
+            from studio.jobs import start_job
+            from studio.recipes import recipe_from_flat
+            from studio.train.dpo import init_adapter_run, load_pairs
+            from studio.ui.train_tab import form_to_flat
+
+            def run():
+                flat = form_to_flat(keys, values, base)
+                flat["init_adapter"] = None if start_from in (None, "", BASE_START) else start_from
+                recipe_obj = recipe_from_flat(flat)
+                init_adapter_run(recipe_obj)  # one line now, not a failed job later
+                load_pairs(recipe_obj)
+                return start_job(recipe_obj, owner=client_id)
+
+            job, err = safely(run)
+            if err:
+                return error_html(err), (-1, False)
+            return ok_html(f"Started {job.id}. Closing the browser does not stop it; reload to re-attach."), (-1, False)
+
+        start.click(start_run, [client, base_flat, init_adapter, *comps], [message, seen], api_name="start_dpo")
+
+        def stop_run(client_id):
+            from studio.jobs import current_job
+
+            job = current_job()
+            if job is None or not job.active or job.kind != "dpo":
+                return error_html("No DPO job is running.")
+            if job.owner and job.owner != client_id:
+                return error_html("This job was started by another visitor: you can watch it, not stop it.")
+            job.request_stop()
+            return ok_html(f"Stopping {job.id} after the current step; a checkpoint will be saved.")
+
+        stop.click(stop_run, client, message, api_name="stop_dpo")
+
+        def poll(client_id, seen_state):
+            from studio.charts import dpo_chart
+            from studio.jobs import current_job
+
+            job = current_job()
+            if job is None or job.kind != "dpo":
+                return gr.update(), gr.update(), gr.update(), gr.update(), seen_state
+            s = job.snapshot()
+            mine = not job.owner or job.owner == client_id
+            bar = progress_html(s) + (error_html(s["error"]) if s.get("error") else "")
+            n, finished = len(job.history), job.summary is not None
+            fig = dpo_chart(job.history, f"Run {job.id}") if n != seen_state[0] else gr.update()
+            rows = heldout_rows(job.run_dir) if finished and not seen_state[1] else gr.update()
+            log_text = "\n".join(job.logs[-200:]) if mine else "(the log is shown only to the visitor who started it)"
+            return bar, fig, rows, log_text, (n, finished)
+
+        timer = gr.Timer(1.0)
+        timer.tick(poll, [client, seen], [progress, chart, table, logs, seen], show_progress="hidden")
+
+        def list_starts():
+            ids, _ = safely(_runs_with_adapter)
+            return gr.update(choices=[BASE_START, *(ids or [])])
+
+        refresh.click(list_starts, None, init_adapter)
+
+        def on_load(name):
+            return fill(name) + [list_starts()]
+
+    return {"on_load": [(on_load, [recipe], comps + [base_flat, message, init_adapter]),
+                        (resume_latest, None, [pairs_name, *label_outputs])]}

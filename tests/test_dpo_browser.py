@@ -1,0 +1,118 @@
+"""The DPO tab in headless Chromium: label pairs, reload mid-labelling, train tiny-dpo and watch the rewards."""
+
+import json
+import os
+import shutil
+
+import pytest
+
+from app_server import ROOT, start_app
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+pytestmark = pytest.mark.skipif(not os.path.exists(CHROMIUM), reason="Debian chromium not installed")
+ARTIFACTS = ROOT / "artifacts" / "screenshots"
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    runs = tmp_path_factory.mktemp("dpo-browser") / "runs"
+    runs.mkdir()
+    return runs
+
+
+@pytest.fixture(scope="module")
+def app(runs):
+    proc, url = start_app(runs)
+    yield url
+    proc.terminate()
+    proc.wait(10)
+
+
+@pytest.fixture(scope="module")
+def browser():
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, args=[
+            "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+            "--disable-sync", "--no-first-run", "--disable-quic"])
+        yield b
+        b.close()
+
+
+def _replies_shown(page):
+    page.wait_for_function("document.querySelector('#reply-a textarea').value.length > 0", timeout=120000)
+
+
+def test_label_pairs_reload_resumes_and_the_file_is_a_dataset(app, browser, runs):
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    page = browser.new_context(viewport={"width": 1400, "height": 1100}).new_page()
+    page.goto(app)
+    page.get_by_role("tab", name="DPO").click()
+    page.get_by_label("Pairs file name").fill("browser-pairs")
+    page.get_by_role("button", name="Start or resume labelling").click()
+    status = page.locator("#label-status")
+    status.get_by_text("prompt 1 of 6").wait_for(timeout=120000)
+    _replies_shown(page)
+    first_prompt = page.locator("#label-prompt textarea").input_value()
+    assert first_prompt.startswith("Question: How do I make tea?")
+    # A as generated, B after an edit, then a skip
+    page.get_by_role("button", name="A is better").click()
+    status.get_by_text("prompt 2 of 6").wait_for(timeout=60000)
+    _replies_shown(page)
+    page.locator("#reply-b textarea").fill(" Air scatters blue light more than red.")
+    page.get_by_role("button", name="B is better").click()
+    status.get_by_text("prompt 3 of 6").wait_for(timeout=60000)
+    page.get_by_role("button", name="Both bad (skip)").click()
+    status.get_by_text("prompt 4 of 6").wait_for(timeout=60000)
+    assert "2 pairs saved, 1 skipped" in status.inner_text()
+    assert "labelled by a person" in status.inner_text()  # the page says how the pairs were made
+
+    # a reload mid-labelling picks up the same session at the same prompt, with its count
+    page.reload()
+    page.get_by_role("tab", name="DPO").click()
+    status.get_by_text("prompt 4 of 6").wait_for(timeout=60000)
+    _replies_shown(page)
+    assert "2 pairs saved, 1 skipped" in status.inner_text()
+    assert page.get_by_label("Pairs file name").input_value() == "browser-pairs"
+    assert page.locator("#label-prompt textarea").input_value().startswith("Question: What is rain?")
+    page.get_by_role("button", name="A is better").click()
+    status.get_by_text("prompt 5 of 6").wait_for(timeout=60000)
+    page.screenshot(path=str(ARTIFACTS / "dpo-1-labelling.png"), full_page=True)
+
+    lines = [json.loads(line) for line in (runs / "pairs" / "browser-pairs.jsonl").read_text().splitlines()]
+    assert "_meta" in lines[0] and len(lines) == 4
+    assert lines[2]["chosen"] == " Air scatters blue light more than red."
+    assert lines[3]["prompt"].startswith("Question: What is rain?")
+
+    # the Data tab reads the file as an ordinary preference dataset
+    page.get_by_role("tab", name="Data").click()
+    page.get_by_role("radio", name="Local path").check()
+    page.get_by_role("textbox", name="Local path").fill(str(runs / "pairs" / "browser-pairs.jsonl"))
+    page.get_by_role("button", name="Load dataset").click()
+    info = page.locator("#data-info")
+    info.get_by_text("preference").first.wait_for(timeout=60000)
+    assert "3 usable rows, 0 dropped" in info.inner_text()
+
+
+def test_train_tiny_dpo_and_watch_rewards(app, browser):
+    page = browser.new_context(viewport={"width": 1400, "height": 1100}).new_page()
+    page.goto(app)
+    page.get_by_role("tab", name="DPO").click()
+    fields = page.locator("#dpo-fields")
+    steps = fields.get_by_label("Max steps (-1: use epochs)")
+    page.wait_for_function("document.querySelector('#dpo-fields input') !== null")
+    page.wait_for_function("[...document.querySelectorAll('#dpo-fields input')].some(i => i.value === '24')",
+                           timeout=120000)  # the tiny-dpo recipe filled the form
+    assert page.get_by_label("Preference pairs").input_value() == "pairs"
+    steps.fill("12")
+    steps.press("Tab")
+    page.get_by_role("button", name="Start DPO").click()
+    page.locator("#dpo-message").get_by_text("Started").wait_for(timeout=60000)
+    page.locator('#dpo-progress [data-status="done"]').wait_for(timeout=400000)
+    page.wait_for_function("document.querySelector('#dpo-heldout').innerText.includes('Question:')", timeout=30000)
+    page.wait_for_timeout(1000)
+    page.screenshot(path=str(ARTIFACTS / "dpo-2-trained.png"), full_page=True)
+    assert page.locator("#dpo-chart .js-plotly-plot").count() == 1
+    assert "reward accuracy" in page.locator("#dpo-chart").inner_text()
+    assert "held-out test pairs: reward accuracy" in page.locator("#dpo-log textarea").input_value()
