@@ -145,8 +145,6 @@ def last_checkpoint(run_dir: str | os.PathLike) -> Path | None:
     return max(found)[1] if found else None
 
 
-
-
 def train_from(trainer, checkpoint: Path | None):
     """`trainer.train()`, resumed from `checkpoint`. A checkpoint already at the planned last step (killed
     during the final save) is loaded, not trained past: the Trainer would run one step more."""
@@ -156,7 +154,7 @@ def train_from(trainer, checkpoint: Path | None):
 
         state = TrainerState.load_from_json(str(checkpoint / "trainer_state.json"))
         if state.max_steps and state.global_step >= state.max_steps:
-            trainer._load_from_checkpoint(str(checkpoint))
+            trainer._load_from_checkpoint(str(checkpoint))  # the Trainer's own loader (adapter or full weights)
             trainer.state = state
             return TrainOutput(state.global_step, 0.0, {"train_runtime": 0.0})
     return trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
