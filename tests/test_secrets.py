@@ -29,7 +29,7 @@ def test_redact_removes_tokens_and_the_env_value(monkeypatch):
     assert MARKER not in str(StudioError(f"model {TOKEN}: not found"))
 
 
-def test_training_job_keeps_the_token_out_of_its_run(tmp_path, monkeypatch):
+def test_training_job_keeps_the_token_out_of_its_run(tmp_path, monkeypatch, caplog):
     from studio import jobs
 
     monkeypatch.setenv("HF_TOKEN", TOKEN)
@@ -41,6 +41,18 @@ def test_training_job_keeps_the_token_out_of_its_run(tmp_path, monkeypatch):
     bad = jobs.start_job(tiny_recipe(model_name_or_path=f"org/{TOKEN}"), runs_dir=runs)
     assert bad.wait(240) and bad.status == "failed"
     assert "hf_***" in bad.error and MARKER not in bad.error
+    # a bug whose message carries the token: error line, error.log and the server log are redacted
+    import trl
+
+    def boom(self, *args, **kwargs):
+        raise RuntimeError(f"boom with {TOKEN} inside")
+
+    monkeypatch.setattr(trl.SFTTrainer, "training_step", boom)
+    with caplog.at_level("INFO", logger="studio"):
+        bug = jobs.start_job(tiny_recipe(), runs_dir=runs)
+        assert bug.wait(240) and bug.status == "failed"
+    assert "RuntimeError: boom with hf_*** inside" in bug.error and (bug.run_dir / "error.log").exists()
+    assert "hf_***" in (bug.run_dir / "error.log").read_text() and MARKER not in caplog.text
     assert _leaks(runs) == []
 
 
