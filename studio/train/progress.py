@@ -165,8 +165,11 @@ def save_adapter(trainer, tokenizer, adapter_dir: Path) -> None:
     `adapter/` folder is always a whole one (a kill mid-save leaves only the temporary folder)."""
     adapter_dir = Path(adapter_dir)
     tmp = adapter_dir.with_name(f".{adapter_dir.name}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
+    if trainer.args.should_save:  # the main process writes; the others only take part in save_model
+        shutil.rmtree(tmp, ignore_errors=True)
     trainer.save_model(str(tmp))
+    if not trainer.args.should_save:
+        return
     _kill_at("adapter")
     tokenizer.save_pretrained(str(tmp))
     shutil.rmtree(adapter_dir, ignore_errors=True)  # a resumed run re-saves the same weights
