@@ -71,7 +71,7 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(runs, monkeypatch, lo
 
     monkeypatch.setattr(trl.SFTTrainer, "compute_loss", poisoned)
     job = _failed(_run(tiny_recipe(logging_steps=logging_steps, save_steps=save_steps), runs), "NaN",
-                  "learning_rate", "last good checkpoint")
+                  "learning_rate", f"the last good checkpoint, {kept}, is kept")
     last = jobs.last_checkpoint(job.run_dir)
     assert last.name == kept and [c.name for c in (job.run_dir / "checkpoints").glob("checkpoint-*")] == [kept]
     from safetensors.torch import load_file
@@ -141,3 +141,11 @@ def test_disk_full_while_checkpointing_then_resume(runs, monkeypatch):
     monkeypatch.undo()  # space freed: the run resumes and finishes its plan
     resumed = _run(None, runs, resume=job.run_dir)
     assert resumed.status == "done" and resumed.summary["steps"] == 12
+
+
+def test_a_real_divergence_is_caught_before_any_nan_checkpoint(runs):
+    """No injection: plain SGD at an absurd learning rate without clipping blows the weights up."""
+    job = _failed(_run(tiny_recipe(optim="sgd", learning_rate=1e30, max_grad_norm=0, save_steps=2), runs), "NaN",
+                  "learning_rate is 1e+30")
+    assert jobs.last_checkpoint(job.run_dir) is None or jobs.last_checkpoint(job.run_dir).name == "checkpoint-2"
+    assert ("no checkpoint had been saved yet" in job.error) == (jobs.last_checkpoint(job.run_dir) is None)

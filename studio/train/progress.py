@@ -38,8 +38,11 @@ def _nonfinite(model) -> bool:
 
 
 def _nan_error(step: int, args) -> StudioError:
+    good = sorted((int(c.name.split("-")[-1]), c.name) for c in Path(args.output_dir).glob("checkpoint-*")
+                  if c.name.split("-")[-1].isdigit() and is_complete(c))
+    kept = f"the last good checkpoint, {good[-1][1]}, is kept" if good else "no checkpoint had been saved yet"
     return StudioError(
-        f"loss became NaN or infinite at step {step}; training stopped and the last good checkpoint was kept "
+        f"loss became NaN or infinite at step {step}; training stopped and {kept} "
         f"(learning_rate is {args.learning_rate:g}: lower it, or set max_grad_norm, and start again or resume)"
     )
 
