@@ -1,16 +1,32 @@
-"""The one error type for what the user did wrong.
+"""The one error type for what the user did wrong, and the redactor every user-facing line passes.
 
 A `StudioError` carries a single plain line that names the file, row or field
 and what is wrong. The CLI prints it after ``error:``; the UI shows it inline.
 Anything else that escapes is a bug and belongs in the log with its traceback.
 """
 
+import os
+import re
+
+_TOKEN = re.compile(r"hf_[A-Za-z0-9]{20,}")  # Hugging Face access tokens: hf_ + 34 letters/digits
+TOKEN_VARS = ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "HUGGINGFACEHUB_API_TOKEN")
+
+
+def redact(text: str) -> str:
+    """`text` with Hugging Face tokens and the values of the token variables replaced by ``hf_***``."""
+    text = _TOKEN.sub("hf_***", str(text))
+    for var in TOKEN_VARS:
+        value = os.environ.get(var, "")
+        if len(value) >= 8 and value in text:
+            text = text.replace(value, "hf_***")
+    return text
+
 
 class StudioError(Exception):
     """A user-facing problem with one-line message."""
 
     def __init__(self, message: str):
-        message = " ".join(str(message).split())  # always one line
+        message = redact(" ".join(str(message).split()))  # always one line, never a token
         super().__init__(message)
         self.message = message
 

@@ -8,6 +8,7 @@ the trainer then saves a checkpoint and ends, status ``cancelled``.
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
@@ -17,12 +18,12 @@ import traceback
 from pathlib import Path
 
 from studio.access import check_run_name, runs_root  # noqa: F401 (runs_root is re-exported)
-from studio.errors import StudioError
+from studio.errors import StudioError, redact
 
 log = logging.getLogger("studio")
 
 from studio.train.progress import (ACTIVE, CANCELLED, COMPLETE_MARKER, DONE, FAILED, QUEUED,  # noqa: F401
-                                   RUNNING, STOPPING, last_checkpoint, make_callback, memory_mb)
+                                   RUNNING, STOPPING, is_complete, last_checkpoint, make_callback, memory_mb)
 
 
 class Job:
@@ -57,15 +58,25 @@ class Job:
     # ---- events -------------------------------------------------------------------------------
     def emit(self, type: str, **data) -> None:
         event = {"t": round(time.time(), 3), "type": type, **data}
+        line = json.dumps(event, default=str)
+        safe = redact(line)  # no token reaches events.jsonl or the page
         with self._lock:
-            self._apply(event)
-            if self._events_file is None:  # kept open: an open/close per step costs more than the step on tiny models
-                self.run_dir.mkdir(parents=True, exist_ok=True)
-                self._events_file = open(self._events_path, "a", encoding="utf-8")
-            self._events_file.write(json.dumps(event, default=str) + "\n")
-            self._events_file.flush()  # readers in other processes see every event at once
-            if type == "status" and event.get("status") in (DONE, FAILED, CANCELLED):
-                self._events_file.close()
+            self._apply(event if safe == line else json.loads(safe))
+            try:
+                if self._events_file is None:  # kept open: an open/close per step costs more than a tiny step
+                    self.run_dir.mkdir(parents=True, exist_ok=True)
+                    self._events_file = open(self._events_path, "a", encoding="utf-8")
+                    if _torn(self._events_path):  # a crash cut the last line: start ours on a fresh one
+                        self._events_file.write("\n")
+                self._events_file.write(safe + "\n")
+                self._events_file.flush()  # readers in other processes see every event at once
+            except OSError as e:  # a full disk: the job's state lives on in memory; its save reports the failure
+                log.error("[%s] could not write %s: %s", self.id, self._events_path, e)
+            if type == "status" and event.get("status") in (DONE, FAILED, CANCELLED) and self._events_file:
+                try:
+                    self._events_file.close()
+                except OSError:
+                    pass
                 self._events_file = None
 
     def _apply(self, e: dict) -> None:
@@ -79,6 +90,8 @@ class Job:
                 self.started_at, self.finished_at = e["t"], None
                 self.start_step = e.get("step", self.step)
                 self.start_tokens = self.tokens
+                # resumed from a checkpoint: the steps logged after it are trained again
+                self.history = [row for row in self.history if row.get("step", 0) <= self.start_step]
             if e["status"] in (DONE, FAILED, CANCELLED):
                 self.finished_at = e["t"]
             if e.get("error"):
@@ -96,6 +109,7 @@ class Job:
             self.summary = e["summary"]
 
     def log(self, line: str) -> None:
+        line = redact(line)
         log.info("[%s] %s", self.id, line)
         self.emit("log", line=line)
 
@@ -160,6 +174,14 @@ class Job:
         if self.thread is not None:
             self.thread.join(timeout)
         return not self.active
+
+
+def _torn(path: Path) -> bool:
+    with open(path, "rb") as f:
+        if f.seek(0, os.SEEK_END) == 0:
+            return False
+        f.seek(-1, os.SEEK_END)
+        return f.read(1) != b"\n"
 
 
 # ---- the registry: one training job at a time per process ---------------------------------------
@@ -236,19 +258,26 @@ def _run(job: Job, resume: bool) -> None:
         import torch
 
         if isinstance(e, torch.OutOfMemoryError):
+            torch.cuda.empty_cache()
             msg = ("out of memory: lower per_device_train_batch_size or max_length, "
                    "or turn on gradient_checkpointing or load_in_4bit")
+        elif isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
+            msg = (f"disk full while writing {job.run_dir}: free space (or delete old runs), then resume the run; "
+                   "the last complete checkpoint is kept")
         else:
             msg = f"unexpected error: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''} (traceback in {job.run_dir / 'error.log'})"
-        (job.run_dir / "error.log").write_text(traceback.format_exc(), encoding="utf-8")
-        log.exception("job %s failed", job.id)
-        job.emit("status", status=FAILED, error=msg)
+        try:
+            (job.run_dir / "error.log").write_text(redact(traceback.format_exc()), encoding="utf-8")
+        except OSError:
+            pass  # a full disk: the message above says so
+        log.error("job %s failed\n%s", job.id, redact(traceback.format_exc()))
+        job.emit("status", status=FAILED, error=redact(msg))
 
 
 def resumable(job: Job) -> bool:
     """Stopped, interrupted or failed, with a finished checkpoint to go on from."""
     return job.status in (CANCELLED, FAILED, "interrupted") and any(
-        (c / COMPLETE_MARKER).exists() for c in (job.run_dir / "checkpoints").glob("checkpoint-*"))
+        is_complete(c) for c in (job.run_dir / "checkpoints").glob("checkpoint-*"))
 
 
 def list_runs(runs_dir=None) -> list[Job]:

@@ -25,10 +25,17 @@ PRESETS = {
 
 
 def hub_reachable(timeout: float = 1.0) -> bool:
-    if os.environ.get("HF_HUB_OFFLINE", "0").lower() in {"1", "true", "yes"}:
+    """A TCP connection to the Hub (HF_ENDPOINT's host) within `timeout`; False offline."""
+    from urllib.parse import urlsplit
+
+    from huggingface_hub import constants
+
+    if constants.HF_HUB_OFFLINE or os.environ.get("HF_HUB_OFFLINE", "0").lower() in {"1", "true", "yes"}:
         return False
+    url = urlsplit(constants.ENDPOINT)
     try:
-        with socket.create_connection(("huggingface.co", 443), timeout=timeout):
+        with socket.create_connection((url.hostname, url.port or (443 if url.scheme == "https" else 80)),
+                                      timeout=timeout):
             return True
     except OSError:
         return False
@@ -51,10 +58,42 @@ def _hub_token() -> str | None:
     return os.environ.get("HF_TOKEN") or None
 
 
+def hub_preflight(name: str) -> bool:
+    """One bounded request (HF_HUB_ETAG_TIMEOUT, 10 s by default) before loading a Hub model.
+
+    Left to itself a failed lookup is retried per file with a 60 s timeout: minutes of silence. Here a
+    Hub that stalls, fails or is offline gives one line within the timeout, and a model already in the
+    local cache loads from it. Returns True when the load must stay offline (local_files_only).
+    """
+    import httpx2  # huggingface_hub's HTTP client
+    from huggingface_hub import constants, get_hf_file_metadata, hf_hub_url, try_to_load_from_cache
+    from huggingface_hub.errors import EntryNotFoundError, HfHubHTTPError
+
+    if Path(resolve_model_path(name)).exists() or constants.HF_HUB_OFFLINE:
+        return False  # a folder, or huggingface_hub is offline already and reads its cache
+    try:
+        get_hf_file_metadata(hf_hub_url(name, "config.json"), token=_hub_token(), timeout=constants.HF_HUB_ETAG_TIMEOUT)
+        return False
+    except EntryNotFoundError:
+        return False  # no config.json: let the loader say what is missing
+    except HfHubHTTPError as e:
+        status = getattr(e.response, "status_code", None)
+        if status is not None and status < 500:
+            raise _load_error(name, e) from None
+        why = f"the Hub answered {status}"
+    except (httpx2.HTTPError, OSError) as e:
+        why = (f"no answer from the Hub within {constants.HF_HUB_ETAG_TIMEOUT:g} s"
+               if isinstance(e, httpx2.TimeoutException) else "the Hub can't be reached")
+    if isinstance(try_to_load_from_cache(name, "config.json"), str):
+        return True  # cached earlier: go on offline
+    raise StudioError(f"model {name}: {why} and it is not in the local cache; try again later, "
+                      f"or use a local folder or {EMBEDDED_MODEL_ID}")
+
+
 def _load_error(name: str, e: Exception) -> StudioError:
     from huggingface_hub.errors import GatedRepoError, LocalEntryNotFoundError, RepositoryNotFoundError
 
-    if isinstance(e, GatedRepoError) or "gated" in str(e).lower():
+    if isinstance(e, GatedRepoError) or ("gated" in str(e).lower() and not isinstance(e, RepositoryNotFoundError)):
         return StudioError(
             f"model {name} is gated: accept its licence at https://huggingface.co/{name} "
             "and set HF_TOKEN to a token with read access"
@@ -62,6 +101,12 @@ def _load_error(name: str, e: Exception) -> StudioError:
     if isinstance(e, RepositoryNotFoundError):
         return StudioError(f"model {name}: not found on the Hub (if it is private, set HF_TOKEN)")
     text = str(e)
+    status = getattr(getattr(e, "response", None), "status_code", None)
+    if status == 401:
+        return StudioError(f"model {name}: the Hub refused the token (401); check HF_TOKEN")
+    if "timed out" in text.lower() or "timeout" in type(e).__name__.lower():
+        return StudioError(f"model {name}: the download timed out; try again (finished files are kept), "
+                           f"or use a local folder or {EMBEDDED_MODEL_ID}")
     if isinstance(e, LocalEntryNotFoundError) or "offline" in text.lower() or "connect" in text.lower():
         return StudioError(
             f"model {name}: not in the local cache and the Hub can't be reached; "
@@ -76,8 +121,9 @@ def load_tokenizer(name: str):
     """Tokenizer with the fixes training needs: a pad token and a chat template."""
     from transformers import AutoTokenizer
 
+    offline = hub_preflight(name)
     try:
-        tok = AutoTokenizer.from_pretrained(resolve_model_path(name), token=_hub_token())
+        tok = AutoTokenizer.from_pretrained(resolve_model_path(name), token=_hub_token(), local_files_only=offline)
     except Exception as e:  # noqa: BLE001 - every loading failure becomes one clear line
         raise _load_error(name, e) from None
     if tok.pad_token is None:
@@ -120,7 +166,8 @@ def load_model(model_args, trust_remote_code: bool = False):
         dtype = getattr(torch, dtype)
     # `trust_remote_code` comes from a recipe's SFTConfig/DPOConfig key: a file the owner runs, or a page form
     # only when the owner allowed it (studio.access.check_remote_code). Off by default.
-    kwargs = dict(dtype=dtype, token=_hub_token(), quantization_config=quant, trust_remote_code=trust_remote_code)
+    kwargs = dict(dtype=dtype, token=_hub_token(), quantization_config=quant, trust_remote_code=trust_remote_code,
+                  local_files_only=hub_preflight(name))
     if model_args.attn_implementation:
         kwargs["attn_implementation"] = model_args.attn_implementation
     if quant is not None and torch.cuda.is_available():
@@ -160,8 +207,9 @@ def estimate_parameters(model_args) -> dict:
     from trl import get_peft_config
 
     name = model_args.model_name_or_path
+    offline = hub_preflight(name)
     try:
-        config = AutoConfig.from_pretrained(resolve_model_path(name), token=_hub_token())
+        config = AutoConfig.from_pretrained(resolve_model_path(name), token=_hub_token(), local_files_only=offline)
     except Exception as e:  # noqa: BLE001
         raise _load_error(name, e) from None
     with init_empty_weights():

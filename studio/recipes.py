@@ -18,7 +18,7 @@ from pathlib import Path
 
 import yaml
 
-from studio.errors import StudioError
+from studio.errors import StudioError, redact
 
 RECIPES_DIR = Path(__file__).resolve().parent.parent / "recipes"
 HEADER_KEYS = ["name", "description", "source_notebook", "method", "init_adapter", "dataset", "eval_prompts", "export",
@@ -98,7 +98,7 @@ class Recipe:
         return out
 
     def to_yaml(self) -> str:
-        return yaml.safe_dump(scrub(self.to_dict()), sort_keys=False, allow_unicode=True, width=100)
+        return redact(yaml.safe_dump(scrub(self.to_dict()), sort_keys=False, allow_unicode=True, width=100))
 
     def model_config(self):
         from trl import ModelConfig
@@ -111,7 +111,7 @@ class Recipe:
         Building a TrainingArguments resets accelerate's process-wide state, which kills a job that is
         training in another thread. `validate_only` reuses the configured state instead.
         """
-        values = dict(self.train)
+        values = {k: v for k, v in self.train.items() if k != "hub_token"}  # pickled into checkpoints: HF_TOKEN only
         notes = adapt_to_hardware(values) if adapt else []
         if validate_only:
             from accelerate.state import PartialState

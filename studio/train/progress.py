@@ -8,12 +8,43 @@ way, ui/cli → jobs → train → data/models/recipes. A job hands its path its
 from __future__ import annotations
 
 import functools
+import json
+import math
+import os
 import shutil
+import signal
 from pathlib import Path
+
+from studio.errors import StudioError
 
 QUEUED, RUNNING, STOPPING, DONE, FAILED, CANCELLED = "queued", "running", "stopping", "done", "failed", "cancelled"
 ACTIVE = (QUEUED, RUNNING, STOPPING)
 COMPLETE_MARKER = ".complete"  # written into a checkpoint once the trainer has fully saved it
+KILL_HOOK = "STUDIO_TEST_KILL"  # tests only: SIGKILL the process at a named point (see `_kill_at`)
+
+
+def _kill_at(point: str, step: int | None = None) -> None:
+    """Crash tests: STUDIO_TEST_KILL=step:N (after step N), ckpt:N (halfway through saving checkpoint N:
+    weights written, optimizer and trainer state not), saved:N (checkpoint N just finished) or adapter
+    (halfway through the final adapter save). Unset, this does nothing."""
+    if os.environ.get(KILL_HOOK) == (point if step is None else f"{point}:{step}"):
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _nonfinite(model) -> bool:
+    import torch
+
+    return any(not torch.isfinite(p).all() for p in model.parameters() if p.requires_grad)
+
+
+def _nan_error(step: int, args) -> StudioError:
+    good = sorted((int(c.name.split("-")[-1]), c.name) for c in Path(args.output_dir).glob("checkpoint-*")
+                  if c.name.split("-")[-1].isdigit() and is_complete(c))
+    kept = f"the last good checkpoint, {good[-1][1]}, is kept" if good else "no checkpoint had been saved yet"
+    return StudioError(
+        f"loss became NaN or infinite at step {step}; training stopped and {kept} "
+        f"(learning_rate is {args.learning_rate:g}: lower it, or set max_grad_norm, and start again or resume)"
+    )
 
 
 def make_callback(job):
@@ -29,12 +60,24 @@ def make_callback(job):
         def on_step_end(self, args, state, control, **kwargs):
             job.emit("progress", step=state.global_step, total=state.max_steps, epoch=round(state.epoch or 0, 4),
                      tokens=state.num_input_tokens_seen or 0)
+            _kill_at("step", state.global_step)
             if job.stop_event.is_set():
                 control.should_training_stop = True
                 control.should_save = True  # stop = checkpoint now, resume later
+            if control.should_save:
+                if _nonfinite(kwargs["model"]):  # never keep NaN weights as the "last good" checkpoint
+                    raise _nan_error(state.global_step, args)
+                optimizer = kwargs.get("optimizer")
+                if os.environ.get(KILL_HOOK) == f"ckpt:{state.global_step}" and optimizer is not None:
+                    optimizer.state_dict = lambda: _kill_at("ckpt", state.global_step)  # saved after the weights
 
         def on_log(self, args, state, control, logs=None, **kwargs):
             logs = logs or {}
+            # the Trainer hides NaN step losses from the logged mean (logging_nan_inf_filter), not from grad_norm
+            if any(isinstance(logs.get(k), float) and not math.isfinite(logs[k]) for k in ("loss", "grad_norm")) or (
+                    "loss" in logs and _nonfinite(kwargs["model"])):
+                control.should_save = False
+                raise _nan_error(state.global_step, args)
             row = {"step": state.global_step, "epoch": round(state.epoch or 0, 4)}
             for key in ("loss", "eval_loss", "learning_rate", "grad_norm"):
                 if key in logs:
@@ -51,6 +94,7 @@ def make_callback(job):
             if ckpt.is_dir():
                 (ckpt / COMPLETE_MARKER).write_text(str(state.global_step))
                 job.emit("checkpoint", step=state.global_step, path=str(ckpt))
+                _kill_at("saved", state.global_step)
 
     return JobCallback()
 
@@ -75,6 +119,17 @@ def memory_mb() -> float:
         return 0.0
 
 
+def is_complete(ckpt: Path) -> bool:
+    """Marked by `on_save`, or (killed between the Trainer's save and `on_save`) holding a readable
+    trainer_state.json, the file the Trainer writes last, for the checkpoint's own step."""
+    if (ckpt / COMPLETE_MARKER).exists():
+        return True
+    try:
+        return json.loads((ckpt / "trainer_state.json").read_text())["global_step"] == int(ckpt.name.split("-")[-1])
+    except (OSError, ValueError, KeyError):
+        return False
+
+
 def last_checkpoint(run_dir: str | os.PathLike) -> Path | None:
     """The newest checkpoint the trainer finished writing; half-written ones are removed."""
     folder = Path(run_dir) / "checkpoints"
@@ -86,10 +141,39 @@ def last_checkpoint(run_dir: str | os.PathLike) -> Path | None:
             step = int(ckpt.name.split("-")[-1])
         except ValueError:
             continue
-        if (ckpt / COMPLETE_MARKER).exists():
+        if is_complete(ckpt):
             found.append((step, ckpt))
         else:
             shutil.rmtree(ckpt, ignore_errors=True)  # a crash mid-save: never resume from it
     return max(found)[1] if found else None
 
 
+def train_from(trainer, checkpoint: Path | None):
+    """`trainer.train()`, resumed from `checkpoint`. A checkpoint already at the planned last step (killed
+    during the final save) is loaded, not trained past: the Trainer would run one step more."""
+    if checkpoint is not None:
+        from transformers.trainer_callback import TrainerState
+        from transformers.trainer_utils import TrainOutput
+
+        state = TrainerState.load_from_json(str(checkpoint / "trainer_state.json"))
+        if state.max_steps and state.global_step >= state.max_steps:
+            trainer._load_from_checkpoint(str(checkpoint))  # the Trainer's own loader (adapter or full weights)
+            trainer.state = state
+            return TrainOutput(state.global_step, 0.0, {"train_runtime": 0.0})
+    return trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+
+
+def save_adapter(trainer, tokenizer, adapter_dir: Path) -> None:
+    """Write the final adapter atomically: into a temporary folder, renamed once complete, so an
+    `adapter/` folder is always a whole one (a kill mid-save leaves only the temporary folder)."""
+    adapter_dir = Path(adapter_dir)
+    tmp = adapter_dir.with_name(f".{adapter_dir.name}.tmp")
+    if trainer.args.should_save:  # the main process writes; the others only take part in save_model
+        shutil.rmtree(tmp, ignore_errors=True)
+    trainer.save_model(str(tmp))
+    if not trainer.args.should_save:
+        return
+    _kill_at("adapter")
+    tokenizer.save_pretrained(str(tmp))
+    shutil.rmtree(adapter_dir, ignore_errors=True)  # a resumed run re-saves the same weights
+    os.replace(tmp, adapter_dir)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from studio.train.progress import CANCELLED, DONE, last_checkpoint, make_callback
+from studio.train.progress import CANCELLED, DONE, last_checkpoint, make_callback, save_adapter, train_from
 from studio.train.common import (generate_samples, memory_probe, quiet_trainer, require_split, resolve_fast_defaults,
                                  write_summary)
 
@@ -69,7 +69,7 @@ def run_sft(job, resume: bool = False) -> dict:
     if resume:
         job.log(f"resuming from {checkpoint.name}" if checkpoint else "no complete checkpoint: starting over")
     start_step = int(checkpoint.name.split("-")[-1]) if checkpoint else 0
-    output = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+    output = train_from(trainer, checkpoint)
     extra = {"train_runtime_s": round(output.metrics.get("train_runtime", 0.0), 3)}
 
     if job.stop_event.is_set():
@@ -79,8 +79,7 @@ def run_sft(job, resume: bool = False) -> dict:
         return summary
 
     adapter_dir = run_dir / "adapter"
-    trainer.save_model(str(adapter_dir))
-    tokenizer.save_pretrained(str(adapter_dir))
+    save_adapter(trainer, tokenizer, adapter_dir)
     extra.update(adapter_dir=str(adapter_dir), adapter_bytes=folder_size(adapter_dir))
     prompts = recipe.header.get("eval_prompts") or []
     if prompts:
