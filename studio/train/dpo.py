@@ -15,7 +15,7 @@ from pathlib import Path
 
 from studio.errors import StudioError
 from studio.train.common import memory_probe, quiet_trainer, require_split, resolve_fast_defaults, write_summary
-from studio.train.progress import CANCELLED, DONE, last_checkpoint, make_callback
+from studio.train.progress import CANCELLED, DONE, last_checkpoint, make_callback, save_adapter, train_from
 
 REWARD_KEYS = ("rewards/accuracies", "rewards/margins", "rewards/chosen", "rewards/rejected")
 HELDOUT_ROWS = 32  # held-out pairs scored after training (a table, not a benchmark)
@@ -171,7 +171,7 @@ def run_dpo(job, resume: bool = False) -> dict:
     if resume:
         job.log(f"resuming from {checkpoint.name}" if checkpoint else "no complete checkpoint: starting over")
     start_step = int(checkpoint.name.split("-")[-1]) if checkpoint else 0
-    output = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+    output = train_from(trainer, checkpoint)
     extra = {"train_runtime_s": round(output.metrics.get("train_runtime", 0.0), 3),
              "beta": trainer.args.beta, "loss_type": list(trainer.args.loss_type),
              "init_adapter": recipe.header.get("init_adapter"), **reward_summary(trainer.state.log_history)}
@@ -183,8 +183,7 @@ def run_dpo(job, resume: bool = False) -> dict:
         return summary
 
     adapter_dir = run_dir / "adapter"
-    trainer.model.save_pretrained(str(adapter_dir), selected_adapters=["default"])  # not TRL's frozen `ref` copy
-    tokenizer.save_pretrained(str(adapter_dir))
+    save_adapter(trainer, tokenizer, adapter_dir, adapters=["default"])  # not TRL's frozen `ref` copy
     extra.update(adapter_dir=str(adapter_dir), adapter_bytes=folder_size(adapter_dir))
     heldout_name = "test" if "test" in data.splits else "validation" if "validation" in data.splits else None
     if heldout_name:

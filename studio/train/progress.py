@@ -163,14 +163,19 @@ def train_from(trainer, checkpoint: Path | None):
     return trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
 
 
-def save_adapter(trainer, tokenizer, adapter_dir: Path) -> None:
+def save_adapter(trainer, tokenizer, adapter_dir: Path, adapters: list[str] | None = None) -> None:
     """Write the final adapter atomically: into a temporary folder, renamed once complete, so an
-    `adapter/` folder is always a whole one (a kill mid-save leaves only the temporary folder)."""
+    `adapter/` folder is always a whole one (a kill mid-save leaves only the temporary folder).
+
+    `adapters` picks which of a PeftModel's adapters to write (DPO from an SFT run: not TRL's frozen `ref`)."""
     adapter_dir = Path(adapter_dir)
     tmp = adapter_dir.with_name(f".{adapter_dir.name}.tmp")
     if trainer.args.should_save:  # the main process writes; the others only take part in save_model
         shutil.rmtree(tmp, ignore_errors=True)
-    trainer.save_model(str(tmp))
+    if adapters is None:
+        trainer.save_model(str(tmp))
+    elif trainer.args.should_save:
+        trainer.accelerator.unwrap_model(trainer.model).save_pretrained(str(tmp), selected_adapters=adapters)
     if not trainer.args.should_save:
         return
     _kill_at("adapter")
