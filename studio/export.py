@@ -43,11 +43,11 @@ class ExportResult:
         return sorted(p for part in self.parts.values() for p in part.rglob("*") if p.is_file())
 
     def describe(self) -> list[str]:
-        lines = [f"{name}: {path} ({_size(path)})" for name, path in self.parts.items()]
+        lines = [f"{name}: {path} ({size_text(path)})" for name, path in self.parts.items()]
         return lines + [f"check {k}: {v}" for k, v in self.checks.items()] + self.notes
 
 
-def _size(path: Path) -> str:
+def size_text(path: Path) -> str:
     n = sum(f.stat().st_size for f in Path(path).rglob("*") if f.is_file())
     for unit in ("B", "KB", "MB", "GB"):
         if n < 1024 or unit == "GB":
