@@ -61,7 +61,7 @@ def create_export_tab(client: gr.BrowserState) -> dict:
                     "Hugging Face Hub. Everything is written under `runs/<run>/export/` and checked by loading it "
                     "back and comparing greedy output with the adapter's.")
         with gr.Row():
-            run = gr.Dropdown(label="Run", choices=[], allow_custom_value=False, scale=4, elem_id="export-run")
+            run = gr.Dropdown(label="Run", choices=[], allow_custom_value=True, scale=4, elem_id="export-run")
             refresh = gr.Button("↻ Refresh runs", scale=1)
         with gr.Row():
             parts = gr.CheckboxGroup(["adapter", "merged"], value=["adapter", "merged"], label="Export",
