@@ -330,3 +330,18 @@ def test_typed_and_env_tokens_never_reach_disk_logs_or_cards(run, runs, fake_hub
         produced += [b.decode("utf-8", "replace") for b in repo["files"].values()]
     assert fake_hub.repos["me/leak-env"]["private"] and fake_hub.repos["me/leak-typed"]["files"]
     assert not [text[:80] for text in produced if "PLANTEDsecret" in text]
+
+
+def test_colab_notebook_keeps_colab_torch_mounts_drive_and_shares():
+    from conftest import ROOT
+
+    nb = json.loads((ROOT / "assets" / "colab.ipynb").read_text())
+    assert nb["nbformat"] == 4 and all(c["cell_type"] in ("markdown", "code") for c in nb["cells"])
+    code = ["".join(c["source"]) for c in nb["cells"] if c["cell_type"] == "code"]
+    install = next(c for c in code if "pip install" in c)
+    assert "grep -v '^torch'" in install and "-c /tmp/keep-torch.txt" in install and "torch==" not in install.replace(
+        "torch=={torch.__version__}", "")
+    assert any("drive.mount" in c and 'os.environ["STUDIO_RUNS"]' in c for c in code)
+    assert "--share" in code[-1] and "app.py" in code[-1]
+    for c in code:  # every code cell is valid Python once IPython's ! and % lines are set aside
+        compile("\n".join(line for line in c.splitlines() if not line.lstrip().startswith(("!", "%"))), "cell", "exec")
