@@ -343,5 +343,7 @@ def test_colab_notebook_keeps_colab_torch_mounts_drive_and_shares():
         "torch=={torch.__version__}", "")
     assert any("drive.mount" in c and 'os.environ["STUDIO_RUNS"]' in c for c in code)
     assert "--share" in code[-1] and "app.py" in code[-1]
-    for c in code:  # every code cell is valid Python once IPython's ! and % lines are set aside
-        compile("\n".join(line for line in c.splitlines() if not line.lstrip().startswith(("!", "%"))), "cell", "exec")
+    for c in code:  # every code cell is valid Python once IPython's ! and % lines stand for a statement
+        lines = [line[:len(line) - len(line.lstrip())] + "pass" if line.lstrip().startswith(("!", "%")) else line
+                 for line in c.splitlines()]
+        compile("\n".join(lines), "cell", "exec")
