@@ -154,8 +154,10 @@ def create_export_tab(client: gr.BrowserState) -> dict:
 
         refresh.click(refresh_runs, run, [run, export_msg], api_name=False)
         run.change(pick, run, [repo, private], api_name=False)
-        export_btn.click(do_export, [run, parts, gguf, check], [export_msg, download, card], api_name="export_run")
-        push_btn.click(do_push, [run, push_parts, repo, private, message, token], push_msg, api_name="push_run")
+        export_btn.click(do_export, [run, parts, gguf, check], [export_msg, download, card], api_name="export_run",
+                         show_progress_on=[export_msg])
+        push_btn.click(do_push, [run, push_parts, repo, private, message, token], push_msg, api_name="push_run",
+                       show_progress_on=[push_msg])
     return {"on_load": [(refresh_runs, run, [run, export_msg])]}
 
 
