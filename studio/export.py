@@ -269,7 +269,7 @@ def _greedy(model, tokenizer, prompts) -> list[str]:
     return generate(model, tokenizer, prompts, max_new_tokens=CHECK_TOKENS)
 
 
-def _compare(name: str, got: list[str], want: list[str]) -> str:
+def _compare(got: list[str], want: list[str]) -> str:
     same = sum(a == b for a, b in zip(got, want))
     line = f"greedy output ({CHECK_TOKENS} new tokens) identical to the adapter's on {same}/{len(want)} prompts"
     if same < len(want):
@@ -283,14 +283,14 @@ def check_adapter(folder: Path, prompts, want) -> str:
     from transformers import AutoTokenizer
 
     model = AutoPeftModelForCausalLM.from_pretrained(str(folder), dtype="float32")
-    return _compare("adapter", _greedy(model.eval(), AutoTokenizer.from_pretrained(str(folder)), prompts), want)
+    return _compare(_greedy(model.eval(), AutoTokenizer.from_pretrained(str(folder)), prompts), want)
 
 
 def check_merged(folder: Path, prompts, want) -> str:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     model = AutoModelForCausalLM.from_pretrained(str(folder))
-    return _compare("merged", _greedy(model.eval(), AutoTokenizer.from_pretrained(str(folder)), prompts), want)
+    return _compare(_greedy(model.eval(), AutoTokenizer.from_pretrained(str(folder)), prompts), want)
 
 
 def load_gguf(path: Path):
@@ -304,7 +304,7 @@ def load_gguf(path: Path):
 
 def check_gguf(path: Path, prompts, want) -> str:
     model, tokenizer = load_gguf(path)
-    return _compare(path.name, _greedy(model, tokenizer, prompts), want)
+    return _compare(_greedy(model, tokenizer, prompts), want)
 
 
 # ---- model cards --------------------------------------------------------------------------------
