@@ -64,6 +64,9 @@ def main(argv=None) -> None:
     p.add_argument("--runs-dir", help="where runs are kept (default runs/; on Colab e.g. a Drive folder)")
     p.add_argument("--shared", action="store_true", default=None,
                    help="treat visitors as strangers even without a share link (on with --share and on a Space)")
+    p.add_argument("--demo", action="store_true", default=None,
+                   help="public demo (also STUDIO_DEMO=1): chat and evaluation for all; training, export and push only "
+                        "for STUDIO_OWNERS / the Space's author (and signed-in visitors with STUDIO_DEMO_SIGNED_IN=1)")
     p.add_argument("--allow-remote-code", action="store_true",
                    help="let recipes from the page set trust_remote_code (off by default; never for a public app)")
     args = p.parse_args(argv)
@@ -88,6 +91,10 @@ def main(argv=None) -> None:
         os.environ["STUDIO_SHARED"] = "1"
     if args.allow_remote_code:
         os.environ["STUDIO_ALLOW_REMOTE_CODE"] = "1"
+    if args.demo:
+        os.environ["STUDIO_DEMO"] = "1"
+    if os.environ.get("STUDIO_DEMO", "").strip().lower() in {"1", "true", "yes", "on"}:
+        os.environ["STUDIO_SHARED"] = "1"  # a demo is public: visitors are strangers
     demo = build_app()
     runs_root().mkdir(parents=True, exist_ok=True)
     demo.queue(default_concurrency_limit=8).launch(

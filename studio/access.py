@@ -127,3 +127,50 @@ def check_remote_code(trust_remote_code, where: str = "form") -> None:
             f"{where}: trust_remote_code can only be turned on by whoever started the app "
             "(python app.py --allow-remote-code, or STUDIO_ALLOW_REMOTE_CODE=1)"
         )
+
+
+# ---- demo mode: a public Space where the owner decides who may train, export and push -----------
+# STUDIO_DEMO=1            chat and evaluation for everyone; training, export and push only for the owners
+# STUDIO_OWNERS=a,b        who counts as an owner (the Space's author, SPACE_AUTHOR_NAME, always does)
+# STUDIO_DEMO_SIGNED_IN=1  also let any visitor signed in with Hugging Face train, export and push
+
+
+def demo_mode() -> bool:
+    return _flag("STUDIO_DEMO")
+
+
+def owners() -> set[str]:
+    names = {n.strip().lower() for n in os.environ.get("STUDIO_OWNERS", "").split(",") if n.strip()}
+    if os.environ.get("SPACE_AUTHOR_NAME"):
+        names.add(os.environ["SPACE_AUTHOR_NAME"].strip().lower())
+    return names
+
+
+def username(profile) -> str | None:
+    """The signed-in visitor's Hugging Face name (a gr.OAuthProfile, a mapping or a plain name), or None."""
+    if not profile:
+        return None
+    if isinstance(profile, str):
+        return profile
+    name = getattr(profile, "username", None) or (profile.get("preferred_username") if hasattr(profile, "get") else None)
+    return str(name) if name else None
+
+
+def can_work(profile) -> bool:
+    """May this visitor train, export and push? Always outside demo mode."""
+    if not demo_mode():
+        return True
+    name = username(profile)
+    return bool(name) and (name.lower() in owners() or _flag("STUDIO_DEMO_SIGNED_IN"))
+
+
+can_train = can_export = can_push = can_see_logs = can_work  # one rule today, one name per place that asks
+
+
+def require_work(profile, action: str) -> None:
+    if can_work(profile):
+        return
+    who = "signed-in visitors and the owner" if _flag("STUDIO_DEMO_SIGNED_IN") else "the owner of this demo"
+    hint = " (sign in with Hugging Face first)" if not username(profile) else ""
+    raise StudioError(f"{action} is open only to {who} here{hint}; chat and evaluation are open to everyone. "
+                      "Duplicate the Space to do it on your own hardware")

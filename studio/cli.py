@@ -1,4 +1,4 @@
-"""python -m studio {data,train,recipes}: the same backend the app uses."""
+"""python -m studio {data,train,export,recipes}: the same backend the app uses."""
 
 from __future__ import annotations
 
@@ -117,6 +117,29 @@ def cmd_pairs(args) -> int:
     return 0
 
 
+def cmd_export(args) -> int:
+    from studio.export import export_run
+
+    gguf = [t for t in (args.gguf or "").split(",") if t] if args.gguf is not None else []
+    token = None
+    if args.push:  # before the export: a missing token or a bad repo id is known at once
+        from studio.hub import check_repo_id, resolve_token
+
+        check_repo_id(args.push)
+        token = resolve_token()
+    result = export_run(args.run, args.out, adapter=True, merge=args.merge, gguf=gguf, check=not args.no_check,
+                        log=lambda line: print(line, file=sys.stderr))
+    for line in result.describe():
+        print(line)
+    if args.push:
+        from studio.hub import push
+
+        url = push(result.parts, args.push, token, private=args.private, message=args.message,
+                   progress=lambda line: print(line, file=sys.stderr))
+        print(f"pushed: {url}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m studio", description="LoRA Studio command line")
     sub = p.add_subparsers(dest="command", required=True)
@@ -154,6 +177,18 @@ def build_parser() -> argparse.ArgumentParser:
     pb.add_argument("--max-new-tokens", type=int, default=48)
     pb.add_argument("--temperature", type=float, default=1.0)
     pb.set_defaults(func=cmd_pairs)
+
+    e = sub.add_parser("export", help="export a run: adapter, merged model, GGUF; push to the Hub")
+    e.add_argument("run", help="a run name in the runs folder, or a run folder")
+    e.add_argument("--merge", action="store_true", help="also write the merged model (merge_and_unload)")
+    e.add_argument("--gguf", nargs="?", const="f16", metavar="TYPES",
+                   help="also write GGUF (Llama-family): f16 (default), q8_0 or f16,q8_0")
+    e.add_argument("--out", help="output folder (default: runs/<run>/export)")
+    e.add_argument("--no-check", action="store_true", help="skip loading each part back and comparing outputs")
+    e.add_argument("--push", metavar="REPO_ID", help="push what was exported to the Hub (HF_TOKEN or `hf auth login`)")
+    e.add_argument("--private", action="store_true", help="make a new Hub repo private")
+    e.add_argument("--message", help="commit message for the push")
+    e.set_defaults(func=cmd_export)
 
     r = sub.add_parser("recipes", help="list the recipes")
     r.set_defaults(func=cmd_recipes)

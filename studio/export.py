@@ -1,0 +1,520 @@
+"""Export a run: its adapter, the merged model, GGUF files, each with a model card; check each one loads.
+
+One output folder (default ``runs/<run>/export``) holds what was asked for:
+
+    adapter/   adapter_model.safetensors + adapter_config.json + tokenizer + README.md
+    merged/    the base with the adapter merged in (sharded safetensors) + tokenizer + README.md
+    gguf/      <run>-f16.gguf, <run>-q8_0.gguf + README.md  (Llama-family models)
+
+Each part is written to a temporary sibling folder and renamed into place, so a part is either
+complete or absent. The checks load every part back with plain transformers / PEFT and compare
+greedy output with the run's adapter on its base.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import tempfile
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from studio.errors import StudioError
+
+GGUF_TYPES = ("f16", "q8_0")
+ADAPTER_FILES = ("adapter_model.safetensors", "adapter_config.json", "tokenizer.json", "tokenizer_config.json",
+                 "special_tokens_map.json", "chat_template.jinja", "tokenizer.model", "vocab.json", "merges.txt")
+CHECK_PROMPTS = ["Quote:"]
+CHECK_TOKENS = 24
+
+
+@dataclass
+class ExportResult:
+    run: str
+    out: Path
+    parts: dict[str, Path] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+    checks: dict[str, str] = field(default_factory=dict)  # part → one line: what was compared, what came out
+
+    def files(self) -> list[Path]:
+        return sorted(p for part in self.parts.values() for p in part.rglob("*") if p.is_file())
+
+    def describe(self) -> list[str]:
+        lines = [f"{name}: {path} ({size_text(path)})" for name, path in self.parts.items()]
+        return lines + [f"check {k}: {v}" for k, v in self.checks.items()] + self.notes
+
+
+def size_text(path: Path) -> str:
+    n = sum(f.stat().st_size for f in Path(path).rglob("*") if f.is_file())
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1024 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return ""
+
+
+# ---- the run ------------------------------------------------------------------------------------
+def run_recipe(run_dir: Path) -> dict:
+    import yaml
+
+    return yaml.safe_load((run_dir / "recipe.yaml").read_text("utf-8")) or {}
+
+
+def merge_dtype(base_config):
+    """The base's own 16-bit dtype on a GPU (bf16 if it has none, fp16 where bf16 is missing); fp32 on CPU."""
+    import torch
+
+    if not torch.cuda.is_available():
+        return torch.float32
+    dtype = getattr(base_config, "dtype", None) or getattr(base_config, "torch_dtype", None)
+    if isinstance(dtype, str):
+        dtype = getattr(torch, dtype, None)
+    if dtype in (torch.float16, torch.bfloat16):
+        return dtype if dtype != torch.bfloat16 or torch.cuda.is_bf16_supported() else torch.float16
+    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+
+
+def load_adapter_model(run_dir: Path):
+    """(PeftModel on the base in its 16-bit dtype, tokenizer, note). A 4-/8-bit-trained adapter goes on the
+    unquantized base: merging into quantized weights would round the merge away."""
+    from peft import PeftModel
+    from transformers import AutoConfig
+    from trl import ModelConfig
+
+    from studio.inference import run_adapter, run_base_model
+    from studio.models import load_model, load_tokenizer, resolve_model_path
+
+    base = run_base_model(run_dir)
+    adapter = run_adapter(run_dir)
+    recipe = run_recipe(run_dir)
+    config = AutoConfig.from_pretrained(resolve_model_path(base))
+    dtype = merge_dtype(config)
+    note = None
+    if recipe.get("load_in_4bit") or recipe.get("load_in_8bit"):
+        bits = 4 if recipe.get("load_in_4bit") else 8
+        note = (f"trained on a {bits}-bit base: the adapter is merged onto the base reloaded in "
+                f"{str(dtype).replace('torch.', '')} (not quantized), so the merged model is a full-precision model")
+    model = load_model(ModelConfig(model_name_or_path=base, dtype=str(dtype).replace("torch.", "")))
+    model = PeftModel.from_pretrained(model, str(adapter))
+    model.eval()
+    return model, load_tokenizer(str(adapter)), note
+
+
+# ---- parts --------------------------------------------------------------------------------------
+class _Part:
+    """Write into a temporary sibling; rename into place only when complete."""
+
+    def __init__(self, out: Path, name: str):
+        self.final = out / name
+        out.mkdir(parents=True, exist_ok=True)
+        self.tmp = Path(tempfile.mkdtemp(dir=out, prefix=f".{name}-"))
+
+    def __enter__(self) -> Path:
+        return self.tmp
+
+    def __exit__(self, exc_type, exc, tb):
+        if exc_type is not None:
+            shutil.rmtree(self.tmp, ignore_errors=True)
+            return False
+        if self.final.exists():
+            shutil.rmtree(self.final)
+        os.replace(self.tmp, self.final)
+        return False
+
+
+def write_adapter(run_dir: Path, folder: Path) -> None:
+    from studio.inference import run_adapter
+
+    src = run_adapter(run_dir)
+    for name in ADAPTER_FILES:
+        if (src / name).exists():
+            shutil.copy2(src / name, folder / name)
+    if not (folder / "adapter_model.safetensors").exists():
+        raise StudioError(f"{run_dir.name}: the adapter has no adapter_model.safetensors")
+
+
+# ---- GGUF ---------------------------------------------------------------------------------------
+def gguf_unsupported(config, tokenizer) -> str | None:
+    """None when this model can be written as GGUF here; otherwise the one line saying why not."""
+    arch = getattr(config, "model_type", "?")
+    if arch != "llama":
+        return (f"GGUF export covers Llama-family models; this one is {arch!r}: convert the merged folder with "
+                "llama.cpp's convert_hf_to_gguf.py")
+    rope = getattr(config, "rope_parameters", None) or getattr(config, "rope_scaling", None) or {}
+    if rope.get("rope_type", "default") not in ("default", None):
+        return f"GGUF export: rope scaling {rope.get('rope_type')!r} is not written here; use llama.cpp's converter"
+    spec = json.loads(tokenizer.backend_tokenizer.to_str()) if getattr(tokenizer, "is_fast", False) else {}
+    model, pre = spec.get("model", {}), spec.get("pre_tokenizer") or {}
+    if model.get("type") != "BPE" or pre.get("type") != "ByteLevel" or not pre.get("use_regex", True):
+        return ("GGUF export covers byte-level BPE tokenizers (GPT-2 style, like the embedded model's); this "
+                "tokenizer is not one: convert the merged folder with llama.cpp's convert_hf_to_gguf.py")
+    return None
+
+
+def _permute(w, n_head: int, n_head_kv: int):
+    """llama.cpp stores q/k rows interleaved for its rope (convert_hf_to_gguf.LlamaModel.permute);
+    transformers' GGUF loader undoes exactly this."""
+    if n_head_kv is not None and n_head != n_head_kv:
+        n_head = n_head_kv
+    return w.reshape(n_head, 2, w.shape[0] // n_head // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
+
+
+def write_gguf(model, tokenizer, path: Path, qtype: str = "f16", name: str = "model") -> Path:
+    """A Llama model and its byte-level BPE tokenizer → one GGUF file, as llama.cpp's converter writes it."""
+    import gguf
+    import numpy as np
+
+    config = model.config
+    reason = gguf_unsupported(config, tokenizer)
+    if reason:
+        raise StudioError(reason)
+    if qtype not in GGUF_TYPES:
+        raise StudioError(f"GGUF type {qtype!r}: choose one of {', '.join(GGUF_TYPES)}")
+    n_head, n_kv = config.num_attention_heads, config.num_key_value_heads
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // n_head
+    rope = getattr(config, "rope_parameters", None) or {}
+    file_type = gguf.LlamaFileType.MOSTLY_F16 if qtype == "f16" else gguf.LlamaFileType.MOSTLY_Q8_0
+
+    w = gguf.GGUFWriter(str(path), gguf.MODEL_ARCH_NAMES[gguf.MODEL_ARCH.LLAMA])
+    w.add_name(name)
+    w.add_context_length(config.max_position_embeddings)
+    w.add_embedding_length(config.hidden_size)
+    w.add_block_count(config.num_hidden_layers)
+    w.add_feed_forward_length(config.intermediate_size)
+    w.add_head_count(n_head)
+    w.add_head_count_kv(n_kv)
+    w.add_rope_dimension_count(head_dim)
+    w.add_rope_freq_base(float(rope.get("rope_theta", getattr(config, "rope_theta", 10000.0))))
+    w.add_layer_norm_rms_eps(config.rms_norm_eps)
+    w.add_vocab_size(config.vocab_size)
+    w.add_file_type(file_type)
+    w.add_quantization_version(gguf.GGML_QUANT_VERSION)
+    _add_tokenizer(w, tokenizer, config.vocab_size)
+
+    names = gguf.get_tensor_name_map(gguf.MODEL_ARCH.LLAMA, config.num_hidden_layers)
+    state = model.state_dict()
+    tied = getattr(config, "tie_word_embeddings", False)
+    for hf_name, tensor in state.items():
+        if tied and hf_name == "lm_head.weight":
+            continue  # tied: llama.cpp reads the output matrix from token_embd
+        if hf_name.endswith("rotary_emb.inv_freq"):
+            continue
+        stem, suffix = hf_name.rsplit(".", 1)
+        new = names.get_name(stem)
+        if new is None:
+            raise StudioError(f"GGUF export: no GGUF name for tensor {hf_name}")
+        data = tensor.detach().float().cpu().numpy()
+        if hf_name.endswith("q_proj.weight"):
+            data = _permute(data, n_head, n_head)
+        elif hf_name.endswith("k_proj.weight"):
+            data = _permute(data, n_head, n_kv)
+        full = f"{new}.{suffix}"
+        if data.ndim == 1:  # norms stay f32, as llama.cpp keeps them
+            w.add_tensor(full, data.astype(np.float32))
+        elif qtype == "q8_0" and data.shape[-1] % 32 == 0:
+            q = gguf.quants.quantize(data, gguf.GGMLQuantizationType.Q8_0)
+            w.add_tensor(full, q, raw_dtype=gguf.GGMLQuantizationType.Q8_0)
+        else:
+            w.add_tensor(full, data.astype(np.float16))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return path
+
+
+def _add_tokenizer(w, tokenizer, vocab_size: int) -> None:
+    import gguf
+
+    spec = json.loads(tokenizer.backend_tokenizer.to_str())
+    vocab = tokenizer.get_vocab()
+    by_id = {i: t for t, i in vocab.items()}
+    added = {t.content: t for t in tokenizer.added_tokens_decoder.values()}
+    tokens, types = [], []
+    for i in range(max(vocab_size, len(by_id))):
+        tok = by_id.get(i)
+        if tok is None:  # a padded embedding row with no token, as llama.cpp writes it
+            tokens.append(f"[PAD{i}]")
+            types.append(gguf.TokenType.UNUSED)
+        elif tok in added:
+            tokens.append(tok)
+            types.append(gguf.TokenType.CONTROL if added[tok].special else gguf.TokenType.USER_DEFINED)
+        else:
+            tokens.append(tok)
+            types.append(gguf.TokenType.NORMAL)
+    merges = [m if isinstance(m, str) else " ".join(m) for m in spec["model"].get("merges", [])]
+    w.add_tokenizer_model("gpt2")
+    w.add_tokenizer_pre("gpt2")
+    w.add_token_list(tokens)
+    w.add_token_types(types)
+    w.add_token_merges(merges)
+    for key, setter in (("bos_token_id", w.add_bos_token_id), ("eos_token_id", w.add_eos_token_id),
+                        ("unk_token_id", w.add_unk_token_id), ("pad_token_id", w.add_pad_token_id)):
+        value = getattr(tokenizer, key, None)
+        if value is not None:
+            setter(value)
+    ids = tokenizer("a")["input_ids"]
+    w.add_add_bos_token(bool(ids) and ids[0] == tokenizer.bos_token_id)
+    if getattr(tokenizer, "chat_template", None):
+        w.add_chat_template(tokenizer.chat_template)
+
+
+# ---- checks: load each part back with plain libraries -------------------------------------------
+def _greedy(model, tokenizer, prompts) -> list[str]:
+    from studio.inference import generate
+
+    return generate(model, tokenizer, prompts, max_new_tokens=CHECK_TOKENS)
+
+
+def _compare(got: list[str], want: list[str]) -> str:
+    same = sum(a == b for a, b in zip(got, want))
+    line = f"greedy output ({CHECK_TOKENS} new tokens) identical to the adapter's on {same}/{len(want)} prompts"
+    if same < len(want):
+        i = next(i for i, (a, b) in enumerate(zip(got, want)) if a != b)
+        line += f"; first difference on prompt {i + 1}: {got[i][:60]!r} vs {want[i][:60]!r}"
+    return line
+
+
+def check_adapter(folder: Path, prompts, want) -> str:
+    from peft import AutoPeftModelForCausalLM
+    from transformers import AutoTokenizer
+
+    model = AutoPeftModelForCausalLM.from_pretrained(str(folder), dtype="float32")
+    return _compare(_greedy(model.eval(), AutoTokenizer.from_pretrained(str(folder)), prompts), want)
+
+
+def check_merged(folder: Path, prompts, want) -> str:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(str(folder))
+    return _compare(_greedy(model.eval(), AutoTokenizer.from_pretrained(str(folder)), prompts), want)
+
+
+def load_gguf(path: Path):
+    """(model, tokenizer) from a GGUF file with transformers' own GGUF loader (dequantized to fp32)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    folder, name = str(path.parent), path.name
+    return (AutoModelForCausalLM.from_pretrained(folder, gguf_file=name).eval(),
+            AutoTokenizer.from_pretrained(folder, gguf_file=name))
+
+
+def check_gguf(path: Path, prompts, want) -> str:
+    model, tokenizer = load_gguf(path)
+    return _compare(_greedy(model, tokenizer, prompts), want)
+
+
+# ---- model cards --------------------------------------------------------------------------------
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+_TOKEN = re.compile(r"hf_[A-Za-z0-9]{8,}")
+
+
+def _public(value):
+    """What may appear in a card: absolute local paths become their last part, token-like strings go."""
+    if isinstance(value, dict):
+        return {k: _public(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_public(v) for v in value]
+    if isinstance(value, str):
+        value = _TOKEN.sub("hf_***", value)
+        if value.startswith(("/", "~")) or re.match(r"^[A-Za-z]:[\\/]", value):
+            return Path(value).name
+    return value
+
+
+def _base_licence(base: str) -> str | None:
+    """The base model's licence from its own card, when it is at hand (a local folder or the Hub cache)."""
+    from huggingface_hub import ModelCard, hf_hub_download
+
+    from studio.models import resolve_model_path
+
+    path = Path(resolve_model_path(base)) / "README.md"
+    try:
+        if not path.exists() and _HUB_ID.match(base):
+            path = Path(hf_hub_download(base, "README.md", local_files_only=True))
+        return ModelCard.load(path).data.license if path.exists() else None
+    except Exception:  # noqa: BLE001 - no licence known: the card says nothing rather than guess
+        return None
+
+
+def _eval_results(run_dir: Path) -> list[tuple[str, dict]]:
+    rows = []
+    for path in sorted((run_dir / "eval").glob("*.json")):
+        try:
+            data = json.loads(path.read_text("utf-8"))
+        except (OSError, json.JSONDecodeError):
+            continue
+        scores = data.get("scores", data) if isinstance(data, dict) else {}
+        numbers = {k: v for k, v in scores.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+        if numbers:
+            rows.append((path.stem, numbers))
+    return rows
+
+
+def _usage(kind: str, repo: str, base: str, gguf_files=()) -> str:
+    if kind == "adapter":
+        return (f"```python\nfrom peft import AutoPeftModelForCausalLM\nfrom transformers import AutoTokenizer\n\n"
+                f"model = AutoPeftModelForCausalLM.from_pretrained(\"{repo}\")  # loads {base} and puts the adapter on\n"
+                f"tokenizer = AutoTokenizer.from_pretrained(\"{repo}\")\n"
+                f"inputs = tokenizer(\"Quote:\", return_tensors=\"pt\")\n"
+                f"print(tokenizer.decode(model.generate(**inputs, max_new_tokens=40)[0]))\n```")
+    if kind == "merged":
+        return (f"```python\nfrom transformers import AutoModelForCausalLM, AutoTokenizer\n\n"
+                f"model = AutoModelForCausalLM.from_pretrained(\"{repo}\")\n"
+                f"tokenizer = AutoTokenizer.from_pretrained(\"{repo}\")\n"
+                f"inputs = tokenizer(\"Quote:\", return_tensors=\"pt\")\n"
+                f"print(tokenizer.decode(model.generate(**inputs, max_new_tokens=40)[0]))\n```")
+    first = gguf_files[0] if gguf_files else "model.gguf"
+    return (f"```bash\nllama-cli -m {first} -p \"Quote:\" -n 40\n```\n\nor with transformers (dequantized):\n\n"
+            f"```python\nfrom transformers import AutoModelForCausalLM, AutoTokenizer\n\n"
+            f"model = AutoModelForCausalLM.from_pretrained(\"{repo}\", gguf_file=\"{first}\")\n"
+            f"tokenizer = AutoTokenizer.from_pretrained(\"{repo}\", gguf_file=\"{first}\")\n```")
+
+
+def model_card(run_dir: Path, kind: str, repo_id: str | None = None, notes=(), gguf_files=()):
+    """A `huggingface_hub.ModelCard` for one part of an export (kind: adapter, merged or gguf)."""
+    import yaml
+    from huggingface_hub import ModelCard, ModelCardData
+
+    from studio.embedded import EMBEDDED_MODEL_ID
+    from studio.inference import run_base_model
+
+    recipe = run_recipe(run_dir)
+    base = run_base_model(run_dir)
+    embedded = base in ("embedded", EMBEDDED_MODEL_ID)
+    base_public = base if _HUB_ID.match(base) and not embedded and not Path(base).exists() else None
+    base_label = EMBEDDED_MODEL_ID if embedded else base_public or Path(base).name
+    summary = {}
+    if (run_dir / "summary.json").exists():
+        summary = json.loads((run_dir / "summary.json").read_text("utf-8"))
+    source = str((recipe.get("dataset") or {}).get("source") or "")
+    method = str(recipe.get("method") or summary.get("method") or "sft")
+    tags = ["lora-studio", "lora", "trl", method] + (["qlora"] if recipe.get("load_in_4bit") else [])
+    if kind == "gguf":
+        tags.append("gguf")
+    data = ModelCardData(
+        base_model=base_public,
+        library_name={"adapter": "peft", "merged": "transformers", "gguf": "gguf"}[kind],
+        pipeline_tag="text-generation",
+        tags=tags,
+        datasets=[source] if _HUB_ID.match(source) and not Path(source).exists() else None,
+        license=_base_licence(base),
+    )
+    repo = repo_id or {"adapter": "path/to/adapter", "merged": "path/to/merged", "gguf": "path/to/gguf"}[kind]
+    what = {"adapter": f"a LoRA adapter for {base_label}",
+            "merged": f"{base_label} with a LoRA adapter merged in (a standalone model)",
+            "gguf": f"{base_label} with a LoRA adapter merged in, as GGUF for llama.cpp"}[kind]
+    lines = [f"# {run_dir.name}", "", f"This is {what}, trained with LoRA Studio "
+             f"({method.upper()} with TRL and PEFT).", ""]
+    lines += [f"> {n}" for n in notes] + ([""] if notes else [])
+    lines += ["## Usage", "", _usage(kind, repo, base_label, gguf_files), "", "## Training", ""]
+    hardware = summary.get("hardware") or "not recorded by this run"
+    facts = [("dataset", _public(source) or "?"), ("steps", summary.get("steps")),
+             ("first loss", summary.get("first_loss")), ("final loss", summary.get("final_loss")),
+             ("best eval loss", summary.get("best_eval_loss")), ("runtime (s)", summary.get("runtime_s")),
+             ("tokens seen", summary.get("tokens_seen")), ("trainable parameters", summary.get("trainable_params")),
+             ("hardware", hardware)]
+    lines += ["| | |", "|---|---|"] + [f"| {k} | {v:.4g} |" if isinstance(v, float) else f"| {k} | {v} |"
+                                       for k, v in facts if v is not None] + [""]
+    evals = _eval_results(run_dir)
+    if evals:
+        lines += ["## Evaluation", "", "| evaluation | metric | value |", "|---|---|---|"]
+        lines += [f"| {name} | {k} | {v:.4g} |" for name, numbers in evals for k, v in numbers.items()] + [""]
+    lines += ["## Recipe", "", "```yaml", yaml.safe_dump(_public(recipe), sort_keys=False, allow_unicode=True).strip(),
+              "```", ""]
+    return ModelCard.from_template(data, template_str="---\n{{ card_data }}\n---\n\n" + "\n".join(lines))
+
+
+def write_card(folder: Path, run_dir: Path, kind: str, repo_id: str | None = None, notes=(), gguf_files=()) -> Path:
+    path = Path(folder) / "README.md"
+    model_card(run_dir, kind, repo_id, notes, gguf_files).save(path)
+    return path
+
+
+# ---- the whole export ---------------------------------------------------------------------------
+def default_out(run_dir: Path) -> Path:
+    return run_dir / "export"
+
+
+def export_run(run: str | os.PathLike, out: str | os.PathLike | None = None, *, adapter: bool = True,
+               merge: bool = False, gguf: tuple[str, ...] | list[str] = (), check: bool = True,
+               max_shard_size: str = "2GB", log=print) -> ExportResult:
+    """Export `run` (a name in the runs folder or a run folder) into `out` (default runs/<run>/export)."""
+    import torch
+
+    from studio.access import resolve_run
+
+    run_dir = resolve_run(run)
+    gguf = [g.lower() for g in gguf]
+    for g in gguf:
+        if g not in GGUF_TYPES:
+            raise StudioError(f"GGUF type {g!r}: choose one of {', '.join(GGUF_TYPES)}")
+    if not (adapter or merge or gguf):
+        raise StudioError("nothing to export: choose the adapter, the merged model or a GGUF type")
+    out = Path(out) if out else default_out(run_dir)
+    result = ExportResult(run=run_dir.name, out=out)
+    recipe = run_recipe(run_dir)
+    prompts = [str(p) for p in (recipe.get("eval_prompts") or CHECK_PROMPTS)][:4]
+
+    log(f"loading {run_dir.name}'s adapter on its base")
+    model, tokenizer, note = load_adapter_model(run_dir)
+    if note:
+        result.notes.append(note)
+        log(note)
+    reason = gguf_unsupported(model.get_base_model().config, tokenizer) if gguf else None
+    if reason:  # refuse before writing anything
+        raise StudioError(reason)
+    want = _greedy(model, tokenizer, prompts) if check else None
+
+    if adapter:
+        log("writing adapter/")
+        with _Part(out, "adapter") as folder:
+            write_adapter(run_dir, folder)
+            write_card(folder, run_dir, "adapter", notes=result.notes)
+        result.parts["adapter"] = out / "adapter"
+    if merge or gguf:
+        log("merging the adapter into the base (merge_and_unload)")
+        merged = model.merge_and_unload()
+        if merge:
+            log("writing merged/")
+            with _Part(out, "merged") as folder:
+                merged.save_pretrained(str(folder), max_shard_size=max_shard_size)
+                tokenizer.save_pretrained(str(folder))
+                write_card(folder, run_dir, "merged", notes=result.notes)
+            result.parts["merged"] = out / "merged"
+        if gguf:
+            with _Part(out, "gguf") as folder:
+                for qtype in gguf:
+                    log(f"writing gguf/{run_dir.name}-{qtype}.gguf")
+                    write_gguf(merged, tokenizer, folder / f"{run_dir.name}-{qtype}.gguf", qtype, run_dir.name)
+                write_card(folder, run_dir, "gguf", notes=result.notes,
+                           gguf_files=[f"{run_dir.name}-{q}.gguf" for q in gguf])
+            result.parts["gguf"] = out / "gguf"
+        del merged
+    del model
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+    if check:
+        log("checking each part loads with plain transformers / PEFT and gives the adapter's greedy output")
+        if "adapter" in result.parts:
+            result.checks["adapter"] = check_adapter(result.parts["adapter"], prompts, want)
+        if "merged" in result.parts:
+            result.checks["merged"] = check_merged(result.parts["merged"], prompts, want)
+        for qtype in gguf:
+            path = out / "gguf" / f"{run_dir.name}-{qtype}.gguf"
+            result.checks[path.name] = check_gguf(path, prompts, want)
+    return result
+
+
+def zip_export(result: ExportResult) -> Path:
+    """The export as one zip in a fresh temp folder (what the page offers for download)."""
+    folder = Path(tempfile.mkdtemp(prefix="lora-studio-export-"))
+    target = folder / f"{re.sub(r'[^A-Za-z0-9._-]', '_', result.run)}-export.zip"
+    with zipfile.ZipFile(target, "w", zipfile.ZIP_DEFLATED) as z:
+        for path in result.files():
+            z.write(path, path.relative_to(result.out))
+    return target

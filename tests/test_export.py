@@ -1,0 +1,349 @@
+"""Export: adapter / merged / GGUF equivalence, model cards, token order and secrecy, pushes to a fake Hub."""
+
+import json
+import logging
+import os
+import time
+import zipfile
+from pathlib import Path
+
+import pytest
+
+from conftest import tiny_recipe
+from fake_hub import FakeHub
+from studio import access, export, hub
+from studio.errors import StudioError
+
+PLANTED = "hf_PLANTEDsecretLoRAStudio0123456789"
+GOOD = "hf_goodtoken0000000000"
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("export") / "runs"
+    old = os.environ.get("STUDIO_RUNS")
+    os.environ["STUDIO_RUNS"] = str(root)
+    yield root
+    if old is None:
+        os.environ.pop("STUDIO_RUNS", None)
+    else:
+        os.environ["STUDIO_RUNS"] = old
+
+
+def _train(runs, name, **overrides):
+    from studio import jobs
+
+    sets = {"max_steps": 10, "save_steps": 100, "eval_strategy": "no", "logging_steps": 2, **overrides}
+    job = jobs.start_job(tiny_recipe(**sets), runs_dir=runs, run_name=name)
+    assert job.wait(300) and job.status == "done", job.error
+    return job.run_dir
+
+
+@pytest.fixture(scope="module")
+def run(runs):
+    return _train(runs, "quotes")
+
+
+@pytest.fixture(scope="module")
+def exported(run):
+    """All parts, merged sharded into several files, each part checked by the export itself."""
+    return export.export_run(run.name, merge=True, gguf=["f16", "q8_0"], max_shard_size="200KB", log=lambda _: None)
+
+
+@pytest.fixture(scope="module")
+def reference(run):
+    """The run's adapter on its base, as every other tab loads it, and its greedy output."""
+    from studio.inference import generate, load_for_inference
+
+    loaded = load_for_inference(run.name)
+    prompts = export.run_recipe(run)["eval_prompts"]
+    return prompts, generate(loaded.model, loaded.tokenizer, prompts, max_new_tokens=24)
+
+
+def _greedy(model, tok, prompts):
+    from studio.inference import generate
+
+    return generate(model.eval(), tok, prompts, max_new_tokens=24)
+
+
+def test_adapter_and_merged_load_with_plain_libraries_and_match(exported, reference, embedded_path):
+    from peft import AutoPeftModelForCausalLM, PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    prompts, want = reference
+    adapter, merged = exported.parts["adapter"], exported.parts["merged"]
+    assert (adapter / "adapter_model.safetensors").exists() and (adapter / "tokenizer.json").exists()
+    tok = AutoTokenizer.from_pretrained(adapter)
+    assert _greedy(AutoPeftModelForCausalLM.from_pretrained(adapter), tok, prompts) == want
+    on_base = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(embedded_path), adapter)
+    assert _greedy(on_base, tok, prompts) == want
+    # merged: sharded safetensors, fp32 on this CPU, no LoRA modules left
+    index = json.loads((merged / "model.safetensors.index.json").read_text())
+    assert len(set(index["weight_map"].values())) > 1
+    model = AutoModelForCausalLM.from_pretrained(merged)
+    assert str(model.dtype) == "torch.float32" and not any("lora" in n for n, _ in model.named_parameters())
+    assert _greedy(model, AutoTokenizer.from_pretrained(merged), prompts) == want
+    assert all("identical to the adapter's on 2/2" in line for line in exported.checks.values()), exported.checks
+
+
+def test_gguf_round_trip_through_transformers_loader(exported, reference):
+    import gguf
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    prompts, want = reference
+    folder = exported.parts["gguf"]
+    f16, q8 = folder / "quotes-f16.gguf", folder / "quotes-q8_0.gguf"
+    reader = gguf.GGUFReader(str(q8))
+    kinds = {t.name: t.tensor_type for t in reader.tensors}
+    assert kinds["blk.0.attn_q.weight"] == gguf.GGMLQuantizationType.Q8_0
+    assert kinds["blk.0.attn_norm.weight"] == gguf.GGMLQuantizationType.F32
+    assert q8.stat().st_size < f16.stat().st_size
+    # the tokenizer round-trips: same ids for text, specials and the chat template
+    hf_tok = AutoTokenizer.from_pretrained(exported.parts["merged"])
+    merged = AutoModelForCausalLM.from_pretrained(exported.parts["merged"]).eval()
+    text = ["Quote: Don’t stop — 123 wörds 😀", hf_tok.apply_chat_template(
+        [{"role": "user", "content": "hi there"}], tokenize=False, add_generation_prompt=True)]
+    for path in (f16, q8):
+        model, tok = export.load_gguf(path)
+        assert [tok(t)["input_ids"] for t in text] == [hf_tok(t)["input_ids"] for t in text]
+        assert tok.chat_template == hf_tok.chat_template and tok.eos_token == hf_tok.eos_token
+        got = _greedy(model, tok, prompts)
+        # f16: greedy text identical to the adapter's. q8_0 (8-bit blocks) may drift: we compare the
+        # next-token choice at every position of the prompts (teacher-forced), and here also the text.
+        enc = hf_tok(prompts, return_tensors="pt", padding=True)
+        with torch.no_grad():
+            a = merged(**enc).logits.argmax(-1)[enc["attention_mask"].bool()]
+            b = model(**enc).logits.argmax(-1)[enc["attention_mask"].bool()]
+        agree = (a == b).float().mean().item()
+        if path == f16:
+            assert got == want and agree == 1.0
+        else:
+            assert agree >= 0.95, agree
+            assert got == want  # holds for this model; the export's own check reports it either way
+
+
+def test_qlora_adapter_merges_onto_the_16bit_base(runs):
+    from transformers import AutoModelForCausalLM
+
+    run = _train(runs, "quotes-qlora", load_in_4bit=True, max_steps=4)
+    result = export.export_run(run.name, merge=True, adapter=False, log=lambda _: None)
+    assert any("4-bit base" in n and "float32" in n for n in result.notes)
+    merged = AutoModelForCausalLM.from_pretrained(result.parts["merged"])
+    assert getattr(merged.config, "quantization_config", None) is None
+    assert str(merged.dtype) == "torch.float32"
+    assert result.checks["merged"].startswith("greedy output (24 new tokens) identical to the adapter's on 2/2")
+    card = (result.parts["merged"] / "README.md").read_text()
+    assert "qlora" in card and "4-bit base" in card
+
+
+def test_model_cards_parse_and_hold_no_paths_or_tokens(run, exported, tmp_path):
+    from huggingface_hub import ModelCard
+
+    (run / "eval").mkdir(exist_ok=True)
+    (run / "eval" / "quotes-test.json").write_text(json.dumps({"scores": {"bleu": 12.5, "rougeL": 30.25}}))
+    export.write_card(tmp_path, run, "adapter", repo_id="me/quotes")
+    card = ModelCard.load(tmp_path / "README.md")
+    assert card.data.library_name == "peft" and card.data.pipeline_tag == "text-generation"
+    assert {"lora", "trl", "sft", "lora-studio"} <= set(card.data.tags)
+    assert card.data.base_model is None  # the embedded model is no Hub id: named in the text instead
+    assert "embedded/tiny-llama" in card.text and "me/quotes" in card.text
+    assert "final loss" in card.text and "bleu" in card.text and "model_name_or_path: embedded/tiny-llama" in card.text
+    for kind, part in exported.parts.items():
+        meta = ModelCard.load(part / "README.md").data
+        assert meta.library_name == {"adapter": "peft", "merged": "transformers", "gguf": "gguf"}[kind]
+    for text in [(tmp_path / "README.md").read_text()] + [(p / "README.md").read_text() for p in exported.parts.values()]:
+        assert str(run.parent) not in text and str(Path.home()) not in text and "/tmp/" not in text
+        assert "hf_" not in text
+
+
+def test_card_strips_local_paths_and_secrets_from_the_recipe(runs, tmp_path):
+    run = runs / "by-hand"
+    run.mkdir()
+    (run / "recipe.yaml").write_text(f"name: x\nmethod: sft\nmodel_name_or_path: {tmp_path}/my-model\n"
+                                     f"dataset:\n  source: {tmp_path}/data.jsonl\nnote: hf_inTheRecipe0123456789\n")
+    text = str(export.model_card(run, "merged"))
+    assert str(tmp_path) not in text and "inTheRecipe" not in text and "data.jsonl" in text and "my-model" in text
+
+
+def test_gguf_refuses_other_architectures_in_one_line(exported):
+    from transformers import AutoTokenizer, GPT2Config
+
+    tok = AutoTokenizer.from_pretrained(exported.parts["merged"])
+    line = export.gguf_unsupported(GPT2Config(), tok)
+    assert "'gpt2'" in line and "\n" not in line and "convert_hf_to_gguf" in line
+
+
+def test_zip_and_cli(run, exported, tmp_path, capsys):
+    from studio.cli import main
+
+    zipped = export.zip_export(exported)
+    names = zipfile.ZipFile(zipped).namelist()
+    assert "adapter/adapter_model.safetensors" in names and "gguf/quotes-f16.gguf" in names
+    assert "merged/model.safetensors.index.json" in names
+    assert main(["export", "quotes", "--gguf", "--out", str(tmp_path / "out"), "--no-check"]) == 0
+    out = capsys.readouterr().out
+    assert f"adapter: {tmp_path / 'out' / 'adapter'}" in out and "gguf:" in out
+    assert (tmp_path / "out" / "gguf" / "quotes-f16.gguf").exists() and not (tmp_path / "out" / "merged").exists()
+    assert main(["export", "quotes", "--gguf", "q4_k"]) == 2
+    assert "q4_k" in capsys.readouterr().err
+
+
+# ---- tokens ---------------------------------------------------------------------------------------
+@pytest.fixture
+def no_tokens(monkeypatch):
+    import huggingface_hub
+
+    for name in ("HF_TOKEN", "STUDIO_DEMO", "STUDIO_SHARED", "SPACE_ID", "STUDIO_OWNERS", "SPACE_AUTHOR_NAME",
+                 "STUDIO_DEMO_SIGNED_IN"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setattr(huggingface_hub, "get_token", lambda: None)
+    return monkeypatch
+
+
+def test_token_order(no_tokens):
+    import huggingface_hub
+
+    class OAuth:
+        token = "hf_oauthoauthoauth"
+
+    with pytest.raises(StudioError, match="no Hugging Face token"):
+        hub.resolve_token()
+    no_tokens.setattr(huggingface_hub, "get_token", lambda: "hf_cachedcachedcached")
+    assert hub.resolve_token().source == "the cached `hf auth login` token"
+    no_tokens.setenv("HF_TOKEN", "hf_envenvenvenvenv")
+    assert hub.resolve_token().value == "hf_envenvenvenvenv"
+    assert hub.resolve_token(typed=" hf_typedtypedtyped ").value == "hf_typedtypedtyped"
+    assert hub.resolve_token(OAuth(), typed="hf_typedtypedtyped").value == "hf_oauthoauthoauth"
+    assert "hf_" not in repr(hub.resolve_token(OAuth()))
+    # a shared page never borrows the owner's HF_TOKEN / cached login; the command line still does
+    no_tokens.setenv("STUDIO_SHARED", "1")
+    with pytest.raises(StudioError, match="not lent to visitors"):
+        hub.resolve_token(from_page=True)
+    assert hub.resolve_token(typed="hf_typedtypedtyped", from_page=True).source == "the token typed in this tab"
+    assert hub.resolve_token().value == "hf_envenvenvenvenv"
+    # a demo Space: the visitor's own sign-in and nothing else
+    no_tokens.setenv("STUDIO_DEMO", "1")
+    with pytest.raises(StudioError, match="your own Hugging Face account"):
+        hub.resolve_token(typed="hf_typedtypedtyped", from_page=True)
+    assert hub.resolve_token(OAuth(), from_page=True).source == "your Hugging Face sign-in"
+
+
+def test_demo_mode_permissions(no_tokens):
+    assert access.can_work(None)  # not a demo: the person at the keyboard is the owner
+    no_tokens.setenv("STUDIO_DEMO", "1")
+    no_tokens.setenv("SPACE_AUTHOR_NAME", "Owner")
+    no_tokens.setenv("STUDIO_OWNERS", "friend, colleague")
+    assert not access.can_train(None) and not access.can_export({"preferred_username": "stranger"})
+    assert access.can_push({"preferred_username": "owner"}) and access.can_see_logs("friend")
+    with pytest.raises(StudioError, match="sign in with Hugging Face first"):
+        access.require_work(None, "training")
+    with pytest.raises(StudioError, match="only to the owner of this demo"):
+        access.require_work("stranger", "export")
+    no_tokens.setenv("STUDIO_DEMO_SIGNED_IN", "1")
+    assert access.can_train("stranger") and not access.can_train(None)
+
+
+# ---- pushes against a stand-in Hub --------------------------------------------------------------
+@pytest.fixture
+def fake_hub(monkeypatch):
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)  # conftest runs everything offline
+    with FakeHub(good=(GOOD, PLANTED)) as server:
+        monkeypatch.setenv("HF_ENDPOINT", server.url)
+        yield server
+
+
+def _snapshot(folder: Path) -> dict:
+    return {str(p.relative_to(folder)): p.stat().st_mtime_ns for p in folder.rglob("*") if p.is_file()}
+
+
+def test_push_creates_the_repo_and_uploads_in_one_commit(exported, fake_hub):
+    token = hub.Token(GOOD, "the token typed in this tab")
+    seen = []
+    url = hub.push({"adapter": exported.parts["adapter"]}, "me/quotes-adapter", token, private=True,
+                   message="first adapter", progress=seen.append)
+    repo = fake_hub.repos["me/quotes-adapter"]
+    assert repo["private"] and repo["commits"] == ["first adapter"] and url.startswith(fake_hub.url)
+    assert set(repo["files"]) == {p.name for p in exported.parts["adapter"].iterdir()}
+    assert repo["files"]["adapter_model.safetensors"] == (exported.parts["adapter"] / "adapter_model.safetensors").read_bytes()
+    commits = [r for r in fake_hub.requests if "/commit/" in r["path"]]
+    assert len(commits) == 1 and all(r["auth"] == f"Bearer {GOOD}" for r in fake_hub.requests)
+    assert any("private" in s for s in seen) and any(s.startswith("pushed:") for s in seen)
+    # several parts: merged at the root, the others in sub-folders; public
+    hub.push(exported.parts, "me/quotes", token)
+    files = fake_hub.repos["me/quotes"]["files"]
+    assert not fake_hub.repos["me/quotes"]["private"]
+    assert {"config.json", "README.md", "adapter/adapter_config.json", "gguf/quotes-q8_0.gguf"} <= set(files)
+
+
+def test_failed_pushes_are_one_line_fast_and_keep_the_export(exported, fake_hub, monkeypatch):
+    from huggingface_hub import constants
+
+    before = {k: _snapshot(p) for k, p in exported.parts.items()}
+    cases = [(hub.Token("hf_wrongwrongwrongwrong", "the token typed in this tab"), "me/x", "refused"),
+             (hub.Token(GOOD, "HF_TOKEN"), "someone-else/x", "no rights to write someone-else/x")]
+    for token, repo, expect in cases:
+        t = time.time()
+        with pytest.raises(StudioError, match=expect) as e:
+            hub.push({"adapter": exported.parts["adapter"]}, repo, token)
+        assert time.time() - t < 5 and "\n" not in str(e.value) and token.value not in str(e.value)
+    monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")  # nothing listens: no network
+    t = time.time()
+    with pytest.raises(StudioError, match="can't reach the Hub"):
+        hub.push({"adapter": exported.parts["adapter"]}, "me/x", hub.Token(GOOD, "HF_TOKEN"))
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    with pytest.raises(StudioError, match="offline mode is on"):
+        hub.push({"adapter": exported.parts["adapter"]}, "me/x", hub.Token(GOOD, "HF_TOKEN"))
+    assert time.time() - t < 10
+    with pytest.raises(StudioError, match="your-name/model-name"):
+        hub.push({"adapter": exported.parts["adapter"]}, "../etc", hub.Token(GOOD, "HF_TOKEN"))
+    assert {k: _snapshot(p) for k, p in exported.parts.items()} == before
+    # and the same push works once the Hub answers again
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setenv("HF_ENDPOINT", fake_hub.url)
+    hub.push({"adapter": exported.parts["adapter"]}, "me/x", hub.Token(GOOD, "HF_TOKEN"))
+    assert "me/x" in fake_hub.repos
+
+
+def test_typed_and_env_tokens_never_reach_disk_logs_or_cards(run, runs, fake_hub, no_tokens, caplog, capfd, tmp_path):
+    from studio.cli import main
+
+    caplog.set_level(logging.DEBUG)
+    no_tokens.setenv("HF_TOKEN", PLANTED)
+    no_tokens.setenv("TMPDIR", str(tmp_path))  # the zip and any temp file land where we can read them
+    import tempfile
+
+    no_tokens.setattr(tempfile, "tempdir", str(tmp_path))
+    assert main(["export", run.name, "--merge", "--no-check", "--push", "me/leak-env", "--private"]) == 0
+    no_tokens.delenv("HF_TOKEN")
+    typed = hub.resolve_token(typed=PLANTED, from_page=True)
+    hub.push({"adapter": export.default_out(run) / "adapter"}, "me/leak-typed", typed)
+    with pytest.raises(StudioError) as e:  # a refused token is not echoed back either
+        hub.push({"adapter": export.default_out(run) / "adapter"}, "me/x", hub.Token(PLANTED + "x", "typed"))
+    export.zip_export(export.export_run(run.name, log=lambda _: None, check=False))
+    produced = [str(e.value), caplog.text, *capfd.readouterr()]
+    for folder in (runs, tmp_path):
+        produced += [p.read_bytes().decode("utf-8", "replace") for p in folder.rglob("*") if p.is_file()]
+    for repo in fake_hub.repos.values():  # what reached the Hub: cards and files
+        produced += [b.decode("utf-8", "replace") for b in repo["files"].values()]
+    assert fake_hub.repos["me/leak-env"]["private"] and fake_hub.repos["me/leak-typed"]["files"]
+    assert not [text[:80] for text in produced if "PLANTEDsecret" in text]
+
+
+def test_colab_notebook_keeps_colab_torch_mounts_drive_and_shares():
+    from conftest import ROOT
+
+    nb = json.loads((ROOT / "assets" / "colab.ipynb").read_text())
+    assert nb["nbformat"] == 4 and all(c["cell_type"] in ("markdown", "code") for c in nb["cells"])
+    code = ["".join(c["source"]) for c in nb["cells"] if c["cell_type"] == "code"]
+    install = next(c for c in code if "pip install" in c)
+    assert "grep -v '^torch'" in install and "-c /tmp/keep-torch.txt" in install and "torch==" not in install.replace(
+        "torch=={torch.__version__}", "")
+    assert any("drive.mount" in c and 'os.environ["STUDIO_RUNS"]' in c for c in code)
+    assert "--share" in code[-1] and "app.py" in code[-1]
+    for c in code:  # every code cell is valid Python once IPython's ! and % lines stand for a statement
+        lines = [line[:len(line) - len(line.lstrip())] + "pass" if line.lstrip().startswith(("!", "%")) else line
+                 for line in c.splitlines()]
+        compile("\n".join(lines), "cell", "exec")
