@@ -187,13 +187,15 @@ def dataset_prompts(source: str, model: str, max_rows: int = 20) -> list[str]:
 
 
 def start_labelling(name: str, model: str, prompts: list[str], *, seed: int = 0, max_new_tokens: int = 48,
-                    temperature: float = 1.0) -> dict:
-    """A new labelling session; an existing name is resumed instead (its prompts are kept)."""
+                    temperature: float = 1.0, owner: str | None = None) -> dict:
+    """A new labelling session; an existing name is resumed instead (its prompts are kept).
+
+    `owner` is the browser that started it: on a shared studio nobody else may open or continue it."""
     from studio.access import check_model_source
 
     path = pairs_path(name)
     if _session_path(name).exists():
-        return open_labelling(name)
+        return open_labelling(name, owner)
     if path.exists():
         raise StudioError(f"{path.name} already exists and was not made by labelling here; pick another name")
     check_model_source(model)
@@ -203,7 +205,7 @@ def start_labelling(name: str, model: str, prompts: list[str], *, seed: int = 0,
         raise StudioError("no prompts: type some (a blank line between prompts) or load them from a dataset")
     path.parent.mkdir(parents=True, exist_ok=True)
     session = {"name": name, "model": model, "prompts": prompts, "position": 0, "skipped": 0, "seed": int(seed),
-               "max_new_tokens": int(max_new_tokens), "temperature": float(temperature)}
+               "max_new_tokens": int(max_new_tokens), "temperature": float(temperature), "owner": owner}
     meta = {"made_by": "labelled by a person in the LoRA Studio DPO tab", "model": model,
             "how": "two sampled replies per prompt; the one picked (possibly edited) = chosen, the other = rejected",
             "seed": int(seed), "temperature": float(temperature),
@@ -213,18 +215,31 @@ def start_labelling(name: str, model: str, prompts: list[str], *, seed: int = 0,
     return status(session)
 
 
-def open_labelling(name: str) -> dict:
+def _mine(session: dict, owner: str | None) -> bool:
+    from studio.access import shared_mode
+
+    return not shared_mode() or not session.get("owner") or session.get("owner") == owner
+
+
+def open_labelling(name: str, owner: str | None = None) -> dict:
     path = _session_path(name)
     if not path.exists():
         raise StudioError(f"no labelling session named {name!r} in {pairs_dir()}")
-    return status(json.loads(path.read_text("utf-8")))
+    session = json.loads(path.read_text("utf-8"))
+    if not _mine(session, owner):
+        raise StudioError(f"the labelling session {name!r} belongs to another visitor; pick another name")
+    return status(session)
 
 
-def latest_session() -> str | None:
-    """The labelling session touched last (a reloaded page picks it up)."""
+def latest_session(owner: str | None = None) -> str | None:
+    """The labelling session this browser touched last (a reloaded page picks it up); on a shared studio,
+    never another visitor's."""
     folder = pairs_dir()
     sessions = sorted(folder.glob("*.session.json"), key=lambda p: p.stat().st_mtime) if folder.is_dir() else []
-    return sessions[-1].name.removesuffix(".session.json") if sessions else None
+    for path in reversed(sessions):
+        if _mine(json.loads(path.read_text("utf-8")), owner):
+            return path.name.removesuffix(".session.json")
+    return None
 
 
 def status(session: dict) -> dict:

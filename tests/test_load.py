@@ -98,3 +98,24 @@ def test_eight_visitors_one_trains(shared_app, tmp_path):
     assert lat and max(lat) < 120, "a call took longer than two minutes"
     print(f"\n{VISITORS} visitors, {len(lat)} timed calls while training: median {statistics.median(lat):.2f} s, "
           f"p95 {lat[int(0.95 * (len(lat) - 1))]:.2f} s, max {lat[-1]:.2f} s; trained {summary['steps']} steps")
+
+
+def test_demo_mode_visitors_cannot_train_label_or_read_logs(tmp_path):
+    """A public demo (STUDIO_DEMO=1, owner not signed in here): chat/evaluate stay open, work is refused."""
+    from gradio_client import Client
+
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    proc, url = start_app(runs, extra_args=["--demo"])
+    try:
+        client = Client(url, verbose=False)
+        client.predict("tiny-quotes", api_name="/fill")
+        _, values = _form(max_steps=5)
+        for answer in (client.predict("stranger", *values, api_name="/start_training"),
+                       client.predict("stranger", api_name="/resume_latest")):
+            message = answer[0] if isinstance(answer, (tuple, list)) else answer
+            assert "studio-error" in message and "training is open only to the owner of this demo" in message
+        assert not any(runs.iterdir()), "a refused visitor made a run folder"
+    finally:
+        proc.terminate()
+        proc.wait(10)

@@ -167,12 +167,15 @@ def create_dpo_tab(client: gr.BrowserState) -> dict:
             return (_label_status(s), note, s["prompt"], a, b,
                     {"name": s["name"], "index": s["position"], "a": a, "b": b}, gr.update())
 
-        def begin(name, model_ref, seed, tokens, text, source):
+        def begin(profile: gr.OAuthProfile | None, client_id, name, model_ref, seed, tokens, text, source):
+            from studio.access import require_work
             from studio.pairs import dataset_prompts, prompts_from_text, start_labelling
 
             def run():
+                require_work(profile, "labelling pairs")
                 prompts = dataset_prompts(source, model_ref) if (source or "").strip() else prompts_from_text(text)
-                return start_labelling(name, model_ref, prompts, seed=int(seed or 0), max_new_tokens=int(tokens or 48))
+                return start_labelling(name, model_ref, prompts, seed=int(seed or 0), max_new_tokens=int(tokens or 48),
+                                       owner=client_id)
 
             s, err = safely(run)
             if err:
@@ -180,7 +183,7 @@ def create_dpo_tab(client: gr.BrowserState) -> dict:
             return show_session(s)
 
         label_outputs = [label_status, label_message, shown_prompt, reply_a, reply_b, shown, ds_source]
-        start_label.click(begin, [pairs_name, label_model, label_seed, label_tokens, typed, prompt_source],
+        start_label.click(begin, [client, pairs_name, label_model, label_seed, label_tokens, typed, prompt_source],
                           label_outputs, api_name="start_labelling")
 
         def decide(choice):
@@ -204,24 +207,25 @@ def create_dpo_tab(client: gr.BrowserState) -> dict:
         pick_b.click(decide("B"), [shown, reply_a, reply_b], label_outputs, api_name="label_b")
         skip.click(decide("skip"), [shown, reply_a, reply_b], label_outputs, api_name="label_skip")
 
-        def resume_latest():
-            """A reloaded page picks up the session touched last, at the prompt where it stopped."""
+        def resume_latest(client_id):
+            """A reloaded page picks up this browser's session touched last, at the prompt where it stopped."""
             from studio.pairs import latest_session, open_labelling
 
-            name = latest_session()
+            name = latest_session(client_id)
             if not name:
                 return [gr.update()] * (len(label_outputs) + 1)
-            s, err = safely(open_labelling, name)
+            s, err = safely(open_labelling, name, client_id)
             if err:
                 return [gr.update(), "", error_html(err)] + [gr.update()] * (len(label_outputs) - 2)
             return [name, *show_session(s)]
 
         # ---- pair builder -------------------------------------------------------------------------------------
-        def build_from_sft(source, model_ref, name, rows, progress=gr.Progress()):
-            from studio.access import check_data_source
+        def build_from_sft(profile: gr.OAuthProfile | None, source, model_ref, name, rows, progress=gr.Progress()):
+            from studio.access import check_data_source, require_work
             from studio.pairs import build_pairs, pairs_path
 
             def run():
+                require_work(profile, "building pairs")
                 check_data_source(source)
                 return build_pairs(source, pairs_path(name), model_ref, max_rows=int(rows or 50),
                                    progress=lambda done, total: progress((done, total), desc="sampling replies"))
@@ -246,13 +250,15 @@ def create_dpo_tab(client: gr.BrowserState) -> dict:
 
         recipe.change(fill, recipe, comps + [base_flat, message])
 
-        def start_run(client_id, base, start_from, *values):
+        def start_run(profile: gr.OAuthProfile | None, client_id, base, start_from, *values):
+            from studio.access import require_work
             from studio.jobs import start_job
             from studio.recipes import recipe_from_flat
             from studio.train.dpo import init_adapter_run, load_pairs
             from studio.ui.train_tab import form_to_flat
 
             def run():
+                require_work(profile, "training")
                 flat = form_to_flat(keys, values, base)
                 flat["init_adapter"] = None if start_from in (None, "", BASE_START) else start_from
                 recipe_obj = recipe_from_flat(flat)
@@ -280,7 +286,9 @@ def create_dpo_tab(client: gr.BrowserState) -> dict:
 
         stop.click(stop_run, client, message, api_name="stop_dpo")
 
-        def poll(client_id, seen_state):
+        def poll(profile: gr.OAuthProfile | None, client_id, seen_state):
+            from studio.access import can_see_logs
+
             from studio.charts import dpo_chart
             from studio.jobs import current_job
 
@@ -288,7 +296,7 @@ def create_dpo_tab(client: gr.BrowserState) -> dict:
             if job is None or job.kind != "dpo":
                 return gr.update(), gr.update(), gr.update(), gr.update(), seen_state
             s = job.snapshot()
-            mine = not job.owner or job.owner == client_id
+            mine = (not job.owner or job.owner == client_id) and can_see_logs(profile)
             bar = progress_html(s) + (error_html(s["error"]) if s.get("error") else "")
             n, finished = len(job.history), job.summary is not None
             fig = dpo_chart(job.history, f"Run {job.id}") if n != seen_state[0] else gr.update()
@@ -309,4 +317,4 @@ def create_dpo_tab(client: gr.BrowserState) -> dict:
             return fill(name) + [list_starts()]
 
     return {"on_load": [(on_load, [recipe], comps + [base_flat, message, init_adapter]),
-                        (resume_latest, None, [pairs_name, *label_outputs])]}
+                        (resume_latest, client, [pairs_name, *label_outputs])]}

@@ -189,11 +189,13 @@ def create_train_tab(client: gr.BrowserState) -> dict:
 
         check.click(check_params, [base_flat, *comps], params, api_name="check_parameters")
 
-        def start_run(client_id, base, *values):
+        def start_run(profile: gr.OAuthProfile | None, client_id, base, *values):
+            from studio.access import require_work
             from studio.jobs import start_job
             from studio.recipes import recipe_from_flat
 
             def run():
+                require_work(profile, "training")
                 return start_job(recipe_from_flat(form_to_flat(keys, values, base)), owner=client_id)
 
             job, err = safely(run)
@@ -216,7 +218,8 @@ def create_train_tab(client: gr.BrowserState) -> dict:
 
         stop.click(stop_run, client, message, api_name="stop_training")
 
-        def poll(client_id, seen_rows):
+        def poll(profile: gr.OAuthProfile | None, client_id, seen_rows):
+            from studio.access import can_see_logs
             from studio.charts import loss_chart
             from studio.jobs import current_job
 
@@ -224,7 +227,7 @@ def create_train_tab(client: gr.BrowserState) -> dict:
             if job is None:
                 return gr.update(), gr.update(), gr.update(), gr.update(), gr.update(), seen_rows
             s = job.snapshot()
-            mine = not job.owner or job.owner == client_id
+            mine = (not job.owner or job.owner == client_id) and can_see_logs(profile)
             note = "" if mine else ('<p class="studio-note">Another visitor started this run: '
                                     "you are watching it read-only.</p>")
             bar = progress_html(s) + note + (error_html(s["error"]) if s.get("error") else "")
@@ -268,24 +271,33 @@ def create_train_tab(client: gr.BrowserState) -> dict:
 
         open_run.click(open_selected, [run_pick, run_other], [run_summary, run_chart, message])
 
-        def resume_selected(client_id, run_id):
-            from studio.access import resolve_run
+        def resume_selected(profile: gr.OAuthProfile | None, client_id, run_id):
+            from studio.access import require_work, resolve_run
             from studio.jobs import start_job
 
             if not run_id:
                 return error_html("Pick a stopped or interrupted run to resume."), -1
-            job, err = safely(lambda: start_job(None, resume=resolve_run(run_id), owner=client_id))
+
+            def run():
+                require_work(profile, "training")
+                return start_job(None, resume=resolve_run(run_id), owner=client_id)
+
+            job, err = safely(run)
             return (error_html(err) if err else ok_html(f"Resuming {job.id} from its last checkpoint.")), -1
 
         resume.click(resume_selected, [client, run_pick], [message, seen], api_name="resume_training")
 
-        def resume_latest(client_id):
+        def resume_latest(profile: gr.OAuthProfile | None, client_id):
+            from studio.access import require_work
             from studio.jobs import list_runs, resumable
 
+            _, err = safely(require_work, profile, "training")  # before anything about the runs is said
+            if err:
+                return error_html(err), -1
             run = next((j for j in list_runs() if resumable(j)), None)
             if run is None:
                 return error_html("No stopped or interrupted run with a checkpoint to resume."), -1
-            return resume_selected(client_id, run.id)
+            return resume_selected(profile, client_id, run.id)
 
         resume_last.click(resume_latest, client, [message, seen], api_name="resume_latest")
 
