@@ -43,8 +43,10 @@ class ChatSetup:
 
 
 def load_setup(model: str | None = None, stories: str | None = None, retrieval: bool = True,
-               embedder: str | None = None, progress=None) -> ChatSetup:
+               embedder: str | None = None, adapter: bool = True, progress=None) -> ChatSetup:
     """A model (run: its adapter on its base, and its trained retriever if any; or a model id) + retriever.
+
+    `adapter=False` with a run: its base model alone, with the untrained retriever (the "base" set-up).
 
     Every name passes through studio.access (via load_for_inference / check_data_source).
     """
@@ -54,15 +56,15 @@ def load_setup(model: str | None = None, stories: str | None = None, retrieval: 
 
     model = str(model or DEFAULT_MODEL).strip()
     stories = check_data_source(stories or "") or None
-    key = (model, stories, retrieval, embedder)
+    key = (model, stories, retrieval, embedder, adapter)
     with _setups_lock:
         if key in _setups:
             _setups.move_to_end(key)
             return _setups[key]
-    loaded = load_for_inference(model)
+    loaded = load_for_inference(model, adapter=adapter)
     retriever = None
     if retrieval:
-        run_dir = resolve_run(model) if is_run_ref(model) else None
+        run_dir = resolve_run(model) if adapter and is_run_ref(model) else None
         retriever = load_retriever(stories, embedder, run_dir, progress=progress)
     setup = ChatSetup(loaded, retriever)
     with _setups_lock:
@@ -195,3 +197,28 @@ def reply(setup: ChatSetup, persona: str, history: list[dict], k: int = 3, **kwa
     for text, used in stream_reply(setup, persona, history, k, **kwargs):
         pass
     return text.strip(), used
+
+
+def chat_models() -> list[str]:
+    """What the model picker offers: the embedded model, then finished runs (LAPDOG runs first)."""
+    from studio.jobs import list_runs
+
+    runs = [j for j in list_runs() if (j.run_dir / "adapter" / "adapter_config.json").exists()]
+    runs.sort(key=lambda j: not (j.run_dir / "retriever" / "modules.json").exists())
+    return [DEFAULT_MODEL, *(j.id for j in runs)]
+
+
+def lapdog_runs() -> list[str]:
+    from studio.jobs import list_runs
+
+    return [j.id for j in list_runs() if (j.run_dir / "recipe.yaml").exists()
+            and "method: lapdog" in (j.run_dir / "recipe.yaml").read_text("utf-8")]
+
+
+def retriever_report(run: str) -> tuple[list[dict], dict]:
+    """A LAPDOG run's metric history (retriever rows included) and its summary (retrieval before/after)."""
+    from studio.access import resolve_run
+    from studio.jobs import Job
+
+    job = Job.from_run_dir(resolve_run(run))
+    return job.history, job.summary or {}
