@@ -342,6 +342,12 @@ def recipe_from_flat(flat: dict, where: str = "form") -> Recipe:
         check_run_name(flat["name"], "recipe name")
     check_data_source(flat.get("dataset.source") or "")
     check_model_source(flat.get("model_name_or_path") or "")
+    retrieval = flat.get("retrieval")
+    if isinstance(retrieval, dict):  # lapdog: the story corpus and the embedder are read like data and models
+        from studio.retrieval import check_embedder_source
+
+        check_data_source(retrieval.get("corpus") or "")
+        check_embedder_source(retrieval.get("embedder") or "")
     data: dict = {}
     for key, value in flat.items():
         if value is None or value == "":

