@@ -38,6 +38,10 @@ def _setups(model: str, model_b: str, compare: str, stories: str, k: int):
 
     a = ("A · " + (model or "embedded"), lambda: load_setup(model, stories, retrieval=k > 0), k)
     if compare == COMPARE[1]:
+        from studio.inference import is_run_ref
+
+        if not is_run_ref(model):
+            raise StudioError(f"base vs tuned needs a run as the model ({model!r} is a model id): pick a trained run")
         return [("A · tuned " + model, a[1], k),
                 ("B · base of " + model, lambda: load_setup(model, stories, retrieval=k > 0, adapter=False), k)]
     if compare == COMPARE[2]:
