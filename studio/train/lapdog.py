@@ -360,7 +360,7 @@ def run_lapdog(job, resume: bool = False) -> dict:
              "planned_steps": s1 + cfg["stage2_steps"],
              "train_runtime_s": round(output.metrics.get("train_runtime", 0.0), 3)}
     if job.stop_event.is_set():
-        job.log(f"stopped in stage 2 at step {trainer.state.global_step}; resume to continue")
+        job.log(f"stopped in stage 2 at step {s1 + trainer.state.global_step}; resume to continue")
         summary = write_summary(job, trainer, CANCELLED, started, 0, extra)
         job.emit("status", status=CANCELLED)
         return summary
