@@ -83,27 +83,38 @@ def test_a_stage2_step_changes_the_query_encoder_and_not_the_story_index(generat
     assert 0.0 <= learner.top1_change_rate() <= 1.0
 
 
-def test_tiny_lapdog_run_both_stages_saves_adapter_and_retriever_and_chat_loads_them(tmp_path, embedded_path):
+def test_tiny_lapdog_run_stops_in_stage2_resumes_and_chat_loads_adapter_and_retriever(tmp_path, embedded_path):
+    import time
+
     from studio.chat import load_setup, reply
-    from studio.jobs import DONE, Job, start_job
+    from studio.jobs import CANCELLED, DONE, Job, start_job
     from studio.recipes import load_recipe
 
     recipe = load_recipe("tiny-persona-lapdog", [
-        "retrieval.stage1_steps=2", "retrieval.stage2_steps=2", "retrieval.reply_max_new_tokens=6",
+        "retrieval.stage1_steps=2", "retrieval.stage2_steps=6", "retrieval.reply_max_new_tokens=6",
         "logging_steps=1", "save_steps=2", "dataset.max_rows=24"])
     job = start_job(recipe, runs_dir=tmp_path / "runs", run_name="lapdog-test")
-    assert job.wait(600) and job.status == DONE, job.error
+    deadline = time.time() + 600
+    while job.active and job.step < 3 and time.time() < deadline:  # step 3 is stage 2's first
+        time.sleep(0.05)
+    job.request_stop()
+    assert job.wait(600) and job.status == CANCELLED, job.error
     run = job.run_dir
+    assert (run / "stage1" / "adapter" / "adapter_config.json").exists()
+    assert any((c / "retriever" / "modules.json").exists() for c in (run / "stage2" / "checkpoints").glob("checkpoint-*"))
+
+    job = start_job(None, resume=run)
+    assert job.wait(600) and job.status == DONE, job.error
+    assert any("resuming stage 2 from checkpoint-" in line for line in job.logs)
     assert (run / "adapter" / "adapter_config.json").exists()
     assert (run / "retriever" / "modules.json").exists() and (run / "retriever" / "lapdog.json").exists()
-    assert (run / "stage1" / "adapter" / "adapter_config.json").exists()
 
     replay = Job.from_run_dir(run)
-    retriever_rows = [h for h in replay.history if "retriever/loss" in h]
-    assert [h["step"] for h in retriever_rows] == [3, 4]  # stage 2 continues stage 1's step count
-    assert all({"retriever/target_entropy", "retriever/top1_change_rate"} <= set(h) for h in retriever_rows)
-    assert replay.summary["steps"] == 4 and len(replay.summary["retrieval_examples"]) == 3
-    assert replay.total == 4
+    steps = [h["step"] for h in replay.history if "retriever/loss" in h]
+    assert steps[0] == 3 and steps[-1] == 8  # stage 2 continues stage 1's step count, across the resume
+    assert all({"retriever/target_entropy", "retriever/top1_change_rate"} <= set(h)
+               for h in replay.history if "retriever/loss" in h)
+    assert replay.summary["steps"] == 8 and replay.total == 8 and len(replay.summary["retrieval_examples"]) == 3
 
     setup = load_setup(str(run))
     assert setup.retriever.info["story_side"] == "frozen"
