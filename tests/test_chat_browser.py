@@ -45,7 +45,7 @@ def browser():
         b.close()
 
 
-def test_reply_streams_with_retrieved_stories_and_bad_k_is_one_line(app, browser):
+def test_reply_streams_with_stories_side_by_side_and_bad_input_is_one_line(app, browser):
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     page = browser.new_page(viewport={"width": 1400, "height": 1100})
     page.goto(app)
@@ -77,7 +77,7 @@ def test_reply_streams_with_retrieved_stories_and_bad_k_is_one_line(app, browser
     assert "without retrieval: no stories used" in page.locator("#chat-stories").inner_text()
     page.screenshot(path=str(ARTIFACTS / "chat-2-side-by-side.png"), full_page=True)
 
-    # bad input: a k larger than the corpus is one line, and the tab keeps working
+    # bad input: "another model" with no second model is one line, and the tab keeps working
     page.get_by_label("another model").check()
     page.locator("#chat-message textarea").fill("hello?")
     page.locator("#chat-send").click()
