@@ -72,7 +72,9 @@ def test_reply_streams_with_stories_side_by_side_and_bad_input_is_one_line(app, 
     page.locator("#chat-b").wait_for()
     page.locator("#chat-message textarea").fill("do you have any pets?")
     page.locator("#chat-send").click()
-    page.locator("#chat-status").get_by_text("done", exact=True).wait_for(timeout=180_000)
+    # the first reply's "done" is still shown: wait for column B's reply, then for this message's "done"
+    page.locator("#chat-b .bot").first.wait_for(timeout=180_000)
+    page.wait_for_function("document.querySelector('#chat-status').innerText.trim() === 'done'", timeout=180_000)
     assert page.locator("#chat-b .bot").count() == 1
     assert "without retrieval: no stories used" in page.locator("#chat-stories").inner_text()
     page.screenshot(path=str(ARTIFACTS / "chat-2-side-by-side.png"), full_page=True)
