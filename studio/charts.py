@@ -78,3 +78,21 @@ def dpo_chart(history: list[dict], title: str = "DPO"):
                       legend=dict(orientation="h", y=-0.2))
     fig.update_yaxes(range=[-0.05, 1.05], row=1, col=len(DPO_PANELS))
     return fig
+
+
+# ---- Persona Chat: LAPDOG's retriever ----------------------------------------------------------------------
+def retriever_chart(history: list[dict], title: str = "LAPDOG retriever (stage 2)"):
+    """Retriever KL loss and target entropy (left axis), how often the top-1 story changed (right axis)."""
+    import plotly.graph_objects as go
+
+    fig = _figure(title)
+    for key, name, axis in (("retriever/loss", "retriever KL loss", "y"),
+                            ("retriever/target_entropy", "target entropy", "y"),
+                            ("retriever/top1_change_rate", "top-1 changed (share of probe personas)", "y2")):
+        pts = [(h["step"], h[key]) for h in history if h.get(key) is not None]
+        if pts:
+            fig.add_trace(go.Scatter(x=[p[0] for p in pts], y=[p[1] for p in pts], name=name, yaxis=axis,
+                                     mode="lines+markers", line=dict(dash="dot" if axis == "y2" else None)))
+    fig.update_layout(yaxis_title="nats", yaxis2=dict(title="top-1 changed", overlaying="y", side="right",
+                                                      range=[0, 1], showgrid=False))
+    return fig

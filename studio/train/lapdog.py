@@ -1,0 +1,383 @@
+"""LAPDOG (Huang et al., EMNLP 2023) on a causal LM with LoRA: two stages in one job.
+
+Stage 1, closed-book: the SFT path (`build_sft_trainer`) trains the generator's LoRA on persona
+dialogues with no stories. Stage 2, joint: the LoRA keeps training (TRL's SFTTrainer) with the top-k
+stories in its input, and after every generator step the retriever's query encoder takes one step of its
+own: for a few training examples, k candidate stories (a fraction swapped for random ones: candidate
+augmentation) each give one greedy reply, scored against the gold reply with F1 + ROUGE-L + BLEU (BLEU
+divided by its L2 norm over the candidates); the encoder minimises KL(softmax(metric/τ_gold) ‖
+softmax(score/τ_score)) with query embeddings computed with gradient.
+
+Adaptations (the paper trains a shared Contriever and re-embeds the corpus every 1,200 steps):
+- the story side is frozen: only the query encoder learns, so the cached story index never goes stale
+  and needs no refresh;
+- scores are cosine similarities (normalised sentence-transformers embeddings), not dot/√d;
+- the generator's stage-2 inputs carry the stories the story embedder retrieves for each persona at the
+  start of stage 2 (fixed, so resuming sees the same data); the retriever's candidates come from the
+  query encoder as it learns.
+Checkpoints: stage 1 in runs/<run>/checkpoints, stage 2 in runs/<run>/stage2/checkpoints (each with the
+query encoder and its optimizer). Outputs: adapter/, retriever/ (a sentence-transformers folder + lapdog.json).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import random
+import time
+from pathlib import Path
+
+from studio.errors import StudioError
+from studio.train.progress import CANCELLED, DONE, last_checkpoint, make_callback
+
+DEFAULTS = {
+    "corpus": None,  # None: the bundled assets/stories.jsonl
+    "embedder": "all-MiniLM-L6-v2",
+    "k": 6,
+    "tau_score": 0.8,
+    "tau_gold": 0.85,
+    "candidate_random": 0.0,  # fraction of the k candidates replaced by random stories while training
+    "query": "persona",  # or persona+turn
+    "retriever_learning_rate": 5.0e-4,
+    "retriever_batch": 2,  # training examples per retriever step
+    "reply_max_new_tokens": 32,
+    "stage1_steps": None,  # None: max_steps
+    "stage2_steps": None,
+    "story_side": "frozen",
+}
+
+
+def settings(recipe) -> dict:
+    cfg = {**DEFAULTS, **(recipe.header.get("retrieval") or {})}
+    steps = int(recipe.train.get("max_steps", -1))
+    for key in ("stage1_steps", "stage2_steps"):
+        cfg[key] = int(cfg[key] if cfg[key] is not None else steps)
+        if cfg[key] < 1:
+            raise StudioError(f"{recipe.path or recipe.name}: retrieval.{key} (or max_steps) must be ≥ 1 for lapdog")
+    return cfg
+
+
+# ---- the retriever's training signal -----------------------------------------------------------------
+def reply_scores(replies: list[str], gold: str) -> list[float]:
+    """F1 + ROUGE-L (0–1) + BLEU divided by the L2 norm of the candidates' BLEU (all zero stays zero)."""
+    from studio.metrics import sentence_scores
+
+    rows = [sentence_scores(r, gold) for r in replies]
+    bleu = [r["bleu"] for r in rows]
+    norm = math.sqrt(sum(b * b for b in bleu))
+    return [r["f1"] / 100 + r["rougeL"] / 100 + (b / norm if norm > 0 else 0.0) for r, b in zip(rows, bleu)]
+
+
+def kl_target(scores, tau_gold: float):
+    """softmax(metric / τ_gold): the distribution over candidates the retriever is pulled towards."""
+    import torch
+
+    return torch.softmax(torch.as_tensor(scores, dtype=torch.float32) / tau_gold, dim=-1)
+
+
+def retriever_loss(query_vecs, story_vecs, target, tau_score: float):
+    """KL(target ‖ softmax(q·p / τ_score)), averaged over examples. query_vecs (n×d) carry the gradient,
+    story_vecs (n×k×d) are the frozen index's."""
+    import torch
+
+    logits = torch.einsum("nd,nkd->nk", query_vecs, story_vecs) / tau_score
+    return torch.nn.functional.kl_div(torch.log_softmax(logits, -1), target, reduction="batchmean")
+
+
+def entropy(p) -> float:
+    import torch
+
+    return float(-(p * torch.log(p.clamp_min(1e-12))).sum(-1).mean())
+
+
+class RetrieverLearner:
+    """The query encoder, its optimizer, and one LAPDOG step against a generator."""
+
+    def __init__(self, encoder, index, rows: list[dict], cfg: dict, tokenizer, seed: int = 42):
+        import torch
+
+        self.encoder, self.index, self.rows, self.cfg, self.tok, self.seed = encoder, index, rows, cfg, tokenizer, seed
+        self.optimizer = torch.optim.AdamW(encoder.parameters(), lr=float(cfg["retriever_learning_rate"]))
+        self.probe = rows[: min(32, len(rows))]
+        self.first_top1 = self.top1(self.probe)
+
+    def queries(self, rows) -> list[str]:
+        from studio.chat import query_text
+
+        return [query_text(r["persona"], r["history"], self.cfg["query"] == "persona+turn") for r in rows]
+
+    def encode(self, texts: list[str], grad: bool):
+        import torch
+
+        features = self.encoder.preprocess(texts)
+        features = {k: v for k, v in features.items() if isinstance(v, torch.Tensor)}
+        with torch.set_grad_enabled(grad):
+            return self.encoder(features)["sentence_embedding"]
+
+    def top1(self, rows) -> list[int]:
+        import torch
+
+        with torch.no_grad():
+            q = self.encode(self.queries(rows), grad=False).numpy()
+        return [ids[0] for ids in self.index.search(q, 1)[1]]
+
+    def candidates(self, rows, rng: random.Random) -> list[list[int]]:
+        import torch
+
+        k, n = int(self.cfg["k"]), len(self.index.corpus)
+        with torch.no_grad():
+            q = self.encode(self.queries(rows), grad=False).numpy()
+        out = []
+        for ids in self.index.search(q, k)[1]:
+            n_random = int(round(float(self.cfg["candidate_random"]) * k))
+            if n_random:
+                pool = [i for i in range(n) if i not in ids]
+                for slot in rng.sample(range(k), n_random):
+                    ids[slot] = pool.pop(rng.randrange(len(pool)))
+            out.append(ids)
+        return out
+
+    def step(self, model, step: int, budget: int) -> dict:
+        """One retriever update: greedy reply per single story, metric target, KL, AdamW step."""
+        import torch
+
+        from studio.chat import persona_messages
+        from studio.inference import chat_prompt, generate
+
+        rng = random.Random(self.seed * 100003 + step)  # the same examples again after a resume
+        rows = rng.sample(self.rows, min(int(self.cfg["retriever_batch"]), len(self.rows)))
+        cands = self.candidates(rows, rng)
+        stories = self.index.corpus.stories
+        prompts = []
+        for row, ids in zip(rows, cands):
+            for i in ids:
+                messages = persona_messages(self.tok, row["persona"], [stories[i]], row["history"], budget)[0]
+                prompts.append(chat_prompt(self.tok, messages))
+        was_training = model.training
+        model.eval()
+        replies = generate(model, self.tok, prompts, int(self.cfg["reply_max_new_tokens"]))
+        model.train(was_training)
+        k = len(cands[0])
+        target = torch.stack([kl_target(reply_scores(replies[j * k:(j + 1) * k], row["reply"]), float(self.cfg["tau_gold"]))
+                              for j, row in enumerate(rows)])
+        q = self.encode(self.queries(rows), grad=True)
+        p = torch.as_tensor(self.index.vectors([i for ids in cands for i in ids])).view(len(rows), k, -1)
+        loss = retriever_loss(q, p, target, float(self.cfg["tau_score"]))
+        self.optimizer.zero_grad()
+        loss.backward()
+        self.optimizer.step()
+        return {"retriever/loss": float(loss.detach()), "retriever/target_entropy": entropy(target)}
+
+    def top1_change_rate(self) -> float:
+        now = self.top1(self.probe)
+        return sum(a != b for a, b in zip(now, self.first_top1)) / max(1, len(now))
+
+    def save(self, folder: Path, optimizer: bool = True) -> None:
+        import torch
+
+        self.encoder.save(str(folder / "retriever"))
+        if optimizer:
+            torch.save(self.optimizer.state_dict(), folder / "retriever_optim.pt")
+
+    def load_state(self, folder: Path) -> None:
+        import torch
+
+        if (folder / "retriever_optim.pt").exists():
+            self.optimizer.load_state_dict(torch.load(folder / "retriever_optim.pt"))
+
+
+def make_retriever_callback(learner: RetrieverLearner, job, budget: int):
+    """Runs the retriever step after each generator step; logs its metrics; saves it with each checkpoint.
+
+    Placed before the job's own callback, so a checkpoint holds the encoder before it is marked complete.
+    """
+    from transformers import TrainerCallback
+
+    class RetrieverCallback(TrainerCallback):
+        def __init__(self):
+            self.logged: list[dict] = []
+
+        def on_step_end(self, args, state, control, model=None, **kwargs):
+            if job.stop_event.is_set():
+                return
+            self.logged.append(learner.step(model, state.global_step, budget))
+            if state.global_step % max(1, int(args.logging_steps)) == 0 or state.global_step == state.max_steps:
+                row = {key: sum(m[key] for m in self.logged) / len(self.logged) for key in self.logged[0]}
+                row["retriever/top1_change_rate"] = learner.top1_change_rate()
+                job.emit("metrics", step=state.global_step, **row)
+                self.logged.clear()
+
+        def on_save(self, args, state, control, **kwargs):
+            learner.save(Path(args.output_dir) / f"checkpoint-{state.global_step}")
+
+    return RetrieverCallback()
+
+
+class StageView:
+    """The job as one stage sees it: steps offset so both stages draw one progress bar and one chart."""
+
+    def __init__(self, job, offset: int, total: int):
+        self._job, self._offset, self._total = job, offset, total
+
+    def emit(self, type: str, **data) -> None:
+        if isinstance(data.get("step"), int):
+            data["step"] += self._offset
+        if type == "progress":
+            data["total"] = self._total
+        self._job.emit(type, **data)
+
+    def __getattr__(self, name):
+        return getattr(self._job, name)
+
+
+# ---- the two stages ------------------------------------------------------------------------------------
+def dialogue_rows(dataset) -> list[dict]:
+    """Persona-format training rows (system persona, history, gold reply) → persona/history/reply."""
+    rows = []
+    for messages in dataset["messages"]:
+        if not messages or messages[0]["role"] != "system" or messages[-1]["role"] != "assistant":
+            continue
+        persona = messages[0]["content"].removeprefix("Your persona:").strip()
+        rows.append({"persona": persona, "history": [dict(m) for m in messages[1:-1]], "reply": messages[-1]["content"]})
+    if not rows:
+        raise StudioError("lapdog needs persona dialogues (ConvAI2 text, LAPDOG JSONL or persona/history/reply rows)")
+    return rows
+
+
+def stage_recipe(recipe, steps: int, **train):
+    r = copy.deepcopy(recipe)
+    r.train.update(max_steps=steps, **train)
+    return r
+
+
+def run_stage1(job, recipe, cfg, resume: bool):
+    from studio.models import format_parameter_report, parameter_report
+    from studio.train.sft import build_sft_trainer
+
+    total = cfg["stage1_steps"] + cfg["stage2_steps"]
+    view = StageView(job, 0, total)
+    view.log(f"stage 1/2, closed-book SFT: {cfg['stage1_steps']} steps")
+    trainer, tokenizer, data = build_sft_trainer(stage_recipe(recipe, cfg["stage1_steps"]), job.run_dir, view.log,
+                                                 [make_callback(view)])
+    job.params = parameter_report(trainer.model)
+    job.emit("params", params=job.params)
+    job.log(format_parameter_report(job.params))
+    checkpoint = last_checkpoint(job.run_dir) if resume else None
+    if resume:
+        job.log(f"resuming stage 1 from {checkpoint.name}" if checkpoint else "no complete checkpoint: starting over")
+    trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+    return trainer, tokenizer, data
+
+
+def build_stage2(job, recipe, cfg, retriever, rows, tokenizer, stage1_adapter: Path):
+    """The stage-1 adapter, trainable, on a fresh base; SFT rows carrying each persona's top-k stories."""
+    import torch
+    from datasets import Dataset
+    from peft import PeftModel
+    from trl import SFTTrainer
+
+    from studio.chat import persona_messages, query_text
+    from studio.models import load_model
+    from studio.train.common import quiet_trainer, resolve_fast_defaults
+
+    r2 = stage_recipe(recipe, cfg["stage2_steps"], eval_strategy="no", load_best_model_at_end=False)
+    model = load_model(r2.model_config(), trust_remote_code=bool(r2.train.get("trust_remote_code")))
+    model = PeftModel.from_pretrained(model, str(stage1_adapter), is_trainable=True)
+    budget = int(r2.train.get("max_length") or 1024) - int(cfg["reply_max_new_tokens"])
+    queries = [query_text(r["persona"], r["history"], cfg["query"] == "persona+turn") for r in rows]
+    found = retriever.search(queries, int(cfg["k"]))
+    examples = []
+    for row, stories in zip(rows, found):
+        messages = persona_messages(tokenizer, row["persona"], stories, row["history"], budget)[0]
+        examples.append({"messages": [*messages, {"role": "assistant", "content": row["reply"]}]})
+    for note in resolve_fast_defaults(r2, on_gpu=torch.cuda.is_available()):
+        job.log(note)
+    args, notes = r2.training_config(job.run_dir / "stage2" / "checkpoints")
+    for note in notes:
+        job.log(note)
+    trainer = SFTTrainer(model=model, args=args, train_dataset=Dataset.from_list(examples), processing_class=tokenizer)
+    quiet_trainer(trainer)
+    return trainer, budget
+
+
+def run_lapdog(job, resume: bool = False) -> dict:
+    from studio.models import folder_size
+    from studio.retrieval import check_k, load_embedder, load_retriever
+    from studio.train.common import write_summary
+
+    recipe, run_dir = job.recipe, job.run_dir
+    cfg = settings(recipe)
+    started = time.time()
+    (run_dir / "recipe.yaml").write_text(recipe.to_yaml(), encoding="utf-8")
+    # The corpus and its index first: a bad corpus or embedder fails before any training.
+    corpus_source = str(cfg["corpus"] or "")
+    job.log(f"story index: {cfg['embedder']} over {corpus_source or 'the bundled stories'}")
+    retriever = load_retriever(corpus_source or None, cfg["embedder"])
+    check_k(int(cfg["k"]), len(retriever.corpus))
+    job.log(f"story index: {len(retriever.corpus)} stories ({'cached' if retriever.index.from_cache else 'built'}); "
+            "story side frozen, only the query encoder trains")
+
+    stage1_adapter = run_dir / "stage1" / "adapter"
+    s1 = cfg["stage1_steps"]
+    if resume and (stage1_adapter / "adapter_config.json").exists():
+        job.log("stage 1 already finished: resuming stage 2")
+        from studio.data import prepare_dataset
+        from studio.models import load_tokenizer
+
+        tokenizer = load_tokenizer(str(stage1_adapter))
+        ds = recipe.dataset
+        data = prepare_dataset(ds["source"], ds.get("format"), ds.get("template"), config=ds.get("config"),
+                               split=ds.get("split"), splits=ds.get("splits", "80/10/10"),
+                               seed=int(recipe.train.get("seed", 42)), max_rows=ds.get("max_rows"))
+    else:
+        trainer1, tokenizer, data = run_stage1(job, recipe, cfg, resume)
+        if job.stop_event.is_set():
+            job.log(f"stopped in stage 1 at step {trainer1.state.global_step}; resume to continue")
+            summary = write_summary(job, trainer1, CANCELLED, started, 0, {"stage": 1})
+            job.emit("status", status=CANCELLED)
+            return summary
+        trainer1.save_model(str(stage1_adapter))
+        tokenizer.save_pretrained(str(stage1_adapter))
+    rows = dialogue_rows(data.splits["train"])
+
+    view = StageView(job, s1, s1 + cfg["stage2_steps"])
+    view.log(f"stage 2/2, joint generator + retriever: {cfg['stage2_steps']} steps, k={cfg['k']}, "
+             f"τ_score {cfg['tau_score']}, τ_gold {cfg['tau_gold']}, {cfg['candidate_random']:.0%} random candidates")
+    checkpoint = last_checkpoint(run_dir / "stage2") if resume else None
+    encoder_source = str(checkpoint / "retriever") if checkpoint and (checkpoint / "retriever").is_dir() else cfg["embedder"]
+    encoder = load_embedder(encoder_source, fresh=True)
+    learner = RetrieverLearner(encoder, retriever.index, rows, cfg, tokenizer, int(recipe.train.get("seed", 42)))
+    if checkpoint:
+        learner.load_state(checkpoint)
+        job.log(f"resuming stage 2 from {checkpoint.name}")
+    before = {row["persona"]: retriever.search([row["persona"]], 3)[0] for row in rows[:3]}
+    trainer, budget = build_stage2(view, recipe, cfg, retriever, rows, tokenizer, stage1_adapter)
+    trainer.add_callback(make_retriever_callback(learner, view, budget))
+    trainer.add_callback(make_callback(view))
+    output = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+    extra = {"stage1_steps": s1, "stage2_steps": cfg["stage2_steps"], "steps": s1 + trainer.state.global_step,
+             "planned_steps": s1 + cfg["stage2_steps"],
+             "train_runtime_s": round(output.metrics.get("train_runtime", 0.0), 3)}
+    if job.stop_event.is_set():
+        job.log(f"stopped in stage 2 at step {s1 + trainer.state.global_step}; resume to continue")
+        summary = write_summary(job, trainer, CANCELLED, started, 0, extra)
+        job.emit("status", status=CANCELLED)
+        return summary
+
+    adapter_dir = run_dir / "adapter"
+    trainer.save_model(str(adapter_dir))
+    tokenizer.save_pretrained(str(adapter_dir))
+    learner.save(run_dir, optimizer=False)
+    meta = {"story_embedder": cfg["embedder"], "corpus": corpus_source or None, "k": int(cfg["k"]),
+            "query": cfg["query"], "story_side": "frozen", "tau_score": cfg["tau_score"], "tau_gold": cfg["tau_gold"]}
+    (run_dir / "retriever" / "lapdog.json").write_text(json.dumps(meta, indent=2), encoding="utf-8")
+    trained = load_retriever(corpus_source or None, cfg["embedder"], run_dir)
+    extra.update(adapter_dir=str(adapter_dir), adapter_bytes=folder_size(adapter_dir),
+                 retriever_dir=str(run_dir / "retriever"), top1_change_rate=learner.top1_change_rate(),
+                 retrieval_examples=[{"persona": p, "before": [s["id"] for s in b],
+                                      "after": [s["id"] for s in trained.search([p], 3)[0]]}
+                                     for p, b in before.items()])
+    summary = write_summary(job, trainer, DONE, started, 0, extra)
+    job.emit("status", status=DONE)
+    return summary

@@ -1,0 +1,88 @@
+"""Persona Chat in headless Chromium: a reply streams in token by token, with the stories it used."""
+
+import os
+import shutil
+
+import pytest
+
+from app_server import ROOT, start_app
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+pytestmark = pytest.mark.skipif(not os.path.exists(CHROMIUM), reason="Debian chromium not installed")
+ARTIFACTS = ROOT / "artifacts" / "screenshots"
+
+# Every distinct text the first bot message shows, recorded by the page itself as the DOM changes.
+WATCH = """() => {
+  window.__replies = [];
+  const root = document.querySelector('#chat-a');
+  new MutationObserver(() => {
+    const bots = root.querySelectorAll('.bot');
+    const text = bots.length ? bots[bots.length - 1].innerText : '';
+    if (text && window.__replies[window.__replies.length - 1] !== text) window.__replies.push(text);
+  }).observe(root, {subtree: true, childList: true, characterData: true});
+}"""
+
+
+@pytest.fixture(scope="module")
+def app(tmp_path_factory):
+    runs = tmp_path_factory.mktemp("chat-browser") / "runs"
+    runs.mkdir()
+    proc, url = start_app(runs)
+    yield url
+    proc.terminate()
+    proc.wait(10)
+
+
+@pytest.fixture(scope="module")
+def browser():
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, args=[
+            "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+            "--disable-sync", "--no-first-run", "--disable-quic"])
+        yield b
+        b.close()
+
+
+def test_reply_streams_with_stories_side_by_side_and_bad_input_is_one_line(app, browser):
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    page = browser.new_page(viewport={"width": 1400, "height": 1100})
+    page.goto(app)
+    page.get_by_role("tab", name="Persona Chat").click()
+    page.locator("#chat-message textarea").wait_for()
+    page.locator("#chat-a").wait_for()
+    page.evaluate(WATCH)
+    page.locator("#chat-message textarea").fill("what do you do in winter?")
+    page.locator("#chat-send").click()
+    page.locator("#chat-status").get_by_text("done", exact=True).wait_for(timeout=180_000)
+
+    replies = [r for r in page.evaluate("window.__replies") if r != "Loading content"]  # Gradio's placeholder
+    assert len(replies) >= 3, f"the reply did not stream: {replies}"
+    assert all(replies[-1].startswith(r.rstrip()) for r in replies[:-1]), replies  # each update extends the last
+    rows = page.locator("#chat-stories tbody tr")
+    assert rows.count() == 3
+    scores = [float(rows.nth(i).locator("td").nth(1).inner_text()) for i in range(3)]
+    assert scores == sorted(scores, reverse=True)
+    assert "all-MiniLM-L6-v2" in page.locator("#chat-loaded").inner_text()
+    page.screenshot(path=str(ARTIFACTS / "chat-1-streamed.png"), full_page=True)
+
+    # side by side: the same message answered with and without retrieval
+    page.get_by_label("with vs without retrieval").check()
+    page.locator("#chat-b").wait_for()
+    page.locator("#chat-message textarea").fill("do you have any pets?")
+    page.locator("#chat-send").click()
+    # the first reply's "done" is still shown: wait for column B's reply, then for this message's "done"
+    page.locator("#chat-b .bot").first.wait_for(timeout=180_000)
+    page.wait_for_function("document.querySelector('#chat-status').innerText.trim() === 'done'", timeout=180_000)
+    assert page.locator("#chat-b .bot").count() == 1
+    assert "without retrieval: no stories used" in page.locator("#chat-stories").inner_text()
+    page.screenshot(path=str(ARTIFACTS / "chat-2-side-by-side.png"), full_page=True)
+
+    # bad input: "another model" with no second model is one line, and the tab keeps working
+    page.get_by_label("another model").check()
+    page.locator("#chat-message textarea").fill("hello?")
+    page.locator("#chat-send").click()
+    page.locator("#chat-status .studio-error").wait_for(timeout=60_000)
+    assert "name the second model" in page.locator("#chat-status").inner_text()
+    page.close()

@@ -1,0 +1,123 @@
+"""LAPDOG: the retriever's target (BLEU normalisation, all-zero guard), one stage-2 step, a whole tiny run."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from studio.train.lapdog import kl_target, reply_scores, retriever_loss
+
+ROWS = [
+    {"persona": "i love to ski. i spend every winter in the mountains.",
+     "history": [{"role": "user", "content": "what do you do in winter?"}], "reply": "i go skiing in the alps."},
+    {"persona": "i have a dog named biscuit. i walk my dog every morning.",
+     "history": [{"role": "user", "content": "any pets?"}], "reply": "yes, my dog biscuit loves the park."},
+]
+
+
+def test_target_follows_the_metric_and_survives_all_zero_bleu():
+    gold = "i go skiing in the alps with my brother"
+    scores = reply_scores(["i go skiing in the alps with my brother", "i go skiing", "banana phone"], gold)
+    assert scores[0] > scores[1] > scores[2] == 0.0
+    p = kl_target(scores, 0.85)
+    assert float(p.sum()) == pytest.approx(1.0) and p[0] > p[1] > p[2]
+
+    zero = reply_scores(["banana", "phone", "tree"], gold)  # every BLEU is 0: no division by zero
+    assert zero == [0.0, 0.0, 0.0]
+    uniform = kl_target(zero, 0.85)
+    assert torch.allclose(uniform, torch.full((3,), 1 / 3)) and not torch.isnan(uniform).any()
+
+
+def test_bleu_is_divided_by_its_l2_norm_over_the_candidates():
+    from studio.metrics import sentence_scores
+
+    gold, replies = "i walk my dog biscuit every morning", ["i walk my dog every morning", "my dog biscuit"]
+    rows = [sentence_scores(r, gold) for r in replies]
+    norm = math.sqrt(sum(r["bleu"] ** 2 for r in rows))
+    expected = [r["f1"] / 100 + r["rougeL"] / 100 + r["bleu"] / norm for r in rows]
+    assert reply_scores(replies, gold) == pytest.approx(expected)
+
+
+def test_kl_loss_pulls_the_query_towards_the_better_story():
+    q = torch.nn.functional.normalize(torch.tensor([[1.0, 0.2, 0.0]]), dim=-1).requires_grad_(True)
+    stories = torch.nn.functional.normalize(torch.tensor([[[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]]]), dim=-1)
+    target = torch.tensor([[0.1, 0.9]])  # the second story gave the better reply
+    loss = retriever_loss(q, stories, target, 0.8)
+    loss.backward()
+    assert float(loss) > 0
+    assert q.grad[0, 1] < 0 < q.grad[0, 0]  # descending moves the query towards story 2, away from story 1
+
+
+@pytest.fixture(scope="module")
+def generator(embedded_path):
+    from studio.inference import load_for_inference
+
+    return load_for_inference("embedded/tiny-llama")
+
+
+def test_a_stage2_step_changes_the_query_encoder_and_not_the_story_index(generator, write, tmp_path):
+    from studio.retrieval import build_index, load_corpus, load_embedder
+    from studio.train.lapdog import DEFAULTS, RetrieverLearner
+
+    stories = [{"id": f"s{i}", "title": "", "text": t} for i, t in enumerate([
+        "i went skiing in the alps and fell in the snow.", "my dog biscuit stole a sandwich at the park.",
+        "i baked a lemon pie for my grandmother.", "i fixed a bug at work all night.",
+        "i swam in a cold lake at sunrise.", "i painted a barn by the river."])]
+    index = build_index(load_corpus(write("stories.jsonl", stories)), cache_dir=tmp_path / "cache")
+    vectors_before = index.vectors(range(len(stories))).copy()
+    file_before = index.path.read_bytes()
+    encoder = load_embedder(None, fresh=True)
+    weights_before = {n: p.detach().clone() for n, p in encoder.named_parameters()}
+    cfg = {**DEFAULTS, "k": 3, "candidate_random": 0.34, "retriever_batch": 2, "reply_max_new_tokens": 6,
+           "tau_score": 0.1}
+    learner = RetrieverLearner(encoder, index, ROWS, cfg, generator.tokenizer)
+    metrics = learner.step(generator.model, step=1, budget=400)
+
+    assert set(metrics) == {"retriever/loss", "retriever/target_entropy"}
+    assert metrics["retriever/loss"] >= 0 and 0 <= metrics["retriever/target_entropy"] <= math.log(3) + 1e-6
+    changed = [n for n, p in encoder.named_parameters() if not torch.equal(p.detach(), weights_before[n])]
+    assert changed, "the query encoder's weights did not move"
+    assert np.array_equal(index.vectors(range(len(stories))), vectors_before)
+    assert index.path.read_bytes() == file_before
+    assert 0.0 <= learner.top1_change_rate() <= 1.0
+
+
+def test_tiny_lapdog_run_stops_in_stage2_resumes_and_chat_loads_adapter_and_retriever(tmp_path, embedded_path):
+    import time
+
+    from studio.chat import load_setup, reply
+    from studio.jobs import CANCELLED, DONE, Job, start_job
+    from studio.recipes import load_recipe
+
+    recipe = load_recipe("tiny-persona-lapdog", [
+        "retrieval.stage1_steps=2", "retrieval.stage2_steps=6", "retrieval.reply_max_new_tokens=6",
+        "logging_steps=1", "save_steps=2", "dataset.max_rows=24"])
+    job = start_job(recipe, runs_dir=tmp_path / "runs", run_name="lapdog-test")
+    deadline = time.time() + 600
+    while job.active and job.step < 3 and time.time() < deadline:  # step 3 is stage 2's first
+        time.sleep(0.05)
+    job.request_stop()
+    assert job.wait(600) and job.status == CANCELLED, job.error
+    run = job.run_dir
+    assert (run / "stage1" / "adapter" / "adapter_config.json").exists()
+    assert any((c / "retriever" / "modules.json").exists() for c in (run / "stage2" / "checkpoints").glob("checkpoint-*"))
+
+    job = start_job(None, resume=run)
+    assert job.wait(600) and job.status == DONE, job.error
+    assert any("resuming stage 2 from checkpoint-" in line for line in job.logs)
+    assert (run / "adapter" / "adapter_config.json").exists()
+    assert (run / "retriever" / "modules.json").exists() and (run / "retriever" / "lapdog.json").exists()
+
+    replay = Job.from_run_dir(run)
+    steps = [h["step"] for h in replay.history if "retriever/loss" in h]
+    assert steps[0] == 3 and steps[-1] == 8  # stage 2 continues stage 1's step count, across the resume
+    assert all({"retriever/target_entropy", "retriever/top1_change_rate"} <= set(h)
+               for h in replay.history if "retriever/loss" in h)
+    assert replay.summary["steps"] == 8 and replay.total == 8 and len(replay.summary["retrieval_examples"]) == 3
+
+    setup = load_setup(str(run))
+    assert setup.retriever.info["story_side"] == "frozen"
+    assert setup.retriever.query_encoder == str(run / "retriever")
+    text, used = reply(setup, ROWS[0]["persona"], ROWS[0]["history"], 2, temperature=0, max_new_tokens=6)
+    assert len(used) == 2 and isinstance(text, str)
