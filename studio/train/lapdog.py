@@ -29,7 +29,7 @@ import time
 from pathlib import Path
 
 from studio.errors import StudioError
-from studio.train.progress import CANCELLED, DONE, last_checkpoint, make_callback
+from studio.train.progress import CANCELLED, DONE, last_checkpoint, make_callback, save_adapter, train_from
 
 DEFAULTS = {
     "corpus": None,  # None: the bundled assets/stories.jsonl
@@ -266,7 +266,7 @@ def run_stage1(job, recipe, cfg, resume: bool):
     checkpoint = last_checkpoint(job.run_dir) if resume else None
     if resume:
         job.log(f"resuming stage 1 from {checkpoint.name}" if checkpoint else "no complete checkpoint: starting over")
-    trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+    train_from(trainer, checkpoint)
     return trainer, tokenizer, data
 
 
@@ -337,8 +337,7 @@ def run_lapdog(job, resume: bool = False) -> dict:
             summary = write_summary(job, trainer1, CANCELLED, started, 0, {"stage": 1})
             job.emit("status", status=CANCELLED)
             return summary
-        trainer1.save_model(str(stage1_adapter))
-        tokenizer.save_pretrained(str(stage1_adapter))
+        save_adapter(trainer1, tokenizer, stage1_adapter)  # atomic: its presence means stage 1 finished
     rows = dialogue_rows(data.splits["train"])
 
     view = StageView(job, s1, s1 + cfg["stage2_steps"])
@@ -355,7 +354,7 @@ def run_lapdog(job, resume: bool = False) -> dict:
     trainer, budget = build_stage2(view, recipe, cfg, retriever, rows, tokenizer, stage1_adapter)
     trainer.add_callback(make_retriever_callback(learner, view, budget))
     trainer.add_callback(make_callback(view))
-    output = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+    output = train_from(trainer, checkpoint)
     extra = {"stage1_steps": s1, "stage2_steps": cfg["stage2_steps"], "steps": s1 + trainer.state.global_step,
              "planned_steps": s1 + cfg["stage2_steps"],
              "train_runtime_s": round(output.metrics.get("train_runtime", 0.0), 3)}
@@ -366,8 +365,7 @@ def run_lapdog(job, resume: bool = False) -> dict:
         return summary
 
     adapter_dir = run_dir / "adapter"
-    trainer.save_model(str(adapter_dir))
-    tokenizer.save_pretrained(str(adapter_dir))
+    save_adapter(trainer, tokenizer, adapter_dir)
     learner.save(run_dir, optimizer=False)
     meta = {"story_embedder": cfg["embedder"], "corpus": corpus_source or None, "k": int(cfg["k"]),
             "query": cfg["query"], "story_side": "frozen", "tau_score": cfg["tau_score"], "tau_gold": cfg["tau_gold"]}
