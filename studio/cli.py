@@ -64,6 +64,12 @@ def cmd_train(args) -> int:
             raise StudioError("train: give a recipe file (or --resume RUN_DIR)")
         recipe = load_recipe(args.recipe, args.set)
         job = start_job(recipe, runs_dir=args.runs_dir, run_name=args.run_name)
+    from studio.train.progress import is_main_process
+
+    if not is_main_process():  # torchrun / accelerate launch: the main process reports, the others only train
+        while not job.wait(0.5):
+            pass
+        return 0 if job.status == DONE else 1
     print(f"run: {job.run_dir}", file=sys.stderr)
     bar, shown_logs = None, 0
     try:

@@ -22,7 +22,7 @@ from studio.errors import StudioError
 log = logging.getLogger("studio")
 
 from studio.train.progress import (ACTIVE, CANCELLED, COMPLETE_MARKER, DONE, FAILED, QUEUED,  # noqa: F401
-                                   RUNNING, STOPPING, last_checkpoint, make_callback, memory_mb)
+                                   RUNNING, STOPPING, is_main_process, last_checkpoint, make_callback, memory_mb)
 
 
 class Job:
@@ -53,12 +53,15 @@ class Job:
         self._lock = threading.Lock()
         self._events_path = self.run_dir / "events.jsonl"
         self._events_file = None
+        self.writer = is_main_process()  # under several processes, only the main one writes the run's files
 
     # ---- events -------------------------------------------------------------------------------
     def emit(self, type: str, **data) -> None:
         event = {"t": round(time.time(), 3), "type": type, **data}
         with self._lock:
             self._apply(event)
+            if not self.writer:
+                return
             if self._events_file is None:  # kept open: an open/close per step costs more than the step on tiny models
                 self.run_dir.mkdir(parents=True, exist_ok=True)
                 self._events_file = open(self._events_path, "a", encoding="utf-8")
@@ -215,7 +218,7 @@ def start_job(recipe, runs_dir=None, resume: str | os.PathLike | None = None, ru
             job.elapsed_before = job.elapsed()
         job.recipe, job.kind, job.owner = recipe, recipe.method, owner
         run_dir.mkdir(parents=True, exist_ok=True)
-        if not resume:
+        if not resume and job.writer:
             (run_dir / "recipe.yaml").write_text(recipe.to_yaml(), encoding="utf-8")
         job.emit("status", status=QUEUED, resume=bool(resume), elapsed_before=job.elapsed_before)
         job.thread = threading.Thread(target=_run, args=(job, bool(resume)), name=f"train-{job.id}", daemon=True)

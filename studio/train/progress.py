@@ -8,12 +8,27 @@ way, ui/cli → jobs → train → data/models/recipes. A job hands its path its
 from __future__ import annotations
 
 import functools
+import os
 import shutil
 from pathlib import Path
 
 QUEUED, RUNNING, STOPPING, DONE, FAILED, CANCELLED = "queued", "running", "stopping", "done", "failed", "cancelled"
 ACTIVE = (QUEUED, RUNNING, STOPPING)
 COMPLETE_MARKER = ".complete"  # written into a checkpoint once the trainer has fully saved it
+
+
+def process_rank() -> int:
+    """This process's rank under torchrun / accelerate launch (they set RANK); 0 when alone."""
+    return int(os.environ.get("RANK", "0"))
+
+
+def world_size() -> int:
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def is_main_process() -> bool:
+    """Only the main process writes a run's files (events, markers, summary, adapter, samples); the others train."""
+    return process_rank() == 0
 
 
 def make_callback(job):
@@ -48,7 +63,7 @@ def make_callback(job):
 
         def on_save(self, args, state, control, **kwargs):
             ckpt = Path(args.output_dir) / f"checkpoint-{state.global_step}"
-            if ckpt.is_dir():
+            if state.is_world_process_zero and ckpt.is_dir():
                 (ckpt / COMPLETE_MARKER).write_text(str(state.global_step))
                 job.emit("checkpoint", step=state.global_step, path=str(ckpt))
 
