@@ -196,7 +196,10 @@ def _arrow_read(path: Path, suffix: str, large: bool):
         return _load_with_datasets("json", path)
     import pyarrow.json as pjson
 
-    return datasets.Dataset(pjson.read_json(path, read_options=pjson.ReadOptions(block_size=max(1 << 20, path.stat().st_size + 1))))
+    table = pjson.read_json(path, read_options=pjson.ReadOptions(block_size=max(1 << 20, path.stat().st_size + 1)))
+    if table.num_rows and not table.num_columns:
+        raise StudioError(f"{path.name}: the records have no fields (every line is {{}})")
+    return datasets.Dataset(table)
 
 
 def _text_table(path: Path):
@@ -239,6 +242,7 @@ def read_file(path: str | os.PathLike) -> RawData:
         else:
             try:
                 raw.dataset = _arrow_read(path, suffix, path.stat().st_size > IN_MEMORY_BYTES)
+                raw.dataset.data.table.validate(full=True)  # pyarrow's JSON reader lets invalid UTF-8 through
             except StudioError:
                 raise
             except Exception as e:  # the fast parse failed: rescan to name the line, or keep Python rows
@@ -250,8 +254,6 @@ def read_file(path: str | os.PathLike) -> RawData:
                 raw.rows = rows  # valid JSON whose values Arrow can't type (a column mixing kinds): small, keep it
     if raw.rows is None and (raw.dataset is None or len(raw.dataset) == 0):
         raise StudioError(f"{path.name}: the file is empty (no records)")
-    if raw.dataset is not None and not raw.dataset.column_names:
-        raise StudioError(f"{path.name}: the records have no fields")
     return raw
 
 
