@@ -236,13 +236,13 @@ def prepare_dataset(
                 "splits": str(splits), "seed": seed, "max_length": max_length, "max_rows": max_rows,
                 "streaming": streaming}
     identity = _source_identity(str(source).strip()) if cache else None
-    folder = cache_root() / _cache_key(identity, settings, tokenizer if max_length else None) if identity else None
+    folder = cache_root() / _cache_key(identity, settings, tokenizer) if identity else None
     if folder is not None and (hit := _load_cached(folder)) is not None:
         return hit
 
     raw: RawData = read_source(source, config, split, streaming_rows=max_rows if streaming else None)
     if cache and folder is None:  # Hub or folder: the loaded dataset's own fingerprint names its content
-        folder = cache_root() / _cache_key(raw.dataset._fingerprint, settings, tokenizer if max_length else None)
+        folder = cache_root() / _cache_key(raw.dataset._fingerprint, settings, tokenizer)
         if (hit := _load_cached(folder)) is not None:
             return hit
     data = _prepare(raw, format, template, splits, seed, tokenizer, max_length, max_rows)
