@@ -82,8 +82,9 @@ def fresh_env(tmp: Path) -> dict:
             "STUDIO_DATA_CACHE": str(cache / "studio")}
 
 
-def first_step_seconds(cmd: list[str], env: dict, run_dir: Path, stop_after_checkpoint: bool) -> float:
-    """Seconds from process start to its first training step (events.jsonl); optionally Ctrl-C once it checkpoints."""
+def first_step_seconds(cmd: list[str], env: dict, run_dir: Path, stop_after_checkpoint: bool) -> tuple[float, float]:
+    """Seconds to the first training step (events.jsonl) from the process's start and from its job's first event;
+    optionally Ctrl-C once it has saved a checkpoint."""
     events = run_dir / "events.jsonl"
     seen = sum(1 for _ in open(events)) if events.exists() else 0
     start = time.time()
@@ -98,8 +99,8 @@ def first_step_seconds(cmd: list[str], env: dict, run_dir: Path, stop_after_chec
         running = next((e for e in rows if e["type"] == "status" and e.get("status") == "running"), None)
         if first is None and running is not None:
             later = [e["t"] for e in rows if e["type"] == "progress" and e["step"] > running.get("step", 0)]
-            if later:
-                first = later[0] - start
+            if later:  # from the process's start, and from its job's start (imports and recipe checks done)
+                first = (later[0] - start, later[0] - rows[0]["t"])
         if stop_after_checkpoint and any(e["type"] == "checkpoint" for e in rows):
             proc.send_signal(signal.SIGINT)
             stop_after_checkpoint = False
@@ -119,8 +120,10 @@ def resume_benchmark(data: Path, tmp: Path) -> dict:
     first = first_step_seconds(cmd, env, runs / name, stop_after_checkpoint=True)
     resumed = first_step_seconds([sys.executable, "-m", "studio", "train", "--resume", str(runs / name)], env,
                                  runs / name, stop_after_checkpoint=False)
-    return {"first_run_to_first_step_s": round(first, 2), "resumed_run_to_first_step_s": round(resumed, 2),
-            "speedup": round(first / resumed, 2), "meets_goal": first / resumed >= 5}
+    return {"first_run_to_first_step_s": round(first[0], 2), "resumed_run_to_first_step_s": round(resumed[0], 2),
+            "speedup": round(first[0] / resumed[0], 2), "meets_goal": first[0] / resumed[0] >= 5,
+            "first_job_to_first_step_s": round(first[1], 2), "resumed_job_to_first_step_s": round(resumed[1], 2),
+            "job_speedup": round(first[1] / resumed[1], 2)}
 
 
 def main() -> None:
@@ -166,7 +169,9 @@ def main() -> None:
     if resume:
         print(f"first step on {resume['rows']} rows (process start → first training step, tiny model): first run "
               f"{resume['first_run_to_first_step_s']} s, resumed run "
-              f"{resume['resumed_run_to_first_step_s']} s ({resume['speedup']}×; goal ≥ 5×)")
+              f"{resume['resumed_run_to_first_step_s']} s ({resume['speedup']}×; goal ≥ 5×); from the job's start "
+              f"(after imports): {resume['first_job_to_first_step_s']} s vs {resume['resumed_job_to_first_step_s']} s "
+              f"({resume['job_speedup']}×)")
     print(json.dumps({"benchmark": "data_scale", "cpu_count": os.cpu_count(), "reps": reps,
                       "sizes": {str(k): v for k, v in results.items()}, "resume": resume}))
 

@@ -138,10 +138,12 @@ def main() -> None:
     peaks = [matmul_peak_flops()]
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        models = {
-            "embedded tiny-llama": ("embedded/tiny-llama", 3, 5e-3),
-            "SmolLM2-135M arch (random init)": (random_model_folder("smollm2-135m", tmp / "smollm2"), 1, 2e-4),
-        }
+        wanted = os.environ.get("BENCH_MODELS", "tiny,smollm2").split(",")  # e.g. BENCH_MODELS=tiny for a quick run
+        models = {}
+        if "tiny" in wanted:
+            models["embedded tiny-llama"] = ("embedded/tiny-llama", 3, 5e-3)
+        if "smollm2" in wanted:
+            models["SmolLM2-135M arch (random init)"] = (random_model_folder("smollm2-135m", tmp / "smollm2"), 1, 2e-4)
         for label, (model, epochs, lr) in models.items():
             runs = {arm: [] for arm in ARMS}
             for _ in range(reps):  # alternate, so drift on a shared machine hits both arms alike
