@@ -29,7 +29,8 @@ def cmd_data(args) -> int:
 
         tokenizer = load_tokenizer(args.model)
     data = prepare_dataset(args.source, args.format, args.template, config=args.config, split=args.split,
-                           splits=args.splits, seed=args.seed, tokenizer=tokenizer, max_length=args.max_length)
+                           splits=args.splits, seed=args.seed, tokenizer=tokenizer, max_length=args.max_length,
+                           max_rows=args.max_rows, streaming=args.streaming)
     summary = data.summary()
     if args.json:
         print(json.dumps(summary, ensure_ascii=False))
@@ -64,6 +65,12 @@ def cmd_train(args) -> int:
             raise StudioError("train: give a recipe file (or --resume RUN_DIR)")
         recipe = load_recipe(args.recipe, args.set)
         job = start_job(recipe, runs_dir=args.runs_dir, run_name=args.run_name)
+    from studio.train.progress import is_main_process
+
+    if not is_main_process():  # torchrun / accelerate launch: the main process reports, the others only train
+        while not job.wait(0.5):
+            pass
+        return 0 if job.status == DONE else 1
     print(f"run: {job.run_dir}", file=sys.stderr)
     bar, shown_logs = None, 0
     try:
@@ -170,6 +177,9 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--seed", type=int, default=42)
     d.add_argument("--model", help="tokenizer for token-length statistics (e.g. embedded/tiny-llama)")
     d.add_argument("--max-length", type=int, help="drop examples longer than this many tokens (needs --model)")
+    d.add_argument("--max-rows", type=int, help="keep the first N usable rows")
+    d.add_argument("--streaming", action="store_true",
+                   help="read a Hub dataset in streaming mode, keeping the first --max-rows rows (data larger than the disk)")
     d.add_argument("--json", action="store_true", help="print one JSON object")
     d.set_defaults(func=cmd_data)
 

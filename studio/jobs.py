@@ -23,7 +23,8 @@ from studio.errors import StudioError, redact
 log = logging.getLogger("studio")
 
 from studio.train.progress import (ACTIVE, CANCELLED, COMPLETE_MARKER, DONE, FAILED, QUEUED,  # noqa: F401
-                                   RUNNING, STOPPING, is_complete, last_checkpoint, make_callback, memory_mb)
+                                   RUNNING, STOPPING, is_complete, is_main_process, last_checkpoint, make_callback,
+                                   memory_mb)
 
 
 class Job:
@@ -54,6 +55,7 @@ class Job:
         self._lock = threading.Lock()
         self._events_path = self.run_dir / "events.jsonl"
         self._events_file = None
+        self.writer = is_main_process()  # under several processes, only the main one writes the run's files
 
     # ---- events -------------------------------------------------------------------------------
     def emit(self, type: str, **data) -> None:
@@ -62,6 +64,8 @@ class Job:
         safe = redact(line)  # no token reaches events.jsonl or the page
         with self._lock:
             self._apply(event if safe == line else json.loads(safe))
+            if not self.writer:  # another process of a multi-process run: the main one writes
+                return
             try:
                 if self._events_file is None:  # kept open: an open/close per step costs more than a tiny step
                     self.run_dir.mkdir(parents=True, exist_ok=True)
@@ -237,7 +241,7 @@ def start_job(recipe, runs_dir=None, resume: str | os.PathLike | None = None, ru
             job.elapsed_before = job.elapsed()
         job.recipe, job.kind, job.owner = recipe, recipe.method, owner
         run_dir.mkdir(parents=True, exist_ok=True)
-        if not resume:
+        if not resume and job.writer:
             (run_dir / "recipe.yaml").write_text(recipe.to_yaml(), encoding="utf-8")
         job.emit("status", status=QUEUED, resume=bool(resume), elapsed_before=job.elapsed_before)
         job.thread = threading.Thread(target=_run, args=(job, bool(resume)), name=f"train-{job.id}", daemon=True)

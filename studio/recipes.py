@@ -23,7 +23,7 @@ from studio.errors import StudioError, redact
 RECIPES_DIR = Path(__file__).resolve().parent.parent / "recipes"
 HEADER_KEYS = ["name", "description", "source_notebook", "method", "init_adapter", "dataset", "eval_prompts", "export",
                "studio", "retrieval"]
-DATASET_KEYS = {"source", "format", "template", "config", "split", "splits", "max_length", "max_rows"}
+DATASET_KEYS = {"source", "format", "template", "config", "split", "splits", "max_length", "max_rows", "streaming"}
 STUDIO_KEYS = {"auto_batch", "max_micro_batch", "sample_max_new_tokens"}
 EXPORT_KEYS = {"hub_model_id", "private", "merge"}
 # `retrieval:` (method lapdog): the story corpus, the retriever and LAPDOG's stage-2 settings

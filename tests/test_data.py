@@ -205,3 +205,48 @@ def test_bundled_samples_load():
     for name, fmt in [("quotes", "quotes"), ("dolly", "dolly"), ("e2e", "e2e")]:
         data = prepare_dataset(name)
         assert data.format.name == fmt and data.rows > 20
+
+
+# ---- issue 7: the Arrow path at scale ------------------------------------------------------------------------
+def test_large_file_path_gives_the_same_rows_and_errors(write, monkeypatch):
+    """Files above the in-memory size go through datasets' own builders; results and line numbers are the same."""
+    from studio.data import sources
+
+    rows = [{"instruction": f"q{i}", "context": "", "response": f"a{i}" if i % 4 else ""} for i in range(40)]
+    path = write("big.jsonl", rows)
+    small = prepare_dataset(str(path))
+    monkeypatch.setattr(sources, "IN_MEMORY_BYTES", 0)
+    large = prepare_dataset(str(path))
+    assert large.rows == small.rows == 30 and large.dropped == {"empty target": 10}
+    assert large.splits["train"]["prompt"] == small.splits["train"]["prompt"]
+    bad = write("bad_big.jsonl", '{"text": "ok"}\n\n{"text": oops}\n')
+    with pytest.raises(StudioError, match=r"bad_big\.jsonl line 3: malformed JSON"):
+        prepare_dataset(str(bad))
+    robot = write("robot_big.jsonl", [{"messages": [{"role": "user", "content": "hi"}]},
+                                      {"messages": [{"role": "robot", "content": "x"}]}])
+    with pytest.raises(StudioError, match=r'robot_big\.jsonl line 2: unknown role "robot"'):
+        prepare_dataset(str(robot))
+
+
+def test_prepared_data_is_cached_by_content(write, tmp_path, monkeypatch):
+    monkeypatch.setenv("STUDIO_DATA_CACHE", str(tmp_path / "cache"))
+    path = write("c.jsonl", [{"text": f"row {i}"} for i in range(30)])
+    first = prepare_dataset(str(path), cache=True)
+    again = prepare_dataset(str(path), cache=True)
+    assert first.cache_dir and again.cache_dir == first.cache_dir
+    assert again.splits["train"]["text"] == first.splits["train"]["text"] and again.rows == 30
+    assert prepare_dataset(str(path), cache=True, seed=7).cache_dir != first.cache_dir  # settings are in the key
+    path.write_text("\n".join(json.dumps({"text": f"new {i}"}) for i in range(30)))  # same name, new content
+    changed = prepare_dataset(str(path), cache=True)
+    assert changed.cache_dir != first.cache_dir and changed.splits["train"][0]["text"].startswith("new")
+
+
+def test_streaming_keeps_the_first_rows(tmp_path):
+    folder = tmp_path / "stream_me"
+    folder.mkdir()
+    (folder / "train.jsonl").write_text("\n".join(json.dumps({"text": f"line {i}"}) for i in range(50)))
+    data = prepare_dataset(str(folder), streaming=True, max_rows=20)
+    assert data.rows == 20 and sorted(sum((list(s["text"]) for s in data.splits.values()), [])) == \
+        sorted(f"line {i}" for i in range(20))
+    with pytest.raises(StudioError, match="streaming needs a row limit"):
+        prepare_dataset(str(folder), streaming=True)

@@ -70,3 +70,21 @@ def test_grouped_batches_have_less_padding(tmp_path):
     grouped = padding(tiny_recipe(), tmp_path / "g")
     random = padding(tiny_recipe(train_sampling_strategy="random"), tmp_path / "r")
     assert grouped < random
+
+
+@pytest.mark.parametrize("micro,accum,world,expect", [(1, 4, 2, (2, 1)), (1, 16, 2, (8, 1)), (4, 1, 4, (1, 1)),
+                                                      (2, 8, 2, (8, 1)), (1, 6, 4, (1, 6))])
+def test_auto_micro_batch_keeps_the_effective_batch_across_processes(monkeypatch, micro, accum, world, expect):
+    """micro × accumulation × processes = the recipe's effective batch (or unchanged when it can't split)."""
+    import studio.train.common as common
+
+    r = tiny_recipe(per_device_train_batch_size=micro, gradient_accumulation_steps=accum)
+    monkeypatch.setattr(common, "world_size", lambda: world)  # WORLD_SIZE itself would start torch.distributed
+    notes = resolve_fast_defaults(r, on_gpu=False)
+    got = (r.train["per_device_train_batch_size"], r.train["gradient_accumulation_steps"])
+    assert got == expect
+    if (micro * accum) % world == 0:
+        assert got[0] * got[1] * world == micro * accum
+    else:
+        assert any("does not split across" in n for n in notes)
+    assert r.train["ddp_find_unused_parameters"] is False

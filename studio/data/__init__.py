@@ -1,13 +1,29 @@
-"""Data: read a source, detect its format, render to TRL's forms, clean and split."""
+"""Data: read a source, detect its format, render to TRL's forms, clean and split.
+
+Rows stay in Arrow throughout: rendering, dropping empty targets and length filtering are batched
+`Dataset.map`/`filter` calls, splits are index mappings. Prepared splits can be cached on disk, keyed by the
+source's content and every setting that shapes them, so a second run or a resume skips the work (and the
+tokenized copies TRL derives from them are found again in the same cache folder).
+"""
 
 from __future__ import annotations
 
+import json
+import os
+import shutil
 import statistics
+import tempfile
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from studio.data.formats import FORMATS, Format, RowError, detect_format, get_format
-from studio.data.sources import SAMPLES, RawData, read_source
+from studio.data.sources import SAMPLES, RawData, read_source, row_label
 from studio.errors import StudioError
+
+DATA_VERSION = 1  # bump when rendering changes, so cached prepared data is not reused
+OUTPUT_COLUMNS = {"text": ["text"], "prompt_completion": ["prompt", "completion"], "messages": ["messages"],
+                  "preference": ["prompt", "chosen", "rejected"]}
+BATCH = 1000
 
 __all__ = ["FORMATS", "SAMPLES", "Format", "PreparedData", "detect_format", "prepare_dataset", "read_source",
            "parse_splits", "render_example"]
@@ -58,6 +74,7 @@ class PreparedData:
     splits: dict  # name → datasets.Dataset
     example: str
     lengths: list[int] = field(default_factory=list)  # token lengths of the train split, if a tokenizer was given
+    cache_dir: str | None = None  # where the prepared splits are cached (None: not cached)
 
     @property
     def dropped_total(self) -> int:
@@ -97,6 +114,104 @@ def token_length(row: dict, tokenizer) -> int:
     return len(tokenizer(render_example(row, tokenizer), add_special_tokens=True)["input_ids"])
 
 
+def _rows(batch: dict) -> list[dict]:
+    keys = list(batch)
+    return [dict(zip(keys, values)) for values in zip(*batch.values())]
+
+
+def _renderer(fmt: Format, template: str | None, name: str, path: Path | None):
+    """A batched map function: source rows → TRL rows; rows with an empty target are left out."""
+    columns = OUTPUT_COLUMNS[fmt.kind]
+
+    def render(batch: dict, indices: list[int]) -> dict:
+        out = {c: [] for c in columns}
+        for i, row in zip(indices, _rows(batch)):
+            try:
+                rendered = fmt.render(row, template)
+            except RowError as e:
+                raise StudioError(f"{name} {row_label(path, i)}: {e}") from None
+            except (KeyError, TypeError) as e:
+                raise StudioError(f"{name} {row_label(path, i)}: missing or malformed field {e}") from None
+            if rendered is not None:
+                for c in columns:
+                    out[c].append(rendered[c])
+        return out
+
+    return render
+
+
+def _lengths(tokenizer):
+    def lengths(batch: dict) -> dict:
+        rows = _rows(batch)
+        if "text" in batch or ("completion" in batch and all(isinstance(p, str) for p in batch["prompt"])):
+            texts = batch["text"] if "text" in batch else [p + c for p, c in zip(batch["prompt"], batch["completion"])]
+            return {"_length": [len(ids) for ids in tokenizer(texts, add_special_tokens=True)["input_ids"]]}
+        return {"_length": [token_length(r, tokenizer) for r in rows]}
+
+    return lengths
+
+
+def _column_list(ds, column: str) -> list:
+    return ds.with_format("arrow")[column].to_pylist()
+
+
+# ---- the prepared-data cache ---------------------------------------------------------------------------------
+def cache_root() -> Path:
+    return Path(os.environ.get("STUDIO_DATA_CACHE") or Path.home() / ".cache" / "lora-studio" / "data")
+
+
+def _source_identity(raw_source: str) -> str | None:
+    """A local file's content hash (xxh3, GB/s); None for Hub ids and folders (their fingerprint is used)."""
+    import xxhash
+
+    from studio.data.sources import SAMPLES as samples
+
+    key = raw_source.removeprefix("sample:")
+    path = samples.get(key) or Path(raw_source).expanduser()
+    if not Path(path).is_file():
+        return None
+    h = xxhash.xxh3_128()
+    with open(path, "rb") as f:
+        while chunk := f.read(8 << 20):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _cache_key(identity: str, settings: dict, tokenizer) -> str:
+    from datasets.fingerprint import Hasher
+
+    tok = None if tokenizer is None else Hasher.hash(tokenizer)
+    return Hasher.hash({"identity": identity, "settings": settings, "tokenizer": tok, "version": DATA_VERSION})
+
+
+def _load_cached(folder: Path) -> PreparedData | None:
+    import datasets
+
+    if not (folder / "meta.json").exists():
+        return None
+    meta = json.loads((folder / "meta.json").read_text("utf-8"))
+    splits = datasets.load_from_disk(str(folder / "splits"))
+    return PreparedData(source=meta["source"], format=FORMATS[meta["format"]], template=meta["template"],
+                        rows=meta["rows"], dropped=meta["dropped"], splits=dict(splits), example=meta["example"],
+                        lengths=meta["lengths"], cache_dir=str(folder))
+
+
+def _save_cached(folder: Path, data: PreparedData) -> None:
+    """Write beside, then rename: a crash or a second process never leaves half a cache entry."""
+    import datasets
+
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=folder.parent))
+    try:
+        datasets.DatasetDict(data.splits).save_to_disk(str(tmp / "splits"))
+        meta = {"source": data.source, "format": data.format.name, "template": data.template, "rows": data.rows,
+                "dropped": data.dropped, "example": data.example, "lengths": data.lengths}
+        (tmp / "meta.json").write_text(json.dumps(meta), encoding="utf-8")
+        os.replace(tmp, folder)
+    except OSError:  # another process got there first (or the disk is full): the data is still usable
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
 def prepare_dataset(
     source: str,
     format: str | None = None,
@@ -109,45 +224,73 @@ def prepare_dataset(
     tokenizer=None,
     max_length: int | None = None,
     max_rows: int | None = None,
+    streaming: bool = False,
+    cache: bool = False,
 ) -> PreparedData:
-    import datasets
-
-    raw: RawData = read_source(source, config, split)
-    columns = list(dict.fromkeys(k for row in raw.rows[:50] for k in row))
-    fmt = get_format(format or raw.hint, columns, raw.name)
+    """Read, detect, render, clean, split. `streaming` reads a Hub dataset in streaming mode and keeps the first
+    `max_rows` rows. `cache` reuses (or stores) the prepared splits under `cache_root()`."""
+    if streaming and not max_rows:
+        raise StudioError("streaming needs a row limit: set max_rows (--max-rows)")
     template = template or None
-    rendered, dropped = [], {}
-    for i, row in enumerate(raw.rows):
+    settings = {"source": str(source), "format": format, "template": template, "config": config, "split": split,
+                "splits": str(splits), "seed": seed, "max_length": max_length, "max_rows": max_rows,
+                "streaming": streaming}
+    identity = _source_identity(str(source).strip()) if cache else None
+    folder = cache_root() / _cache_key(identity, settings, tokenizer) if identity else None
+    if folder is not None and (hit := _load_cached(folder)) is not None:
+        return hit
+
+    raw: RawData = read_source(source, config, split, streaming_rows=max_rows if streaming else None)
+    if cache and folder is None:  # Hub or folder: the loaded dataset's own fingerprint names its content
+        folder = cache_root() / _cache_key(raw.dataset._fingerprint, settings, tokenizer)
+        if (hit := _load_cached(folder)) is not None:
+            return hit
+    data = _prepare(raw, format, template, splits, seed, tokenizer, max_length, max_rows)
+    if folder is not None:
+        _save_cached(folder, data)
+        data = _load_cached(folder) or data  # memory-mapped from the cache: TRL's tokenized copies land beside it
+    return data
+
+
+def _prepare(raw: RawData, format, template, splits, seed, tokenizer, max_length, max_rows) -> PreparedData:
+    import datasets
+    import pyarrow as pa
+    from datasets.fingerprint import Hasher
+
+    fmt = get_format(format or raw.hint, raw.columns, raw.name)
+    render = _renderer(fmt, template, raw.name, raw.path)
+    if raw.rows is not None:  # a small file Arrow could not type: render in Python, then into Arrow
+        keys = list(dict.fromkeys(k for row in raw.rows for k in row))
+        columns = render({k: [row.get(k) for row in raw.rows] for k in keys}, list(range(len(raw.rows))))
         try:
-            out = fmt.render(row, template)
-        except RowError as e:
-            raise StudioError(f"{raw.name} {raw.label(i)}: {e}") from None
-        except (KeyError, TypeError) as e:
-            raise StudioError(f"{raw.name} {raw.label(i)}: missing or malformed field {e}") from None
-        if out is None:
-            dropped["empty target"] = dropped.get("empty target", 0) + 1
-        else:
-            rendered.append(out)
-    if max_rows:
-        rendered = rendered[:max_rows]
-    lengths = []
-    if tokenizer is not None:
-        lengths = [token_length(r, tokenizer) for r in rendered]
+            ds = datasets.Dataset.from_dict(columns)
+        except (pa.ArrowInvalid, pa.ArrowTypeError) as e:
+            raise StudioError(f"{raw.name}: rows mix kinds of values in one field ({str(e).splitlines()[0][:160]})") from None
+        n_in = len(raw.rows)
+    else:
+        n_in = len(raw.dataset)
+        fingerprint = Hasher.hash([raw.dataset._fingerprint, fmt.name, template, DATA_VERSION])
+        try:
+            ds = raw.dataset.map(render, batched=True, batch_size=BATCH, with_indices=True,
+                                 remove_columns=raw.dataset.column_names, new_fingerprint=fingerprint,
+                                 desc="rendering")
+        except (pa.ArrowInvalid, pa.ArrowTypeError) as e:
+            raise StudioError(f"{raw.name}: rows mix kinds of values in one field ({str(e).splitlines()[0][:160]})") from None
+    dropped = {"empty target": n_in - len(ds)} if n_in > len(ds) else {}
+    if max_rows and len(ds) > max_rows:
+        ds = ds.select(range(max_rows))
+    if tokenizer is not None and len(ds):
+        ds = ds.map(_lengths(tokenizer), batched=True, batch_size=BATCH, desc="measuring")
         if max_length:
-            keep = [n <= max_length for n in lengths]
-            too_long = keep.count(False)
-            if too_long:
-                dropped[f"longer than {max_length} tokens"] = too_long
-            rendered = [r for r, k in zip(rendered, keep) if k]
-            lengths = [n for n, k in zip(lengths, keep) if k]
-    if not rendered:
+            before = len(ds)
+            ds = ds.filter(lambda b: [n <= max_length for n in b["_length"]], batched=True, batch_size=10_000)
+            if before > len(ds):
+                dropped[f"longer than {max_length} tokens"] = before - len(ds)
+    if not len(ds):
         reasons = ", ".join(f"{v} {k}" for k, v in dropped.items()) or "none left"
         raise StudioError(f"{raw.name}: no usable rows after cleaning ({reasons})")
 
     train_f, val_f, test_f = parse_splits(splits)
-    ds = datasets.Dataset.from_list(rendered)
-    if lengths:
-        ds = ds.add_column("_length", lengths)
     n = len(ds)
     n_val = int(round(n * val_f)) if n >= 10 else 0
     n_test = int(round(n * test_f)) if n >= 10 else 0
@@ -165,16 +308,17 @@ def prepare_dataset(
             out["test"] = rest
     else:
         out["train"] = ds.shuffle(seed=seed)
-    train_lengths = out["train"]["_length"] if lengths else []
-    if lengths:
+    lengths = []
+    if "_length" in ds.column_names:
+        lengths = _column_list(out["train"], "_length")
         out = {k: v.remove_columns("_length") for k, v in out.items()}
     return PreparedData(
         source=raw.name,
         format=fmt,
         template=template or fmt.template,
-        rows=len(rendered),
+        rows=n,
         dropped=dropped,
         splits=out,
-        example=render_example(rendered[0], tokenizer),
-        lengths=list(train_lengths),
+        example=render_example(ds[0], tokenizer),
+        lengths=lengths,
     )

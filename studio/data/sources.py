@@ -1,7 +1,9 @@
-"""Reading a data source into a list of row dicts, with errors that name the file and line.
+"""Reading a data source into an Arrow table (a `datasets.Dataset`), with errors that name the file and line.
 
-Local files are parsed here (so malformed input gets a line number); Hub ids and
-local dataset folders go through `datasets.load_dataset`.
+Rows stay in Arrow from file to trainer. Local files are parsed by pyarrow (small files, in memory) or by
+`datasets`' own json/csv/parquet/text builders (large files, memory-mapped from its cache). Only when that
+fast parse fails is the file rescanned line by line, to name the line that broke it. Hub ids and local
+dataset folders go through `datasets.load_dataset` (or its streaming mode with a row limit).
 """
 
 from __future__ import annotations
@@ -23,63 +25,94 @@ SAMPLES = {
 FILE_TYPES = {".jsonl", ".json", ".csv", ".parquet", ".txt"}
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 CONVAI2_FIRST_LINE = re.compile(r"^1 (your|partner's) persona:")
+# Below this size a file is parsed straight into memory by pyarrow; above it, `datasets` writes an Arrow
+# file once and memory-maps it, so memory stays flat however large the file is.
+IN_MEMORY_BYTES = int(os.environ.get("STUDIO_IN_MEMORY_MB", 64)) * 2**20
+META_KEY = "_meta"
+_META_LINE = b'{"_meta"'
+# Magic numbers of files that are not text, whatever their name says.
+_ARCHIVES = {b"\x1f\x8b": "gzip", b"PK\x03\x04": "zip", b"BZh": "bzip2", b"\xfd7zXZ": "xz",
+             b"7z\xbc\xaf": "7z", b"\x28\xb5\x2f\xfd": "zstd"}
 
 
 @dataclass
 class RawData:
-    rows: list[dict]
+    dataset: object | None  # datasets.Dataset: the rows, in Arrow
     name: str  # how errors refer to the source: a file name or a hub id
     kind: str = "file"  # file | hub | sample
     hint: str | None = None  # a format the reader already knows (convai2 text)
     meta: dict = field(default_factory=dict)
-    labels: list[str] | None = None  # how errors name each row ("line 3", "row 4")
+    path: Path | None = None  # a local file: rescanned to name the line of a bad row
+    rows: list[dict] | None = None  # only for a small file whose values Arrow can't type (mixed kinds in a column)
+
+    @property
+    def columns(self) -> list[str]:
+        if self.rows is not None:
+            return list(dict.fromkeys(k for row in self.rows[:50] for k in row))
+        return list(self.dataset.column_names)
 
     def label(self, i: int) -> str:
-        return self.labels[i] if self.labels else f"row {i + 1}"
+        return row_label(self.path, i)
 
 
-def _decode(path: Path, data: bytes) -> str:
+def row_label(path: Path | None, i: int) -> str:
+    """How an error names row `i` (0-based): the line of a .jsonl, the row of a .csv (header = row 1)."""
+    suffix = path.suffix.lower() if path else ""
+    if suffix == ".csv":
+        return f"row {i + 2}"
+    if suffix == ".jsonl":  # blank lines hold no record: count records to find the line (only on an error)
+        with open(path, "rb") as f:
+            seen = -1
+            for n, line in enumerate(f, 1):
+                if line.strip() and not line.lstrip().startswith(_META_LINE):
+                    seen += 1
+                    if seen == i:
+                        return f"line {n}"
+    return f"row {i + 1}"
+
+
+# ---- the slow, exact path: find the line that broke the fast parse --------------------------------------
+def _decode(path: Path, data: bytes, offset: int = 0) -> str:
     try:
-        return data.decode("utf-8-sig")
+        return data.decode("utf-8-sig" if offset == 0 else "utf-8")
     except UnicodeDecodeError as e:
         raise StudioError(
-            f"{path.name}: not UTF-8 (byte 0x{data[e.start]:02x} at offset {e.start}); re-save the file as UTF-8"
+            f"{path.name}: not UTF-8 (byte 0x{data[e.start]:02x} at offset {offset + e.start}); re-save the file as UTF-8"
         ) from None
 
 
-def _read_jsonl(path: Path, text: str, lines: list[int] | None = None) -> list[dict]:
-    rows = []
-    for n, line in enumerate(text.splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise StudioError(f"{path.name} line {n}: malformed JSON ({e.msg} at column {e.colno})") from None
-        if not isinstance(row, dict):
-            raise StudioError(f"{path.name} line {n}: expected a JSON object per line, got {type(row).__name__}")
-        if set(row) == {"_meta"}:
-            continue  # the file's own description (how its preference pairs were made), not a row
-        rows.append(row)
-        if lines is not None:
-            lines.append(n)
+def _scan_jsonl(path: Path) -> list[dict]:
+    """Line by line (memory bounded): raise on the first bad line, else return the rows."""
+    rows, offset = [], 0
+    with open(path, "rb") as f:
+        for n, raw in enumerate(f, 1):
+            line = _decode(path, raw, offset)
+            offset += len(raw)
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise StudioError(f"{path.name} line {n}: malformed JSON ({e.msg} at column {e.colno})") from None
+            if not isinstance(row, dict):
+                raise StudioError(f"{path.name} line {n}: expected a JSON object per line, got {type(row).__name__}")
+            if set(row) == {META_KEY}:
+                continue  # the file's own description (how its preference pairs were made), not a row
+            rows.append(row)
     return rows
 
 
-def _read_json(path: Path, text: str) -> list[dict]:
+def _scan_json(path: Path) -> list[dict]:
+    text = _decode(path, path.read_bytes())
     try:
         data = json.loads(text)
     except json.JSONDecodeError as e:
-        # A .json file that is really JSON Lines is common; accept it.
-        if e.msg.startswith("Extra data"):
-            return _read_jsonl(path, text)
+        if e.msg.startswith("Extra data"):  # a .json file that is really JSON Lines is common; accept it
+            return _scan_jsonl(path)
         raise StudioError(f"{path.name} line {e.lineno}: malformed JSON ({e.msg} at column {e.colno})") from None
     if isinstance(data, dict):
         lists = [v for v in data.values() if isinstance(v, list)]
-        if len(lists) == 1:  # {"data": [...]} or {"train": [...]}
-            data = lists[0]
-        else:
-            data = [data]
+        data = lists[0] if len(lists) == 1 else [data]  # {"data": [...]} or one record
     if not isinstance(data, list):
         raise StudioError(f"{path.name}: expected a list of records, got {type(data).__name__}")
     for i, row in enumerate(data, 1):
@@ -88,103 +121,193 @@ def _read_json(path: Path, text: str) -> list[dict]:
     return data
 
 
-def _read_csv(path: Path, text: str) -> list[dict]:
-    reader = csv.reader(io.StringIO(text))
-    try:
-        header = next(reader)
-    except StopIteration:
-        return []
-    header = [h.strip() for h in header]
+def _csv_header(path: Path) -> list[str]:
+    with open(path, "rb") as f:
+        first = _decode(path, f.readline())
+    header = [h.strip() for h in next(csv.reader(io.StringIO(first)), [])]
     if len(set(header)) != len(header):
         raise StudioError(f"{path.name} row 1: duplicate column names in the header {header}")
+    if not header or not any(header):
+        raise StudioError(f"{path.name} row 1: no header row (the first row must name the columns)")
+    return header
+
+
+def _scan_csv(path: Path) -> list[dict]:
+    header = _csv_header(path)
     rows = []
-    for n, rec in enumerate(reader, 2):
-        if not rec:
-            continue
-        if len(rec) != len(header):
-            raise StudioError(f"{path.name} row {n}: {len(rec)} fields, but the header has {len(header)}")
-        rows.append(dict(zip(header, rec)))
+    with open(path, "rb") as f:
+        reader = csv.reader(io.StringIO(_decode(path, f.read())))
+        next(reader, None)
+        for n, rec in enumerate(reader, 2):
+            if not rec:
+                continue
+            if len(rec) != len(header):
+                raise StudioError(f"{path.name} row {n}: {len(rec)} fields, but the header has {len(header)}")
+            rows.append(dict(zip(header, rec)))
     return rows
 
 
-def _read_parquet(path: Path) -> list[dict]:
-    import pyarrow.parquet as pq
+# ---- the fast path: Arrow all the way ----------------------------------------------------------------------
+def _sniff(path: Path) -> bytes:
+    """The first bytes, refusing what is plainly not a text data file."""
+    with open(path, "rb") as f:
+        head = f.read(8192)
+    if not head.strip():
+        if path.stat().st_size <= len(head):
+            raise StudioError(f"{path.name}: the file is empty")
+    for magic, kind in _ARCHIVES.items():
+        if head.startswith(magic):
+            raise StudioError(f"{path.name}: this is a {kind} archive, not {path.suffix} text; extract it first")
+    if b"\x00" in head and not head.startswith((b"\xff\xfe", b"\xfe\xff")):
+        raise StudioError(f"{path.name}: binary data (NUL bytes in the first 8 KB), not a {path.suffix} text file")
+    return head
 
-    try:
-        return pq.read_table(path).to_pylist()
-    except Exception as e:  # pyarrow raises several types for a broken file
-        raise StudioError(f"{path.name}: not a readable Parquet file ({e})") from None
+
+def _load_with_datasets(builder: str, path: Path, **kwargs):
+    import datasets
+
+    return datasets.load_dataset(builder, data_files=str(path), split="train", **kwargs)
+
+
+def _arrow_read(path: Path, suffix: str, large: bool):
+    """pyarrow (small) or datasets (large) parse; raises whatever they raise."""
+    import datasets
+
+    if suffix == ".parquet":
+        if large:
+            return _load_with_datasets("parquet", path)
+        import pyarrow.parquet as pq
+
+        return datasets.Dataset(pq.read_table(path))
+    if suffix == ".csv":
+        header = _csv_header(path)
+        if large:
+            features = datasets.Features({h: datasets.Value("string") for h in header})
+            return _load_with_datasets("csv", path, features=features, keep_default_na=False)
+        import pyarrow as pa
+        import pyarrow.csv as pcsv
+
+        table = pcsv.read_csv(path, read_options=pcsv.ReadOptions(column_names=header, skip_rows=1),
+                              convert_options=pcsv.ConvertOptions(column_types={h: pa.string() for h in header},
+                                                                  strings_can_be_null=False))
+        return datasets.Dataset(table)
+    if suffix == ".txt":
+        ds = _load_with_datasets("text", path) if large else datasets.Dataset(_text_table(path))
+        return ds.filter(lambda b: [bool(t.strip()) for t in b["text"]], batched=True, batch_size=10_000)
+    if suffix == ".json" and not large:  # a JSON array, or {"data": [...]}: one document, parsed whole
+        return datasets.Dataset.from_list(_scan_json(path))
+    if large:
+        return _without_meta(_load_with_datasets("json", path))
+    import pyarrow.json as pjson
+
+    table = pjson.read_json(path, read_options=pjson.ReadOptions(block_size=max(1 << 20, path.stat().st_size + 1)))
+    if table.num_rows and not table.num_columns:
+        raise StudioError(f"{path.name}: the records have no fields (every line is {{}})")
+    return _without_meta(datasets.Dataset(table))
+
+
+def _without_meta(ds):
+    """A `{"_meta": …}` line describes the file (how its pairs were made, studio.pairs): not a row."""
+    if META_KEY not in ds.column_names:
+        return ds
+    keep = ds.filter(lambda b: [m is None for m in b[META_KEY]], batched=True, batch_size=10_000)
+    return keep.remove_columns(META_KEY)
+
+
+def _text_table(path: Path):
+    import pyarrow as pa
+
+    text = _decode(path, path.read_bytes())
+    return pa.table({"text": text.splitlines()})
+
+
+def _rescan(path: Path, suffix: str) -> list[dict]:
+    return {".jsonl": _scan_jsonl, ".json": _scan_json, ".csv": _scan_csv}.get(suffix, lambda p: [])(path)
 
 
 def read_file(path: str | os.PathLike) -> RawData:
     path = Path(path)
+    if path.is_dir():
+        raise StudioError(f"{path}: a folder, not a data file")
     if not path.exists():
         raise StudioError(f"{path}: no such file")
     suffix = path.suffix.lower()
     if suffix not in FILE_TYPES:
         raise StudioError(f"{path.name}: unsupported file type '{suffix}'; use one of {', '.join(sorted(FILE_TYPES))}")
+    if path.stat().st_size == 0:
+        raise StudioError(f"{path.name}: the file is empty")
+    raw = RawData(dataset=None, name=path.name, path=path)
     if suffix == ".parquet":
-        rows = _read_parquet(path)
-        hint = None
+        try:
+            raw.dataset = _arrow_read(path, suffix, path.stat().st_size > IN_MEMORY_BYTES)
+        except Exception as e:  # pyarrow raises several types for a broken file
+            raise StudioError(f"{path.name}: not a readable Parquet file ({str(e).splitlines()[0][:200]})") from None
     else:
-        data = path.read_bytes()
-        if not data.strip():
-            raise StudioError(f"{path.name}: the file is empty")
-        text = _decode(path, data)
-        hint = None
-        if suffix == ".jsonl":
-            line_numbers: list[int] = []
-            rows = _read_jsonl(path, text, line_numbers)
-            labels = [f"line {n}" for n in line_numbers]
-        elif suffix == ".json":
-            rows = _read_json(path, text)
-        elif suffix == ".csv":
-            rows = _read_csv(path, text)
-        else:  # .txt: ConvAI2's numbered format, or one text per line
-            if CONVAI2_FIRST_LINE.match(text.lstrip()):
-                from studio.data.persona import parse_convai2_text
+        head = _sniff(path)
+        if suffix == ".txt" and CONVAI2_FIRST_LINE.match(head[:200].decode("utf-8", "ignore").lstrip()):
+            import datasets
 
-                rows, hint = parse_convai2_text(text, path.name), "persona"
-            else:
-                rows = [{"text": line} for line in text.splitlines() if line.strip()]
-    if not rows:
+            from studio.data.persona import parse_convai2_text
+
+            rows = parse_convai2_text(_decode(path, path.read_bytes()), path.name)
+            raw.dataset, raw.hint = (datasets.Dataset.from_list(rows) if rows else None), "persona"
+        else:
+            try:
+                raw.dataset = _arrow_read(path, suffix, path.stat().st_size > IN_MEMORY_BYTES)
+                raw.dataset.data.table.validate(full=True)  # pyarrow's JSON reader lets invalid UTF-8 through
+            except StudioError:
+                raise
+            except Exception as e:  # the fast parse failed: rescan to name the line, or keep Python rows
+                rows = _rescan(path, suffix)  # raises the exact line's error if there is one
+                if not rows or path.stat().st_size > IN_MEMORY_BYTES:
+                    if suffix == ".txt":
+                        _decode(path, path.read_bytes())
+                    raise StudioError(f"{path.name}: could not be read ({str(e).splitlines()[0][:200]})") from None
+                raw.rows = rows  # valid JSON whose values Arrow can't type (a column mixing kinds): small, keep it
+    if raw.rows is None and (raw.dataset is None or len(raw.dataset) == 0):
         raise StudioError(f"{path.name}: the file is empty (no records)")
-    raw = RawData(rows=rows, name=path.name, hint=hint)
-    if suffix == ".jsonl":
-        raw.labels = labels
-    elif suffix == ".csv":
-        raw.labels = [f"row {i + 2}" for i in range(len(rows))]  # the header is row 1
     return raw
 
 
-def read_hub(dataset_id: str, config: str | None = None, split: str | None = None) -> RawData:
-    """Load through `datasets.load_dataset`: a Hub id, or a local dataset folder."""
+def _hub_error(name: str, e: Exception) -> StudioError:
+    msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+    if "offline" in msg.lower() or "connect" in msg.lower() or "couldn't reach" in msg.lower():
+        return StudioError(f"{name}: can't reach the Hugging Face Hub and the dataset is not in the local cache; "
+                           "use a local file or a bundled sample")
+    if "gated" in msg.lower() or "401" in msg or "403" in msg:
+        return StudioError(f"{name}: access refused; accept the dataset's terms on the Hub and set HF_TOKEN")
+    return StudioError(f"{name}: could not load ({msg})")
+
+
+def read_hub(dataset_id: str, config: str | None = None, split: str | None = None,
+             streaming_rows: int | None = None) -> RawData:
+    """Load through `datasets.load_dataset`: a Hub id, or a local dataset folder. Never copied into Python.
+
+    `streaming_rows`: read in datasets' streaming mode and keep only the first N rows (datasets larger than
+    the disk); the N rows are written to Arrow as they stream in.
+    """
     import datasets
 
     name = dataset_id + (f" ({config})" if config else "")
     try:
-        ds = datasets.load_dataset(dataset_id, config, split=split or None)
+        ds = datasets.load_dataset(dataset_id, config, split=split or None, streaming=bool(streaming_rows))
+        if isinstance(ds, (datasets.DatasetDict, datasets.IterableDatasetDict)):
+            split = "train" if "train" in ds else next(iter(ds))
+            ds = ds[split]
+        if streaming_rows:
+            head = ds.take(int(streaming_rows))
+            ds = datasets.Dataset.from_generator(lambda: iter(head), features=head.features)
+    except StudioError:
+        raise
     except Exception as e:  # datasets raises many types; all become one line
-        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
-        if "offline" in msg.lower() or "connect" in msg.lower() or "couldn't reach" in msg.lower():
-            raise StudioError(
-                f"{name}: can't reach the Hugging Face Hub and the dataset is not in the local cache; "
-                "use a local file or a bundled sample"
-            ) from None
-        if "gated" in msg.lower() or "401" in msg or "403" in msg:
-            raise StudioError(f"{name}: access refused; accept the dataset's terms on the Hub and set HF_TOKEN") from None
-        raise StudioError(f"{name}: could not load ({msg})") from None
-    if isinstance(ds, datasets.DatasetDict):
-        first = "train" if "train" in ds else next(iter(ds))
-        ds = ds[first]
-        split = first
-    rows = ds.to_list()
-    if not rows:
+        raise _hub_error(name, e) from None
+    if len(ds) == 0:
         raise StudioError(f"{name}: the dataset is empty")
-    return RawData(rows=rows, name=name, kind="hub", meta={"split": split})
+    return RawData(dataset=ds, name=name, kind="hub", meta={"split": split, "streaming": bool(streaming_rows)})
 
 
-def read_source(source: str, config: str | None = None, split: str | None = None) -> RawData:
+def read_source(source: str, config: str | None = None, split: str | None = None,
+                streaming_rows: int | None = None) -> RawData:
     """One entry point: a bundled sample name, a file path, a folder, or a Hub id."""
     source = str(source).strip()
     if not source:
@@ -200,9 +323,9 @@ def read_source(source: str, config: str | None = None, split: str | None = None
     if path.is_file():
         return read_file(path)
     if path.is_dir():
-        return read_hub(str(path), config, split)
+        return read_hub(str(path), config, split, streaming_rows)
     if path.suffix.lower() in FILE_TYPES or os.sep in source and not _HUB_ID.match(source):
         raise StudioError(f"{source}: no such file")
     if _HUB_ID.match(source):
-        return read_hub(source, config, split)
+        return read_hub(source, config, split, streaming_rows)
     raise StudioError(f"{source}: not a file, a folder, a bundled sample or a Hub dataset id (owner/name)")

@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 
 from studio.errors import StudioError
+from studio.train.progress import is_main_process, world_size
 
 
 def largest_divisor_at_most(n: int, cap: int) -> int:
@@ -26,7 +27,8 @@ def resolve_fast_defaults(recipe, on_gpu: bool, fits=None) -> list[str]:
     recipe, and switched off by setting the key yourself (or `studio.auto_batch: false`).
 
     - auto_batch: keep the effective batch (micro-batch × accumulation) but make the micro-batch the
-      largest that fits, a divisor of the effective batch: fewer, fuller steps, the same maths.
+      largest that fits, a divisor of the effective batch: fewer, fuller steps, the same maths. Under
+      several processes the recipe's effective batch is split across them: micro × accumulation × processes.
     - group by length, with TRL's dynamic padding to the longest in each batch (never a fixed length).
       TRL's padding-free/packing paths need FlashAttention for correctness; they stay the user's choice.
     - gradient checkpointing only when memory needs it (TRL turns it on by default; it costs ~30%).
@@ -48,17 +50,25 @@ def resolve_fast_defaults(recipe, on_gpu: bool, fits=None) -> list[str]:
         train["gradient_checkpointing"] = ckpt
     micro = int(train.get("per_device_train_batch_size", 8))
     accum = int(train.get("gradient_accumulation_steps", 1))
-    effective = micro * accum
-    if studio.get("auto_batch", True) and accum > 1:
-        cap = int(studio.get("max_micro_batch", 16 if on_gpu else 8))
-        best = largest_divisor_at_most(effective, cap)
-        while fits is not None and best > micro and not fits(best, ckpt):
-            best = largest_divisor_at_most(effective, best - 1)
-        if best != micro:
-            train["per_device_train_batch_size"] = best
-            train["gradient_accumulation_steps"] = effective // best
-            notes.append(f"auto batch: micro-batch {micro}×{accum} → {best}×{effective // best} "
-                         f"(effective batch {effective} kept)")
+    effective, world = micro * accum, world_size()
+    if studio.get("auto_batch", True) and (accum > 1 or world > 1):
+        if effective % world:
+            notes.append(f"auto batch: effective batch {effective} does not split across {world} processes; each "
+                         f"keeps {micro}×{accum} (global batch {effective * world})")
+        else:
+            per_process = effective // world  # micro × accumulation × processes = the recipe's effective batch
+            cap = int(studio.get("max_micro_batch", 16 if on_gpu else 8))
+            best = largest_divisor_at_most(per_process, cap)
+            while fits is not None and best > 1 and not fits(best, ckpt):
+                best = largest_divisor_at_most(per_process, best - 1)
+            if (best, per_process // best) != (micro, accum):
+                train["per_device_train_batch_size"] = best
+                train["gradient_accumulation_steps"] = per_process // best
+                across = f" × {world} processes" if world > 1 else ""
+                notes.append(f"auto batch: micro-batch {micro}×{accum} → {best}×{per_process // best}{across} "
+                             f"(effective batch {effective} kept)")
+    if world > 1 and "ddp_find_unused_parameters" not in train:
+        train["ddp_find_unused_parameters"] = False  # LoRA uses every trainable weight: skip DDP's extra graph walk
     if "train_sampling_strategy" not in train and not train.get("packing") and not train.get("padding_free"):
         train["train_sampling_strategy"] = "group_by_length"
         notes.append("group_by_length: batches of similar length, padded to the longest in each batch")
@@ -85,7 +95,8 @@ def memory_probe(model, tokenizer, data, max_length: int | None):
     from studio.data import render_example
 
     train = data.splits["train"]
-    texts = sorted((render_example(train[i], tokenizer) for i in range(len(train))), key=len, reverse=True)
+    sample = train.select(range(min(len(train), 2000)))  # the train split is shuffled: a fair sample, not all rows
+    texts = sorted((render_example(row, tokenizer) for row in sample), key=len, reverse=True)
 
     def fits(micro: int, checkpointing: bool) -> bool:
         chosen = (texts * micro)[:micro]  # the longest examples, repeated if there are fewer than `micro`
@@ -160,7 +171,8 @@ def write_summary(job, trainer, status: str, started: float, start_step: int, ex
     }
     summary.update(extra or {})
     summary = {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in summary.items()}
-    (Path(job.run_dir) / "summary.json").write_text(json.dumps(summary, indent=2), encoding="utf-8")
+    if is_main_process():
+        (Path(job.run_dir) / "summary.json").write_text(json.dumps(summary, indent=2), encoding="utf-8")
     job.emit("summary", summary=summary)
     return summary
 

@@ -47,6 +47,20 @@ def _nan_error(step: int, args) -> StudioError:
     )
 
 
+def process_rank() -> int:
+    """This process's rank under torchrun / accelerate launch (they set RANK); 0 when alone."""
+    return int(os.environ.get("RANK", "0"))
+
+
+def world_size() -> int:
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def is_main_process() -> bool:
+    """Only the main process writes a run's files (events, markers, summary, adapter, samples); the others train."""
+    return process_rank() == 0
+
+
 def make_callback(job):
     """A TrainerCallback that feeds `job` (built lazily: transformers is imported on first use)."""
     from transformers import TrainerCallback
@@ -91,7 +105,7 @@ def make_callback(job):
 
         def on_save(self, args, state, control, **kwargs):
             ckpt = Path(args.output_dir) / f"checkpoint-{state.global_step}"
-            if ckpt.is_dir():
+            if state.is_world_process_zero and ckpt.is_dir():
                 (ckpt / COMPLETE_MARKER).write_text(str(state.global_step))
                 job.emit("checkpoint", step=state.global_step, path=str(ckpt))
                 _kill_at("saved", state.global_step)

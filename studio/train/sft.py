@@ -5,7 +5,8 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from studio.train.progress import CANCELLED, DONE, last_checkpoint, make_callback, save_adapter, train_from
+from studio.train.progress import (CANCELLED, DONE, is_main_process, last_checkpoint, make_callback, save_adapter,
+                                   train_from)
 from studio.train.common import (generate_samples, memory_probe, quiet_trainer, require_split, resolve_fast_defaults,
                                  write_summary)
 
@@ -32,7 +33,7 @@ def build_sft_trainer(recipe, run_dir: Path, log=print, callbacks=()):
                            split=ds.get("split"), splits=ds.get("splits", "80/10/10"), seed=seed,
                            # token lengths only when filtering by them: SFTTrainer tokenizes everything anyway
                            tokenizer=tokenizer if ds.get("max_length") else None, max_length=ds.get("max_length"),
-                           max_rows=ds.get("max_rows"))
+                           max_rows=ds.get("max_rows"), streaming=bool(ds.get("streaming")), cache=True)
     log(f"data: {data.source} as {data.format.name}, {data.rows} rows, {data.dropped_total} dropped, "
         f"splits {', '.join(f'{k} {len(v)}' for k, v in data.splits.items())}")
     eval_ds = None
@@ -60,7 +61,9 @@ def run_sft(job, resume: bool = False) -> dict:
     recipe, run_dir = job.recipe, job.run_dir
     started = time.time()
     trainer, tokenizer, _data = build_sft_trainer(recipe, run_dir, job.log, [make_callback(job)])
-    (run_dir / "recipe.yaml").write_text(recipe.to_yaml(), encoding="utf-8")  # the resolved recipe
+    main = is_main_process()  # under torchrun / accelerate launch the other processes only train
+    if main:
+        (run_dir / "recipe.yaml").write_text(recipe.to_yaml(), encoding="utf-8")  # the resolved recipe
     job.params = parameter_report(trainer.model)
     job.emit("params", params=job.params)
     job.log(format_parameter_report(job.params))
@@ -79,9 +82,10 @@ def run_sft(job, resume: bool = False) -> dict:
         return summary
 
     adapter_dir = run_dir / "adapter"
-    save_adapter(trainer, tokenizer, adapter_dir)
-    extra.update(adapter_dir=str(adapter_dir), adapter_bytes=folder_size(adapter_dir))
-    prompts = recipe.header.get("eval_prompts") or []
+    save_adapter(trainer, tokenizer, adapter_dir)  # atomic; only the main process writes
+    if main:
+        extra.update(adapter_dir=str(adapter_dir), adapter_bytes=folder_size(adapter_dir))
+    prompts = (recipe.header.get("eval_prompts") or []) if main else []
     if prompts:
         n = int(recipe.studio.get("sample_max_new_tokens", 32))
         peft_model = trainer.model
