@@ -52,3 +52,17 @@ def length_histogram(lengths: list[int], max_length: int | None = None):
         fig.add_vline(x=max_length, line_dash="dash", annotation_text=f"max_length {max_length}")
     fig.update_layout(xaxis_title="tokens", yaxis_title="examples", showlegend=False)
     return fig
+
+
+# ---- Evaluate tab ------------------------------------------------------------------------------------------------
+def metrics_bar_chart(metrics: dict[str, dict], keys: list[str], title: str = "Metrics (0–100)"):
+    """One group of bars per metric, one bar per model."""
+    import plotly.graph_objects as go
+
+    fig = _figure(title)
+    for label, values in metrics.items():
+        ys = [values.get(k) for k in keys]
+        fig.add_trace(go.Bar(x=keys, y=ys, name=label, text=[f"{y:.1f}" if y is not None else "" for y in ys],
+                             textposition="outside"))
+    fig.update_layout(barmode="group", xaxis_title="metric", yaxis_title="score")
+    return fig
