@@ -431,8 +431,10 @@ def _lm_eval_task(task: str):
     return task
 
 
-def run_lm_eval(ref: str, tasks: list[str], limit: int | None = None, batch_size: int = 8) -> dict:
-    """lm-eval's own HF model (`peft=` for a run's adapter) on the tasks; {task: {metric: value}}."""
+def run_lm_eval(ref: str, tasks: list[str], limit: int | None = None, batch_size: int = 8, adapter: bool = True) -> dict:
+    """lm-eval's own HF model (`peft=` for a run's adapter) on the tasks; {task: {metric: value}}.
+
+    A run with `adapter=False` is its base alone."""
     import torch
     from lm_eval import simple_evaluate
     from lm_eval.tasks import TaskManager
@@ -446,7 +448,9 @@ def run_lm_eval(ref: str, tasks: list[str], limit: int | None = None, batch_size
         raise StudioError("lm-eval: name at least one task")
     if is_run_ref(ref):
         run = resolve_run(ref)
-        model_args = {"pretrained": resolve_model_path(run_base_model(run)), "peft": str(run_adapter(run))}
+        model_args = {"pretrained": resolve_model_path(run_base_model(run))}
+        if adapter:
+            model_args["peft"] = str(run_adapter(run))
     else:
         model_args = {"pretrained": resolve_model_path(check_model_source(ref))}
     model_args.update(device="cuda" if torch.cuda.is_available() else "cpu", dtype="auto")
@@ -461,6 +465,20 @@ def run_lm_eval(ref: str, tasks: list[str], limit: int | None = None, batch_size
                           f"(local tasks: {', '.join(LOCAL_TASKS)}; Hub tasks need a connection)") from None
     return {task: {k.split(",")[0]: v for k, v in metrics.items() if isinstance(v, (int, float)) and k != "alias"}
             for task, metrics in out["results"].items()}
+
+
+def lm_eval_compare(refs: list[str], tasks: list[str], limit: int | None = None) -> dict:
+    """The same tasks on the base (alone) and on each run: a table with one line per model and task."""
+    columns = plan_models(refs)
+    headers, rows, results = ["model", "task"], [], {}
+    for col in columns:
+        results[col["label"]] = run_lm_eval(col["ref"], tasks, limit, adapter=col["adapter"])
+    metric_names = sorted({m for r in results.values() for t in r.values() for m in t})
+    headers += metric_names
+    for label, per_task in results.items():
+        for task, metrics in per_task.items():
+            rows.append([label, task, *[round(metrics[m], 4) if m in metrics else None for m in metric_names]])
+    return {"headers": headers, "rows": rows, "results": results}
 
 
 # ---- LoRA vs full fine-tuning ----------------------------------------------------------------------------------------
