@@ -455,7 +455,7 @@ def run_lm_eval(ref: str, tasks: list[str], limit: int | None = None, batch_size
         model_args = {"pretrained": resolve_model_path(check_model_source(ref))}
     model_args.update(device="cuda" if torch.cuda.is_available() else "cpu", dtype="auto")
     local = all(t in LOCAL_TASKS for t in tasks)
-    manager = TaskManager(include_path=str(LM_EVAL_DIR), include_defaults=not local, verbosity="ERROR")
+    manager = TaskManager(include_path=str(LM_EVAL_DIR), include_defaults=not local)
     try:
         out = simple_evaluate(model="hf", model_args=model_args, tasks=[_lm_eval_task(t) for t in tasks],
                               limit=limit, batch_size=batch_size, task_manager=manager, log_samples=False,
