@@ -64,5 +64,6 @@ def metrics_bar_chart(metrics: dict[str, dict], keys: list[str], title: str = "M
         ys = [values.get(k) for k in keys]
         fig.add_trace(go.Bar(x=keys, y=ys, name=label, text=[f"{y:.1f}" if y is not None else "" for y in ys],
                              textposition="outside"))
-    fig.update_layout(barmode="group", xaxis_title="metric", yaxis_title="score")
+    top = max([v for m in metrics.values() for v in (m.get(k) for k in keys) if v is not None] or [1.0])
+    fig.update_layout(barmode="group", xaxis_title="metric", yaxis_title="score", yaxis_range=[0, top * 1.15 + 1])
     return fig

@@ -39,6 +39,14 @@ def side_by_side(result: dict, order: str) -> tuple[list[str], list[list]]:
     return headers, out
 
 
+def side_by_side_update(result: dict, order: str):
+    headers, rows = side_by_side(result, order)
+    n_models = len(result["labels"])
+    fixed = ["4%", *(["6%"] if result.get("score_key") else []), "26%", "14%"]
+    rest = (100 - sum(int(w[:-1]) for w in fixed)) // n_models
+    return gr.update(value=rows, headers=headers, column_widths=fixed + [f"{rest}%"] * n_models)
+
+
 def definitions_markdown(result: dict) -> str:
     lines = [f"- **{k}**: {html.escape(v)}" for k, v in result["definitions"].items()]
     cfg = result["config"]
@@ -55,12 +63,11 @@ def show_result(result: dict, order: str):
     from studio.evaluate import export_result
 
     h1, m_rows = metrics_rows(result)
-    h2, s_rows = side_by_side(result, order)
     keys = [k for k in CHART_KEYS if k in next(iter(result["metrics"].values()))]
     csv_path, json_path = export_result(result)
     labels = result["labels"]
     return (gr.update(value=m_rows, headers=h1), metrics_bar_chart(result["metrics"], keys),
-            gr.update(value=s_rows, headers=h2), definitions_markdown(result), gr.update(value=str(csv_path)),
+            side_by_side_update(result, order), definitions_markdown(result), gr.update(value=str(csv_path)),
             gr.update(value=str(json_path)), gr.update(choices=labels, value=labels[-1]),
             gr.update(choices=labels, value=labels[0]))
 
@@ -93,7 +100,8 @@ def create_evaluate_tab(client: gr.BrowserState) -> dict:
         chart = gr.Plot(label="Metrics chart", elem_id="eval-chart")
         order = gr.Radio(SORTS, value=SORTS[0], label="Sort rows by the per-row ROUGE-L difference (last column − first)",
                          elem_id="eval-sort")
-        rows_table = gr.Dataframe(label="Side by side", interactive=False, wrap=True, elem_id="eval-rows")
+        rows_table = gr.Dataframe(label="Side by side (click a header to sort by it too)", interactive=False, wrap=True,
+                                  elem_id="eval-rows")
         definitions = gr.Markdown(elem_id="eval-definitions")
         with gr.Row():
             csv_dl = gr.DownloadButton("Download CSV", elem_id="eval-csv")
@@ -171,8 +179,7 @@ def create_evaluate_tab(client: gr.BrowserState) -> dict:
         def resort(result, sort):
             if not result:
                 return gr.update()
-            headers, rows = side_by_side(result, sort)
-            return gr.update(value=rows, headers=headers)
+            return side_by_side_update(result, sort)
 
         order.change(resort, [result_state, order], rows_table)
 
