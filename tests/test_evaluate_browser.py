@@ -96,7 +96,7 @@ def test_a_bad_suite_file_is_one_line_on_the_page(app, browser, tmp_path):
     page.locator("#eval-runs input").click()
     page.get_by_role("option", name="tq").click()
     page.keyboard.press("Escape")
-    page.get_by_label("Rows").click()
+    page.get_by_label("Rows", exact=True).click()
     page.get_by_role("option", name="upload").click()
     page.locator("input[type=file]").set_input_files(str(bad))
     page.wait_for_timeout(1500)
