@@ -98,7 +98,7 @@ def test_a_bad_suite_file_is_one_line_on_the_page(app, browser, tmp_path):
     page.keyboard.press("Escape")
     page.get_by_label("Rows", exact=True).click()
     page.get_by_role("option", name="upload").click()
-    page.locator("input[type=file]").set_input_files(str(bad))
+    page.locator("#eval-upload input[type=file]").set_input_files(str(bad))
     page.wait_for_timeout(1500)
     page.locator("#eval-go").click()
     err = page.locator("#eval-message .studio-error")

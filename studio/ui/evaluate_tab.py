@@ -93,7 +93,7 @@ def create_evaluate_tab(client: gr.BrowserState) -> dict:
             max_new = gr.Number(value=32, precision=0, minimum=1, maximum=512, label="Max new tokens")
             name = gr.Textbox(label="Result name (optional)")
         upload = gr.File(label="Your suite (JSONL: {\"prompt\": …} or {\"turns\": […]}, optional \"reference\")",
-                         file_types=[".jsonl"], visible=False)
+                         file_types=[".jsonl"], visible=False, elem_id="eval-upload")
         go = gr.Button("Evaluate", variant="primary", elem_id="eval-go")
         message = gr.HTML(elem_id="eval-message")
         metrics_table = gr.Dataframe(label="Metrics", interactive=False, elem_id="eval-metrics")
