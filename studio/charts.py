@@ -96,3 +96,18 @@ def retriever_chart(history: list[dict], title: str = "LAPDOG retriever (stage 2
     fig.update_layout(yaxis_title="nats", yaxis2=dict(title="top-1 changed", overlaying="y", side="right",
                                                       range=[0, 1], showgrid=False))
     return fig
+
+
+# ---- Evaluate tab ------------------------------------------------------------------------------------------------
+def metrics_bar_chart(metrics: dict[str, dict], keys: list[str], title: str = "Metrics (0–100)"):
+    """One group of bars per metric, one bar per model."""
+    import plotly.graph_objects as go
+
+    fig = _figure(title)
+    for label, values in metrics.items():
+        ys = [values.get(k) for k in keys]
+        fig.add_trace(go.Bar(x=keys, y=ys, name=label, text=[f"{y:.1f}" if y is not None else "" for y in ys],
+                             textposition="outside"))
+    top = max([v for m in metrics.values() for v in (m.get(k) for k in keys) if v is not None] or [1.0])
+    fig.update_layout(barmode="group", xaxis_title="metric", yaxis_title="score", yaxis_range=[0, top * 1.15 + 1])
+    return fig

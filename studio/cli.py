@@ -1,4 +1,4 @@
-"""python -m studio {data,train,pairs,chat,export,recipes}: the same backend the app uses."""
+"""python -m studio {data,train,pairs,score,eval,chat,export,recipes}: the same backend the app uses."""
 
 from __future__ import annotations
 
@@ -163,6 +163,55 @@ def cmd_chat(args) -> int:
     return 0
 
 
+def _read_lines(path: str, what: str) -> list[str]:
+    from pathlib import Path
+
+    p = Path(path)
+    if not p.is_file():
+        raise StudioError(f"{path}: no such {what} file")
+    lines = p.read_text("utf-8").splitlines()
+    if not lines:
+        raise StudioError(f"{p.name}: the {what} file is empty")
+    return lines
+
+
+def cmd_score(args) -> int:
+    from studio.metrics import DEFINITIONS, corpus_scores, text_stats
+
+    preds = _read_lines(args.predictions, "predictions")
+    refs = _read_lines(args.references, "references")
+    if len(preds) != len(refs):
+        raise StudioError(f"{len(preds)} predictions ({args.predictions}) but {len(refs)} references "
+                          f"({args.references}): one text per line in each, same line count")
+    scores = corpus_scores(preds, refs, use_stemmer=args.stem)
+    if args.json:
+        print(json.dumps({k: round(v, 4) for k, v in scores.items()}))
+        return 0
+    for key, value in {**scores, **text_stats(preds)}.items():
+        print(f"{key:12} {value:8.2f}")
+    print(f"({len(preds)} lines; ROUGE {'with' if args.stem else 'without'} stemming)", file=sys.stderr)
+    return 0
+
+
+def cmd_eval(args) -> int:
+    from studio.evaluate import compare
+
+    def progress(frac, text):
+        print(f"[{100 * frac:3.0f}%] {text}", file=sys.stderr)
+
+    result = compare(args.models, data=args.data, suite=args.suite, limit=args.limit,
+                     max_new_tokens=args.max_new_tokens, name=args.name, progress=progress)
+    if args.json:
+        print(json.dumps(result, ensure_ascii=False))
+        return 0
+    keys = list(next(iter(result["metrics"].values())))
+    print(f"{'model':32} " + " ".join(f"{k:>11}" for k in keys))
+    for label, m in result["metrics"].items():
+        print(f"{label[:32]:32} " + " ".join(f"{m[k]:11.2f}" if m[k] is not None else f"{'-':>11}" for k in keys))
+    print(result["path"])
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m studio", description="LoRA Studio command line")
     sub = p.add_subparsers(dest="command", required=True)
@@ -231,6 +280,23 @@ def build_parser() -> argparse.ArgumentParser:
 
     r = sub.add_parser("recipes", help="list the recipes")
     r.set_defaults(func=cmd_recipes)
+
+    s = sub.add_parser("score", help="BLEU, ROUGE, F1 and exact match of predictions against references")
+    s.add_argument("--predictions", required=True, help="one prediction per line")
+    s.add_argument("--references", required=True, help="one reference per line, same line count")
+    s.add_argument("--stem", action="store_true", help="ROUGE with the Porter stemmer (off by default)")
+    s.add_argument("--json", action="store_true", help="print one JSON object (0-100 scale)")
+    s.set_defaults(func=cmd_score)
+
+    e = sub.add_parser("eval", help="compare the base with runs (and models) on a test split or a prompt suite")
+    e.add_argument("models", nargs="+", metavar="RUN_OR_MODEL", help="runs (their base is added) or model ids")
+    e.add_argument("--data", help="dataset whose test split is used (default: the first run's own dataset)")
+    e.add_argument("--suite", help="instruction, multi-turn, recipe-prompts or a JSONL suite file")
+    e.add_argument("--limit", type=int, help="at most this many rows")
+    e.add_argument("--max-new-tokens", type=int, default=48)
+    e.add_argument("--name", help="the results file's name (default: suite or 'test' + time)")
+    e.add_argument("--json", action="store_true", help="print the results file's content")
+    e.set_defaults(func=cmd_eval)
     return p
 
 

@@ -3,7 +3,8 @@
 BLEU is sacrebleu's (corpus level; sentence level with its own smoothing for per-row views), ROUGE is
 Google's rouge-score (stemming off unless asked), F1 and exact match follow SQuAD/ParlAI's
 normalisation (lower case, punctuation and the articles a/an/the removed, whitespace collapsed).
-An empty prediction scores 0 and never raises.
+An empty prediction scores 0 and never raises. Average length and distinct-1/2 (Li et al., 2016) need no
+reference; loss and perplexity come from the model itself on held-out text (`heldout_loss`).
 """
 
 from __future__ import annotations
@@ -19,6 +20,16 @@ DEFINITIONS = {
     "rougeL": "ROUGE-L F (rouge-score, no stemming): longest common subsequence with the reference, 0–100.",
     "f1": "Unigram F1 as in SQuAD/ParlAI: lower case, punctuation and articles removed, 0–100.",
     "exact_match": "Exact match after the same normalisation as F1, 0–100.",
+}
+# Reference-free statistics of the generated text, and the model's own fit to held-out text.
+TEXT_DEFINITIONS = {
+    "avg_length": "Average length of the outputs in whitespace-separated words.",
+    "distinct1": "Distinct-1 (Li et al., 2016): distinct unigrams / all unigrams over every output, 0–100.",
+    "distinct2": "Distinct-2: distinct bigrams / all bigrams over every output, 0–100.",
+}
+LOSS_DEFINITIONS = {
+    "loss": "Mean cross-entropy (nats per token) of the held-out references given their prompts.",
+    "perplexity": "exp(loss): perplexity of the held-out references given their prompts.",
 }
 _ARTICLES = re.compile(r"\b(a|an|the)\b")
 _PUNCT = set(string.punctuation)
@@ -82,3 +93,43 @@ def corpus_scores(predictions: list[str], references: list[str], use_stemmer: bo
     out["bleu"] = sacrebleu.corpus_bleu(preds, [[str(r or "") for r in references]]).score if any(
         p.strip() for p in preds) else 0.0
     return {k: out[k] for k in DEFINITIONS}
+
+
+def text_stats(predictions: list[str]) -> dict:
+    """Average length and distinct-1/2 over all outputs (lower-cased whitespace tokens)."""
+    tokens = [str(p or "").lower().split() for p in predictions]
+    out = {"avg_length": sum(map(len, tokens)) / len(tokens) if tokens else 0.0}
+    for n in (1, 2):
+        grams = [tuple(t[i:i + n]) for t in tokens for i in range(len(t) - n + 1)]
+        out[f"distinct{n}"] = 100.0 * len(set(grams)) / len(grams) if grams else 0.0
+    return out
+
+
+def heldout_loss(model, tokenizer, prompts: list[str], references: list[str]) -> dict:
+    """Loss and perplexity of each reference given its prompt (prompt tokens are not scored).
+
+    Summed over every reference token of every row, then divided once: long rows weigh by their length,
+    as a corpus perplexity should. Rows are scored one at a time, so padding never enters the sums.
+    """
+    import math
+
+    import torch
+
+    device = next(model.parameters()).device
+    total, count = 0.0, 0
+    for prompt, reference in zip(prompts, references):
+        p_ids = tokenizer(prompt, add_special_tokens=True)["input_ids"] if prompt else []
+        full = tokenizer(prompt + reference, add_special_tokens=True)["input_ids"]
+        if not full or len(full) <= len(p_ids):
+            continue
+        ids = torch.tensor([full], device=device)
+        labels = ids.clone()
+        labels[0, :max(len(p_ids), 1)] = -100  # the first token has no context to be predicted from
+        with torch.no_grad():
+            logits = model(input_ids=ids).logits.float()
+        loss = torch.nn.functional.cross_entropy(logits[0, :-1], labels[0, 1:], ignore_index=-100, reduction="sum")
+        total += float(loss)
+        count += int((labels[0, 1:] != -100).sum())
+    if not count:
+        return {"loss": None, "perplexity": None, "tokens": 0}
+    return {"loss": total / count, "perplexity": math.exp(total / count), "tokens": count}

@@ -1,11 +1,241 @@
-"""Evaluate tab (being built)."""
+"""Evaluate tab: base vs tuned side by side, prompt suites, a judge, lm-eval tasks, LoRA vs full, saved results."""
 
 from __future__ import annotations
 
+import html
+
 import gradio as gr
+
+from studio.ui.common import error_html, ok_html, safely
+
+TEST_SPLIT = "test split"
+SORTS = ["Δ descending", "Δ ascending", "row order"]
+CHART_KEYS = ["bleu", "rouge1", "rouge2", "rougeL", "f1", "distinct1", "distinct2"]
+
+
+def _adapter_runs() -> list[str]:
+    from studio.jobs import list_runs
+
+    return [j.id for j in list_runs() if (j.run_dir / "adapter" / "adapter_config.json").exists()]
+
+
+def metrics_rows(result: dict) -> tuple[list[str], list[list]]:
+    keys = list(next(iter(result["metrics"].values())))
+    rows = [[label, *[round(m[k], 2) if m.get(k) is not None else None for k in keys]]
+            for label, m in result["metrics"].items()]
+    return ["model", *keys], rows
+
+
+def side_by_side(result: dict, order: str) -> tuple[list[str], list[list]]:
+    """Prompt, reference and each model's output; sortable by the per-row score difference."""
+    labels, key = result["labels"], result.get("score_key")
+    rows = list(result["rows"])
+    if key and order != "row order":
+        rows.sort(key=lambda r: r["delta"], reverse=order == "Δ descending")
+    show = lambda o: o if isinstance(o, str) else "\n— next turn —\n".join(o)  # noqa: E731
+    headers = ["#", *([f"Δ {key}"] if key else []), "prompt", "reference", *labels]
+    out = [[r["id"], *([round(r["delta"], 2)] if key else []), r["prompt"], r["reference"],
+            *[show(r["outputs"][lab]) for lab in labels]] for r in rows]
+    return headers, out
+
+
+def side_by_side_update(result: dict, order: str):
+    headers, rows = side_by_side(result, order)
+    n_models = len(result["labels"])
+    fixed = ["4%", *(["6%"] if result.get("score_key") else []), "26%", "14%"]
+    rest = (100 - sum(int(w[:-1]) for w in fixed)) // n_models
+    return gr.update(value=rows, headers=headers, column_widths=fixed + [f"{rest}%"] * n_models)
+
+
+def definitions_markdown(result: dict) -> str:
+    lines = [f"- **{k}**: {html.escape(v)}" for k, v in result["definitions"].items()]
+    cfg = result["config"]
+    where = cfg["suite"] or (f"{cfg['data']['source']} ({cfg['data']['split']} split, {cfg['data']['rows']} rows)"
+                             if cfg.get("data") else "")
+    note = f"Greedy decoding, at most {cfg['max_new_tokens']} new tokens" + (
+        ", answers cut at the first newline (single-line references)" if cfg.get("stop") else "")
+    return f"**{result['name']}** · {where} · {note}. Saved to `{result.get('path', '')}`\n\n" + "\n".join(lines)
+
+
+def show_result(result: dict, order: str):
+    """Everything the tab draws for one result (fresh or reopened)."""
+    from studio.charts import metrics_bar_chart
+    from studio.evaluate import export_result
+
+    h1, m_rows = metrics_rows(result)
+    keys = [k for k in CHART_KEYS if k in next(iter(result["metrics"].values()))]
+    csv_path, json_path = export_result(result)
+    labels = result["labels"]
+    return (gr.update(value=m_rows, headers=h1), metrics_bar_chart(result["metrics"], keys),
+            side_by_side_update(result, order), definitions_markdown(result), gr.update(value=str(csv_path)),
+            gr.update(value=str(json_path)), gr.update(choices=labels, value=labels[-1]),
+            gr.update(choices=labels, value=labels[0]))
 
 
 def create_evaluate_tab(client: gr.BrowserState) -> dict:
+    from studio.evaluate import LOCAL_TASKS, PENDING, RECIPE_SUITE, SUITES
+    from studio.models import PRESETS
+
     with gr.Tab("Evaluate", id="evaluate"):
-        gr.Markdown("### Coming next\n" + "Compare **base vs tuned** models side by side with ROUGE, BLEU, F1 and perplexity. Until then, every finished run shows before/after generations on its recipe's prompts.")
-    return {}
+        gr.Markdown("Compare the **base model** (loaded on its own) with one or more **runs** on the same rows "
+                    "of a test split or a prompt suite. Generation is greedy and batched.")
+        result_state = gr.State(None)
+        with gr.Row():
+            runs = gr.Dropdown([], multiselect=True, label="Runs (each run's base gets its own column)", scale=3,
+                               elem_id="eval-runs")
+            model = gr.Dropdown(list(PRESETS), value=None, allow_custom_value=True, scale=2,
+                                label="Also a model (preset, Hub id or local folder) — optional")
+            refresh = gr.Button("Refresh runs", scale=0)
+        with gr.Row():
+            suite = gr.Dropdown([TEST_SPLIT, RECIPE_SUITE, *SUITES, "upload"], value=TEST_SPLIT, label="Rows")
+            data = gr.Textbox(label="Dataset for the test split (empty: the run's own)", placeholder="quotes")
+            limit = gr.Number(value=20, precision=0, minimum=1, label="Max rows")
+            max_new = gr.Number(value=32, precision=0, minimum=1, maximum=512, label="Max new tokens")
+            name = gr.Textbox(label="Result name (optional)")
+        upload = gr.File(label="Your suite (JSONL: {\"prompt\": …} or {\"turns\": […]}, optional \"reference\")",
+                         file_types=[".jsonl"], visible=False, elem_id="eval-upload")
+        go = gr.Button("Evaluate", variant="primary", elem_id="eval-go")
+        message = gr.HTML(elem_id="eval-message")
+        metrics_table = gr.Dataframe(label="Metrics", interactive=False, elem_id="eval-metrics")
+        chart = gr.Plot(label="Metrics chart", elem_id="eval-chart")
+        order = gr.Radio(SORTS, value=SORTS[0], label="Sort rows by the per-row ROUGE-L difference (last column − first)",
+                         elem_id="eval-sort")
+        rows_table = gr.Dataframe(label="Side by side (click a header to sort by it too)", interactive=False, wrap=True,
+                                  elem_id="eval-rows")
+        definitions = gr.Markdown(elem_id="eval-definitions")
+        with gr.Row():
+            csv_dl = gr.DownloadButton("Download CSV", elem_id="eval-csv")
+            json_dl = gr.DownloadButton("Download JSON", elem_id="eval-json")
+        with gr.Accordion("Saved results", open=True):
+            with gr.Row():
+                saved = gr.Dropdown([], label="Saved result (run/name)", scale=3, elem_id="eval-saved")
+                list_btn = gr.Button("Refresh", scale=0)
+                open_btn = gr.Button("Open", scale=0, elem_id="eval-open")
+        with gr.Accordion("Judge (optional): a model scores each pair of answers in both orders", open=False):
+            with gr.Row():
+                judge_model = gr.Dropdown(list(PRESETS), value="embedded/tiny-llama", allow_custom_value=True,
+                                          label="Judge (model or run)")
+                judge_a = gr.Dropdown([], label="A (win rate is for A)")
+                judge_b = gr.Dropdown([], label="B")
+                judge_btn = gr.Button("Judge")
+            judge_out = gr.HTML(elem_id="eval-judge")
+        with gr.Accordion("Benchmark tasks (lm-evaluation-harness)", open=False):
+            with gr.Row():
+                tasks = gr.Textbox(value=", ".join(LOCAL_TASKS), label="Tasks (comma-separated; Hub tasks need a "
+                                                                        "connection)")
+                task_limit = gr.Number(value=32, precision=0, minimum=1, label="Max documents per task")
+                lm_btn = gr.Button("Run on the base and the runs")
+            lm_message = gr.HTML()
+            lm_table = gr.Dataframe(label="lm-eval results", interactive=False, elem_id="eval-lmeval")
+        with gr.Accordion("LoRA vs full fine-tuning", open=False):
+            with gr.Row():
+                lvf_ref = gr.Dropdown([], allow_custom_value=True, label="Run or recipe")
+                lvf_btn = gr.Button("Report")
+            lvf_message = gr.HTML()
+            lvf_table = gr.Dataframe(label="From the model's config, no weights loaded", interactive=False,
+                                     elem_id="eval-lvf")
+        gr.Markdown("\n".join(f"- *{line}*" for line in PENDING.values()), elem_id="eval-pending")
+
+        suite.change(lambda s: gr.update(visible=s == "upload"), suite, upload)
+
+        def refresh_lists():
+            from studio.evaluate import list_results
+            from studio.recipes import RECIPES_DIR
+
+            names, err = safely(_adapter_runs)
+            results, err2 = safely(list_results)
+            recipes = sorted(p.stem for p in RECIPES_DIR.glob("*.yaml"))
+            names, results = names or [], results or []
+            return (gr.update(choices=names), gr.update(choices=results, value=results[0] if results else None),
+                    gr.update(choices=names + recipes, value=(names + recipes or [None])[0]))
+
+        refresh.click(refresh_lists, None, [runs, saved, lvf_ref])
+        list_btn.click(refresh_lists, None, [runs, saved, lvf_ref])
+
+        outputs = [metrics_table, chart, rows_table, definitions, csv_dl, json_dl, judge_a, judge_b]
+        nothing = [gr.update()] * len(outputs)
+
+        def evaluate(run_names, extra_model, rows_from, dataset, n, n_new, result_name, suite_file, sort,
+                     progress=gr.Progress()):
+            from studio.evaluate import compare
+
+            refs = list(run_names or []) + ([extra_model] if extra_model else [])
+            chosen = None if rows_from == TEST_SPLIT else (suite_file if rows_from == "upload" else rows_from)
+            if rows_from == "upload" and not suite_file:
+                return [None, error_html("Upload a JSONL suite first."), *nothing, gr.update()]
+            result, err = safely(compare, refs, data=(dataset or None) if chosen is None else None, suite=chosen,
+                                 limit=int(n) if n else None, max_new_tokens=int(n_new or 32),
+                                 name=result_name or None, progress=lambda f, text: progress(f, desc=text))
+            if err:
+                return [None, error_html(err), *nothing, gr.update()]
+            from studio.evaluate import list_results
+
+            return [result, ok_html(f"Saved {result['owner']}/{result['name']}"), *show_result(result, sort),
+                    gr.update(choices=list_results(), value=f"{result['owner']}/{result['name']}")]
+
+        go.click(evaluate, [runs, model, suite, data, limit, max_new, name, upload, order],
+                 [result_state, message, *outputs, saved], api_name="evaluate")
+
+        def resort(result, sort):
+            if not result:
+                return gr.update()
+            return side_by_side_update(result, sort)
+
+        order.change(resort, [result_state, order], rows_table)
+
+        def reopen(ref, sort):
+            from studio.evaluate import load_result
+
+            if not ref:
+                return [None, error_html("Pick a saved result (Refresh lists them)."), *nothing]
+            result, err = safely(load_result, ref)
+            if err:
+                return [None, error_html(err), *nothing]
+            return [result, ok_html(f"Opened {ref}"), *show_result(result, sort)]
+
+        open_btn.click(reopen, [saved, order], [result_state, message, *outputs], api_name="open_result")
+
+        def run_judge(result, judge_ref, a, b):
+            from studio.evaluate import judge, save_result
+
+            if not result:
+                return error_html("Evaluate or open a result first.")
+            out, err = safely(judge, result, judge_ref, a, b)
+            if err:
+                return error_html(err)
+            result.setdefault("judgements", []).append({k: v for k, v in out.items() if k != "verdicts"})
+            safely(save_result, result)
+            return ok_html(f"{a} vs {b}, judged by {judge_ref} in both orders: win rate for {a} "
+                           f"{out['win_rate_a']:.1f}% over {out['rows']} rows ({out['wins_a']} wins, "
+                           f"{out['wins_b']} losses, {out['ties']} ties: the judge changed its pick with the order)")
+
+        judge_btn.click(run_judge, [result_state, judge_model, judge_a, judge_b], judge_out)
+
+        def run_tasks(run_names, extra_model, task_text, n):
+            from studio.evaluate import lm_eval_compare
+
+            refs = list(run_names or []) + ([extra_model] if extra_model else [])
+            table, err = safely(lm_eval_compare, refs, task_text.split(","), int(n) if n else None)
+            if err:
+                return gr.update(), error_html(err)
+            return gr.update(value=table["rows"], headers=table["headers"]), ""
+
+        lm_btn.click(run_tasks, [runs, model, tasks, task_limit], [lm_table, lm_message], api_name="lm_eval")
+
+        def report(ref):
+            from studio.evaluate import lora_vs_full
+
+            out, err = safely(lora_vs_full, ref)
+            if err:
+                return gr.update(), error_html(err)
+            mb = lambda b: round(b / 2**20, 3)  # noqa: E731
+            rows = [[kind, f"{v['trainable']:,}", f"{v['total']:,}", round(v["percent"], 3),
+                     mb(v["checkpoint_bytes"]) if v["checkpoint_measured"] else f"≈{mb(v['checkpoint_bytes'])}",
+                     mb(v["grad_bytes"]), mb(v["optimizer_bytes"])] for kind, v in (("LoRA", out["lora"]),
+                                                                                     ("full", out["full"]))]
+            headers = ["", "trainable", "total", "trainable %", f"checkpoint MiB ({out['dtype']})", "grad MiB (fp32)",
+                       "AdamW state MiB (fp32)"]
+            return gr.update(value=rows, headers=headers), ""
+
+        lvf_btn.click(report, lvf_ref, [lvf_table, lvf_message])
+    return {"on_load": [(refresh_lists, None, [runs, saved, lvf_ref])]}
