@@ -24,8 +24,8 @@ LM_EVAL_DIR = ASSETS / "lm_eval"
 LOCAL_TASKS = {p.stem: p for p in sorted(LM_EVAL_DIR.glob("*.yaml"))}
 SCORE_KEY = "rougeL"  # the per-row score whose difference sorts the side-by-side table
 PENDING = {
-    "dpo": "DPO preference accuracy and mean margin (policy vs reference): available once the DPO tab lands.",
-    "persona": "Persona F1 / BLEU / ROUGE-L, closed-book vs retriever vs LAPDOG: available once the Persona tab lands.",
+    "persona": "Persona F1 / BLEU / ROUGE-L, closed-book vs fixed retriever vs LAPDOG (the paper's table) is not here "
+               "yet: compare a LAPDOG run's chat with and without retrieval side by side on the Persona Chat tab.",
 }
 
 
@@ -524,3 +524,31 @@ def lora_vs_full(ref: str) -> dict:
                  "checkpoint_bytes": base_total * width, "checkpoint_measured": False,
                  "grad_bytes": base_total * 4, "optimizer_bytes": base_total * 8},
     }
+
+
+def dpo_report(run: str, limit: int = 32) -> dict:
+    """A DPO run on its own held-out pairs (test split, else validation): how often the policy's implicit
+    reward prefers `chosen` (reward margin β·(policy − reference) > 0), the mean reward margin, and the
+    policy's and the reference's mean log-probability margins. The reference is what the run trained
+    against (its SFT start, or the base)."""
+    import statistics
+
+    from studio.access import resolve_run
+    from studio.recipes import load_recipe
+    from studio.train.dpo import load_pairs, preference_margins
+
+    run_dir = resolve_run(run)
+    recipe = load_recipe(run_dir / "recipe.yaml")
+    if recipe.method != "dpo":
+        raise StudioError(f"{run_dir.name} is a {recipe.method} run: the preference report needs a DPO run")
+    data = load_pairs(recipe, seed=int(recipe.train.get("seed", 42)))
+    split = next((s for s in ("test", "validation") if s in data.splits and len(data.splits[s])), None)
+    if split is None:
+        raise StudioError(f"{run_dir.name}: its dataset has no held-out pairs (too few rows for a test split)")
+    part = data.splits[split]
+    table = preference_margins(str(run_dir), part.select(range(min(int(limit), len(part)))).to_list())
+    mean = lambda key: round(statistics.fmean(r[key] for r in table), 4)  # noqa: E731
+    return {"run": run_dir.name, "split": split, "pairs": len(table),
+            "preference_accuracy": round(100 * sum(r["reward_margin"] > 0 for r in table) / len(table), 2),
+            "mean_reward_margin": mean("reward_margin"), "policy_logp_margin": mean("policy_margin"),
+            "reference_logp_margin": mean("reference_margin"), "rows": table}

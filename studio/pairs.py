@@ -84,7 +84,7 @@ def sft_examples(source: str, tokenizer, max_rows: int | None = None) -> list[tu
     from studio.inference import chat_prompt
 
     raw = read_source(source)
-    columns = list(dict.fromkeys(k for row in raw.rows[:50] for k in row))
+    columns = raw.columns
     fmt = get_format(raw.hint, columns, raw.name)
     if fmt.kind == "preference":
         raise StudioError(f"{raw.name} already holds preference pairs: train DPO on it directly")
@@ -92,7 +92,7 @@ def sft_examples(source: str, tokenizer, max_rows: int | None = None) -> list[tu
         raise StudioError(f"{raw.name} is {fmt.label}: no prompt / response split to build pairs from; use a "
                           "prompt/completion, instruction or chat dataset")
     out = []
-    for i, row in enumerate(raw.rows):
+    for i, row in enumerate(raw.records()):  # lazily: stops at max_rows
         try:
             r = fmt.render(row, None)
         except (RowError, KeyError, TypeError) as e:

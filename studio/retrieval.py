@@ -53,7 +53,7 @@ def load_corpus(source: str | os.PathLike | None = None) -> Corpus:
     source = str(source or DEFAULT_CORPUS)
     raw = read_source(source)
     stories = []
-    for i, row in enumerate(raw.rows):
+    for i, row in enumerate(raw.records()):
         text = row.get("text")
         if not isinstance(text, str):
             raise StudioError(f"{raw.name} {raw.label(i)}: a story needs a 'text' field "

@@ -67,12 +67,23 @@ def test_cli_run_name_and_recipe_name_rejected(tmp_path):
     ("num_train_epochs=0", "'num_train_epochs' must be > 0"),
     ("dataset.max_rows=0", "'dataset.max_rows' must be an integer ≥ 1"),
 ])
-def test_impossible_settings_fail_before_a_run_exists(tmp_path, setting, message):
+def test_impossible_settings_fail_before_a_run_exists(tmp_path, capsys, setting, message):
+    from studio.cli import main
+
     runs = tmp_path / "runs"
-    out = run_cli("train", "recipes/tiny-quotes.yaml", "--runs-dir", str(runs), "--set", setting)
-    assert out.returncode == 2, out.stderr
-    assert message in out.stderr and len(out.stderr.strip().splitlines()) == 1 and "Traceback" not in out.stderr
+    code = main(["train", str(ROOT / "recipes" / "tiny-quotes.yaml"), "--runs-dir", str(runs), "--set", setting])
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert message in err and len(err.strip().splitlines()) == 1 and "Traceback" not in err
     assert not runs.exists() or not any(runs.iterdir())
+
+
+def test_impossible_setting_through_the_real_cli(tmp_path):
+    runs = tmp_path / "runs"
+    out = run_cli("train", "recipes/tiny-quotes.yaml", "--runs-dir", str(runs), "--set", "learning_rate=-1")
+    assert out.returncode == 2 and out.stderr.strip() == (
+        f"error: {ROOT / 'recipes' / 'tiny-quotes.yaml'}: 'learning_rate' must be > 0, got -1".replace(f"{ROOT}/", ""))
+    assert not runs.exists()
 
 
 def test_form_rejects_impossible_settings():

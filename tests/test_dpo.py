@@ -89,6 +89,13 @@ def test_tiny_dpo_from_base_job_summary_adapter_and_margin_table(runs, embedded_
     for a, b in zip(again, table[:3]):
         assert a["policy_margin"] == pytest.approx(b["policy_margin"], rel=1e-2, abs=1e-2)
         assert a["reference_margin"] == pytest.approx(b["reference_margin"], rel=1e-2, abs=1e-2)
+    # the Evaluate tab's DPO row: the same held-out pairs, policy vs reference
+    from studio.evaluate import dpo_report
+
+    report = dpo_report(job.id, limit=4)
+    assert report["split"] == s["heldout"]["split"] and report["pairs"] == min(4, len(table))
+    assert report["preference_accuracy"] > 50 and report["mean_reward_margin"] > 0
+    assert report["rows"][0]["policy_margin"] == pytest.approx(table[0]["policy_margin"], rel=1e-2, abs=1e-2)
 
 
 def test_dpo_from_an_sft_adapter_uses_it_as_the_reference(runs):
@@ -195,7 +202,7 @@ def test_pairs_build_cli_writes_meta_and_a_preference_file(tmp_path, capsys):
     assert meta["how"].startswith("chosen = the dataset's gold response; rejected = the model's own sampled reply")
     assert meta["model"] == "embedded/tiny-llama" and meta["source"] == "dolly"
     rows = [json.loads(line) for line in out.read_text().splitlines()[1:]]
-    gold = [r["response"] for r in read_source("dolly").rows[:6]]
+    gold = [r["response"] for r in read_source("dolly").records(["response"], limit=6)]
     assert rows and all(r["chosen"] in gold and r["rejected"] != r["chosen"] for r in rows)
     data = prepare_dataset(str(out), splits="100/0/0")
     assert data.format.name == "preference" and data.rows == len(rows) and data.dropped_total == 0

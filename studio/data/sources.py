@@ -54,6 +54,23 @@ class RawData:
     def label(self, i: int) -> str:
         return row_label(self.path, i)
 
+    def records(self, columns: list[str] | None = None, limit: int | None = None):
+        """Row dicts, in order, streamed from Arrow in batches (for callers that need Python rows, e.g. a
+        story corpus or a DPO pairs check); `columns` reads only those."""
+        if self.rows is not None:
+            rows = self.rows[:limit] if limit else self.rows
+            yield from ({k: r.get(k) for k in columns} if columns else r for r in rows)
+            return
+        ds = self.dataset
+        if columns:
+            ds = ds.select_columns([c for c in columns if c in ds.column_names])
+        if limit:
+            ds = ds.select(range(min(limit, len(ds))))
+        for batch in ds.iter(batch_size=1000):
+            keys = list(batch)
+            for values in zip(*(batch[k] for k in keys)):
+                yield dict(zip(keys, values))
+
 
 def row_label(path: Path | None, i: int) -> str:
     """How an error names row `i` (0-based): the line of a .jsonl, the row of a .csv (header = row 1)."""

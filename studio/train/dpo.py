@@ -57,7 +57,7 @@ def load_pairs(recipe, tokenizer=None, seed: int = 42):
 
     ds = recipe.dataset
     raw = read_source(ds["source"], ds.get("config"), ds.get("split"))
-    columns = list(dict.fromkeys(k for row in raw.rows[:50] for k in row))
+    columns = raw.columns
     if "chosen" in columns and "rejected" not in columns:
         raise StudioError(f"{raw.name}: no 'rejected' column (found {', '.join(columns)}); DPO needs prompt / chosen / "
                           "rejected")
@@ -73,7 +73,7 @@ def load_pairs(recipe, tokenizer=None, seed: int = 42):
     fmt = get_format(ds.get("format") or raw.hint, columns, raw.name)
     if fmt.kind != "preference":
         raise StudioError(str(not_pairs).format(fmt.label))
-    for i, row in enumerate(raw.rows):
+    for i, row in enumerate(raw.records(["prompt"]) if "prompt" in columns else ()):
         if "prompt" in row and (row["prompt"] is None or not (str(row["prompt"]).strip() if not isinstance(
                 row["prompt"], list) else row["prompt"])):
             raise StudioError(f"{raw.name} {raw.label(i)}: empty prompt")

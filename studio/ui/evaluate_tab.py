@@ -134,6 +134,13 @@ def create_evaluate_tab(client: gr.BrowserState) -> dict:
             lvf_message = gr.HTML()
             lvf_table = gr.Dataframe(label="From the model's config, no weights loaded", interactive=False,
                                      elem_id="eval-lvf")
+        with gr.Accordion("DPO runs: preference accuracy on held-out pairs", open=False):
+            with gr.Row():
+                dpo_run = gr.Dropdown([], allow_custom_value=True, label="DPO run")
+                dpo_btn = gr.Button("Report")
+            dpo_message = gr.HTML()
+            dpo_table = gr.Dataframe(label="Policy vs reference on the run's held-out pairs", interactive=False,
+                                     elem_id="eval-dpo")
         gr.Markdown("\n".join(f"- *{line}*" for line in PENDING.values()), elem_id="eval-pending")
 
         suite.change(lambda s: gr.update(visible=s == "upload"), suite, upload)
@@ -238,4 +245,32 @@ def create_evaluate_tab(client: gr.BrowserState) -> dict:
             return gr.update(value=rows, headers=headers), ""
 
         lvf_btn.click(report, lvf_ref, [lvf_table, lvf_message])
-    return {"on_load": [(refresh_lists, None, [runs, saved, lvf_ref])]}
+
+        def preference(run_id):
+            from studio.evaluate import dpo_report
+
+            if not run_id:
+                return gr.update(), error_html("Pick a finished DPO run.")
+            out, err = safely(dpo_report, run_id)
+            if err:
+                return gr.update(), error_html(err)
+            rows = [[r["prompt"][:80], round(r["policy_margin"], 3), round(r["reference_margin"], 3),
+                     round(r["reward_margin"], 3), "yes" if r["reward_margin"] > 0 else "no"] for r in out["rows"]]
+            summary = (f"{out['run']}, {out['pairs']} {out['split']} pairs: reward prefers chosen on "
+                       f"{out['preference_accuracy']:.1f}%, mean reward margin {out['mean_reward_margin']:+.3f} "
+                       f"(log-prob margin: policy {out['policy_logp_margin']:+.2f}, reference "
+                       f"{out['reference_logp_margin']:+.2f})")
+            return (gr.update(value=rows, headers=["prompt", "policy log-p margin", "reference log-p margin",
+                                                   "reward margin", "prefers chosen"]), ok_html(summary))
+
+        dpo_btn.click(preference, dpo_run, [dpo_table, dpo_message], api_name="dpo_report")
+
+        def dpo_runs():
+            from studio.jobs import list_runs
+
+            return gr.update(choices=[j.id for j in list_runs() if j.kind == "dpo" or (
+                j.summary or {}).get("method") == "dpo"])
+
+        refresh.click(dpo_runs, None, dpo_run)
+
+        return {"on_load": [(refresh_lists, None, [runs, saved, lvf_ref]), (dpo_runs, None, dpo_run)]}
