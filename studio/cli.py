@@ -176,7 +176,7 @@ def _read_lines(path: str, what: str) -> list[str]:
 
 
 def cmd_score(args) -> int:
-    from studio.metrics import DEFINITIONS, corpus_scores, text_stats
+    from studio.metrics import corpus_scores, text_stats
 
     preds = _read_lines(args.predictions, "predictions")
     refs = _read_lines(args.references, "references")

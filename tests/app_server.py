@@ -1,12 +1,15 @@
 """Launch the real app on a free local port for API and browser tests."""
 
 import os
+import shutil
 import socket
 import subprocess
 import sys
 import time
 import urllib.request
 from pathlib import Path
+
+import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -37,3 +40,8 @@ def start_app(runs_dir: Path, timeout: float = 90, extra_args=(), env=None):
             time.sleep(0.3)
     proc.kill()
     raise RuntimeError("app did not start")
+
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+# Browser tests drive Debian's Chromium (a Playwright browser download can't work offline).
+needs_chromium = pytest.mark.skipif(not os.path.exists(CHROMIUM), reason="Debian chromium not installed")

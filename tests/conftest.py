@@ -44,3 +44,18 @@ def tiny_recipe(**overrides):
 
     sets = {"max_steps": 12, "save_steps": 4, "eval_steps": 6, "logging_steps": 2, **overrides}
     return load_recipe(ROOT / "recipes" / "tiny-quotes.yaml", [f"{k}={v}" for k, v in sets.items()])
+
+
+@pytest.fixture(scope="session")
+def browser():
+    """One headless Debian Chromium for every browser test (flags: see ../shared/notes/stack.md)."""
+    from playwright.sync_api import sync_playwright
+
+    from app_server import CHROMIUM
+
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, args=[
+            "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+            "--disable-sync", "--no-first-run", "--disable-quic"])
+        yield b
+        b.close()

@@ -1,6 +1,5 @@
 """The four findings of the reliability issue: finished runs, run names, impossible settings, server files."""
 
-import json
 import os
 import subprocess
 import sys

@@ -1,17 +1,13 @@
 """End to end in headless Chromium: the real app, driven like a person would."""
 
-import os
 import re
-import shutil
 import time
-from pathlib import Path
 
 import pytest
 
-from app_server import ROOT, start_app
+from app_server import ROOT, needs_chromium, start_app
 
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-pytestmark = pytest.mark.skipif(not os.path.exists(CHROMIUM), reason="Debian chromium not installed")
+pytestmark = needs_chromium
 ARTIFACTS = ROOT / "artifacts" / "screenshots"
 TABS = ["Data", "Train", "DPO", "Persona Chat", "Evaluate", "Export"]
 
@@ -24,18 +20,6 @@ def app(tmp_path_factory):
     yield url
     proc.terminate()
     proc.wait(10)
-
-
-@pytest.fixture(scope="module")
-def browser():
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, args=[
-            "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-            "--disable-sync", "--no-first-run", "--disable-quic"])
-        yield b
-        b.close()
 
 
 def _step(page) -> int:

@@ -1,14 +1,11 @@
 """Persona Chat in headless Chromium: a reply streams in token by token, with the stories it used."""
 
-import os
-import shutil
 
 import pytest
 
-from app_server import ROOT, start_app
+from app_server import ROOT, needs_chromium, start_app
 
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-pytestmark = pytest.mark.skipif(not os.path.exists(CHROMIUM), reason="Debian chromium not installed")
+pytestmark = needs_chromium
 ARTIFACTS = ROOT / "artifacts" / "screenshots"
 
 # Every distinct text the first bot message shows, recorded by the page itself as the DOM changes.
@@ -31,18 +28,6 @@ def app(tmp_path_factory):
     yield url
     proc.terminate()
     proc.wait(10)
-
-
-@pytest.fixture(scope="module")
-def browser():
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, args=[
-            "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-            "--disable-sync", "--no-first-run", "--disable-quic"])
-        yield b
-        b.close()
 
 
 def test_reply_streams_with_stories_side_by_side_and_bad_input_is_one_line(app, browser):

@@ -1,15 +1,12 @@
 """The DPO tab in headless Chromium: label pairs, reload mid-labelling, train tiny-dpo and watch the rewards."""
 
 import json
-import os
-import shutil
 
 import pytest
 
-from app_server import ROOT, start_app
+from app_server import ROOT, needs_chromium, start_app
 
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-pytestmark = pytest.mark.skipif(not os.path.exists(CHROMIUM), reason="Debian chromium not installed")
+pytestmark = needs_chromium
 ARTIFACTS = ROOT / "artifacts" / "screenshots"
 
 
@@ -26,18 +23,6 @@ def app(runs):
     yield url
     proc.terminate()
     proc.wait(10)
-
-
-@pytest.fixture(scope="module")
-def browser():
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, args=[
-            "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-            "--disable-sync", "--no-first-run", "--disable-quic"])
-        yield b
-        b.close()
 
 
 def _replies_shown(page):

@@ -9,7 +9,7 @@ from conftest import tiny_recipe
 from studio import cli, jobs
 from studio.errors import StudioError
 from studio.evaluate import (Item, compare, dataset_items, export_result, generate_items, judge, list_results,
-                             load_result, load_suite, lora_vs_full, run_lm_eval, suite_items)
+                             load_result, lora_vs_full, run_lm_eval, suite_items)
 from studio.inference import chat_prompt, generate, load_for_inference
 
 

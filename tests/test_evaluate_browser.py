@@ -1,16 +1,13 @@
 """The Evaluate tab in headless Chromium: base vs a tiny-quotes run, sort the rows, reopen the saved result."""
 
 import json
-import os
-import shutil
 
 import pytest
 
-from app_server import ROOT, start_app
+from app_server import ROOT, needs_chromium, start_app
 from conftest import tiny_recipe
 
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-pytestmark = pytest.mark.skipif(not os.path.exists(CHROMIUM), reason="Debian chromium not installed")
+pytestmark = needs_chromium
 ARTIFACTS = ROOT / "artifacts" / "screenshots"
 
 
@@ -25,18 +22,6 @@ def app(tmp_path_factory):
     yield url, runs
     proc.terminate()
     proc.wait(10)
-
-
-@pytest.fixture(scope="module")
-def browser():
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, args=[
-            "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-            "--disable-sync", "--no-first-run", "--disable-quic"])
-        yield b
-        b.close()
 
 
 def _delta_column(page) -> list[float]:

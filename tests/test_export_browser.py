@@ -1,16 +1,13 @@
 """The Export tab in headless Chromium: export a trained run, download, a push that fails offline, secrecy."""
 
-import os
-import shutil
 import time
 
 import pytest
 
-from app_server import ROOT, start_app
+from app_server import ROOT, needs_chromium, start_app
 from conftest import tiny_recipe
 
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-pytestmark = pytest.mark.skipif(not os.path.exists(CHROMIUM), reason="Debian chromium not installed")
+pytestmark = needs_chromium
 ARTIFACTS = ROOT / "artifacts" / "screenshots"
 PLANTED = "hf_PLANTEDbrowserSecret0123456789"
 
@@ -32,18 +29,6 @@ def app(runs):
     yield url
     proc.terminate()
     proc.wait(10)
-
-
-@pytest.fixture(scope="module")
-def browser():
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, args=[
-            "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-            "--disable-sync", "--no-first-run", "--disable-quic"])
-        yield b
-        b.close()
 
 
 def test_export_download_and_offline_push_from_the_browser(app, runs, browser):

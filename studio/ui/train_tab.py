@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import enum
 import html
-import json
 import tempfile
 from pathlib import Path
 
