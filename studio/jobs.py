@@ -294,3 +294,14 @@ def list_runs(runs_dir=None) -> list[Job]:
                 live = _jobs.get(d.name)
                 runs.append(live if live is not None and live.run_dir.resolve() == d.resolve() else Job.from_run_dir(d))
     return sorted(runs, key=lambda j: j.started_at or 0, reverse=True)
+
+
+def stop_current(client_id: str | None, kind: str | None = None, what: str = "training") -> Job:
+    """Stop the running job on behalf of `client_id` (a browser): only the browser that started it may."""
+    job = current_job()
+    if job is None or not job.active or (kind is not None and job.kind != kind):
+        raise StudioError(f"No {what} job is running.")
+    if job.owner and job.owner != client_id:
+        raise StudioError("This job was started by another visitor: you can watch it, not stop it.")
+    job.request_stop()
+    return job

@@ -205,14 +205,11 @@ def create_train_tab(client: gr.BrowserState) -> dict:
         start.click(start_run, [client, base_flat, *comps], [message, seen], api_name="start_training")
 
         def stop_run(client_id):
-            from studio.jobs import current_job
+            from studio.jobs import stop_current
 
-            job = current_job()
-            if job is None or not job.active:
-                return error_html("No training job is running.")
-            if job.owner and job.owner != client_id:
-                return error_html("This job was started by another visitor: you can watch it, not stop it.")
-            job.request_stop()
+            job, err = safely(stop_current, client_id, None, "training")
+            if err:
+                return error_html(err)
             return ok_html(f"Stopping {job.id} after the current step; a checkpoint will be saved.")
 
         stop.click(stop_run, client, message, api_name="stop_training")
