@@ -1,6 +1,7 @@
 """SFT throughput: the Gemma quotes notebook as written vs the studio's defaults, same maths, with MFU.
 
-Same examples, same effective batch (4), same epochs, same learning rate, in one process, alternating arms:
+Same examples, same effective batch (4), same epochs, same learning rate; each arm in a fresh process (no
+allocator or thread-pool state carried from one arm to the next), arms alternating:
   notebook       the notebook as written: `transformers.TrainingArguments` passed to `SFTTrainer`
                  (micro-batch 1 × grad-accum 4, random order, logging every step). TRL converts it to an
                  SFTConfig that keeps gradient checkpointing OFF: this is the honest baseline.
@@ -24,6 +25,8 @@ from __future__ import annotations
 import json
 import os
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -130,6 +133,15 @@ def run_arm(arm: str, model: str, epochs: int, lr: float, workdir: Path, peak: f
             "checkpointing": float(bool(a.gradient_checkpointing)), "optimizer_steps": trainer.state.global_step}
 
 
+def run_arm_in_process(arm: str, model: str, epochs: int, lr: float, workdir: Path, peak: float) -> dict:
+    """One arm in a fresh Python process; its result is the last line it prints."""
+    cmd = [sys.executable, __file__, "--arm", arm, model, str(epochs), str(lr), str(workdir), str(peak)]
+    out = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "PYTHONWARNINGS": "ignore"})
+    if out.returncode:
+        raise SystemExit(f"arm {arm} failed:\n{out.stderr[-3000:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
 def main() -> None:
     import torch
 
@@ -148,7 +160,7 @@ def main() -> None:
             runs = {arm: [] for arm in ARMS}
             for _ in range(reps):  # alternate, so drift on a shared machine hits both arms alike
                 for arm in ARMS:
-                    runs[arm].append(run_arm(arm, model, epochs, lr, tmp, peaks[0]))
+                    runs[arm].append(run_arm_in_process(arm, model, epochs, lr, tmp, peaks[0]))
             results[label] = {arm: {k: statistics.median(x[k] for x in rs) for k in rs[0]} for arm, rs in runs.items()}
     peaks.append(matmul_peak_flops())
     peak = max(peaks)
@@ -157,7 +169,7 @@ def main() -> None:
             m["mfu_pct"] = 100 * m["tflops"] * 1e12 / peak
 
     print(f"device: {device_name()}, torch threads {torch.get_num_threads()}; dense matmul peak "
-          f"{peak / 1e9:.0f} GFLOP/s (measured before and after); median of {reps} alternating runs per arm; "
+          f"{peak / 1e9:.0f} GFLOP/s (measured before and after); median of {reps} alternating runs per arm, each in its own process; "
           "52 train examples, effective batch 4")
     print("peak MB: GPU allocator peak on CUDA; on CPU the RSS growth during train() (rough)")
     head = (f"{'model':33} {'arm':13} {'batch':>6} {'ckpt':>4} {'ex/s':>8} {'tok/s':>8} {'GFLOP/s':>8} {'MFU':>6} "
@@ -185,4 +197,8 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    if len(sys.argv) == 8 and sys.argv[1] == "--arm":
+        _, _, arm, model, epochs, lr, workdir, peak = sys.argv
+        print(json.dumps(run_arm(arm, model, int(epochs), float(lr), Path(workdir), float(peak))))
+    else:
+        main()

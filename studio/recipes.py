@@ -300,8 +300,10 @@ def adapt_to_hardware(values: dict) -> list[str]:
         values["use_cpu"] = True
         for key in ("bf16", "fp16"):
             if values.get(key):
-                values[key] = False
                 notes.append(f"{key} off: no GPU, training in fp32 on the CPU")
+            # Always explicit: TRL's configs turn an unset bf16 on, and bf16 autocast on a CPU
+            # without bf16 units runs ~10× slower than fp32.
+            values[key] = False
         if values.get("tf32"):
             values["tf32"] = None
         optim = str(values.get("optim", ""))
