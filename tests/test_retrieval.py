@@ -6,7 +6,8 @@ import shutil
 import pytest
 
 from studio.errors import StudioError
-from studio.retrieval import Retriever, build_index, check_k, load_corpus, load_embedder
+from studio.retrieval import FAST_SEARCH_MIN, Corpus, Retriever, StoryIndex, build_index, check_k, load_corpus, \
+    load_embedder
 
 DISTRACTORS = [
     "i went fishing with my grandfather at the lake and caught nothing all day.",
@@ -98,3 +99,59 @@ def test_shared_studio_reads_no_server_corpus_or_embedder_folder(monkeypatch, tm
         recipe_from_flat({**flat, "retrieval": {**flat["retrieval"], "corpus": str(secret)}})
     with pytest.raises(StudioError, match="on a shared studio"):
         recipe_from_flat({**flat, "retrieval": {**flat["retrieval"], "embedder": str(tmp_path)}})
+
+
+def _synthetic_index(vectors):
+    import faiss
+
+    flat = faiss.IndexFlatIP(vectors.shape[1])
+    flat.add(vectors)
+    stories = [{"id": str(i), "title": "", "text": ""} for i in range(len(vectors))]
+    return StoryIndex(Corpus(stories, "synthetic", "x"), "synthetic", flat)
+
+
+def _unit(rows):
+    import numpy as np
+
+    return (rows / np.linalg.norm(rows, axis=1, keepdims=True)).astype("float32")
+
+
+def test_large_corpus_search_is_still_exact():
+    """Above FAST_SEARCH_MIN the 8-bit shards find candidates: the answers must equal the flat scan's."""
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    n = FAST_SEARCH_MIN + 5_000
+    vectors = _unit(rng.standard_normal((n, 384), dtype=np.float32))
+    planted = 12_345
+    vectors[planted] = _unit(np.ones((1, 384), dtype=np.float32))[0]
+    index = _synthetic_index(vectors)
+    queries = np.concatenate([
+        _unit(rng.standard_normal((40, 384), dtype=np.float32)),                    # far from everything
+        _unit(vectors[:40] + 0.05 * rng.standard_normal((40, 384), dtype=np.float32)),  # near one story
+        _unit(np.ones((1, 384), dtype=np.float32) + 0.01 * rng.standard_normal((1, 384), dtype=np.float32)),
+    ])
+    scores, ids = index.search(queries, 5)
+    want_scores, want_ids = index.index.search(queries, 5)
+    assert index.fast is not None  # the fast path really ran
+    assert ids == want_ids.tolist()
+    assert np.allclose(scores, want_scores, atol=1e-5)
+    assert ids[-1][0] == planted
+    assert all(row[0] == i for i, row in enumerate(ids[40:80]))
+
+
+def test_large_corpus_search_falls_back_when_the_bound_fails():
+    """Hundreds of near-copies of one story (closer than the 8-bit error): the candidates can't prove their
+    ranking, so the query takes the full flat scan, and the answer is still the exact one."""
+    import numpy as np
+
+    rng = np.random.default_rng(1)
+    n = FAST_SEARCH_MIN + 1_000
+    vectors = _unit(rng.standard_normal((n, 384), dtype=np.float32))
+    centre = vectors[0].copy()
+    vectors[:500] = _unit(centre + 1e-4 * rng.standard_normal((500, 384), dtype=np.float32))
+    index = _synthetic_index(vectors)
+    scores, ids = index.search(centre[None, :], 5)
+    want_scores, want_ids = index.index.search(centre[None, :], 5)
+    assert index.fast.fallbacks == 1
+    assert ids == want_ids.tolist() and np.allclose(scores, want_scores)
