@@ -70,7 +70,9 @@ def main(argv=None) -> None:
     p.add_argument("--allow-remote-code", action="store_true",
                    help="let recipes from the page set trust_remote_code (off by default; never for a public app)")
     args = p.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from studio.errors import configure_logging
+
+    configure_logging()  # tokens redacted in every log line, tracebacks included
     logging.getLogger("httpx").setLevel(logging.WARNING)
     logging.getLogger("bitsandbytes").setLevel(logging.ERROR)  # "no CPU 4-bit kernels package": not actionable
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")

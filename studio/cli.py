@@ -194,13 +194,18 @@ def cmd_score(args) -> int:
 
 
 def cmd_eval(args) -> int:
-    from studio.evaluate import compare
+    from studio.evaluate import compare, persona_report
 
     def progress(frac, text):
         print(f"[{100 * frac:3.0f}%] {text}", file=sys.stderr)
 
-    result = compare(args.models, data=args.data, suite=args.suite, limit=args.limit,
-                     max_new_tokens=args.max_new_tokens, name=args.name, progress=progress)
+    if args.persona:
+        if len(args.models) != 1 or args.data or args.suite:
+            raise StudioError("--persona takes one LAPDOG run and no --data/--suite (it uses the run's held-out dialogues)")
+        result = persona_report(args.models[0], limit=args.limit or 32, name=args.name, progress=progress)
+    else:
+        result = compare(args.models, data=args.data, suite=args.suite, limit=args.limit,
+                         max_new_tokens=args.max_new_tokens, name=args.name, progress=progress)
     if args.json:
         print(json.dumps(result, ensure_ascii=False))
         return 0
@@ -296,6 +301,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--max-new-tokens", type=int, default=48)
     e.add_argument("--name", help="the results file's name (default: suite or 'test' + time)")
     e.add_argument("--json", action="store_true", help="print the results file's content")
+    e.add_argument("--persona", action="store_true",
+                   help="one LAPDOG run: closed-book vs fixed retriever vs LAPDOG retriever on its held-out dialogues")
     e.set_defaults(func=cmd_eval)
     return p
 

@@ -5,6 +5,7 @@ and what is wrong. The CLI prints it after ``error:``; the UI shows it inline.
 Anything else that escapes is a bug and belongs in the log with its traceback.
 """
 
+import logging
 import os
 import re
 
@@ -32,3 +33,18 @@ class StudioError(Exception):
 
     def __str__(self) -> str:
         return self.message
+
+
+class RedactingFormatter(logging.Formatter):
+    """Log records, tracebacks included, with tokens redacted: the app's log handlers use it, so an
+    unexpected error whose message or locals carry a token never writes it to the server log."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return redact(super().format(record))
+
+
+def configure_logging(level: int = logging.INFO) -> None:
+    """The app's logging: one line per record, every handler redacting tokens."""
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for handler in logging.getLogger().handlers:
+        handler.setFormatter(RedactingFormatter(handler.formatter._fmt if handler.formatter else None))

@@ -83,7 +83,8 @@ def test_a_stage2_step_changes_the_query_encoder_and_not_the_story_index(generat
     assert 0.0 <= learner.top1_change_rate() <= 1.0
 
 
-def test_tiny_lapdog_run_stops_in_stage2_resumes_and_chat_loads_adapter_and_retriever(tmp_path, embedded_path):
+def test_tiny_lapdog_run_stops_in_stage2_resumes_and_chat_loads_adapter_and_retriever(tmp_path, embedded_path,
+                                                                                       monkeypatch):
     import time
 
     from studio.chat import load_setup, reply
@@ -93,6 +94,7 @@ def test_tiny_lapdog_run_stops_in_stage2_resumes_and_chat_loads_adapter_and_retr
     recipe = load_recipe("tiny-persona-lapdog", [
         "retrieval.stage1_steps=2", "retrieval.stage2_steps=6", "retrieval.reply_max_new_tokens=6",
         "logging_steps=1", "save_steps=2", "dataset.max_rows=24"])
+    monkeypatch.setenv("STUDIO_RUNS", str(tmp_path / "runs"))  # evaluation results are saved in the runs folder
     job = start_job(recipe, runs_dir=tmp_path / "runs", run_name="lapdog-test")
     deadline = time.time() + 600
     while job.active and job.step < 3 and time.time() < deadline:  # step 3 is stage 2's first
@@ -121,3 +123,34 @@ def test_tiny_lapdog_run_stops_in_stage2_resumes_and_chat_loads_adapter_and_retr
     assert setup.retriever.query_encoder == str(run / "retriever")
     text, used = reply(setup, ROWS[0]["persona"], ROWS[0]["history"], 2, temperature=0, max_new_tokens=6)
     assert len(used) == 2 and isinstance(text, str)
+
+    # The paper's table for this run: three set-ups on the held-out dialogues, each really what it says.
+    from peft import PeftModel
+
+    from studio.chat import persona_messages
+    from studio.evaluate import PERSONA_ARMS, load_result, persona_report
+    from studio.inference import chat_prompt, generate
+    from studio.models import load_model, load_tokenizer
+    from studio.retrieval import load_retriever
+    from trl import ModelConfig
+
+    result = persona_report("lapdog-test", limit=3)
+    assert result["labels"] == list(PERSONA_ARMS) and result["owner"] == "lapdog-test"
+    assert result["config"]["data"]["split"] == "validation" and 1 <= len(result["rows"]) <= 3
+    for m in result["metrics"].values():
+        assert {"f1", "bleu", "rougeL"} <= set(m) and all(0 <= m[key] <= 100 for key in ("f1", "bleu", "rougeL"))
+    row = result["rows"][0]
+    persona = row["prompt"].splitlines()[0].removeprefix("persona: ")
+    fixed = load_retriever(None, "all-MiniLM-L6-v2").search([persona], 4)[0]
+    learned = load_retriever(None, "all-MiniLM-L6-v2", run).search([persona], 4)[0]
+    assert row["stories"] == {"fixed": [s["id"] for s in fixed], "lapdog": [s["id"] for s in learned]}
+    # the closed-book column is the stage-1 adapter, loaded here on its own with plain PEFT
+    tok = load_tokenizer(str(run / "stage1" / "adapter"))
+    stage1 = PeftModel.from_pretrained(load_model(ModelConfig(model_name_or_path=str(embedded_path))),
+                                       str(run / "stage1" / "adapter")).eval()
+    history = [{"role": line.split(": ", 1)[0], "content": line.split(": ", 1)[1]}
+               for line in row["prompt"].splitlines()[1:]]
+    prompt = chat_prompt(tok, persona_messages(tok, persona, [], history, 384 - 6)[0])
+    alone = generate(stage1, tok, [prompt], 6)[0].split("\n")[0].strip()
+    assert row["outputs"][PERSONA_ARMS[0]] == alone
+    assert load_result(f"lapdog-test/{result['name']}")["metrics"] == result["metrics"]

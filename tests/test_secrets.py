@@ -29,6 +29,32 @@ def test_redact_removes_tokens_and_the_env_value(monkeypatch):
     assert MARKER not in str(StudioError(f"model {TOKEN}: not found"))
 
 
+def test_unexpected_error_traceback_in_the_log_is_redacted(monkeypatch):
+    """`safely` logs a bug's full traceback: through the app's formatter the token in it is redacted."""
+    import io
+    import logging
+
+    from studio.errors import RedactingFormatter
+    from studio.ui.common import safely
+
+    monkeypatch.setenv("HF_TOKEN", TOKEN)
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(RedactingFormatter("%(levelname)s %(name)s: %(message)s"))
+    logging.getLogger().addHandler(handler)
+    try:
+        def buggy():
+            raise RuntimeError(f"token {TOKEN} in an unexpected error")
+
+        result, message = safely(buggy)
+    finally:
+        logging.getLogger().removeHandler(handler)
+    assert result is None and MARKER not in message
+    logged = stream.getvalue()
+    assert "Traceback" in logged and "RuntimeError: token hf_*** in an unexpected error" in logged
+    assert MARKER not in logged
+
+
 def test_training_job_keeps_the_token_out_of_its_run(tmp_path, monkeypatch, caplog):
     from studio import jobs
 

@@ -245,6 +245,16 @@ def dialogue_rows(dataset) -> list[dict]:
     return rows
 
 
+def persona_data(recipe):
+    """The run's persona dialogues, split exactly as stage 1 split them (same source, splits and seed)."""
+    from studio.data import prepare_dataset
+
+    ds = recipe.dataset
+    return prepare_dataset(ds["source"], ds.get("format"), ds.get("template"), config=ds.get("config"),
+                           split=ds.get("split"), splits=ds.get("splits", "80/10/10"),
+                           seed=int(recipe.train.get("seed", 42)), max_rows=ds.get("max_rows"))
+
+
 def stage_recipe(recipe, steps: int, **train):
     r = copy.deepcopy(recipe)
     r.train.update(max_steps=steps, **train)
@@ -322,14 +332,10 @@ def run_lapdog(job, resume: bool = False) -> dict:
     s1 = cfg["stage1_steps"]
     if resume and (stage1_adapter / "adapter_config.json").exists():
         job.log("stage 1 already finished: resuming stage 2")
-        from studio.data import prepare_dataset
         from studio.models import load_tokenizer
 
         tokenizer = load_tokenizer(str(stage1_adapter))
-        ds = recipe.dataset
-        data = prepare_dataset(ds["source"], ds.get("format"), ds.get("template"), config=ds.get("config"),
-                               split=ds.get("split"), splits=ds.get("splits", "80/10/10"),
-                               seed=int(recipe.train.get("seed", 42)), max_rows=ds.get("max_rows"))
+        data = persona_data(recipe)
     else:
         trainer1, tokenizer, data = run_stage1(job, recipe, cfg, resume)
         if job.stop_event.is_set():

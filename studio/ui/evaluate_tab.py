@@ -73,7 +73,7 @@ def show_result(result: dict, order: str):
 
 
 def create_evaluate_tab(client: gr.BrowserState) -> dict:
-    from studio.evaluate import LOCAL_TASKS, PENDING, RECIPE_SUITE, SUITES
+    from studio.evaluate import LOCAL_TASKS, RECIPE_SUITE, SUITES
     from studio.models import PRESETS
 
     with gr.Tab("Evaluate", id="evaluate"):
@@ -141,7 +141,17 @@ def create_evaluate_tab(client: gr.BrowserState) -> dict:
             dpo_message = gr.HTML()
             dpo_table = gr.Dataframe(label="Policy vs reference on the run's held-out pairs", interactive=False,
                                      elem_id="eval-dpo")
-        gr.Markdown("\n".join(f"- *{line}*" for line in PENDING.values()), elem_id="eval-pending")
+        with gr.Accordion("LAPDOG runs: closed-book vs fixed retriever vs LAPDOG retriever (the paper's table)",
+                          open=False):
+            gr.Markdown("The run's held-out persona dialogues answered three ways, greedily: its stage-1 adapter "
+                        "with no stories; its final adapter with the stories the untrained embedder retrieves; its "
+                        "final adapter with the stories its trained query encoder retrieves. F1, BLEU and ROUGE-L "
+                        "as in the paper; the results fill the tables above and are saved like any other.")
+            with gr.Row():
+                persona_run = gr.Dropdown([], label="LAPDOG run", elem_id="eval-persona-run", scale=3)
+                persona_limit = gr.Number(value=32, precision=0, minimum=1, label="Max dialogues")
+                persona_btn = gr.Button("Evaluate the run", elem_id="eval-persona-go")
+            persona_message = gr.HTML(elem_id="eval-persona-message")
 
         suite.change(lambda s: gr.update(visible=s == "upload"), suite, upload)
 
@@ -201,6 +211,27 @@ def create_evaluate_tab(client: gr.BrowserState) -> dict:
             return [result, ok_html(f"Opened {ref}"), *show_result(result, sort)]
 
         open_btn.click(reopen, [saved, order], [result_state, message, *outputs], api_name="open_result")
+
+        def persona_table(run_id, n, sort, progress=gr.Progress()):
+            from studio.evaluate import list_results, persona_report
+
+            if not run_id:
+                return [gr.update(), gr.update(), *nothing, gr.update(), error_html("Pick a finished LAPDOG run.")]
+            result, err = safely(persona_report, run_id, limit=int(n or 32),
+                                 progress=lambda f, text: progress(f, desc=text))
+            if err:
+                return [gr.update(), gr.update(), *nothing, gr.update(), error_html(err)]
+            ref = f"{result['owner']}/{result['name']}"
+            scores = "; ".join(f"{lab}: F1 {m['f1']:.2f}, BLEU {m['bleu']:.2f}, ROUGE-L {m['rougeL']:.2f}"
+                               for lab, m in result["metrics"].items())
+            summary = (f"{result['config']['data']['rows']} {result['config']['data']['split']} dialogues. {scores}. "
+                       f"The trained retriever's top story differs from the fixed one's for "
+                       f"{100 * result['config']['persona']['top1_changed']:.0f}% of them.")
+            return [result, ok_html(f"Saved {ref}"), *show_result(result, sort),
+                    gr.update(choices=list_results(), value=ref), ok_html(summary)]
+
+        persona_btn.click(persona_table, [persona_run, persona_limit, order],
+                          [result_state, message, *outputs, saved, persona_message], api_name="persona_report")
 
         def run_judge(result, judge_ref, a, b):
             from studio.evaluate import judge, save_result
@@ -273,4 +304,13 @@ def create_evaluate_tab(client: gr.BrowserState) -> dict:
 
         refresh.click(dpo_runs, None, dpo_run)
 
-        return {"on_load": [(refresh_lists, None, [runs, saved, lvf_ref]), (dpo_runs, None, dpo_run)]}
+        def persona_runs():
+            from studio.chat import lapdog_runs
+
+            names, _ = safely(lapdog_runs)
+            return gr.update(choices=names or [])
+
+        refresh.click(persona_runs, None, persona_run)
+
+        return {"on_load": [(refresh_lists, None, [runs, saved, lvf_ref]), (dpo_runs, None, dpo_run),
+                            (persona_runs, None, persona_run)]}
