@@ -1,4 +1,5 @@
-"""The Evaluate tab in headless Chromium: base vs a tiny-quotes run, sort the rows, reopen the saved result."""
+"""The Evaluate tab in headless Chromium: base vs a tiny-quotes run, sort the rows, reopen the saved result;
+a LAPDOG run's closed-book vs fixed vs trained-retriever table."""
 
 import json
 
@@ -17,6 +18,12 @@ def app(tmp_path_factory):
 
     runs = tmp_path_factory.mktemp("eval-browser") / "runs"
     job = jobs.start_job(tiny_recipe(max_steps=30, save_steps=30, eval_steps=30), runs_dir=runs, run_name="tq")
+    assert job.wait(300) and job.status == "done", job.error
+    from studio.recipes import load_recipe
+
+    lapdog = load_recipe("tiny-persona-lapdog", ["retrieval.stage1_steps=4", "retrieval.stage2_steps=4",
+                                                 "retrieval.reply_max_new_tokens=6", "dataset.max_rows=40"])
+    job = jobs.start_job(lapdog, runs_dir=runs, run_name="persona")
     assert job.wait(300) and job.status == "done", job.error
     proc, url = start_app(runs)
     yield url, runs
@@ -89,3 +96,28 @@ def test_a_bad_suite_file_is_one_line_on_the_page(app, browser, tmp_path):
     err = page.locator("#eval-message .studio-error")
     err.wait_for(timeout=60000)
     assert 'bad.jsonl line 2: expected "prompt"' in err.inner_text() and "Traceback" not in err.inner_text()
+
+
+def test_lapdog_table_closed_book_vs_fixed_vs_trained_retriever(app, browser):
+    url, runs = app
+    page = browser.new_page(viewport={"width": 1400, "height": 1100})
+    page.goto(url)
+    page.get_by_role("tab", name="Evaluate").click()
+    page.get_by_text("LAPDOG runs: closed-book vs fixed retriever").click()
+    page.locator("#eval-persona-go").click()
+    page.locator("#eval-persona-message .studio-error").get_by_text("Pick a finished LAPDOG run.").wait_for(timeout=30000)
+    page.locator("#eval-persona-run input").click()
+    options = page.get_by_role("option").all_inner_texts()
+    assert options == ["persona"]  # LAPDOG runs only, not the SFT run
+    page.get_by_role("option", name="persona").click()
+    page.get_by_label("Max dialogues").fill("4")
+    page.locator("#eval-persona-go").click()
+    page.locator("#eval-message").get_by_text("Saved persona/persona-").wait_for(timeout=180000)
+    summary = page.locator("#eval-persona-message").inner_text()
+    assert "closed-book (stage 1): F1" in summary and "+ LAPDOG retriever: F1" in summary
+    metrics = page.locator("#eval-metrics").inner_text()
+    for label in ("closed-book (stage 1)", "+ fixed retriever", "+ LAPDOG retriever"):
+        assert label in metrics
+    saved = json.loads(next((runs / "persona" / "eval").glob("persona-*.json")).read_text())
+    assert len(saved["rows"]) == 4 and saved["config"]["persona"]["k"] == 4
+    page.screenshot(path=str(ARTIFACTS / "eval-3-lapdog-table.png"), full_page=True)
