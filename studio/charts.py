@@ -13,11 +13,12 @@ def _figure(title: str):
 
 
 def loss_chart(history: list[dict], title: str = "Training"):
-    """Loss and eval loss on the left axis, learning rate on the right."""
+    """Loss and eval loss on the left axis (and a LAPDOG run's retriever KL loss), learning rate on the right."""
     import plotly.graph_objects as go
 
     fig = _figure(title)
-    for key, name, dash in (("loss", "loss", None), ("eval_loss", "eval loss", "dash")):
+    for key, name, dash in (("loss", "loss", None), ("eval_loss", "eval loss", "dash"),
+                            ("retriever/loss", "retriever KL loss (LAPDOG stage 2)", "dot")):
         pts = [(h["step"], h[key]) for h in history if h.get(key) is not None]
         if pts:
             fig.add_trace(go.Scatter(x=[p[0] for p in pts], y=[p[1] for p in pts], name=name,

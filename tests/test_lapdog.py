@@ -117,6 +117,10 @@ def test_tiny_lapdog_run_stops_in_stage2_resumes_and_chat_loads_adapter_and_retr
     assert all({"retriever/target_entropy", "retriever/top1_change_rate"} <= set(h)
                for h in replay.history if "retriever/loss" in h)
     assert replay.summary["steps"] == 8 and replay.total == 8 and len(replay.summary["retrieval_examples"]) == 3
+    from studio.charts import loss_chart
+
+    traces = {t.name: list(t.x) for t in loss_chart(replay.history).data}  # the Train tab's chart of this run
+    assert traces["retriever KL loss (LAPDOG stage 2)"] == steps and traces["loss"][0] == 1
 
     setup = load_setup(str(run))
     assert setup.retriever.info["story_side"] == "frozen"
