@@ -121,6 +121,7 @@ def test_tiny_lapdog_run_stops_in_stage2_resumes_and_chat_loads_adapter_and_retr
 
     traces = {t.name: list(t.x) for t in loss_chart(replay.history).data}  # the Train tab's chart of this run
     assert traces["retriever KL loss (LAPDOG stage 2)"] == steps and traces["loss"][0] == 1
+    assert replay.summary["first_loss"] == next(h["loss"] for h in replay.history if "loss" in h)  # stage 1's first
 
     setup = load_setup(str(run))
     assert setup.retriever.info["story_side"] == "frozen"

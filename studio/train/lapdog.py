@@ -361,7 +361,9 @@ def run_lapdog(job, resume: bool = False) -> dict:
     trainer.add_callback(make_retriever_callback(learner, view, budget))
     trainer.add_callback(make_callback(view))
     output = train_from(trainer, checkpoint)
+    lm_losses = [h["loss"] for h in job.history if h.get("loss") is not None]  # both stages, as charted
     extra = {"stage1_steps": s1, "stage2_steps": cfg["stage2_steps"], "steps": s1 + trainer.state.global_step,
+             **({"first_loss": lm_losses[0]} if lm_losses else {}),
              "planned_steps": s1 + cfg["stage2_steps"],
              "train_runtime_s": round(output.metrics.get("train_runtime", 0.0), 3)}
     if job.stop_event.is_set():
