@@ -1,6 +1,6 @@
 """Promise 6: a flaky network. A local HTTP server stands in for the Hub (HF_ENDPOINT) and stalls or fails;
-each model load ends in one clear line within the timeout, a cached model loads offline, and offline mode
-falls back to the embedded model without waiting."""
+each model load and each Hub dataset load ends in one clear line within the timeout, a cached model loads
+offline, and offline mode falls back to the embedded model without waiting."""
 
 import json
 import os
@@ -32,7 +32,9 @@ def fake_hub():
     class Handler(BaseHTTPRequestHandler):
         def _answer(self):
             hits.append((self.command, self.path))
-            repo = self.path.strip("/").split("/")[1] if self.path.count("/") > 1 else ""
+            parts = self.path.split("?")[0].strip("/").split("/")
+            parts = parts[2:] if parts[:2] == ["api", "datasets"] else parts  # dataset_info: /api/datasets/org/name
+            repo = parts[1] if len(parts) > 1 else ""
             if repo in ("stall", "cached"):
                 release.wait(60)  # a server that accepted the connection and never answers
                 return
@@ -134,3 +136,43 @@ def test_a_download_that_times_out_says_so_in_one_line():
 
     err = _load_error("org/big", httpx2.ReadTimeout("The read operation timed out"))
     assert str(err).startswith("model org/big: the download timed out; try again")
+
+
+DATASET_CHILD = """
+import json, sys, time
+from studio.data.sources import read_source
+from studio.errors import StudioError
+
+import datasets  # the imports, outside the timings
+
+for name in sys.argv[1:]:
+    start = time.time()
+    try:
+        read_source(name)
+        line = "ok"
+    except StudioError as e:
+        line = str(e)
+    print(json.dumps({"name": name, "line": line, "seconds": round(time.time() - start, 2)}), flush=True)
+"""
+
+
+def test_hub_datasets_that_stall_fail_or_refuse_give_one_line_in_bounded_time(fake_hub, tmp_path):
+    url, hits = fake_hub
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "0", "HF_DATASETS_OFFLINE": "0", "HF_ENDPOINT": url,
+           "HF_HOME": str(tmp_path / "hf"), "HF_HUB_ETAG_TIMEOUT": str(TIMEOUT), "HF_HUB_DOWNLOAD_TIMEOUT": str(TIMEOUT)}
+    for var in ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "HF_HUB_CACHE", "HF_DATASETS_CACHE"):
+        env.pop(var, None)
+    names = ["org/stall", "org/error500", "org/gated", "org/badtoken", "org/missing"]
+    out = subprocess.run([sys.executable, "-c", DATASET_CHILD, *names], env=env, capture_output=True, text=True,
+                         timeout=240)
+    assert out.returncode == 0, out.stderr[-3000:]
+    got = {r["name"]: r for r in map(json.loads, out.stdout.splitlines())}
+    for name in names:
+        assert "\n" not in got[name]["line"] and got[name]["line"].startswith(name), got[name]
+        assert got[name]["seconds"] < TIMEOUT + 6, got[name]
+    assert f"no answer from the Hub within {TIMEOUT} s" in got["org/stall"]["line"]
+    assert "answered 500" in got["org/error500"]["line"] and "try again" in got["org/error500"]["line"]
+    assert "terms" in got["org/gated"]["line"] and "HF_TOKEN" in got["org/gated"]["line"]
+    assert "refused access (401)" in got["org/badtoken"]["line"]
+    assert "not found on the Hub" in got["org/missing"]["line"]
+    assert len([h for h in hits if "error500" in h[1]]) == 1  # one bounded request each

@@ -296,6 +296,41 @@ def _hub_error(name: str, e: Exception) -> StudioError:
     return StudioError(f"{name}: could not load ({msg})")
 
 
+def hub_dataset_preflight(dataset_id: str, name: str) -> None:
+    """One bounded request (HF_HUB_ETAG_TIMEOUT, 10 s by default) before loading a Hub dataset, as for models.
+
+    Left to itself `load_dataset` on a stalled Hub retries for minutes; here a Hub that stalls, fails or
+    refuses gives one line within the timeout. A dataset already in the local Hub cache is left to
+    `load_dataset` (it can still load it while the Hub is down); so are folders and offline mode.
+    """
+    import httpx2  # huggingface_hub's HTTP client
+    from huggingface_hub import HfApi, constants
+    from huggingface_hub.errors import GatedRepoError, HfHubHTTPError, RepositoryNotFoundError
+
+    if Path(dataset_id).exists() or constants.HF_HUB_OFFLINE or os.environ.get("HF_DATASETS_OFFLINE") == "1":
+        return
+    if (Path(constants.HF_HUB_CACHE) / f"datasets--{dataset_id.replace('/', '--')}").is_dir():
+        return
+    try:
+        HfApi().dataset_info(dataset_id, timeout=constants.HF_HUB_ETAG_TIMEOUT,
+                             token=os.environ.get("HF_TOKEN") or None)
+        return
+    except GatedRepoError:
+        raise StudioError(f"{name}: access refused; accept the dataset's terms on the Hub and set HF_TOKEN") from None
+    except RepositoryNotFoundError:
+        raise StudioError(f"{name}: not found on the Hub (if it is private, set HF_TOKEN)") from None
+    except HfHubHTTPError as e:
+        status = getattr(e.response, "status_code", None)
+        if status in (401, 403):
+            raise StudioError(f"{name}: the Hub refused access ({status}); check HF_TOKEN") from None
+        why = f"the Hub answered {status}"
+    except (httpx2.HTTPError, OSError) as e:
+        why = (f"no answer from the Hub within {constants.HF_HUB_ETAG_TIMEOUT:g} s"
+               if isinstance(e, httpx2.TimeoutException) else "the Hub can't be reached")
+    raise StudioError(f"{name}: {why} and the dataset is not in the local cache; try again later, "
+                      "or use a local file or a bundled sample")
+
+
 def read_hub(dataset_id: str, config: str | None = None, split: str | None = None,
              streaming_rows: int | None = None) -> RawData:
     """Load through `datasets.load_dataset`: a Hub id, or a local dataset folder. Never copied into Python.
@@ -306,6 +341,7 @@ def read_hub(dataset_id: str, config: str | None = None, split: str | None = Non
     import datasets
 
     name = dataset_id + (f" ({config})" if config else "")
+    hub_dataset_preflight(dataset_id, name)
     try:
         ds = datasets.load_dataset(dataset_id, config, split=split or None, streaming=bool(streaming_rows))
         if isinstance(ds, (datasets.DatasetDict, datasets.IterableDatasetDict)):
