@@ -313,16 +313,48 @@ _TOKEN = re.compile(r"hf_[A-Za-z0-9]{8,}")
 
 
 def _public(value):
-    """What may appear in a card: absolute local paths become their last part, token-like strings go."""
+    """What may appear in a card: absolute local paths become their last part (the embedded model its id),
+    token-like strings go."""
     if isinstance(value, dict):
         return {k: _public(v) for k, v in value.items()}
     if isinstance(value, list):
         return [_public(v) for v in value]
     if isinstance(value, str):
-        value = _TOKEN.sub("hf_***", value)
-        if value.startswith(("/", "~")) or re.match(r"^[A-Za-z]:[\\/]", value):
-            return Path(value).name
+        return public_base(_TOKEN.sub("hf_***", value))
     return value
+
+
+PATH_KEYS = ("base_model_name_or_path", "_name_or_path", "name_or_path")  # where libraries record a base's folder
+
+
+def public_base(value: str) -> str:
+    """What a pushed file says its base is: the embedded model's id for its cache folder, a local folder's
+    name for any other absolute path (this machine's paths are never published), anything else as is."""
+    from studio.embedded import EMBEDDED_MODEL_ID, embedded_model_path
+
+    if not (value.startswith(("/", "~")) or re.match(r"^[A-Za-z]:[\\/]", value)):
+        return value
+    if Path(value).expanduser().resolve() == embedded_model_path().resolve():
+        return EMBEDDED_MODEL_ID
+    return Path(value).name
+
+
+def public_json(path: Path) -> bytes | None:
+    """A JSON file as it should be pushed when it records a local base path (PEFT's adapter_config.json
+    keeps the absolute folder of an embedded or local base); None when the file can go as it is."""
+    if path.suffix != ".json":
+        return None
+    try:
+        data = json.loads(path.read_text("utf-8"))
+    except (ValueError, UnicodeDecodeError):
+        return None
+    if not isinstance(data, dict):
+        return None
+    changed = {k: public_base(data[k]) for k in PATH_KEYS if isinstance(data.get(k), str)}
+    changed = {k: v for k, v in changed.items() if v != data[k]}
+    if not changed:
+        return None
+    return (json.dumps({**data, **changed}, indent=2, ensure_ascii=False) + "\n").encode("utf-8")
 
 
 def _base_licence(base: str) -> str | None:

@@ -114,6 +114,8 @@ def push(parts: dict[str, Path], repo_id: str, token: Token, *, private: bool = 
     """
     from huggingface_hub import CommitOperationAdd, HfApi
 
+    from studio.export import public_json
+
     repo_id = check_repo_id(repo_id)
     if not parts:
         raise StudioError("nothing to push: export the adapter, the merged model or GGUF first")
@@ -127,8 +129,9 @@ def push(parts: dict[str, Path], repo_id: str, token: Token, *, private: bool = 
         prefix = "" if name == root else f"{name}/"
         for path in sorted(Path(folder).rglob("*")):
             if path.is_file() and not path.name.startswith("."):
+                public = public_json(path)  # a local base path in adapter_config.json is not published
                 ops.append(CommitOperationAdd(path_in_repo=prefix + path.relative_to(folder).as_posix(),
-                                              path_or_fileobj=str(path)))
+                                              path_or_fileobj=public if public is not None else str(path)))
     url = endpoint()
     _reachable(url)
     api = HfApi(endpoint=url, token=token.value)

@@ -268,6 +268,15 @@ def test_push_creates_the_repo_and_uploads_in_one_commit(exported, fake_hub):
     assert repo["private"] and repo["commits"] == ["first adapter"] and url.startswith(fake_hub.url)
     assert set(repo["files"]) == {p.name for p in exported.parts["adapter"].iterdir()}
     assert repo["files"]["adapter_model.safetensors"] == (exported.parts["adapter"] / "adapter_model.safetensors").read_bytes()
+    # PEFT recorded the embedded base's absolute cache folder: the local export keeps it (it loads from there),
+    # the pushed copy names the base instead, and no pushed file carries a path of this machine
+    local = json.loads((exported.parts["adapter"] / "adapter_config.json").read_text())
+    pushed = json.loads(repo["files"]["adapter_config.json"])
+    assert local["base_model_name_or_path"].startswith("/") and pushed["base_model_name_or_path"] == "embedded/tiny-llama"
+    assert {k: v for k, v in pushed.items() if k != "base_model_name_or_path"} == \
+        {k: v for k, v in local.items() if k != "base_model_name_or_path"}
+    home = str(Path(local["base_model_name_or_path"]).parent.parent).encode()
+    assert [name for name, data in repo["files"].items() if home in data] == []
     commits = [r for r in fake_hub.requests if "/commit/" in r["path"]]
     assert len(commits) == 1 and all(r["auth"] == f"Bearer {GOOD}" for r in fake_hub.requests)
     assert any("private" in s for s in seen) and any(s.startswith("pushed:") for s in seen)
