@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 
 from studio.errors import StudioError
-from studio.train.progress import is_main_process, world_size
+from studio.train.progress import CANCELLED, is_main_process, last_checkpoint, train_from, world_size
 
 
 def largest_divisor_at_most(n: int, cap: int) -> int:
@@ -174,6 +174,34 @@ def write_summary(job, trainer, status: str, started: float, start_step: int, ex
     if is_main_process():
         (Path(job.run_dir) / "summary.json").write_text(json.dumps(summary, indent=2), encoding="utf-8")
     job.emit("summary", summary=summary)
+    return summary
+
+
+def train_job(job, trainer, resume: bool):
+    """What every method does once its trainer is built: the resolved recipe (main process only), the
+    parameter report, then training, from the last complete checkpoint on a resume.
+    Returns (train output, the step it started from)."""
+    from studio.models import format_parameter_report, parameter_report
+
+    if is_main_process():  # under torchrun / accelerate launch the other processes only train
+        (job.run_dir / "recipe.yaml").write_text(job.recipe.to_yaml(), encoding="utf-8")
+    job.params = parameter_report(trainer.model)
+    job.emit("params", params=job.params)
+    job.log(format_parameter_report(job.params))
+    checkpoint = last_checkpoint(job.run_dir) if resume else None
+    if resume:
+        job.log(f"resuming from {checkpoint.name}" if checkpoint else "no complete checkpoint: starting over")
+    start_step = int(checkpoint.name.split("-")[-1]) if checkpoint else 0
+    return train_from(trainer, checkpoint), start_step
+
+
+def stopped_summary(job, trainer, started: float, start_step: int, extra: dict) -> dict | None:
+    """After training: None if it ran to the end, else the cancelled run's summary (resume continues it)."""
+    if not job.stop_event.is_set():
+        return None
+    job.log(f"stopped at step {trainer.state.global_step}; resume to continue")
+    summary = write_summary(job, trainer, CANCELLED, started, start_step, extra)
+    job.emit("status", status=CANCELLED)
     return summary
 
 

@@ -14,8 +14,9 @@ import time
 from pathlib import Path
 
 from studio.errors import StudioError
-from studio.train.common import memory_probe, quiet_trainer, require_split, resolve_fast_defaults, write_summary
-from studio.train.progress import CANCELLED, DONE, last_checkpoint, make_callback, save_adapter, train_from
+from studio.train.common import (memory_probe, quiet_trainer, require_split, resolve_fast_defaults, stopped_summary,
+                                 train_job, write_summary)
+from studio.train.progress import DONE, make_callback, save_adapter
 
 REWARD_KEYS = ("rewards/accuracies", "rewards/margins", "rewards/chosen", "rewards/rejected")
 HELDOUT_ROWS = 32  # held-out pairs scored after training (a table, not a benchmark)
@@ -157,30 +158,18 @@ def reward_summary(log_history: list[dict]) -> dict:
 
 
 def run_dpo(job, resume: bool = False) -> dict:
-    from studio.models import folder_size, format_parameter_report, parameter_report
+    from studio.models import folder_size
 
     recipe, run_dir = job.recipe, job.run_dir
     started = time.time()
     trainer, tokenizer, data = build_dpo_trainer(recipe, run_dir, job.log, [make_callback(job)])
-    (run_dir / "recipe.yaml").write_text(recipe.to_yaml(), encoding="utf-8")  # the resolved recipe
-    job.params = parameter_report(trainer.model)
-    job.emit("params", params=job.params)
-    job.log(format_parameter_report(job.params))
-
-    checkpoint = last_checkpoint(run_dir) if resume else None
-    if resume:
-        job.log(f"resuming from {checkpoint.name}" if checkpoint else "no complete checkpoint: starting over")
-    start_step = int(checkpoint.name.split("-")[-1]) if checkpoint else 0
-    output = train_from(trainer, checkpoint)
+    output, start_step = train_job(job, trainer, resume)
     extra = {"train_runtime_s": round(output.metrics.get("train_runtime", 0.0), 3),
              "beta": trainer.args.beta, "loss_type": list(trainer.args.loss_type),
              "init_adapter": recipe.header.get("init_adapter"), **reward_summary(trainer.state.log_history)}
-
-    if job.stop_event.is_set():
-        job.log(f"stopped at step {trainer.state.global_step}; resume to continue")
-        summary = write_summary(job, trainer, CANCELLED, started, start_step, extra)
-        job.emit("status", status=CANCELLED)
-        return summary
+    stopped = stopped_summary(job, trainer, started, start_step, extra)
+    if stopped is not None:
+        return stopped
 
     adapter_dir = run_dir / "adapter"
     save_adapter(trainer, tokenizer, adapter_dir, adapters=["default"])  # not TRL's frozen `ref` copy

@@ -5,10 +5,9 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from studio.train.progress import (CANCELLED, DONE, is_main_process, last_checkpoint, make_callback, save_adapter,
-                                   train_from)
+from studio.train.progress import DONE, is_main_process, make_callback, save_adapter
 from studio.train.common import (generate_samples, memory_probe, quiet_trainer, require_split, resolve_fast_defaults,
-                                 write_summary)
+                                 stopped_summary, train_job, write_summary)
 
 
 def build_sft_trainer(recipe, run_dir: Path, log=print, callbacks=()):
@@ -56,30 +55,17 @@ def build_sft_trainer(recipe, run_dir: Path, log=print, callbacks=()):
 
 
 def run_sft(job, resume: bool = False) -> dict:
-    from studio.models import folder_size, format_parameter_report, parameter_report
+    from studio.models import folder_size
 
     recipe, run_dir = job.recipe, job.run_dir
     started = time.time()
     trainer, tokenizer, _data = build_sft_trainer(recipe, run_dir, job.log, [make_callback(job)])
     main = is_main_process()  # under torchrun / accelerate launch the other processes only train
-    if main:
-        (run_dir / "recipe.yaml").write_text(recipe.to_yaml(), encoding="utf-8")  # the resolved recipe
-    job.params = parameter_report(trainer.model)
-    job.emit("params", params=job.params)
-    job.log(format_parameter_report(job.params))
-
-    checkpoint = last_checkpoint(run_dir) if resume else None
-    if resume:
-        job.log(f"resuming from {checkpoint.name}" if checkpoint else "no complete checkpoint: starting over")
-    start_step = int(checkpoint.name.split("-")[-1]) if checkpoint else 0
-    output = train_from(trainer, checkpoint)
+    output, start_step = train_job(job, trainer, resume)
     extra = {"train_runtime_s": round(output.metrics.get("train_runtime", 0.0), 3)}
-
-    if job.stop_event.is_set():
-        job.log(f"stopped at step {trainer.state.global_step}; resume to continue")
-        summary = write_summary(job, trainer, CANCELLED, started, start_step, extra)
-        job.emit("status", status=CANCELLED)
-        return summary
+    stopped = stopped_summary(job, trainer, started, start_step, extra)
+    if stopped is not None:
+        return stopped
 
     adapter_dir = run_dir / "adapter"
     save_adapter(trainer, tokenizer, adapter_dir)  # atomic; only the main process writes
