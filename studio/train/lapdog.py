@@ -262,7 +262,7 @@ def stage_recipe(recipe, steps: int, **train):
 
 
 def run_stage1(job, recipe, cfg, resume: bool):
-    from studio.models import format_parameter_report, parameter_report
+    from studio.train.common import train_job
     from studio.train.sft import build_sft_trainer
 
     total = cfg["stage1_steps"] + cfg["stage2_steps"]
@@ -270,13 +270,7 @@ def run_stage1(job, recipe, cfg, resume: bool):
     view.log(f"stage 1/2, closed-book SFT: {cfg['stage1_steps']} steps")
     trainer, tokenizer, data = build_sft_trainer(stage_recipe(recipe, cfg["stage1_steps"]), job.run_dir, view.log,
                                                  [make_callback(view)])
-    job.params = parameter_report(trainer.model)
-    job.emit("params", params=job.params)
-    job.log(format_parameter_report(job.params))
-    checkpoint = last_checkpoint(job.run_dir) if resume else None
-    if resume:
-        job.log(f"resuming stage 1 from {checkpoint.name}" if checkpoint else "no complete checkpoint: starting over")
-    train_from(trainer, checkpoint)
+    train_job(job, trainer, resume)  # the parameter report, then training from the last checkpoint on a resume
     return trainer, tokenizer, data
 
 
