@@ -68,22 +68,28 @@ def _cache_model(hf_home, repo, embedded_path):
     (folder / "refs" / "main").write_text(commit)
 
 
-CHILD = """
+TIMED_LOADS = """
 import json, sys, time
-from huggingface_hub import constants
 from studio.errors import StudioError
+
+def timed_loads(load, names):
+    \"\"\"One JSON line per name: the StudioError's line (or "ok") and how long the load took.\"\"\"
+    for name in names:
+        start = time.time()
+        try:
+            load(name)
+            line = "ok"
+        except StudioError as e:
+            line = str(e)
+        print(json.dumps({"name": name, "line": line, "seconds": round(time.time() - start, 2)}), flush=True)
+"""
+
+CHILD = TIMED_LOADS + """
+from huggingface_hub import constants
 from studio.models import default_model, hub_reachable, load_tokenizer
 
 load_tokenizer("embedded/tiny-llama")  # the imports, outside the timings
-
-for name in sys.argv[1:]:
-    start = time.time()
-    try:
-        load_tokenizer(name)
-        line = "ok"
-    except StudioError as e:
-        line = str(e)
-    print(json.dumps({"name": name, "line": line, "seconds": round(time.time() - start, 2)}), flush=True)
+timed_loads(load_tokenizer, sys.argv[1:])
 print(json.dumps({"name": "reachable", "line": hub_reachable()}), flush=True)
 constants.ENDPOINT = "http://127.0.0.1:9"  # nothing listens on the discard port
 start = time.time()
@@ -138,21 +144,11 @@ def test_a_download_that_times_out_says_so_in_one_line():
     assert str(err).startswith("model org/big: the download timed out; try again")
 
 
-DATASET_CHILD = """
-import json, sys, time
-from studio.data.sources import read_source
-from studio.errors import StudioError
-
+DATASET_CHILD = TIMED_LOADS + """
 import datasets  # the imports, outside the timings
+from studio.data.sources import read_source
 
-for name in sys.argv[1:]:
-    start = time.time()
-    try:
-        read_source(name)
-        line = "ok"
-    except StudioError as e:
-        line = str(e)
-    print(json.dumps({"name": name, "line": line, "seconds": round(time.time() - start, 2)}), flush=True)
+timed_loads(read_source, sys.argv[1:])
 """
 
 
