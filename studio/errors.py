@@ -43,8 +43,11 @@ class RedactingFormatter(logging.Formatter):
         return redact(super().format(record))
 
 
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+
 def configure_logging(level: int = logging.INFO) -> None:
     """The app's logging: one line per record, every handler redacting tokens."""
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level=level, format=LOG_FORMAT)
     for handler in logging.getLogger().handlers:
-        handler.setFormatter(RedactingFormatter(handler.formatter._fmt if handler.formatter else None))
+        handler.setFormatter(RedactingFormatter(LOG_FORMAT))

@@ -121,17 +121,12 @@ def dataset_items(source: str, fmt: str | None = None, template: str | None = No
 
 def load_suite(path: str | Path) -> list[Item]:
     """A JSONL suite: one object per line with "prompt" (a string) or "turns" (strings); "reference" optional."""
+    from studio.data.sources import iter_jsonl
+
     path = Path(path)
     items = []
-    for n, line in enumerate(path.read_text("utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise StudioError(f"{path.name} line {n}: malformed JSON ({e.msg} at column {e.colno})") from None
-        turns = [row["prompt"]] if isinstance(row, dict) and "prompt" in row else (row.get("turns")
-                                                                                 if isinstance(row, dict) else None)
+    for n, row in iter_jsonl(path):
+        turns = [row["prompt"]] if "prompt" in row else row.get("turns")
         if not (isinstance(turns, list) and turns and all(isinstance(t, str) and t.strip() for t in turns)):
             raise StudioError(f'{path.name} line {n}: expected "prompt" (a string) or "turns" (a list of strings)')
         reference = row.get("reference", "")

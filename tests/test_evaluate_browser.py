@@ -106,7 +106,9 @@ def test_lapdog_table_closed_book_vs_fixed_vs_trained_retriever(app, browser):
     page.get_by_text("LAPDOG runs: closed-book vs fixed retriever").click()
     page.locator("#eval-persona-go").click()
     page.locator("#eval-persona-message .studio-error").get_by_text("Pick a finished LAPDOG run.").wait_for(timeout=30000)
+    page.locator("#eval-persona-message").screenshot(path=str(ARTIFACTS / "eval-3-lapdog-no-run.png"))
     page.locator("#eval-persona-run input").click()
+    page.get_by_role("option", name="persona").wait_for(timeout=30000)  # the list is filled on page load
     options = page.get_by_role("option").all_inner_texts()
     assert options == ["persona"]  # LAPDOG runs only, not the SFT run
     page.get_by_role("option", name="persona").click()

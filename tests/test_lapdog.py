@@ -104,6 +104,11 @@ def test_tiny_lapdog_run_stops_in_stage2_resumes_and_chat_loads_adapter_and_retr
     run = job.run_dir
     assert (run / "stage1" / "adapter" / "adapter_config.json").exists()
     assert any((c / "retriever" / "modules.json").exists() for c in (run / "stage2" / "checkpoints").glob("checkpoint-*"))
+    from studio.errors import StudioError
+    from studio.evaluate import persona_report
+
+    with pytest.raises(StudioError, match="lapdog-test has not finished both stages"):
+        persona_report("lapdog-test")  # stopped in stage 2: no final adapter or retriever yet
 
     job = start_job(None, resume=run)
     assert job.wait(600) and job.status == DONE, job.error
@@ -133,7 +138,7 @@ def test_tiny_lapdog_run_stops_in_stage2_resumes_and_chat_loads_adapter_and_retr
     from peft import PeftModel
 
     from studio.chat import persona_messages
-    from studio.evaluate import PERSONA_ARMS, load_result, persona_report
+    from studio.evaluate import PERSONA_ARMS, load_result
     from studio.inference import chat_prompt, generate
     from studio.models import load_model, load_tokenizer
     from studio.retrieval import load_retriever

@@ -98,9 +98,10 @@ def _decode(path: Path, data: bytes, offset: int = 0) -> str:
         ) from None
 
 
-def _scan_jsonl(path: Path) -> list[dict]:
-    """Line by line (memory bounded): raise on the first bad line, else return the rows."""
-    rows, offset = [], 0
+def iter_jsonl(path: Path):
+    """(line number, object) for each non-blank line, read line by line (memory bounded); the first line
+    that is not valid UTF-8 JSON holding an object raises a StudioError naming the file and the line."""
+    offset = 0
     with open(path, "rb") as f:
         for n, raw in enumerate(f, 1):
             line = _decode(path, raw, offset)
@@ -113,10 +114,13 @@ def _scan_jsonl(path: Path) -> list[dict]:
                 raise StudioError(f"{path.name} line {n}: malformed JSON ({e.msg} at column {e.colno})") from None
             if not isinstance(row, dict):
                 raise StudioError(f"{path.name} line {n}: expected a JSON object per line, got {type(row).__name__}")
-            if set(row) == {META_KEY}:
-                continue  # the file's own description (how its preference pairs were made), not a row
-            rows.append(row)
-    return rows
+            yield n, row
+
+
+def _scan_jsonl(path: Path) -> list[dict]:
+    """Line by line: raise on the first bad line, else return the rows."""
+    # a {"_meta": …} line is the file's own description (how its preference pairs were made), not a row
+    return [row for _, row in iter_jsonl(path) if set(row) != {META_KEY}]
 
 
 def _scan_json(path: Path) -> list[dict]:
