@@ -41,16 +41,28 @@ def hub_reachable(timeout: float = 1.0) -> bool:
         return False
 
 
+REAL_MODEL_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"  # the real default: Hub, Hub cache or offline copy
+
+
 def default_model() -> str:
-    """The embedded model when the Hub is out of reach, a small real one otherwise."""
-    return "HuggingFaceTB/SmolLM2-135M-Instruct" if hub_reachable() else EMBEDDED_MODEL_ID
+    """The Train tab's first base: the embedded model when the Hub is out of reach (trains in seconds), a small real one otherwise."""
+    return REAL_MODEL_ID if hub_reachable() else EMBEDDED_MODEL_ID
 
 
 def resolve_model_path(name: str) -> str:
+    """A model name → what transformers loads: the embedded folder, a GGUF file's converted folder
+    (studio.offline), a Hub id (or its offline copy when the Hub is out of reach), or a local folder."""
+    from studio.offline import gguf_model_path, gguf_source, hub_or_offline
+
     if not name:
         raise StudioError("no model given: pick a preset, a Hub id or a local folder")
     if name in (EMBEDDED_MODEL_ID, "embedded"):
         return str(embedded_model_path())
+    gguf = gguf_source(name)
+    if gguf is not None:
+        return str(gguf_model_path(gguf))
+    if not Path(name).expanduser().exists():
+        name = hub_or_offline(name)
     return os.path.expanduser(name)
 
 
