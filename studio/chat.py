@@ -32,7 +32,9 @@ class ChatSetup:
 
     def describe(self) -> str:
         lo = self.loaded
-        parts = [f"base {lo.base}", f"adapter {lo.adapter.parent.name + '/adapter' if lo.adapter else 'none'}"]
+        from studio.offline import source_note
+
+        parts = [f"base {lo.base}{source_note(lo.base).split(' (')[0]}", f"adapter {lo.adapter.parent.name + '/adapter' if lo.adapter else 'none'}"]
         if self.retriever is not None:
             enc = self.retriever.query_encoder
             trained = "LAPDOG-trained query encoder" if self.retriever.info else enc

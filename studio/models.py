@@ -66,6 +66,15 @@ def resolve_model_path(name: str) -> str:
     return os.path.expanduser(name)
 
 
+def source_note(name: str) -> str:
+    """", from the offline copy (…)" / ", from the Hub" / ", converted from GGUF …" for a run's log; "" otherwise."""
+    from studio.offline import gguf_source, source_note as note
+
+    resolve_model_path(name)
+    gguf = gguf_source(name)
+    return note(str(gguf) if gguf is not None else name)
+
+
 def _hub_token() -> str | None:
     return os.environ.get("HF_TOKEN") or None
 

@@ -37,12 +37,18 @@ _GGUF_MAGIC = b"GGUF"
 _lock = threading.Lock()
 _hashes: dict[tuple, str] = {}
 _said: set[str] = set()
+_sources: dict[str, str] = {}  # model name → where it last loaded from, for the run's log (source_note)
 
 
 def _say_once(message: str) -> None:
     if message not in _said:
         _said.add(message)
         log.info(message)
+
+
+def source_note(name: str) -> str:
+    """Where `name` loads from when that is not obvious (", from the offline copy …"), else ""."""
+    return _sources.get(str(name or "").strip(), "")
 
 
 # ---- any GGUF file ------------------------------------------------------------------------------
@@ -103,6 +109,7 @@ def gguf_model_path(path: str | os.PathLike) -> Path:
     path = Path(path)
     digest = file_sha256(path)
     target = cache_dir() / "models" / f"gguf-{_CONVERT_VERSION}-{digest[:16]}"
+    _sources[str(path)] = f", converted from GGUF (sha256 {digest[:12]}…) in {target}"
     if (target / "config.json").exists() and (target / "tokenizer.json").exists():
         return target
     with _lock:  # one conversion at a time in a process; other processes race on os.replace
@@ -219,15 +226,19 @@ def hub_or_offline(model_id: str) -> str:
     if model_id not in OFFLINE_COPIES:
         return model_id
     if hub_reachable():
-        _say_once(f"{model_id}: from the Hub")
-        return model_id
-    if _in_hub_cache(model_id):
-        _say_once(f"{model_id}: the Hub is out of reach; from the Hub cache")
-        return model_id
-    gguf = packaged_gguf(model_id)
-    if gguf is None:
-        return model_id  # the usual "not in the local cache" line follows from the loader
-    folder = gguf_model_path(gguf)
-    _say_once(f"{model_id}: the Hub is out of reach; from the offline copy ({OFFLINE_COPIES[model_id][2]}: "
-              f"{gguf.name}, converted in {folder})")
-    return str(folder)
+        where = "from the Hub"
+    elif _in_hub_cache(model_id):
+        where = "the Hub is out of reach: from the Hub cache"
+    else:
+        gguf = packaged_gguf(model_id)
+        if gguf is None:
+            return model_id  # the usual "not in the local cache" line follows from the loader
+        folder = gguf_model_path(gguf)
+        where = (f"the Hub is out of reach: from the offline copy ({OFFLINE_COPIES[model_id][2]}'s {gguf.name}, "
+                 f"converted in {folder})")
+        _sources[model_id] = f", {where}"
+        _say_once(f"{model_id}: {where}")
+        return str(folder)
+    _sources[model_id] = f", {where}"
+    _say_once(f"{model_id}: {where}")
+    return model_id
