@@ -31,10 +31,11 @@ class ChatSetup:
     retriever: object | None  # studio.retrieval.Retriever
 
     def describe(self) -> str:
-        lo = self.loaded
         from studio.offline import source_note
 
-        parts = [f"base {lo.base}{source_note(lo.base).split(' (')[0]}", f"adapter {lo.adapter.parent.name + '/adapter' if lo.adapter else 'none'}"]
+        lo = self.loaded
+        where = source_note(lo.base).split(" (")[0]  # e.g. ", the Hub is out of reach: from the offline copy"
+        parts = [f"base {lo.base}{where}", f"adapter {lo.adapter.parent.name + '/adapter' if lo.adapter else 'none'}"]
         if self.retriever is not None:
             enc = self.retriever.query_encoder
             trained = "LAPDOG-trained query encoder" if self.retriever.info else enc

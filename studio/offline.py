@@ -23,6 +23,7 @@ import os
 import shutil
 import tempfile
 import threading
+import time
 from pathlib import Path
 
 from studio.errors import StudioError
@@ -37,6 +38,8 @@ _GGUF_MAGIC = b"GGUF"
 _lock = threading.Lock()
 _hashes: dict[tuple, str] = {}
 _said: set[str] = set()
+_decided: dict[str, tuple[float, str]] = {}  # Hub id → (when, what it resolved to)
+_DECISION_TTL_S = 30.0
 _sources: dict[str, str] = {}  # model name → where it last loaded from, for the run's log (source_note)
 
 
@@ -220,11 +223,22 @@ def _in_hub_cache(model_id: str) -> bool:
 
 
 def hub_or_offline(model_id: str) -> str:
-    """`model_id` itself (the Hub, or its cache) when reachable or cached, else its offline copy's folder."""
-    from studio.models import hub_reachable
+    """`model_id` itself (the Hub, or its cache) when reachable or cached, else its offline copy's folder.
 
+    Decided at most every 30 s: one load resolves its name several times (config, tokenizer, weights),
+    and each reachability check may wait up to a second on a network that drops packets."""
     if model_id not in OFFLINE_COPIES:
         return model_id
+    now = time.monotonic()
+    seen = _decided.get(model_id)
+    if seen is None or now - seen[0] > _DECISION_TTL_S or not Path(seen[1]).exists() and seen[1] != model_id:
+        _decided[model_id] = (now, _hub_or_offline(model_id))
+    return _decided[model_id][1]
+
+
+def _hub_or_offline(model_id: str) -> str:
+    from studio.models import hub_reachable
+
     if hub_reachable():
         where = "from the Hub"
     elif _in_hub_cache(model_id):
