@@ -27,9 +27,10 @@ def real_model_path():
 
 @pytest.fixture(scope="session")
 def real(real_model_path):
-    from studio.inference import load_for_inference
+    """The model as Persona Chat loads it (chat keeps the set-up, so the CLI test below reuses it)."""
+    from studio.chat import load_setup
 
-    return load_for_inference(REAL)
+    return load_setup(REAL).loaded
 
 
 def test_offline_id_resolves_to_the_converted_copy_and_the_file_path_to_the_same_folder(real_model_path, caplog):
@@ -82,9 +83,10 @@ def test_a_few_sft_steps_on_quotes_lower_the_held_out_loss(real_model_path, tmp_
     from studio.train.sft import build_sft_trainer
 
     recipe = load_recipe(ROOT / "recipes" / "smollm2-quotes.yaml",
-                         ["max_steps=6", "eval_strategy=no", "save_strategy=no", "logging_steps=3", "warmup_steps=0"])
+                         ["max_steps=4", "eval_strategy=no", "save_strategy=no", "logging_steps=2", "warmup_steps=0",
+                          "per_device_train_batch_size=2", "gradient_accumulation_steps=1", "max_length=64"])
     trainer, _tok, data = build_sft_trainer(recipe, tmp_path, log=lambda *_: None)
-    held_out = data.splits["validation"].select(range(min(8, len(data.splits["validation"]))))
+    held_out = data.splits["validation"].select(range(min(4, len(data.splits["validation"]))))
     before = trainer.evaluate(held_out)["eval_loss"]
     trainer.train()
     after = trainer.evaluate(held_out)["eval_loss"]
@@ -106,12 +108,13 @@ def small_gguf(tmp_path_factory, embedded_path):
     return write_gguf(model, AutoTokenizer.from_pretrained(str(embedded_path)), folder / "tiny.gguf", "f16")
 
 
-def test_a_gguf_file_trains_chats_and_evaluates_as_a_base_model(small_gguf, tmp_path):
+def test_a_gguf_file_trains_chats_and_evaluates_as_a_base_model(small_gguf, tmp_path, monkeypatch):
     from studio import jobs
     from studio.chat import load_setup, reply
     from studio.evaluate import compare
 
     runs = tmp_path / "runs"
+    monkeypatch.setenv("STUDIO_RUNS", str(runs))
     job = jobs.start_job(tiny_recipe(model_name_or_path=str(small_gguf), max_steps=4, save_steps=4, eval_steps=4),
                          runs_dir=runs)
     assert job.wait(120), f"job still {job.status}"
