@@ -201,15 +201,15 @@ def reply(setup: ChatSetup, persona: str, history: list[dict], k: int = 3, **kwa
 
 def chat_models() -> list[str]:
     """What the model picker offers: the embedded model, then finished runs (LAPDOG runs first)."""
-    from studio.jobs import list_runs
+    from studio.runs import list_runs
 
-    runs = [j for j in list_runs() if (j.run_dir / "adapter" / "adapter_config.json").exists()]
+    runs = [j for j in list_runs() if j.has_adapter]
     runs.sort(key=lambda j: not (j.run_dir / "retriever" / "modules.json").exists())
     return [DEFAULT_MODEL, *(j.id for j in runs)]
 
 
 def lapdog_runs() -> list[str]:
-    from studio.jobs import list_runs
+    from studio.runs import list_runs
 
     return [j.id for j in list_runs() if (j.run_dir / "recipe.yaml").exists()
             and "method: lapdog" in (j.run_dir / "recipe.yaml").read_text("utf-8")]
@@ -218,7 +218,7 @@ def lapdog_runs() -> list[str]:
 def retriever_report(run: str) -> tuple[list[dict], dict]:
     """A LAPDOG run's metric history (retriever rows included) and its summary (retrieval before/after)."""
     from studio.access import resolve_run
-    from studio.jobs import Job
+    from studio.runs import Run
 
-    job = Job.from_run_dir(resolve_run(run))
+    job = Run.from_run_dir(resolve_run(run))
     return job.history, job.summary or {}

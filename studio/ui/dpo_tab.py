@@ -38,9 +38,9 @@ def _dpo_recipes() -> list[str]:
 
 
 def _runs_with_adapter() -> list[str]:
-    from studio.jobs import list_runs
+    from studio.runs import list_runs
 
-    return [j.id for j in list_runs() if (j.run_dir / "adapter" / "adapter_config.json").exists()]
+    return [j.id for j in list_runs() if j.has_adapter]
 
 
 def load_dpo_form(name: str) -> dict:

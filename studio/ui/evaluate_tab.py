@@ -14,9 +14,9 @@ CHART_KEYS = ["bleu", "rouge1", "rouge2", "rougeL", "f1", "distinct1", "distinct
 
 
 def _adapter_runs() -> list[str]:
-    from studio.jobs import list_runs
+    from studio.runs import list_runs
 
-    return [j.id for j in list_runs() if (j.run_dir / "adapter" / "adapter_config.json").exists()]
+    return [j.id for j in list_runs() if j.has_adapter]
 
 
 def metrics_rows(result: dict) -> tuple[list[str], list[list]]:
@@ -297,7 +297,7 @@ def create_evaluate_tab(client: gr.BrowserState) -> dict:
         dpo_btn.click(preference, dpo_run, [dpo_table, dpo_message], api_name="dpo_report")
 
         def dpo_runs():
-            from studio.jobs import list_runs
+            from studio.runs import list_runs
 
             return gr.update(choices=[j.id for j in list_runs() if j.kind == "dpo" or (
                 j.summary or {}).get("method") == "dpo"])
