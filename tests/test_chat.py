@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from studio.chat import persona_messages, query_text
+from studio.persona import persona_messages, query_text
 from studio.errors import StudioError
 
 PERSONA = "i love to ski. i have a dog named biscuit."
