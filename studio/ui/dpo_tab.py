@@ -254,7 +254,8 @@ def create_dpo_tab(client: gr.BrowserState) -> dict:
             from studio.access import require_work
             from studio.jobs import start_job
             from studio.recipes import recipe_from_flat
-            from studio.train.dpo import init_adapter_run, load_pairs
+            from studio.inference import init_adapter_run
+            from studio.pairs import load_pairs
             from studio.ui.train_tab import form_to_flat
 
             def run():
