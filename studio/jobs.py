@@ -1,9 +1,10 @@
-"""Training jobs: one background thread per process, its state, and runs/<run>/events.jsonl.
+"""Training jobs: one background thread per process, the live side of a run, and the one-job registry.
 
-A `Job` is fed by `JobCallback` (a TrainerCallback) and appends every event to
-``events.jsonl``, so a reloaded page or another process rebuilds the whole
-history with `Job.from_run_dir`. Stopping is a flag checked after each step:
-the trainer then saves a checkpoint and ends, status ``cancelled``.
+A `Job` is a `studio.runs.Run` being trained here: fed by `JobCallback` (a TrainerCallback), it appends
+every event to ``events.jsonl``, so a reloaded page or another process rebuilds the whole history with
+`Run.from_run_dir`. Stopping is a flag checked after each step: the trainer then saves a checkpoint and
+ends, status ``cancelled``. Only what starts, watches or stops jobs imports this module; readers of runs
+import `studio.runs`.
 """
 
 from __future__ import annotations

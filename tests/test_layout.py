@@ -94,3 +94,22 @@ def test_gradio_only_under_ui(graph):
     bad = sorted(m for m, targets in graph.items() if not m.startswith("studio.ui")
                  and any(t == "gradio" or t.startswith("gradio.") for t in targets))
     assert bad == [], f"{bad} import gradio outside studio/ui"
+
+
+def test_readme_layout_names_every_module():
+    """The README's Layout section and the package agree: every module is named there, and nothing more."""
+    import re
+
+    text = (STUDIO.parent / "README.md").read_text("utf-8")
+    section = text.split("## Layout", 1)[1].split("\n## ", 1)[0]
+    named = set()
+    for line in section.splitlines():
+        if not line.startswith("- `studio/"):
+            continue
+        folder = re.match(r"- `(studio/(?:\w+/)?)`", line)
+        for name in re.findall(r"`([\w/]+\.py)`", line):
+            path = name if name.startswith("studio/") else (folder.group(1) if folder else "studio/") + name
+            named.add(path)
+    actual = {str(p.relative_to(STUDIO.parent)) for p in STUDIO.rglob("*.py")}
+    assert sorted(actual - named) == [], "modules missing from the README's Layout section"
+    assert sorted(named - actual) == [], "the README's Layout section names modules that do not exist"

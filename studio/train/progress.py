@@ -1,7 +1,8 @@
-"""What a training path reports back: status names, the TrainerCallback that feeds a job, checkpoints.
+"""What a training path reports back: the TrainerCallback that feeds a job, checkpoint saving, the adapter.
 
 Training paths (`studio/train/*.py`) import from here, never from `studio.jobs`: arrows point one
-way, ui/cli → jobs → train → data/models/recipes. A job hands its path itself (`emit`, `log`,
+way, ui/cli → jobs → train → data/models/recipes → runs. Status names and checkpoint reading live in
+`studio.runs` (re-exported here). A job hands its path itself (`emit`, `log`,
 `stop_event`), and the callback built here turns trainer events into job events.
 """
 
