@@ -7,11 +7,11 @@ the LoRA and bitsandbytes configs come from TRL's helpers built on it.
 from __future__ import annotations
 
 import os
-import socket
 from pathlib import Path
 
 from studio.embedded import CHATML_TEMPLATE, EMBEDDED_MODEL_ID, embedded_model_path
 from studio.errors import StudioError
+from studio.offline import hub_reachable  # noqa: F401 - its home is studio.offline; callers import it from here too
 
 PRESETS = {
     EMBEDDED_MODEL_ID: "Embedded tiny Llama: offline, 1 MB, for trying things out",
@@ -22,23 +22,6 @@ PRESETS = {
     "google/gemma-2b": "Gemma 2B (gated)",
     "meta-llama/Llama-2-7b-hf": "Llama 2 7B (gated)",
 }
-
-
-def hub_reachable(timeout: float = 1.0) -> bool:
-    """A TCP connection to the Hub (HF_ENDPOINT's host) within `timeout`; False offline."""
-    from urllib.parse import urlsplit
-
-    from huggingface_hub import constants
-
-    if constants.HF_HUB_OFFLINE or os.environ.get("HF_HUB_OFFLINE", "0").lower() in {"1", "true", "yes"}:
-        return False
-    url = urlsplit(constants.ENDPOINT)
-    try:
-        with socket.create_connection((url.hostname, url.port or (443 if url.scheme == "https" else 80)),
-                                      timeout=timeout):
-            return True
-    except OSError:
-        return False
 
 
 REAL_MODEL_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"  # the real default: Hub, Hub cache or offline copy

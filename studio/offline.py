@@ -21,6 +21,7 @@ import importlib.util
 import logging
 import os
 import shutil
+import socket
 import tempfile
 import threading
 import time
@@ -203,6 +204,23 @@ def _fix_tokenizer(tok, pre: str | None) -> None:
 # ---- Hub ids with an offline copy ---------------------------------------------------------------
 
 
+def hub_reachable(timeout: float = 1.0) -> bool:
+    """A TCP connection to the Hub (HF_ENDPOINT's host) within `timeout`; False offline."""
+    from urllib.parse import urlsplit
+
+    from huggingface_hub import constants
+
+    if constants.HF_HUB_OFFLINE or os.environ.get("HF_HUB_OFFLINE", "0").lower() in {"1", "true", "yes"}:
+        return False
+    url = urlsplit(constants.ENDPOINT)
+    try:
+        with socket.create_connection((url.hostname, url.port or (443 if url.scheme == "https" else 80)),
+                                      timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
 def packaged_gguf(model_id: str) -> Path | None:
     """The installed GGUF copy of a Hub id (found without importing the package), or None."""
     if model_id not in OFFLINE_COPIES:
@@ -237,8 +255,6 @@ def hub_or_offline(model_id: str) -> str:
 
 
 def _hub_or_offline(model_id: str) -> str:
-    from studio.models import hub_reachable
-
     if hub_reachable():
         where = "from the Hub"
     elif _in_hub_cache(model_id):
