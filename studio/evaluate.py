@@ -314,8 +314,12 @@ def result_path(owner: str, name: str) -> Path:
 
 
 def save_result(result: dict) -> Path:
+    from studio.access import claim, require_write
+
     path = result_path(result["owner"], result["name"])
+    require_write(path, f"result {result['owner']}/{result['name']}")
     path.parent.mkdir(parents=True, exist_ok=True)
+    claim(path)
     body = {k: v for k, v in result.items() if k != "path"}
     path.write_text(json.dumps(body, ensure_ascii=False, indent=1), encoding="utf-8")
     return path
@@ -323,10 +327,11 @@ def save_result(result: dict) -> Path:
 
 def list_results() -> list[str]:
     """Saved results as "owner/name", newest first."""
-    from studio.access import runs_root
+    from studio.access import may_read, runs_root
 
     root = runs_root()
-    paths = [*root.glob("*/eval/*.json"), *root.glob("evals/*.json")]
+    paths = [p for p in [*root.glob("*/eval/*.json"), *root.glob("evals/*.json")]
+             if may_read(p) and (p.parent.name == "evals" or may_read(p.parent.parent))]
     paths.sort(key=lambda p: p.stat().st_mtime, reverse=True)
     return [f"{'evals' if p.parent.name == 'evals' else p.parent.parent.name}/{p.stem}" for p in paths]
 
@@ -335,9 +340,14 @@ def load_result(ref: str) -> dict:
     owner, _, name = str(ref or "").strip().partition("/")
     if not name:
         raise StudioError(f"{ref!r}: name a saved result as RUN/NAME (see the list)")
+    from studio.access import require_read, resolve_run
+
     path = result_path(owner, name)
     if not path.is_file():
         raise StudioError(f"{ref}: no such saved result")
+    if owner != "evals":
+        resolve_run(owner)  # a run's results go with the run
+    require_read(path, f"result {ref}")
     result = json.loads(path.read_text("utf-8"))
     result["path"] = str(path)
     return result
@@ -483,7 +493,7 @@ def lora_vs_full(ref: str) -> dict:
     """
     from transformers import AutoConfig
 
-    from studio.access import resolve_run
+    from studio.access import check_run_name, resolve_run
     from studio.inference import is_run_ref
     from studio.models import estimate_parameters, folder_size, resolve_model_path
     from studio.recipes import RECIPES_DIR, load_recipe
@@ -495,13 +505,15 @@ def lora_vs_full(ref: str) -> dict:
         if (run / "adapter" / "adapter_config.json").exists():
             adapter_bytes = sum(folder_size(p) if p.is_dir() else p.stat().st_size
                                 for p in (run / "adapter").glob("adapter_model.*"))
-    elif (RECIPES_DIR / f"{ref}.yaml").exists():
+    elif (RECIPES_DIR / f"{check_run_name(ref, 'recipe name')}.yaml").exists():  # a name, never a path
         recipe = load_recipe(RECIPES_DIR / f"{ref}.yaml")
     else:
         raise StudioError(f"{ref}: pick a run or a recipe name for the LoRA vs full report")
     model_args = recipe.model_config()
     lora = estimate_parameters(model_args)
-    config = AutoConfig.from_pretrained(resolve_model_path(model_args.model_name_or_path))
+    from studio.access import hub_token
+
+    config = AutoConfig.from_pretrained(resolve_model_path(model_args.model_name_or_path), token=hub_token())
     dtype = str(getattr(config, "dtype", None) or getattr(config, "torch_dtype", None) or "float32").replace("torch.", "")
     width = {"float32": 4, "float16": 2, "bfloat16": 2}.get(dtype, 4)
     total, trainable = lora["total"], lora["trainable"]

@@ -90,7 +90,9 @@ def load_adapter_model(run_dir: Path):
     base = run_base_model(run_dir)
     adapter = run_adapter(run_dir)
     recipe = run_recipe(run_dir)
-    config = AutoConfig.from_pretrained(resolve_model_path(base))
+    from studio.access import hub_token
+
+    config = AutoConfig.from_pretrained(resolve_model_path(base), token=hub_token())
     dtype = merge_dtype(config)
     note = None
     if recipe.get("load_in_4bit") or recipe.get("load_in_8bit"):

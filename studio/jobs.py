@@ -17,7 +17,7 @@ import time
 import traceback
 from pathlib import Path
 
-from studio.access import check_run_name, runs_root  # noqa: F401 (runs_root is re-exported)
+from studio.access import check_run_name, claim, may_read, require_write, runs_root  # noqa: F401 (runs_root is re-exported)
 from studio.errors import StudioError, redact
 
 log = logging.getLogger("studio")
@@ -216,6 +216,7 @@ def start_job(recipe, runs_dir=None, resume: str | os.PathLike | None = None, ru
             )
         if resume:
             run_dir = Path(resume)
+            require_write(run_dir, f"run {run_dir.name!r}")  # nobody resumes (and so takes over) another's run
             if not (run_dir / "recipe.yaml").exists():
                 raise StudioError(f"{run_dir}: not a run folder (no recipe.yaml)")
             if (run_dir / "events.jsonl").exists():
@@ -241,6 +242,8 @@ def start_job(recipe, runs_dir=None, resume: str | os.PathLike | None = None, ru
             job.elapsed_before = job.elapsed()
         job.recipe, job.kind, job.owner = recipe, recipe.method, owner
         run_dir.mkdir(parents=True, exist_ok=True)
+        if not resume:
+            claim(run_dir)  # a shared studio's run is its visitor's (studio.access)
         if not resume and job.writer:
             (run_dir / "recipe.yaml").write_text(recipe.to_yaml(), encoding="utf-8")
         job.emit("status", status=QUEUED, resume=bool(resume), elapsed_before=job.elapsed_before)
@@ -290,7 +293,7 @@ def list_runs(runs_dir=None) -> list[Job]:
     runs = []
     if root.is_dir():
         for d in root.iterdir():
-            if (d / "events.jsonl").exists():
+            if (d / "events.jsonl").exists() and may_read(d):
                 live = _jobs.get(d.name)
                 runs.append(live if live is not None and live.run_dir.resolve() == d.resolve() else Job.from_run_dir(d))
     return sorted(runs, key=lambda j: j.started_at or 0, reverse=True)
@@ -301,7 +304,7 @@ def stop_current(client_id: str | None, kind: str | None = None, what: str = "tr
     job = current_job()
     if job is None or not job.active or (kind is not None and job.kind != kind):
         raise StudioError(f"No {what} job is running.")
-    if job.owner and job.owner != client_id:
+    if (job.owner and job.owner != client_id) or not may_write(job.run_dir):
         raise StudioError("This job was started by another visitor: you can watch it, not stop it.")
     job.request_stop()
     return job

@@ -180,6 +180,12 @@ def create_evaluate_tab(client: gr.BrowserState) -> dict:
             chosen = None if rows_from == TEST_SPLIT else (suite_file if rows_from == "upload" else rows_from)
             if rows_from == "upload" and not suite_file:
                 return [None, error_html("Upload a JSONL suite first."), *nothing, gr.update()]
+            if rows_from == "upload":
+                from studio.access import claim_upload
+
+                _, err = safely(claim_upload, suite_file)
+                if err:
+                    return [None, error_html(err), *nothing, gr.update()]
             result, err = safely(compare, refs, data=(dataset or None) if chosen is None else None, suite=chosen,
                                  limit=int(n) if n else None, max_new_tokens=int(n_new or 32),
                                  name=result_name or None, progress=lambda f, text: progress(f, desc=text))
