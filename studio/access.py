@@ -78,6 +78,8 @@ def resolve_run(ref: str | os.PathLike, runs_dir=None, must_exist: bool = True) 
     elif not _inside(path, root) and (shared_mode() or not path.is_dir()):
         # locally the owner may point at a run folder anywhere; a visitor only inside the runs folder
         raise StudioError(f"{_shown(text)}: not a run in the runs folder")
+    if path.resolve() == root.resolve():
+        raise StudioError("that is the runs folder itself: pick one run in it")
     if must_exist and not path.is_dir():
         raise StudioError(f"{_shown(text)}: no such run in the runs folder")
     require_read(path, f"run {path.name!r}")

@@ -123,7 +123,7 @@ class Job:
         job = cls(Path(run_dir))
         path = job._events_path
         if not path.exists():
-            raise StudioError(f"{run_dir}: not a run folder (no events.jsonl)")
+            raise StudioError(f"{Path(run_dir).name}: not a run folder (no events.jsonl)")
         for line in path.read_text("utf-8").splitlines():
             try:
                 job._apply(json.loads(line))
@@ -218,7 +218,7 @@ def start_job(recipe, runs_dir=None, resume: str | os.PathLike | None = None, ru
             run_dir = Path(resume)
             require_write(run_dir, f"run {run_dir.name!r}")  # nobody resumes (and so takes over) another's run
             if not (run_dir / "recipe.yaml").exists():
-                raise StudioError(f"{run_dir}: not a run folder (no recipe.yaml)")
+                raise StudioError(f"{run_dir.name}: not a run folder (no recipe.yaml)")
             if (run_dir / "events.jsonl").exists():
                 before = Job.from_run_dir(run_dir)
                 if before.status == DONE:
@@ -230,7 +230,7 @@ def start_job(recipe, runs_dir=None, resume: str | os.PathLike | None = None, ru
             run_dir = runs_root(runs_dir) / base
             n = 1
             if run_name and (run_dir / "summary.json").exists():
-                raise StudioError(f"{run_dir}: a finished run already has this name; pick another, or --resume it")
+                raise StudioError(f"{run_dir.name}: a finished run already has this name; pick another, or --resume it")
             while run_dir.exists() and not run_name:  # a given name is shared on purpose (multi-GPU ranks)
                 n += 1
                 run_dir = runs_root(runs_dir) / f"{base}-{n}"

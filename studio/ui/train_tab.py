@@ -101,7 +101,14 @@ def samples_markdown(summary: dict | None) -> str:
     if not summary or not summary.get("samples"):
         return ""
     rows = ["| prompt | before (base) | after (tuned) |", "|---|---|---|"]
-    cell = lambda t: html.escape(t).replace("\n", "<br>").replace("|", "&#124;")  # noqa: E731
+
+    def cell(text: str) -> str:  # shown as text: no HTML, and no Markdown image (a tracking pixel) or link
+        text = html.escape(str(text)).replace("\n", "<br>")
+        for ch, entity in (("|", "&#124;"), ("!", "&#33;"), ("[", "&#91;"), ("]", "&#93;"), ("(", "&#40;"),
+                           (")", "&#41;"), ("`", "&#96;"), ("*", "&#42;"), ("_", "&#95;"), ("\\", "&#92;")):
+            text = text.replace(ch, entity)
+        return text
+
     for s in summary["samples"]:
         rows.append(f"| {cell(s['prompt'])} | {cell(s['before'])} | {cell(s['after'])} |")
     return "**Before / after on the recipe's prompts**\n\n" + "\n".join(rows)
