@@ -215,7 +215,17 @@ class Visitor:
     token: str | None = field(default=None, repr=False)  # their own Hugging Face sign-in, never the owner's
 
     def marks(self) -> list[str]:
-        return sorted(hashlib.sha256(k.encode()).hexdigest()[:32] for k in self.keys)
+        return sorted(_mark(k) for k in self.keys)
+
+    @property
+    def home(self) -> str:
+        """The mark naming this visitor's own upload folder: their browser's, else their session's."""
+        key = min(self.keys, key=lambda k: not k.startswith("client:"))
+        return _mark(key)
+
+
+def _mark(key: str) -> str:
+    return hashlib.sha256(key.encode()).hexdigest()[:32]
 
     @property
     def is_app_owner(self) -> bool:
@@ -314,13 +324,26 @@ def _is_upload(path) -> bool:
     return any(_inside(Path(path), folder) for folder in upload_dirs())
 
 
+def _upload_mark(path) -> str | None:
+    """The visitor mark of an upload handed to the studio (uploads/visitor-<mark>/…), else None."""
+    for folder in upload_dirs():
+        try:
+            first = Path(path).expanduser().resolve().relative_to(folder.resolve()).parts[0]
+        except (ValueError, IndexError):
+            continue
+        return first.removeprefix("visitor-") if first.startswith("visitor-") else None
+    return None
+
+
 def may_read(path, visitor: Visitor | None = None) -> bool:
     visitor = visitor or current_visitor()
     if not shared_mode() or visitor is None or visitor.is_app_owner:
         return True
+    if _is_upload(path):  # an upload is only its sender's
+        return _upload_mark(path) in visitor.marks()
     marks = owner_marks(path)
     if marks is None:
-        return not _is_upload(path)  # the owner's things are open to read; an upload is only its sender's
+        return True  # the owner's things are open to read
     return bool(set(marks) & set(visitor.marks()))
 
 
@@ -346,12 +369,24 @@ def require_write(path, what: str) -> None:
 
 
 def claim_upload(path) -> str:
-    """A file a visitor handed to the studio (a file box): it becomes theirs, and only theirs to read."""
-    if path:
-        if _is_upload(path):
-            claim(path)
-        require_read(path, Path(path).name)
-    return path
+    """A file a visitor handed to the studio through a file box: it becomes theirs, and only theirs to read.
+
+    Gradio names an upload by its content's hash, shared by everyone who sends the same bytes; so the file is
+    copied into the visitor's own folder (uploads/visitor-<mark>/…) and that path is what the studio uses."""
+    import shutil
+
+    visitor = current_visitor()
+    if not path or not shared_mode() or visitor is None or not _is_upload(path):
+        return path
+    src = Path(path).expanduser().resolve()
+    if _upload_mark(src) is not None:
+        require_read(src, src.name)
+        return str(src)
+    dest = upload_dirs()[0] / f"visitor-{visitor.home}" / src.parent.name / src.name
+    if not dest.exists():
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(src, dest)
+    return str(dest)
 
 
 def hub_token():
