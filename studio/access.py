@@ -208,6 +208,10 @@ def require_work(profile, action: str) -> None:
 # Marks are hashes of the visitor's keys, kept in <runs>/.owners.json (uploads: keyed by their path).
 
 
+def _mark(key: str) -> str:
+    return hashlib.sha256(key.encode()).hexdigest()[:32]
+
+
 @dataclass(frozen=True)
 class Visitor:
     keys: frozenset  # "client:<browser id>", "session:<gradio session>"
@@ -222,10 +226,6 @@ class Visitor:
         """The mark naming this visitor's own upload folder: their browser's, else their session's."""
         key = min(self.keys, key=lambda k: not k.startswith("client:"))
         return _mark(key)
-
-
-def _mark(key: str) -> str:
-    return hashlib.sha256(key.encode()).hexdigest()[:32]
 
     @property
     def is_app_owner(self) -> bool:

@@ -17,7 +17,8 @@ import time
 import traceback
 from pathlib import Path
 
-from studio.access import check_run_name, claim, may_read, require_write, runs_root  # noqa: F401 (runs_root is re-exported)
+from studio.access import (check_run_name, claim, may_read, may_write, require_write,  # noqa: F401
+                           runs_root)  # runs_root is re-exported
 from studio.errors import StudioError, redact
 
 log = logging.getLogger("studio")
