@@ -106,10 +106,9 @@ def check_data_source(source: str) -> str:
     source = str(source or "").strip()
     if not shared_mode() or not source:
         return source
-    from studio.data.sources import SAMPLES
-
-    if source in SAMPLES or source.startswith("sample:"):
-        return source
+    if source.startswith("sample:") or (_RUN_NAME.match(source) and ".." not in source
+                                        and not Path(source).exists()):
+        return source  # a bare name is a bundled sample's (or nothing): the data layer reads no path from it
     path = Path(source).expanduser()
     allowed = [*upload_dirs(), runs_root() / "pairs"]
     if any(_inside(path, folder) for folder in allowed) and path.is_file():
