@@ -58,8 +58,10 @@ def source_note(name: str) -> str:
     return note(str(gguf) if gguf is not None else name)
 
 
-def _hub_token() -> str | None:
-    return os.environ.get("HF_TOKEN") or None
+def _hub_token():
+    from studio.access import hub_token
+
+    return hub_token()  # on a shared studio the visitor's sign-in or False, never the owner's HF_TOKEN
 
 
 def hub_preflight(name: str) -> bool:

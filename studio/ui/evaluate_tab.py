@@ -181,9 +181,15 @@ def create_evaluate_tab(client: gr.BrowserState) -> dict:
             from studio.evaluate import compare
 
             refs = list(run_names or []) + ([extra_model] if extra_model else [])
-            chosen = None if rows_from == TEST_SPLIT else (suite_file if rows_from == "upload" else rows_from)
             if rows_from == "upload" and not suite_file:
                 return [None, error_html("Upload a JSONL suite first."), *nothing, gr.update()]
+            if rows_from == "upload":
+                from studio.access import claim_upload
+
+                suite_file, err = safely(claim_upload, suite_file)  # the visitor's own copy from now on
+                if err:
+                    return [None, error_html(err), *nothing, gr.update()]
+            chosen = None if rows_from == TEST_SPLIT else (suite_file if rows_from == "upload" else rows_from)
             result, err = safely(compare, refs, data=(dataset or None) if chosen is None else None, suite=chosen,
                                  limit=int(n) if n else None, max_new_tokens=int(n_new or 32),
                                  name=result_name or None, progress=lambda f, text: progress(f, desc=text))
