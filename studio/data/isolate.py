@@ -31,7 +31,7 @@ from studio.errors import StudioError
 
 # A parse of a file up to the upload limit takes seconds; a child still busy after this is stopped.
 PARSE_TIMEOUT_S = float(os.environ.get("STUDIO_PARSE_TIMEOUT", 300))
-_PRELOAD = ("pyarrow", "pyarrow.json", "pyarrow.csv", "pyarrow.parquet", "pyarrow.ipc", "studio.data.sources")
+_PRELOAD = ("numpy", "pyarrow", "pyarrow.json", "pyarrow.csv", "pyarrow.parquet", "pyarrow.ipc", "studio.data.sources")
 _MAX_IDLE = 2  # helpers kept for the next file; more start when several visitors parse at once
 _idle: list[subprocess.Popen] = []
 _idle_lock = threading.Lock()

@@ -242,25 +242,82 @@ def _native_table(path: str, suffix: str):
     if suffix == ".parquet":
         import pyarrow.parquet as pq
 
+        _check_schema(pq.read_schema(path), path.name)  # before reading any data
         table = pq.read_table(path)
     elif suffix == ".csv":
         import pyarrow.csv as pcsv
 
         header = _csv_header(path)
-        table = pcsv.read_csv(path, read_options=pcsv.ReadOptions(column_names=header, skip_rows=1),
+        table = pcsv.read_csv(path, read_options=pcsv.ReadOptions(column_names=header, skip_rows=1,
+                                                                   block_size=max(1 << 20, path.stat().st_size + 1)),
                               convert_options=pcsv.ConvertOptions(column_types={h: pa.string() for h in header},
                                                                   strings_can_be_null=False))
     else:
         import pyarrow.json as pjson
 
+        _check_json_depth(path, per_line=True)
         table = pjson.read_json(path, read_options=pjson.ReadOptions(block_size=max(1 << 20, path.stat().st_size + 1)))
+    _check_schema(table.schema, path.name)
     table.validate(full=True)  # pyarrow's JSON reader lets invalid UTF-8 through
     return table
+
+
+def _type_depth(t) -> int:
+    import pyarrow as pa
+
+    if pa.types.is_struct(t):
+        return 1 + max((_type_depth(t.field(i).type) for i in range(t.num_fields)), default=0)
+    if pa.types.is_list(t) or pa.types.is_large_list(t) or pa.types.is_fixed_size_list(t):
+        return 1 + _type_depth(t.value_type)
+    if pa.types.is_map(t):
+        return 1 + max(_type_depth(t.key_type), _type_depth(t.item_type))
+    return 0
+
+
+def _check_schema(schema, name: str) -> None:
+    """Columns no training format uses, refused before the rows are touched: too many, binary, too deep."""
+    import pyarrow as pa
+
+    if len(schema) > MAX_COLUMNS:
+        raise StudioError(f"{name}: {len(schema)} columns; at most {MAX_COLUMNS} are read")
+    for f in schema:
+        if pa.types.is_binary(f.type) or pa.types.is_large_binary(f.type) or pa.types.is_fixed_size_binary(f.type):
+            raise StudioError(f"{name}: column '{f.name[:80]}' holds binary data, not text")
+        if _type_depth(f.type) > MAX_DEPTH:
+            raise StudioError(f"{name}: column '{f.name[:80]}' is nested more than {MAX_DEPTH} levels deep")
+
+
+_JSON_STRING = re.compile(rb'"(?:[^"\\\n]|\\.)*"')
+
+
+def _check_json_depth(path: Path, per_line: bool) -> None:
+    """Refuse JSON nested deeper than MAX_DEPTH before pyarrow sees it: its JSON reader takes time quadratic
+    in the depth (a 9,000-level line of 18 KB: 45 s). Strings are blanked first, so brackets in text don't
+    count; JSON strings never span lines, so this reads line by line."""
+    import numpy as np
+
+    depth = 0
+    with open(path, "rb") as f:
+        for n, line in enumerate(f, 1):
+            if per_line:
+                depth = 0
+            if not any(c in line for c in (b"[", b"{", b"]", b"}")):
+                continue
+            codes = np.frombuffer(_JSON_STRING.sub(b"", line), np.uint8)
+            steps = np.isin(codes, (91, 123)).astype(np.int64) - np.isin(codes, (93, 125))
+            if not len(steps):
+                continue
+            run = np.cumsum(steps) + depth
+            if run.max() > MAX_DEPTH:
+                raise StudioError(f"{path.name} line {n}: JSON nested too deeply (more than {MAX_DEPTH} levels)")
+            depth = int(run[-1])
 
 
 def _native_large(path: str, suffix: str) -> None:
     """A large file through `datasets` once in the child: a crash stays there; the parent's own
     `load_dataset` then finds the Arrow cache this wrote."""
+    if suffix in (".json", ".jsonl"):
+        _check_json_depth(Path(path), per_line=suffix == ".jsonl")
     _arrow_read(Path(path), suffix, True, isolated=False)
 
 
@@ -328,6 +385,8 @@ def read_file(path: str | os.PathLike) -> RawData:
     if suffix == ".parquet":
         try:
             raw.dataset = _arrow_read(path, suffix, path.stat().st_size > IN_MEMORY_BYTES)
+        except StudioError:
+            raise
         except Exception as e:  # pyarrow raises several types for a broken file
             raise StudioError(f"{path.name}: not a readable Parquet file ({str(e).splitlines()[0][:200]})") from None
     else:
