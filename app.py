@@ -48,8 +48,10 @@ def resolve_share(flag: bool | None) -> tuple[bool, str | None]:
 
 def _warm_imports() -> None:
     try:
+        from studio.data.isolate import warm
         from studio.stack import import_ml_stack
 
+        warm()  # the helper that forks a child per uploaded file
         import_ml_stack()
     except Exception:  # noqa: BLE001 - the handler that needs it will report the problem
         logging.getLogger("studio").exception("background import failed")

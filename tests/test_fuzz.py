@@ -364,3 +364,22 @@ def test_shared_app_survives_every_case(files, app):
     assert "Loaded" in status and "format **quotes**" in info
     assert sum(counts.values()) - counts["suites"] == len(files)
     print(f"\nshared app: {counts}, 0 crashes, {time.time() - start:.1f} s")
+
+
+def test_bounds_on_text_a_visitor_types(tmp_path, monkeypatch):
+    """Persona and message length, turns kept, stories in a corpus: refused or cut with one line."""
+    from studio import chat, retrieval
+    from studio.errors import StudioError
+
+    with pytest.raises(StudioError, match=r"persona: 4,001 characters; at most 4,000"):
+        chat.check_length("persona", "x" * 4001, chat.MAX_PERSONA_CHARS)
+    with pytest.raises(StudioError, match="chat history: expected a list"):
+        chat.clean_history("not a list")
+    assert chat.clean_history([None, 5, {"role": "wizard"}, {"role": "user", "content": None}]) == [
+        {"role": "user", "content": ""}]
+    corpus = tmp_path / "stories.jsonl"
+    corpus.write_text("".join(json.dumps({"text": "s" * 30_000}) + "\n" for _ in range(6)))
+    assert len(retrieval.load_corpus(str(corpus)).stories[0]["text"]) == retrieval.MAX_STORY_CHARS
+    monkeypatch.setattr(retrieval, "MAX_STORIES", 5)
+    with pytest.raises(StudioError, match="stories.jsonl: 6 stories; a story corpus holds at most 5"):
+        retrieval.load_corpus(str(corpus))

@@ -108,6 +108,13 @@ def _start_helper() -> subprocess.Popen:
                             stdout=subprocess.PIPE, env=env, cwd=root)
 
 
+def warm() -> None:
+    """Start one helper ahead of the first file (the app does this while it starts)."""
+    with _idle_lock:
+        if not _idle:
+            _idle.append(_start_helper())
+
+
 def _ask(request: dict) -> dict | None:
     with _idle_lock:
         helper = _idle.pop() if _idle else None
