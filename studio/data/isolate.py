@@ -105,7 +105,7 @@ def _start_helper() -> subprocess.Popen:
     root = str(Path(__file__).resolve().parents[2])
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))}
     return subprocess.Popen([sys.executable, "-m", "studio.data.isolate"], stdin=subprocess.PIPE,
-                            stdout=subprocess.PIPE, env=env, cwd=root)
+                            stdout=subprocess.PIPE, env=env)
 
 
 def warm() -> None:
@@ -143,7 +143,8 @@ def _ask(request: dict) -> dict | None:
 def run_isolated(fn, *args, name: str, timeout: float | None = None):
     """fn(*args) in a child process: its pyarrow Table (or None), a StudioError it raised, or ReaderFailed
     when it raised anything else, died by a signal or ran past `timeout` seconds. `fn` is a module-level
-    function; its arguments are JSON values (file paths, suffixes)."""
+    function; its arguments are JSON values (absolute file paths, suffixes: the helper's working folder is
+    the one it started in)."""
     import pyarrow as pa
 
     timeout = PARSE_TIMEOUT_S if timeout is None else timeout

@@ -318,6 +318,10 @@ def _native_large(path: str, suffix: str) -> None:
     `load_dataset` then finds the Arrow cache this wrote."""
     if suffix in (".json", ".jsonl"):
         _check_json_depth(Path(path), per_line=suffix == ".jsonl")
+    if suffix == ".parquet":
+        import pyarrow.parquet as pq
+
+        _check_schema(pq.read_schema(path), Path(path).name)
     _arrow_read(Path(path), suffix, True, isolated=False)
 
 
@@ -329,7 +333,7 @@ def _arrow_read(path: Path, suffix: str, large: bool, isolated: bool = True):
     from studio.data.isolate import run_isolated
 
     if large and isolated and suffix != ".txt":
-        run_isolated(_native_large, str(path), suffix, name=path.name)
+        run_isolated(_native_large, str(path.absolute()), suffix, name=path.name)
     if suffix == ".txt":
         ds = _load_with_datasets("text", path) if large else datasets.Dataset(_text_table(path))
         return ds.filter(lambda b: [bool(t.strip()) for t in b["text"]], batched=True, batch_size=10_000)
@@ -337,15 +341,15 @@ def _arrow_read(path: Path, suffix: str, large: bool, isolated: bool = True):
         return datasets.Dataset.from_list(_scan_json(path))
     if suffix == ".parquet":
         return _load_with_datasets("parquet", path) if large else datasets.Dataset(
-            run_isolated(_native_table, str(path), suffix, name=path.name))
+            run_isolated(_native_table, str(path.absolute()), suffix, name=path.name))
     if suffix == ".csv":
         if large:
             features = datasets.Features({h: datasets.Value("string") for h in _csv_header(path)})
             return _load_with_datasets("csv", path, features=features, keep_default_na=False)
-        return datasets.Dataset(run_isolated(_native_table, str(path), suffix, name=path.name))
+        return datasets.Dataset(run_isolated(_native_table, str(path.absolute()), suffix, name=path.name))
     if large:
         return _without_meta(_load_with_datasets("json", path))
-    table = run_isolated(_native_table, str(path), suffix, name=path.name)
+    table = run_isolated(_native_table, str(path.absolute()), suffix, name=path.name)
     if table.num_rows and not table.num_columns:
         raise StudioError(f"{path.name}: the records have no fields (every line is {{}})")
     return _without_meta(datasets.Dataset(table))
