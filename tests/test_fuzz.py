@@ -227,7 +227,9 @@ def app(tmp_path_factory):
     runs = tmp_path_factory.mktemp("fuzz-app") / "runs"
     runs.mkdir()
     started = {}
-    thread = threading.Thread(target=lambda: started.update(app=start_app(runs, extra_args=["--shared"])))
+    # an upload limit just above the 10 MB cases, so that one upload past it is refused too
+    thread = threading.Thread(target=lambda: started.update(
+        app=start_app(runs, extra_args=["--shared"], env={"STUDIO_MAX_UPLOAD": "12mb"})))
     thread.start()
 
     def ready():
@@ -363,6 +365,16 @@ def test_shared_app_survives_every_case(files, app):
                                                          "", api_name="/inspect_data")
     assert "Loaded" in status and "format **quotes**" in info
     assert sum(counts.values()) - counts["suites"] == len(files)
+    too_big = files[0].parent / "too-big.jsonl"
+    too_big.write_bytes(b'{"text": "' + b"x" * (13 * 2**20) + b'"}\n')
+    with pytest.raises(ValueError, match="exceeds the maximum file size"):  # gradio_client refuses it first
+        Client(url, verbose=False).predict("Upload", "quotes", handle_file(str(too_big)), "", "", "", "", "auto", "",
+                                           "", api_name="/inspect_data")
+    import httpx  # and the server refuses it when posted straight to its upload route
+
+    answer = httpx.post(url + "gradio_api/upload", files={"files": (too_big.name, too_big.read_bytes())}, timeout=120)
+    assert answer.status_code >= 400 and "File size exceeded maximum allowed size" in answer.text, answer.text[:300]
+    assert proc.poll() is None
     print(f"\nshared app: {counts}, 0 crashes, {time.time() - start:.1f} s")
 
 
