@@ -24,6 +24,15 @@ EXAMPLE_PERSONAS = [
 _setups: OrderedDict = OrderedDict()  # loaded models are read-only at inference: reused across sessions
 _setups_lock = threading.Lock()
 _MAX_SETUPS = 3
+MAX_PERSONA_CHARS = 4000  # a persona is a few sentences; a message a paragraph or two
+MAX_MESSAGE_CHARS = 4000
+MAX_TURNS = 64  # only the latest turns of a conversation reach the prompt (older ones would be cut anyway)
+
+
+def check_length(what: str, text: str, limit: int) -> str:
+    if len(text) > limit:
+        raise StudioError(f"{what}: {len(text):,} characters; at most {limit:,}")
+    return text
 
 
 @dataclass
@@ -87,8 +96,10 @@ def flatten(content) -> str:
 
 
 def clean_history(history: list[dict]) -> list[dict]:
-    return [{"role": m["role"], "content": flatten(m.get("content"))} for m in history or []
-            if m.get("role") in ("user", "assistant")]
+    if not isinstance(history, list):
+        raise StudioError(f"chat history: expected a list of messages, got {type(history).__name__}")
+    return [{"role": m["role"], "content": flatten(m.get("content"))} for m in history
+            if isinstance(m, dict) and m.get("role") in ("user", "assistant")]
 
 
 def retrieve(setup: ChatSetup, persona: str, history: list[dict], k: int, with_turn: bool = False) -> list[dict]:
@@ -106,9 +117,12 @@ def stream_reply(setup: ChatSetup, persona: str, history: list[dict], k: int = 3
 
     from studio.inference import chat_prompt
 
-    history = clean_history(history)
+    history = clean_history(history)[-MAX_TURNS:]
     if not history or history[-1]["role"] != "user" or not history[-1]["content"].strip():
         raise StudioError("type a message first")
+    check_length("persona", str(persona or ""), MAX_PERSONA_CHARS)
+    for m in history:
+        check_length(f"{m['role']} message", m["content"], MAX_MESSAGE_CHARS)
     tok, model = setup.loaded.tokenizer, setup.loaded.model
     found = retrieve(setup, persona, history, k, with_turn)
     messages, used, _ = persona_messages(tok, persona, found, history, context_budget(tok, model, max_new_tokens))

@@ -12,7 +12,7 @@ SOURCES = ["Bundled sample", "Upload", "Local path", "Hub dataset"]
 def inspect(kind, sample, upload, path, hub_id, hub_config, hub_split, fmt, template, tokenizer_name):
     """Thin handler: one backend call, shaped for the components."""
     from studio.charts import length_histogram
-    from studio.data import prepare_dataset, render_example
+    from studio.data import clip_example, prepare_dataset, render_example
 
     source = {"Bundled sample": sample, "Upload": upload, "Local path": path, "Hub dataset": hub_id}[kind]
     if not source:
@@ -43,7 +43,7 @@ def inspect(kind, sample, upload, path, hub_id, hub_config, hub_split, fmt, temp
         st = data.length_stats()
         info += f"  \nTokens per example: min {st['min']}, median {st['median']}, p95 {st['p95']}, max {st['max']}"
     train = data.splits["train"]
-    examples = [render_example(train[i], tok) for i in range(min(4, len(train)))]
+    examples = [clip_example(render_example(train[i], tok)) for i in range(min(4, len(train)))]
     preview = "\n\n".join(f"**Example {i + 1}**\n```text\n{e}\n```" for i, e in enumerate(examples))
     fig = length_histogram(data.lengths) if data.lengths else None
     return ok_html("Loaded."), info + "\n\n" + preview, fig, {"source": source, "format": data.format.name,
