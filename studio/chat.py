@@ -6,6 +6,7 @@ with LAPDOG training and evaluation, so a model is trained on exactly the layout
 
 from __future__ import annotations
 
+import math
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -102,6 +103,25 @@ def clean_history(history: list[dict]) -> list[dict]:
             if isinstance(m, dict) and m.get("role") in ("user", "assistant")]
 
 
+SAMPLING = {"k": (0, 50), "temperature": (0, 5), "top_p": (0, 1), "repetition_penalty": (0.01, 10),
+            "max_new_tokens": (1, 1024)}
+
+
+def check_sampling(**values) -> dict:
+    """Sampling settings from the page or the API as numbers in range, or one line naming the setting."""
+    out = {}
+    for name, value in values.items():
+        low, high = SAMPLING[name]
+        try:
+            number = float(value)
+        except (TypeError, ValueError, OverflowError):
+            raise StudioError(f"{name}: expected a number, got {type(value).__name__}") from None
+        if not math.isfinite(number) or not low <= number <= high:
+            raise StudioError(f"{name}: must be from {low} to {high}, got {value!r}")
+        out[name] = int(number) if name in ("k", "max_new_tokens") else number
+    return out
+
+
 def retrieve(setup: ChatSetup, persona: str, history: list[dict], k: int, with_turn: bool = False) -> list[dict]:
     if setup.retriever is None or k <= 0:
         return []
@@ -117,6 +137,9 @@ def stream_reply(setup: ChatSetup, persona: str, history: list[dict], k: int = 3
 
     from studio.inference import chat_prompt
 
+    checked = check_sampling(k=k, temperature=temperature, top_p=top_p, repetition_penalty=repetition_penalty,
+                             max_new_tokens=max_new_tokens)
+    k, max_new_tokens = checked["k"], checked["max_new_tokens"]
     history = clean_history(history)[-MAX_TURNS:]
     if not history or history[-1]["role"] != "user" or not history[-1]["content"].strip():
         raise StudioError("type a message first")

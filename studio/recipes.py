@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import re
 import tempfile
 from dataclasses import dataclass, field
@@ -68,7 +69,7 @@ def _coerce(value, f: dataclasses.Field, where: str):
                 return False
             raise ValueError(value)
     except ValueError:
-        raise StudioError(f"{where}: '{f.name}' must be {hint.split(' ')[0]}, got {value!r}") from None
+        raise StudioError(f"{where}: '{f.name}' must be {hint.split(' ')[0]}, got {_short(value)}") from None
     return value
 
 
@@ -179,29 +180,34 @@ def recipe_from_dict(data: dict, where: str = "recipe") -> Recipe:
     return recipe
 
 
+MAX_STEPS = 10_000_000  # bounds a visitor can't exceed: past these a run is a mistake or an attack on the server
+MAX_TOKENS = 1_048_576
+MAX_RECIPE_BYTES = 1_000_000  # a recipe is a page of YAML
+
+
 # Settings that can never train: checked before a job starts, so the user gets one line, not a failed run.
 # key → (test, the allowed range in words)
 RANGES = {
-    "learning_rate": (lambda v: v > 0, "> 0"),
-    "lora_r": (lambda v: v >= 1, "an integer ≥ 1"),
-    "lora_alpha": (lambda v: v > 0, "> 0"),
+    "learning_rate": (lambda v: 0 < v <= 1, "> 0 and ≤ 1"),
+    "lora_r": (lambda v: 1 <= v <= 4096, "an integer from 1 to 4096"),
+    "lora_alpha": (lambda v: 0 < v <= 65536, "> 0 and ≤ 65536"),
     "lora_dropout": (lambda v: 0 <= v < 1, "from 0 up to (not including) 1"),
-    "per_device_train_batch_size": (lambda v: v >= 1, "an integer ≥ 1"),
-    "per_device_eval_batch_size": (lambda v: v >= 1, "an integer ≥ 1"),
-    "gradient_accumulation_steps": (lambda v: v >= 1, "an integer ≥ 1"),
-    "num_train_epochs": (lambda v: v > 0, "> 0"),
-    "max_steps": (lambda v: v == -1 or v >= 1, "-1 (use epochs) or an integer ≥ 1"),
-    "max_length": (lambda v: v >= 1, "an integer ≥ 1 (or unset)"),
-    "warmup_steps": (lambda v: v >= 0, "≥ 0 (a ratio below 1, or a number of steps)"),
+    "per_device_train_batch_size": (lambda v: 1 <= v <= 4096, "an integer from 1 to 4096"),
+    "per_device_eval_batch_size": (lambda v: 1 <= v <= 4096, "an integer from 1 to 4096"),
+    "gradient_accumulation_steps": (lambda v: 1 <= v <= 65536, "an integer from 1 to 65536"),
+    "num_train_epochs": (lambda v: 0 < v <= 10_000, "> 0 and ≤ 10000"),
+    "max_steps": (lambda v: v == -1 or 1 <= v <= MAX_STEPS, f"-1 (use epochs) or an integer from 1 to {MAX_STEPS}"),
+    "max_length": (lambda v: 1 <= v <= MAX_TOKENS, f"an integer from 1 to {MAX_TOKENS} (or unset)"),
+    "warmup_steps": (lambda v: 0 <= v <= MAX_STEPS, "≥ 0 (a ratio below 1, or a number of steps)"),
     "weight_decay": (lambda v: v >= 0, "≥ 0"),
     "max_grad_norm": (lambda v: v >= 0, "≥ 0"),
-    "logging_steps": (lambda v: v > 0, "> 0"),
-    "save_steps": (lambda v: v > 0, "> 0"),
-    "eval_steps": (lambda v: v > 0, "> 0 (or unset)"),
+    "logging_steps": (lambda v: 0 < v <= MAX_STEPS, "> 0"),
+    "save_steps": (lambda v: 0 < v <= MAX_STEPS, "> 0"),
+    "eval_steps": (lambda v: 0 < v <= MAX_STEPS, "> 0 (or unset)"),
     "save_total_limit": (lambda v: v >= 1, "an integer ≥ 1 (or unset)"),
-    "seed": (lambda v: v >= 0, "an integer ≥ 0"),
+    "seed": (lambda v: 0 <= v < 2**32, "an integer from 0 to 4294967295"),
     "beta": (lambda v: v > 0, "> 0"),
-    "dataset.max_length": (lambda v: v >= 1, "an integer ≥ 1"),
+    "dataset.max_length": (lambda v: 1 <= v <= MAX_TOKENS, f"an integer from 1 to {MAX_TOKENS}"),
     "dataset.max_rows": (lambda v: v >= 1, "an integer ≥ 1"),
     "studio.max_micro_batch": (lambda v: v >= 1, "an integer ≥ 1"),
     "studio.sample_max_new_tokens": (lambda v: 1 <= v <= 4096, "from 1 to 4096"),
@@ -227,10 +233,12 @@ def check_ranges(recipe: "Recipe") -> None:
         if value is None or isinstance(value, bool):
             continue
         try:
-            good = ok(float(value))
-        except (TypeError, ValueError):
-            raise StudioError(f"{where}: '{key}' must be a number ({allowed}), got {value!r}") from None
-        if not good:
+            number = float(value)
+        except (TypeError, ValueError, OverflowError):
+            raise StudioError(f"{where}: '{key}' must be a number ({allowed}), got {_short(value)}") from None
+        if not math.isfinite(number):
+            raise StudioError(f"{where}: '{key}' must be a finite number ({allowed}), got {value!r}")
+        if not ok(number):
             raise StudioError(f"{where}: '{key}' must be {allowed}, got {value!r}")
 
 
@@ -276,12 +284,7 @@ def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
         path = RECIPES_DIR / f"{path}.yaml"  # a bare name: recipes/NAME.yaml
     if not path.exists():
         raise StudioError(f"{path}: no such recipe file")
-    try:
-        data = yaml.safe_load(path.read_text("utf-8"))
-    except yaml.YAMLError as e:
-        line = getattr(getattr(e, "problem_mark", None), "line", None)
-        where = f"{path} line {line + 1}" if line is not None else str(path)
-        raise StudioError(f"{where}: not valid YAML ({getattr(e, 'problem', e)})") from None
+    data = parse_yaml(path)
     recipe = recipe_from_dict(data or {}, str(path))
     for item in overrides or []:
         key, eq, value = item.partition("=")
@@ -289,6 +292,43 @@ def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
             raise StudioError(f"--set {item!r}: expected key=value")
         recipe.set(key.strip(), yaml.safe_load(value) if value.strip() else None)
     return validate(recipe)
+
+
+class _RecipeLoader(yaml.SafeLoader):
+    """YAML for recipes: safe types only, and no aliases (a few lines of anchors can expand to billions)."""
+
+    def compose_node(self, parent, index):
+        if self.check_event(yaml.AliasEvent):
+            event = self.peek_event()
+            raise yaml.composer.ComposerError(None, None, "anchors and aliases (*name) are not allowed in a recipe",
+                                              event.start_mark)
+        return super().compose_node(parent, index)
+
+
+def parse_yaml(path: Path):
+    """A recipe file's YAML, or one line naming the file (and line) and what is wrong."""
+    try:
+        size = path.stat().st_size
+        if size > MAX_RECIPE_BYTES:
+            raise StudioError(f"{path.name}: {size:,} bytes; a recipe is at most {MAX_RECIPE_BYTES:,}")
+        text = path.read_text("utf-8")
+    except UnicodeDecodeError as e:
+        raise StudioError(f"{path.name}: not UTF-8 text (byte {e.start})") from None
+    except OSError as e:
+        raise StudioError(f"{path.name}: can't read it ({e.strerror or type(e).__name__})") from None
+    try:
+        return yaml.load(text, Loader=_RecipeLoader)  # noqa: S506 - a SafeLoader subclass
+    except yaml.YAMLError as e:
+        line = getattr(getattr(e, "problem_mark", None), "line", None)
+        where = f"{path} line {line + 1}" if line is not None else str(path)
+        raise StudioError(f"{where}: not valid YAML ({getattr(e, 'problem', e)})") from None
+    except RecursionError:
+        raise StudioError(f"{path}: nested too deeply to be a recipe") from None
+
+
+def _short(value, limit: int = 80) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit] + f"… ({len(text):,} characters)"
 
 
 def list_recipes(folder: Path = RECIPES_DIR) -> list[Recipe]:

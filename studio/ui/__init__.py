@@ -15,7 +15,7 @@ from studio.ui.train_tab import create_train_tab
 
 def build_app() -> gr.Blocks:
     from studio.access import set_visitor_source
-    from studio.ui.common import event_visitor
+    from studio.ui.common import event_visitor, plain_input_errors
 
     set_visitor_source(event_visitor)  # studio.access asks who the current event's visitor is
     with gr.Blocks(title="LoRA Studio", analytics_enabled=False) as demo:
@@ -36,6 +36,9 @@ def build_app() -> gr.Blocks:
         for tab in (dpo, chat, evaluate, export):  # each tab may ask for page-load events: (fn, inputs, outputs)
             for event in tab.get("on_load", []):
                 demo.load(*event)
+    for block in demo.blocks.values():
+        if isinstance(block, gr.components.Component) and not isinstance(block, (gr.State, gr.BrowserState)):
+            plain_input_errors(block)
     return demo
 
 

@@ -63,6 +63,13 @@ def send(persona, message, chat_a, chat_b, model, model_b, compare, stories, k, 
     if not message:
         yield chat_a, chat_b, gr.update(), gr.update(), message, error_html("type a message first")
         return
+    from studio.chat import check_sampling
+
+    _, err = safely(check_sampling, k=k, temperature=temperature, top_p=top_p, repetition_penalty=repetition_penalty,
+                    max_new_tokens=max_new_tokens)
+    if err:
+        yield chat_a, chat_b, gr.update(), gr.update(), message, error_html(err)
+        return
     setups, err = safely(_setups, model, model_b, compare, stories, int(k))
     if err:
         yield chat_a, chat_b, gr.update(), gr.update(), message, error_html(err)

@@ -71,6 +71,45 @@ def safely(fn, *args, **kwargs):
         return None, f"unexpected error ({type(e).__name__}); details are in the server log"
 
 
+def plain_input_errors(block) -> None:
+    """A value Gradio's component can't read (a word in a number box, a chat that is not a list of messages,
+    sent straight through the API) is refused with one line naming the field, not Gradio's generic
+    "the app raised an exception". Installed on every input component once the page is built."""
+    import gradio as gr
+    from pydantic import ValidationError
+
+    label = getattr(block, "label", None) or type(block).__name__
+    kind = {"Number": "a number", "Slider": "a number", "Chatbot": "a list of {role, content} messages",
+            "Checkbox": "true or false"}.get(type(block).__name__, "a value of another kind")
+
+    def refuse(payload):
+        return gr.Error(f"{label}: expected {kind}, got {type(payload).__name__}", print_exception=False)
+
+    preprocess = getattr(block, "preprocess", None)
+    if callable(preprocess):
+        def checked_preprocess(payload):
+            try:
+                return preprocess(payload)
+            except gr.Error:
+                raise
+            except Exception:  # noqa: BLE001 - Gradio could not read the value: say which field
+                raise refuse(payload) from None
+
+        block.preprocess = checked_preprocess
+    model = getattr(block, "data_model", None)
+    if isinstance(model, type) and hasattr(model, "model_validate"):
+        class Checked(model):
+            @classmethod
+            def model_validate(cls, obj, *args, **kwargs):
+                try:
+                    return model.model_validate(obj, *args, **kwargs)
+                except ValidationError:
+                    raise refuse(obj) from None
+
+        Checked.__name__ = model.__name__
+        block.data_model = Checked
+
+
 def progress_html(s: dict) -> str:
     total, step = s.get("total") or 0, s.get("step") or 0
     pct = 100 * step / total if total else 0

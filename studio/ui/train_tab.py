@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import enum
 import html
+import math
 import tempfile
 from pathlib import Path
 
@@ -84,6 +85,10 @@ def form_to_flat(keys: list[str], values: list, base: dict) -> dict:
         elif key == "eval_prompts" and isinstance(value, str):
             value = [line for line in value.splitlines() if line.strip()]
         elif key in INT_KEYS and isinstance(value, float):
+            if not math.isfinite(value):  # NaN or Infinity, sent straight through the API
+                from studio.errors import StudioError
+
+                raise StudioError(f"form: '{key}' must be a finite number, got {value!r}")
             value = int(value)
         flat[key] = value
     return flat
