@@ -35,6 +35,17 @@ class StudioError(Exception):
         return self.message
 
 
+def whole_number(value, what: str, low: int, high: int) -> int:
+    """A count typed on the page or sent through the API (NaN, Infinity, words and all) as an int in range."""
+    try:
+        number = float(value)
+    except (TypeError, ValueError, OverflowError):
+        raise StudioError(f"{what}: expected a number, got {type(value).__name__}") from None
+    if number != number or not low <= number <= high:
+        raise StudioError(f"{what}: must be a whole number from {low} to {high}, got {value!r}")
+    return int(number)
+
+
 class RedactingFormatter(logging.Formatter):
     """Log records, tracebacks included, with tokens redacted: the app's log handlers use it, so an
     unexpected error whose message or locals carry a token never writes it to the server log."""

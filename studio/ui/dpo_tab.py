@@ -169,6 +169,7 @@ def create_dpo_tab(client: gr.BrowserState) -> dict:
 
         def begin(profile: gr.OAuthProfile | None, client_id, name, model_ref, seed, tokens, text, source):
             from studio.access import require_work
+            from studio.errors import whole_number
             from studio.pairs import dataset_prompts, prompts_from_text, start_labelling
 
             browser(client_id)
@@ -176,7 +177,8 @@ def create_dpo_tab(client: gr.BrowserState) -> dict:
             def run():
                 require_work(profile, "labelling pairs")
                 prompts = dataset_prompts(source, model_ref) if (source or "").strip() else prompts_from_text(text)
-                return start_labelling(name, model_ref, prompts, seed=int(seed or 0), max_new_tokens=int(tokens or 48))
+                return start_labelling(name, model_ref, prompts, seed=whole_number(seed or 0, "seed", 0, 2**32 - 1),
+                                       max_new_tokens=whole_number(tokens or 48, "max new tokens", 1, 512))
 
             s, err = safely(run)
             if err:
@@ -224,12 +226,14 @@ def create_dpo_tab(client: gr.BrowserState) -> dict:
         # ---- pair builder -------------------------------------------------------------------------------------
         def build_from_sft(profile: gr.OAuthProfile | None, source, model_ref, name, rows, progress=gr.Progress()):
             from studio.access import check_data_source, require_work
+            from studio.errors import whole_number
             from studio.pairs import build_pairs, pairs_path
 
             def run():
                 require_work(profile, "building pairs")
                 check_data_source(source)
-                return build_pairs(source, pairs_path(name), model_ref, max_rows=int(rows or 50),
+                return build_pairs(source, pairs_path(name), model_ref,
+                                   max_rows=whole_number(rows or 50, "max rows", 1, 100_000),
                                    progress=lambda done, total: progress((done, total), desc="sampling replies"))
 
             result, err = safely(run)

@@ -190,9 +190,16 @@ def create_evaluate_tab(client: gr.BrowserState) -> dict:
                 if err:
                     return [None, error_html(err), *nothing, gr.update()]
             chosen = None if rows_from == TEST_SPLIT else (suite_file if rows_from == "upload" else rows_from)
-            result, err = safely(compare, refs, data=(dataset or None) if chosen is None else None, suite=chosen,
-                                 limit=int(n) if n else None, max_new_tokens=int(n_new or 32),
-                                 name=result_name or None, progress=lambda f, text: progress(f, desc=text))
+
+            def run():
+                from studio.errors import whole_number
+
+                return compare(refs, data=(dataset or None) if chosen is None else None, suite=chosen,
+                               limit=whole_number(n, "rows", 1, 100_000) if n else None,
+                               max_new_tokens=whole_number(n_new or 32, "max new tokens", 1, 1024),
+                               name=result_name or None, progress=lambda f, text: progress(f, desc=text))
+
+            result, err = safely(run)
             if err:
                 return [None, error_html(err), *nothing, gr.update()]
             from studio.evaluate import list_results
