@@ -10,6 +10,7 @@ import os
 import re
 
 _TOKEN = re.compile(r"hf_[A-Za-z0-9]{20,}")  # Hugging Face access tokens: hf_ + 34 letters/digits
+_LONG_WORD = re.compile(r"\S{200,}")
 TOKEN_VARS = ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "HUGGINGFACEHUB_API_TOKEN")
 
 
@@ -28,6 +29,8 @@ class StudioError(Exception):
 
     def __init__(self, message: str):
         message = redact(" ".join(str(message).split()))  # always one line, never a token
+        # a visitor's 10k-character value is named, not echoed whole
+        message = _LONG_WORD.sub(lambda m: f"{m.group()[:60]}… ({len(m.group()):,} characters)", message)
         super().__init__(message)
         self.message = message
 

@@ -183,6 +183,8 @@ def recipe_from_dict(data: dict, where: str = "recipe") -> Recipe:
 MAX_STEPS = 10_000_000  # bounds a visitor can't exceed: past these a run is a mistake or an attack on the server
 MAX_TOKENS = 1_048_576
 MAX_RECIPE_BYTES = 1_000_000  # a recipe is a page of YAML
+MAX_EVAL_PROMPTS, MAX_PROMPT_CHARS = 32, 4000  # generated before and after training, in the job's own thread
+_MODULE_NAME = re.compile(r"all-linear|[A-Za-z_][A-Za-z0-9_.]{0,99}")
 
 
 # Settings that can never train: checked before a job starts, so the user gets one line, not a failed run.
@@ -230,8 +232,10 @@ def check_ranges(recipe: "Recipe") -> None:
         flat.update({f"{group}.{k}": v for k, v in (recipe.header.get(group) or {}).items()})
     for key, (ok, allowed) in RANGES.items():
         value = flat.get(key)
-        if value is None or isinstance(value, bool):
+        if value is None:
             continue
+        if isinstance(value, bool):
+            raise StudioError(f"{where}: '{key}' must be a number ({allowed}), got {value!r}")
         try:
             number = float(value)
         except (TypeError, ValueError, OverflowError):
@@ -265,9 +269,25 @@ def validate(recipe: Recipe) -> Recipe:
             raise StudioError(f"{where}: dataset.{key} must be text, got {type(value).__name__}")
     if not recipe.model.get("model_name_or_path"):
         raise StudioError(f"{where}: model_name_or_path is missing")
+    fmt = recipe.dataset.get("format")
+    if fmt not in (None, "", "auto"):
+        from studio.data.formats import FORMATS
+
+        if fmt not in FORMATS:
+            raise StudioError(f"{where}: dataset.format {_short(fmt, 60)} is not one of auto, {', '.join(FORMATS)}")
+    targets = recipe.model.get("lora_target_modules")
+    names = [targets] if isinstance(targets, str) else targets
+    if targets is not None and (not isinstance(names, list) or not all(
+            isinstance(t, str) and _MODULE_NAME.fullmatch(t) for t in names)):
+        # PEFT reads a single string as a regular expression: only 'all-linear' or plain module names
+        raise StudioError(f"{where}: lora_target_modules must be 'all-linear' or module names like q_proj, "
+                          f"got {_short(targets, 60)}")
     prompts = recipe.header.get("eval_prompts", [])
     if not isinstance(prompts, list) or not all(isinstance(p, str) for p in prompts):
         raise StudioError(f"{where}: eval_prompts must be a list of strings")
+    if len(prompts) > MAX_EVAL_PROMPTS or any(len(p) > MAX_PROMPT_CHARS for p in prompts):
+        raise StudioError(f"{where}: eval_prompts: at most {MAX_EVAL_PROMPTS} prompts of at most "
+                          f"{MAX_PROMPT_CHARS:,} characters each")
     check_ranges(recipe)
     try:
         recipe.model_config()

@@ -90,8 +90,10 @@ def plain_input_errors(block) -> None:
         def checked_preprocess(payload):
             try:
                 return preprocess(payload)
-            except gr.Error:
-                raise
+            except gr.Error as e:  # Gradio's own check (a choice not offered, out of range): name the field
+                said = " ".join(str(e.message).split())
+                raise gr.Error(f"{label}: {said if len(said) <= 200 else said[:200] + '…'}",
+                               print_exception=False) from None
             except Exception:  # noqa: BLE001 - Gradio could not read the value: say which field
                 raise refuse(payload) from None
 

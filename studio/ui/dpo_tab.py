@@ -65,7 +65,9 @@ def heldout_rows(run_dir) -> list[list]:
 def _label_status(s: dict) -> str:
     from studio.pairs import describe, read_meta
 
-    where = f"`{s['file']}`"
+    from pathlib import Path
+
+    where = f"`runs/pairs/{Path(s['file']).name}`"  # never the server's absolute path
     head = f"**{s['name']}**: **{s['pairs']}** pairs saved, {s['skipped']} skipped"
     if s["done"]:
         return f"{head} · all {s['total']} prompts labelled · {where}"
