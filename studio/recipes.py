@@ -344,6 +344,8 @@ def parse_yaml(path: Path):
         raise StudioError(f"{where}: not valid YAML ({getattr(e, 'problem', e)})") from None
     except RecursionError:
         raise StudioError(f"{path}: nested too deeply to be a recipe") from None
+    except ValueError as e:  # PyYAML's int(): a number of more than 4,300 digits
+        raise StudioError(f"{path}: a value can't be read ({str(e).split(':')[0]})") from None
 
 
 def _short(value, limit: int = 80) -> str:
