@@ -12,6 +12,7 @@ import errno
 import json
 import logging
 import os
+import re
 import threading
 import time
 import traceback
@@ -52,6 +53,7 @@ class Job:
         self.stop_event = threading.Event()
         self.thread: threading.Thread | None = None
         self.owner: str | None = None  # who may stop it (a browser's id in the app)
+        self.failed_start = False  # failed before its first step: its folder is gone, fresh pages don't show it
         self._lock = threading.Lock()
         self._events_path = self.run_dir / "events.jsonl"
         self._events_file = None
@@ -225,7 +227,8 @@ def start_job(recipe, runs_dir=None, resume: str | os.PathLike | None = None, ru
                                       "nothing to resume, the run is left as it was")
         else:
             stamp = time.strftime("%Y%m%d-%H%M%S")
-            base = check_run_name(run_name) if run_name else f"{check_run_name(recipe.name, 'recipe name')}-{stamp}"
+            check_run_name(recipe.name, "recipe name")
+            base = check_run_name(run_name) if run_name else f"{default_run_name(recipe)}-{stamp}"
             run_dir = runs_root(runs_dir) / base
             n = 1
             if run_name and (run_dir / "summary.json").exists():
@@ -251,13 +254,46 @@ def start_job(recipe, runs_dir=None, resume: str | os.PathLike | None = None, ru
         return job
 
 
+def _slug(text: str, limit: int = 28) -> str:
+    text = re.sub(r"[^A-Za-z0-9._-]+", "-", str(text or "")).strip("-._")
+    return text[:limit].strip("-._") or "x"
+
+
+def default_run_name(recipe) -> str:
+    """recipe-model-data: five runs of one recipe on different models or files can be told apart."""
+    from pathlib import PurePath
+
+    model = PurePath(str(recipe.model.get("model_name_or_path") or "model")).name
+    source = str((recipe.dataset or {}).get("source") or "data")
+    data = PurePath(source.removeprefix("sample:")).stem if not source.startswith("hf:") else source.split("/")[-1]
+    parts = [_slug(recipe.name, 40)]
+    for part in (_slug(model), _slug(data)):
+        if part.lower() not in parts[0].lower():  # tiny-quotes on quotes: no "-quotes" twice
+            parts.append(part)
+    return "-".join(parts)[:84]
+
+
+def _fail(job: Job, msg: str, resume: bool) -> None:
+    """A failed run says why in its log; a run that failed before its first step leaves no run folder."""
+    job.log(f"failed: {msg}")
+    failed_start = not resume and job.started_at is None
+    job.emit("status", status=FAILED, error=msg)
+    if failed_start:
+        job.failed_start = True
+        if job.writer:
+            import shutil
+
+            job.writer = False  # nothing more is written there
+            shutil.rmtree(job.run_dir, ignore_errors=True)
+
+
 def _run(job: Job, resume: bool) -> None:
     from studio.train import run_method
 
     try:
         run_method(job, resume=resume)
     except StudioError as e:
-        job.emit("status", status=FAILED, error=str(e))
+        _fail(job, str(e), resume)
     except Exception as e:  # noqa: BLE001 - the process must stay up
         import torch
 
@@ -269,13 +305,14 @@ def _run(job: Job, resume: bool) -> None:
             msg = (f"disk full while writing {job.run_dir}: free space (or delete old runs), then resume the run; "
                    "the last complete checkpoint is kept")
         else:
-            msg = f"unexpected error: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''} (traceback in {job.run_dir / 'error.log'})"
+            where = "the server log" if not resume and job.started_at is None else job.run_dir / "error.log"
+            msg = f"unexpected error: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''} (traceback in {where})"
         try:
             (job.run_dir / "error.log").write_text(redact(traceback.format_exc()), encoding="utf-8")
         except OSError:
             pass  # a full disk: the message above says so
         log.error("job %s failed\n%s", job.id, redact(traceback.format_exc()))
-        job.emit("status", status=FAILED, error=redact(msg))
+        _fail(job, redact(msg), resume)
 
 
 def resumable(job: Job) -> bool:

@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 from studio.errors import StudioError
-from studio.train.common import (memory_probe, quiet_trainer, require_split, resolve_fast_defaults, stopped_summary,
+from studio.train.common import (eval_split, memory_probe, quiet_trainer, resolve_fast_defaults, stopped_summary,
                                  train_job, write_summary)
 from studio.train.progress import DONE, make_callback, save_adapter
 
@@ -112,9 +112,7 @@ def build_dpo_trainer(recipe, run_dir: Path, log=print, callbacks=()):
     log(f"data: {data.source} as {data.format.name}, {data.rows} pairs, {data.dropped_total} dropped"
         + (f" ({', '.join(f'{v} {k}' for k, v in data.dropped.items())})" if data.dropped else "")
         + f", splits {', '.join(f'{k} {len(v)}' for k, v in data.splits.items())}")
-    eval_ds = None
-    if recipe.train.get("eval_strategy", "no") != "no":
-        eval_ds = require_split(data, "validation", recipe.path or recipe.name)
+    eval_ds = eval_split(recipe, data, log)
 
     log(f"loading {model_args.model_name_or_path}")
     model = load_model(model_args, trust_remote_code=bool(recipe.train.get("trust_remote_code")))
