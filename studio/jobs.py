@@ -204,6 +204,20 @@ def get_job(job_id: str) -> Job | None:
     return _jobs.get(job_id)
 
 
+def latest_job(kinds, started_here: str | None = None) -> Job | None:
+    """What a tab shows after a (re)load: the newest job of this process of the kinds the tab starts.
+    A start that failed before its first step is shown only to the page that started it (`started_here`)."""
+    for job in reversed(list(_jobs.values())):
+        if job.kind in kinds and (not job.failed_start or job.id == started_here):
+            return job
+    return None
+
+
+def run_label(job: Job) -> str:
+    """A run as pickers show it: its name (recipe-model-data-time) and its status."""
+    return f"{job.id} · {job.status}"
+
+
 def start_job(recipe, runs_dir=None, resume: str | os.PathLike | None = None, run_name: str | None = None,
               owner: str | None = None) -> Job:
     """Start `recipe` in a background thread, or resume the run folder `resume`.

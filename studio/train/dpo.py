@@ -174,7 +174,14 @@ def run_dpo(job, resume: bool = False) -> dict:
     extra.update(adapter_dir=str(adapter_dir), adapter_bytes=folder_size(adapter_dir))
     heldout_name = "test" if "test" in data.splits else "validation" if "validation" in data.splits else None
     if heldout_name:
-        rows = data.splits[heldout_name].select(range(min(HELDOUT_ROWS, len(data.splits[heldout_name])))).to_list()
+        rows, prompts = [], set()
+        for row in data.splits[heldout_name]:  # one pair per prompt: a table of distinct questions
+            key = json.dumps(row["prompt"], sort_keys=True)
+            if key not in prompts:
+                prompts.add(key)
+                rows.append(row)
+            if len(rows) == HELDOUT_ROWS:
+                break
         reference = "ref" if "ref" in trainer.model.peft_config else None
         table = margin_table(trainer.model, tokenizer, rows, reference, beta=trainer.args.beta)
         (run_dir / "heldout_margins.json").write_text(json.dumps(table, indent=1, ensure_ascii=False), encoding="utf-8")
@@ -184,9 +191,10 @@ def run_dpo(job, resume: bool = False) -> dict:
                             "reference_prefers_chosen": round(
                                 sum(r["reference_margin"] > 0 for r in table) / len(table), 4)}
         h = extra["heldout"]
-        job.log(f"held-out {heldout_name} pairs: reward accuracy {h['reward_accuracy']:.0%}; p(chosen) > p(rejected) "
-                f"for the policy in {h['policy_prefers_chosen']:.0%}, for the reference in "
-                f"{h['reference_prefers_chosen']:.0%}")
+        margin = sum(r["reward_margin"] for r in table) / len(table)
+        h["mean_reward_margin"] = round(margin, 4)
+        job.log(f"held-out {heldout_name} pairs ({len(table)} prompts): mean reward margin {margin:+.3f}, "
+                f"reward accuracy {h['reward_accuracy']:.0%} (DPO moved towards the chosen reply on that share)")
     summary = write_summary(job, trainer, DONE, started, start_step, extra)
     job.emit("status", status=DONE)
     return summary
