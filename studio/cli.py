@@ -358,6 +358,10 @@ def main(argv: list[str] | None = None) -> int:
     _quiet_libraries()
     args = build_parser().parse_args(argv)
     _pinned_root.clear()
+    if not sys.stderr.isatty() and args.command in ("train", "eval", "export", "chat", "pairs"):
+        from transformers.utils import logging as hf_logging  # a file gets lines, not bars redrawn with \r
+
+        hf_logging.disable_progress_bar()
     if getattr(args, "runs_dir", None):
         from pathlib import Path
 
