@@ -12,7 +12,7 @@ def _figure(title: str):
     import plotly.graph_objects as go
 
     fig = go.Figure()
-    fig.update_layout(title=title, template="plotly_white", height=380, margin=dict(l=50, r=20, t=50, b=110),
+    fig.update_layout(title=title, template="plotly_white", height=380, margin=dict(l=50, r=20, t=60, b=110),
                       legend=LEGEND, xaxis_title="step")
     return fig
 

@@ -304,7 +304,7 @@ def create_dpo_tab(client: gr.BrowserState) -> dict:
             bar = progress_html(s) + (error_html(s["error"]) if s.get("error") else "")
             n, finished = len(job.history), job.summary is not None
             if n != seen_state[0]:
-                fig = dpo_chart(job.history, f"Run {job.id}") if n else None
+                fig = dpo_chart(job.history, f"DPO run<br><sup>{job.id}</sup>") if n else None
             else:
                 fig = gr.update()
             rows = heldout_rows(job.run_dir) if finished and not seen_state[1] else gr.update()

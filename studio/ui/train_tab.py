@@ -106,7 +106,7 @@ def samples_markdown(summary: dict | None) -> str:
     cell = lambda t: html.escape(t).replace("\n", "<br>").replace("|", "&#124;")  # noqa: E731
     for s in summary["samples"]:
         rows.append(f"| {cell(s['prompt'])} | {cell(s['before'])} | {cell(s['after'])} |")
-    return "**Before / after on the recipe's prompts**\n\n" + "\n".join(rows)
+    return "**Before / after on the sample prompts**\n\n" + "\n".join(rows)
 
 
 def create_train_tab(client: gr.BrowserState) -> dict:
@@ -237,7 +237,7 @@ def create_train_tab(client: gr.BrowserState) -> dict:
             bar = progress_html(s) + note + (error_html(s["error"]) if s.get("error") else "")
             n = len(job.history)
             if n != seen_rows:  # no metrics yet (or a failed start): no chart, not an empty one
-                fig = loss_chart(job.history, f"Run {job.id} ({job.kind.upper()})") if n else None
+                fig = loss_chart(job.history, f"{job.kind.upper()} run<br><sup>{job.id}</sup>") if n else None
             else:
                 fig = gr.update()
             log_text = "\n".join(job.logs[-200:]) if mine else "(the log is shown only to the visitor who started the run)"
