@@ -54,6 +54,7 @@ class Job:
         self.thread: threading.Thread | None = None
         self.owner: str | None = None  # who may stop it (a browser's id in the app)
         self.failed_start = False  # failed before its first step: its folder is gone, fresh pages don't show it
+        self.new_folder = False
         self._lock = threading.Lock()
         self._events_path = self.run_dir / "events.jsonl"
         self._events_file = None
@@ -257,6 +258,7 @@ def start_job(recipe, runs_dir=None, resume: str | os.PathLike | None = None, ru
             recipe = load_recipe(run_dir / "recipe.yaml")
             job.elapsed_before = job.elapsed()
         job.recipe, job.kind, job.owner = recipe, recipe.method, owner
+        job.new_folder = not resume and not run_dir.exists()  # only a folder this start made is removed on failure
         run_dir.mkdir(parents=True, exist_ok=True)
         if not resume and job.writer:
             (run_dir / "recipe.yaml").write_text(recipe.to_yaml(), encoding="utf-8")
@@ -279,7 +281,7 @@ def default_run_name(recipe) -> str:
 
     model = PurePath(str(recipe.model.get("model_name_or_path") or "model")).name
     source = str((recipe.dataset or {}).get("source") or "data")
-    data = PurePath(source.removeprefix("sample:")).stem if not source.startswith("hf:") else source.split("/")[-1]
+    data = PurePath(source.removeprefix("sample:")).stem  # a file's stem, a sample's or a Hub dataset's name
     parts = [_slug(recipe.name, 40)]
     for part in (_slug(model), _slug(data)):
         if part.lower() not in parts[0].lower():  # tiny-quotes on quotes: no "-quotes" twice
@@ -294,7 +296,7 @@ def _fail(job: Job, msg: str, resume: bool) -> None:
     job.emit("status", status=FAILED, error=msg)
     if failed_start:
         job.failed_start = True
-        if job.writer:
+        if job.writer and job.new_folder:
             import shutil
 
             job.writer = False  # nothing more is written there
