@@ -327,11 +327,11 @@ def create_train_tab(client: gr.BrowserState) -> dict:
             folder = Path(tempfile.mkdtemp(prefix="recipe-"))
             path = folder / f"{recipe_obj.name}.yaml"
             path.write_text(recipe_obj.to_yaml(), encoding="utf-8")
-            return gr.update(value=str(path), visible=True)
+            return str(path)
 
-        # One event: the file is written from the values at the click, then the browser downloads it.
+        # One event: the file is written from the values at the click, shown, and the browser downloads it.
         save.click(save_recipe, [base_flat, *comps], recipe_file, api_name="save_recipe").then(
-            None, None, None, js=DOWNLOAD_JS)
+            lambda: gr.update(visible=True), None, recipe_file).then(None, None, None, js=DOWNLOAD_JS)
 
         def on_load(client_id, name):
             import uuid
