@@ -54,8 +54,10 @@ def resolve_model_path(name: str) -> str:
     return os.path.expanduser(name)
 
 
-def _hub_token() -> str | None:
-    return os.environ.get("HF_TOKEN") or None
+def _hub_token():
+    from studio.access import hub_token
+
+    return hub_token()  # on a shared studio the visitor's sign-in or False, never the owner's HF_TOKEN
 
 
 def hub_preflight(name: str) -> bool:

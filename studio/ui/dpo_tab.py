@@ -6,7 +6,7 @@ import json
 
 import gradio as gr
 
-from studio.ui.common import error_html, ok_html, progress_html, safely
+from studio.ui.common import browser, error_html, ok_html, progress_html, safely
 
 BASE_START = "(base model: a fresh adapter)"
 LOSS_TYPES = ["sigmoid", "ipo", "hinge", "robust", "exo_pair", "nca_pair", "bco_pair", "sppo_hard", "aot",
@@ -37,9 +37,9 @@ def _dpo_recipes() -> list[str]:
 
 
 def _runs_with_adapter() -> list[str]:
-    from studio.jobs import list_runs
+    from studio.runs import list_runs
 
-    return [j.id for j in list_runs() if (j.run_dir / "adapter" / "adapter_config.json").exists()]
+    return [j.id for j in list_runs() if j.has_adapter]
 
 
 def load_dpo_form(name: str) -> dict:
@@ -177,11 +177,12 @@ def create_dpo_tab(client: gr.BrowserState) -> dict:
             from studio.access import require_work
             from studio.pairs import dataset_prompts, prompts_from_text, start_labelling
 
+            browser(client_id)
+
             def run():
                 require_work(profile, "labelling pairs")
                 prompts = dataset_prompts(source, model_ref) if (source or "").strip() else prompts_from_text(text)
-                return start_labelling(name, model_ref, prompts, seed=int(seed or 0), max_new_tokens=int(tokens or 48),
-                                       owner=client_id)
+                return start_labelling(name, model_ref, prompts, seed=int(seed or 0), max_new_tokens=int(tokens or 48))
 
             s, err = safely(run)
             if err:
@@ -217,10 +218,11 @@ def create_dpo_tab(client: gr.BrowserState) -> dict:
             """A reloaded page picks up this browser's session touched last, at the prompt where it stopped."""
             from studio.pairs import latest_session, open_labelling
 
-            name = latest_session(client_id)
+            browser(client_id)
+            name = latest_session()
             if not name:
                 return [gr.update()] * (len(label_outputs) + 1)
-            s, err = safely(open_labelling, name, client_id)
+            s, err = safely(open_labelling, name)
             if err:
                 return [gr.update(), "", error_html(err)] + [gr.update()] * (len(label_outputs) - 2)
             return [name, *show_session(s)]
@@ -260,8 +262,11 @@ def create_dpo_tab(client: gr.BrowserState) -> dict:
             from studio.access import require_work
             from studio.jobs import start_job
             from studio.recipes import recipe_from_flat
-            from studio.train.dpo import init_adapter_run, load_pairs
+            from studio.inference import init_adapter_run
+            from studio.pairs import load_pairs
             from studio.ui.train_tab import form_to_flat
+
+            browser(client_id)
 
             def run():
                 require_work(profile, "training")
@@ -283,6 +288,7 @@ def create_dpo_tab(client: gr.BrowserState) -> dict:
         def stop_run(client_id):
             from studio.jobs import stop_current
 
+            browser(client_id)
             job, err = safely(stop_current, client_id, "dpo", "DPO")
             if err:
                 return error_html(err)
@@ -291,7 +297,7 @@ def create_dpo_tab(client: gr.BrowserState) -> dict:
         stop.click(stop_run, client, message, api_name="stop_dpo")
 
         def poll(profile: gr.OAuthProfile | None, client_id, seen_state, watching):
-            from studio.access import can_see_logs
+            from studio.access import can_see_logs, may_write
             from studio.charts import dpo_chart
             from studio.jobs import latest_job
 
@@ -300,7 +306,7 @@ def create_dpo_tab(client: gr.BrowserState) -> dict:
             if job is None:
                 return gr.update(), gr.update(), gr.update(), gr.update(), seen_state, gr.update(), watching
             s = job.snapshot()
-            mine = (not job.owner or job.owner == client_id) and can_see_logs(profile)
+            mine = (not job.owner or job.owner == client_id) and may_write(job.run_dir) and can_see_logs(profile)
             bar = progress_html(s) + (error_html(s["error"]) if s.get("error") else "")
             n, finished = len(job.history), job.summary is not None
             if n != seen_state[0]:
