@@ -185,7 +185,7 @@ def default_run_name(recipe) -> str:
     source = str((recipe.dataset or {}).get("source") or "data")
     data = PurePath(source.removeprefix("sample:")).stem  # a file's stem, a sample's or a Hub dataset's name
     parts = [_slug(recipe.name, 40)]
-    for part in (_slug(model), _slug(data)):
+    for part in (_slug(redact(model)), _slug(redact(data))):  # a token typed as a model name never names a folder
         if part.lower() not in parts[0].lower():  # tiny-quotes on quotes: no "-quotes" twice
             parts.append(part)
     return "-".join(parts)[:84]

@@ -5,7 +5,7 @@ import time
 import pytest
 import yaml
 
-from app_server import needs_chromium, start_app
+from app_server import needs_chromium, running_app
 
 pytestmark = needs_chromium
 
@@ -14,10 +14,8 @@ pytestmark = needs_chromium
 def app(tmp_path_factory):
     runs = tmp_path_factory.mktemp("newcomer-browser") / "runs"
     runs.mkdir()
-    proc, url = start_app(runs)
-    yield url, runs
-    proc.terminate()
-    proc.wait(10)
+    with running_app(runs) as url:
+        yield url, runs
 
 
 def _wait_for(cond, timeout=60, what="condition"):
