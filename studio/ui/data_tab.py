@@ -54,7 +54,9 @@ def inspect(kind, sample, upload, path, hub_id, hub_config, hub_split, fmt, temp
 
 
 def _fence(text: str) -> str:
-    return "```text\n" + text.replace("```", "ˋˋˋ") + "\n```"
+    from studio.data import clip_example
+
+    return "```text\n" + clip_example(text).replace("```", "ˋˋˋ") + "\n```"
 
 
 def preview_example(i: int, row: dict, tokenizer) -> str:

@@ -78,7 +78,7 @@ def _label_status(s: dict) -> str:
 
 
 def create_dpo_tab(client: gr.BrowserState) -> dict:
-    from studio.models import PRESETS
+    from studio.models import PRESETS, REAL_MODEL_ID
 
     with gr.Tab("DPO", id="dpo"):
         gr.Markdown("Align a model with **Direct Preference Optimization** on prompt / chosen / rejected pairs. "
@@ -88,7 +88,7 @@ def create_dpo_tab(client: gr.BrowserState) -> dict:
         with gr.Accordion("Label pairs: pick the better of two replies", open=True):
             with gr.Row():
                 pairs_name = gr.Textbox("my-pairs", label="Pairs file name (saved as runs/pairs/NAME.jsonl)", scale=2)
-                label_model = gr.Dropdown(list(PRESETS), value="embedded/tiny-llama", allow_custom_value=True,
+                label_model = gr.Dropdown(list(PRESETS), value=REAL_MODEL_ID, allow_custom_value=True,
                                           label="Model or run that writes the candidates", scale=2)
                 label_seed = gr.Number(0, label="Seed", precision=0, scale=1)
                 label_tokens = gr.Number(48, label="Max new tokens", precision=0, minimum=1, maximum=512, scale=1)

@@ -84,7 +84,7 @@ def show_result(result: dict, order: str):
 
 def create_evaluate_tab(client: gr.BrowserState) -> dict:
     from studio.evaluate import LOCAL_TASKS, RECIPE_SUITE, SUITES
-    from studio.models import PRESETS
+    from studio.models import PRESETS, REAL_MODEL_ID
 
     with gr.Tab("Evaluate", id="evaluate"):
         gr.Markdown("Compare the **base model** (loaded on its own) with one or more **runs** on the same rows "
@@ -123,7 +123,7 @@ def create_evaluate_tab(client: gr.BrowserState) -> dict:
                 open_btn = gr.Button("Open", scale=0, elem_id="eval-open")
         with gr.Accordion("Judge (optional): a model scores each pair of answers in both orders", open=False):
             with gr.Row():
-                judge_model = gr.Dropdown(list(PRESETS), value="embedded/tiny-llama", allow_custom_value=True,
+                judge_model = gr.Dropdown(list(PRESETS), value=REAL_MODEL_ID, allow_custom_value=True,
                                           label="Judge (model or run)")
                 judge_a = gr.Dropdown([], label="A (win rate is for A)")
                 judge_b = gr.Dropdown([], label="B")
