@@ -156,6 +156,8 @@ def main() -> None:
             # Persona Chat: a reply (done)
             for page in pages.values():
                 open_tab(page, "Persona Chat")
+                page.locator("#chat-model input").fill("embedded/tiny-llama")  # fast; the real default loads ~20 s
+                page.locator("#chat-model input").press("Enter")
                 page.locator("#chat-message textarea").fill("hello, what do you do in winter?")
                 page.locator("#chat-send").click()
                 wait_for(lambda: "done" in page.locator("#chat-status").inner_text(), 120)
