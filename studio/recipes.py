@@ -201,26 +201,26 @@ _MODULE_NAME = re.compile(r"all-linear|[A-Za-z_][A-Za-z0-9_.]{0,99}")
 # Settings that can never train: checked before a job starts, so the user gets one line, not a failed run.
 # key → (test, the allowed range in words)
 RANGES = {
-    "learning_rate": (lambda v: 0 < v <= 1, "> 0 and ≤ 1"),
-    "lora_r": (lambda v: 1 <= v <= 4096, "an integer from 1 to 4096"),
-    "lora_alpha": (lambda v: 0 < v <= 65536, "> 0 and ≤ 65536"),
+    "learning_rate": (lambda v: v > 0, "> 0"),
+    "lora_r": (lambda v: v >= 1, "an integer ≥ 1"),
+    "lora_alpha": (lambda v: v > 0, "> 0"),
     "lora_dropout": (lambda v: 0 <= v < 1, "from 0 up to (not including) 1"),
-    "per_device_train_batch_size": (lambda v: 1 <= v <= 4096, "an integer from 1 to 4096"),
-    "per_device_eval_batch_size": (lambda v: 1 <= v <= 4096, "an integer from 1 to 4096"),
-    "gradient_accumulation_steps": (lambda v: 1 <= v <= 65536, "an integer from 1 to 65536"),
-    "num_train_epochs": (lambda v: 0 < v <= 10_000, "> 0 and ≤ 10000"),
-    "max_steps": (lambda v: v == -1 or 1 <= v <= MAX_STEPS, f"-1 (use epochs) or an integer from 1 to {MAX_STEPS}"),
-    "max_length": (lambda v: 1 <= v <= MAX_TOKENS, f"an integer from 1 to {MAX_TOKENS} (or unset)"),
-    "warmup_steps": (lambda v: 0 <= v <= MAX_STEPS, "≥ 0 (a ratio below 1, or a number of steps)"),
+    "per_device_train_batch_size": (lambda v: v >= 1, "an integer ≥ 1"),
+    "per_device_eval_batch_size": (lambda v: v >= 1, "an integer ≥ 1"),
+    "gradient_accumulation_steps": (lambda v: v >= 1, "an integer ≥ 1"),
+    "num_train_epochs": (lambda v: v > 0, "> 0"),
+    "max_steps": (lambda v: v == -1 or v >= 1, "-1 (use epochs) or an integer ≥ 1"),
+    "max_length": (lambda v: v >= 1, "an integer ≥ 1 (or unset)"),
+    "warmup_steps": (lambda v: v >= 0, "≥ 0 (a ratio below 1, or a number of steps)"),
     "weight_decay": (lambda v: v >= 0, "≥ 0"),
     "max_grad_norm": (lambda v: v >= 0, "≥ 0"),
-    "logging_steps": (lambda v: 0 < v <= MAX_STEPS, "> 0"),
-    "save_steps": (lambda v: 0 < v <= MAX_STEPS, "> 0"),
-    "eval_steps": (lambda v: 0 < v <= MAX_STEPS, "> 0 (or unset)"),
+    "logging_steps": (lambda v: v > 0, "> 0"),
+    "save_steps": (lambda v: v > 0, "> 0"),
+    "eval_steps": (lambda v: v > 0, "> 0 (or unset)"),
     "save_total_limit": (lambda v: v >= 1, "an integer ≥ 1 (or unset)"),
-    "seed": (lambda v: 0 <= v < 2**32, "an integer from 0 to 4294967295"),
+    "seed": (lambda v: v >= 0, "an integer ≥ 0"),
     "beta": (lambda v: v > 0, "> 0"),
-    "dataset.max_length": (lambda v: 1 <= v <= MAX_TOKENS, f"an integer from 1 to {MAX_TOKENS}"),
+    "dataset.max_length": (lambda v: v >= 1, "an integer ≥ 1"),
     "dataset.max_rows": (lambda v: v >= 1, "an integer ≥ 1"),
     "studio.max_micro_batch": (lambda v: v >= 1, "an integer ≥ 1"),
     "studio.sample_max_new_tokens": (lambda v: 1 <= v <= 4096, "from 1 to 4096"),
@@ -234,6 +234,15 @@ RANGES = {
     "retrieval.stage1_steps": (lambda v: v >= 1, "an integer ≥ 1"),
     "retrieval.stage2_steps": (lambda v: v >= 1, "an integer ≥ 1"),
 }
+
+
+# Upper bounds a visitor can't exceed: past these a setting is a mistake or an attack on the server's memory and time.
+UPPER = {"learning_rate": 1, "lora_r": 4096, "lora_alpha": 65536, "per_device_train_batch_size": 4096,
+         "per_device_eval_batch_size": 4096, "gradient_accumulation_steps": 65536, "num_train_epochs": 10_000,
+         "max_steps": MAX_STEPS, "max_length": MAX_TOKENS, "warmup_steps": MAX_STEPS, "logging_steps": MAX_STEPS,
+         "save_steps": MAX_STEPS, "eval_steps": MAX_STEPS, "seed": 2**32 - 1, "dataset.max_length": MAX_TOKENS,
+         "dataset.max_rows": 10**9, "studio.max_micro_batch": 4096, "retrieval.k": 1000,
+         "retrieval.stage1_steps": MAX_STEPS, "retrieval.stage2_steps": MAX_STEPS, "retrieval.retriever_batch": 4096}
 
 
 def check_ranges(recipe: "Recipe") -> None:
@@ -255,6 +264,8 @@ def check_ranges(recipe: "Recipe") -> None:
             raise StudioError(f"{where}: '{key}' must be a finite number ({allowed}), got {value!r}")
         if not ok(number):
             raise StudioError(f"{where}: '{key}' must be {allowed}, got {value!r}")
+        if key in UPPER and number > UPPER[key]:
+            raise StudioError(f"{where}: '{key}' must be at most {UPPER[key]:,}, got {_short(value)}")
 
 
 def validate(recipe: Recipe) -> Recipe:
