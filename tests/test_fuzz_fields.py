@@ -94,17 +94,25 @@ def _cases():
         args = list(CHAT)
         args[index] = value
         out.append((f"chat [{index}]={value!r:.30}", "/send", args, True))
-    long_history = [turn("user", "q"), turn("assistant", "a")] * 5000 + [turn("user", "hi")]
-    out.append(("chat 10k turns, huge content", "/send", ["p", "hi", long_history, [], *CHAT[4:]], False))
+    block = lambda role, text: {"role": role, "content": [{"type": "text", "text": text}]}  # noqa: E731 - Gradio 6
+    long_history = [block("user", "q"), block("assistant", "a")] * 5000
+    out.append(("chat 10k turns", "/send", ["p", "hi", long_history, [], *CHAT[4:]], False))
+    out.append(("chat huge old turn", "/send", ["p", "hi", [block("user", "q" * 100_000)], [], *CHAT[4:]], True))
+    out.append(("chat unknown roles", "/send", ["p", "hi", [block("wizard", "q"), block("system", "x")], [],
+                                                *CHAT[4:]], False))
     for dataset in HOSTILE_TEXT[:9] + ["a/b/c/d", "-bad-/name"]:
         out.append((f"evaluate dataset {dataset:.30}", "/evaluate",
                     [[], "embedded/tiny-llama", "test split", dataset, 2, 4, "", None, "row order"], True))
     for n, n_new in [(NAN, 4), ("x", 4), (2, INF), (2, 10**9), (10**12, 4)]:
         out.append((f"evaluate n={n!r} n_new={n_new!r}", "/evaluate",
                     [[], "embedded/tiny-llama", "test split", "quotes", n, n_new, "", None, "row order"], True))
-    for repo, message in [("../../x", "m"), ("a" * 10_000, "m"), ("ok/name", "x" * 100_000), ("ok/name", "a\x00b"),
-                          ({"a": 1}, "m"), ("http://evil/x", "\x1b[31m")]:
-        out.append((f"push {repo!r:.20}", "/push_run", ["fz-run", ["adapter"], repo, False, message, TOKEN], True))
+    for repo, message, token in [("../../x", "m", TOKEN), ("a" * 10_000, "m", TOKEN), ("ok/name", "x" * 100_000, TOKEN),
+                                 ("ok/name", "a\x00b", TOKEN), ({"a": 1}, "m", TOKEN), ("http://evil/x", "\x1b[31m", TOKEN),
+                                 ("ok/..", "m", TOKEN), ("/etc/passwd", "m", TOKEN), ("ok/name", "m", "hf_ x\x00"),
+                                 ("ok/name", "m", "x" * 10_000), ("ok/name", "m", {"a": TOKEN}),
+                                 ("ok/name", "m", TOKEN + "\n" + TOKEN)]:
+        out.append((f"push {repo!r:.20} {message!r:.10}", "/push_run", ["fz-run", ["adapter"], repo, False, message,
+                                                                        token], True))
     for hub in HOSTILE_TEXT[:9] + ["a/b/c", "-x-/y"]:
         out.append((f"data hub {hub:.30}", "/inspect_data",
                     ["Hub dataset", "quotes", None, "", hub, "", "", "auto", "", ""], True))
@@ -155,6 +163,12 @@ def _texts(value):
 def app(tmp_path_factory):
     runs = tmp_path_factory.mktemp("fuzz-fields") / "runs"
     runs.mkdir()
+    # a finished run of the app's owner, exported: what a visitor's push reads (so the repo id, commit message and
+    # token fields are reached, not just the run check); HF_HUB_OFFLINE=1 stops every push before the network
+    (runs / "fz-run" / "export" / "adapter").mkdir(parents=True)
+    (runs / "fz-run" / "export" / "adapter" / "adapter_config.json").write_text("{}")
+    (runs / "fz-run" / "recipe.yaml").write_text("name: fz-run\nmodel_name_or_path: embedded/tiny-llama\n")
+    (runs / "fz-run" / "events.jsonl").write_text("")
     proc, url = start_app(runs, extra_args=["--shared"])
     yield proc, url, runs
     proc.terminate()

@@ -82,8 +82,8 @@ def plain_input_errors(block) -> None:
     kind = {"Number": "a number", "Slider": "a number", "Chatbot": "a list of {role, content} messages",
             "Checkbox": "true or false"}.get(type(block).__name__, "a value of another kind")
 
-    def refuse(payload):
-        return gr.Error(f"{label}: expected {kind}, got {type(payload).__name__}", print_exception=False)
+    def refuse(payload, why: str = ""):
+        return gr.Error(f"{label}: expected {kind}, got {type(payload).__name__}{why}", print_exception=False)
 
     preprocess = getattr(block, "preprocess", None)
     if callable(preprocess):
@@ -105,8 +105,10 @@ def plain_input_errors(block) -> None:
             def model_validate(cls, obj, *args, **kwargs):
                 try:
                     return model.model_validate(obj, *args, **kwargs)
-                except ValidationError:
-                    raise refuse(obj) from None
+                except ValidationError as e:
+                    first = e.errors()[0]
+                    where = ".".join(str(part) for part in first.get("loc", ())) or "value"
+                    raise refuse(obj, f" ({where}: {first.get('msg', 'invalid')})"[:200]) from None
 
         Checked.__name__ = model.__name__
         block.data_model = Checked
