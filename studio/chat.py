@@ -103,7 +103,8 @@ def clean_history(history: list[dict]) -> list[dict]:
             if isinstance(m, dict) and m.get("role") in ("user", "assistant")]
 
 
-SAMPLING = {"k": (0, 50), "temperature": (0, 5), "top_p": (0, 1), "repetition_penalty": (0.01, 10),
+SAMPLING = {"k": (0, 10**9),  # more than the corpus holds is refused where the corpus is known
+            "temperature": (0, 5), "top_p": (0, 1), "repetition_penalty": (0.01, 10),
             "max_new_tokens": (1, 1024)}
 
 
