@@ -260,3 +260,41 @@ def test_hostile_recipe_yaml(tmp_path):
         assert "\n" not in message and len(message) < 600 and "Traceback" not in message, (name, message[:600])
         assert time.time() - start < 30, name
     assert "anchors and aliases" in str(pytest.raises(StudioError, load_recipe, tmp_path / "laughs.yaml").value)
+
+
+def test_odd_story_corpora_pairs_files_and_embedder_names(tmp_path, monkeypatch):
+    """Files a visitor can't name on a shared app (only samples, runs/pairs and their own uploads) but the owner
+    can: a seeded share of the odd files of test_fuzz.py as a Persona Chat story corpus and as DPO pairs
+    (`load_pairs`, what Start DPO reads) — each read or refused with one line; and embedder names (a LAPDOG
+    recipe's `retrieval.embedder`) on a shared studio: paths, `..`, URLs refused, Hub ids allowed by name."""
+    from test_fuzz import generate
+
+    from studio.errors import StudioError
+    from studio.pairs import load_pairs
+    from studio.recipes import Recipe
+    from studio.retrieval import check_embedder_source, load_corpus
+
+    rng = random.Random(SEED)
+    odd = [(n, d) for n, d in generate() if len(d) < 2**20]
+    picked = [c for c in odd if "-pref" in c[0] or "chosen" in c[0] or "-top0" in c[0]]
+    picked += rng.sample([c for c in odd if c not in picked], 30)
+    outcomes = {"read": 0, "refused": 0}
+    for name, data in picked:
+        path = tmp_path / name
+        path.write_bytes(data)
+        for what, read in (("corpus", lambda: load_corpus(str(path))),
+                           ("pairs", lambda: load_pairs(Recipe(header={"method": "dpo",
+                                                                       "dataset": {"source": str(path)}})))):
+            try:
+                read()
+                outcomes["read"] += 1
+            except StudioError as e:
+                assert "\n" not in str(e) and len(str(e)) < 600 and "Traceback" not in str(e), (what, name, str(e))
+                outcomes["refused"] += 1
+    print(f"\n{len(picked)} odd files as story corpus and as pairs: {outcomes}")
+    monkeypatch.setenv("STUDIO_SHARED", "1")
+    for bad in ["../../etc", "/etc", "/", "~", "http://evil/x", "file:///etc", "a" * 10_000, "x\x00y", "runs/../.."]:
+        with pytest.raises(StudioError) as caught:
+            check_embedder_source(bad)
+        assert "\n" not in str(caught.value) and len(str(caught.value)) < 600
+    assert check_embedder_source("sentence-transformers/all-MiniLM-L6-v2") == "sentence-transformers/all-MiniLM-L6-v2"
