@@ -81,7 +81,7 @@ def sample_prompts(data, tokenizer, n: int = 3) -> list[str]:
     for row in split.select(range(min(len(split), 50))):
         if isinstance(row.get("prompt"), str):
             prompt = row["prompt"]
-        elif "text" in row:
+        elif isinstance(row.get("text"), str):  # a text column may hold numbers or dates (parquet, mixed JSON)
             words = row["text"].split()
             prompt = " ".join(words[:max(1, min(6, len(words) // 2))]) + " " if words else ""
         else:
