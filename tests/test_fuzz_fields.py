@@ -76,7 +76,7 @@ def _cases():
                                                                        source], True))
     out.append(("label A with no session", "/label_a", ["x" * 100_000, None], True))
     for src, rows, name in [("../../etc/passwd", 5, "x"), ("dolly", NAN, "x"), ("dolly", "many", "x"),
-                            ("dolly", 5, "../../x"), ("http://evil/x", 5, "x"), ("dolly", 5, "a" * 10_000)]:
+                            ("dolly", 5, "../../x"), ("dolly", 10**6, "x"), ("http://evil/x", 5, "x"), ("dolly", 5, "a" * 10_000)]:
         out.append((f"build {src:.20} {rows!r} {name:.10}", "/build_pairs", [src, "embedded/tiny-llama", name, rows],
                     True))
     dpo = ["v", "(base model: a fresh adapter)", "embedded/tiny-llama", "pairs", 0.1, "sigmoid", 1e-4, 64, 2, 4, 8]

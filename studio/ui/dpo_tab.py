@@ -241,7 +241,7 @@ def create_dpo_tab(client: gr.BrowserState) -> dict:
                 require_work(profile, "building pairs")
                 check_data_source(source)
                 return build_pairs(source, pairs_path(name), model_ref,
-                                   max_rows=whole_number(rows or 50, "max rows", 1, 100_000),
+                                   max_rows=whole_number(rows or 50, "max rows", 1, 1000),
                                    progress=lambda done, total: progress((done, total), desc="sampling replies"))
 
             result, err = safely(run)

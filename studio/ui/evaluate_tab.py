@@ -195,7 +195,7 @@ def create_evaluate_tab(client: gr.BrowserState) -> dict:
                 from studio.errors import whole_number
 
                 return compare(refs, data=(dataset or None) if chosen is None else None, suite=chosen,
-                               limit=whole_number(n, "rows", 1, 100_000) if n else None,
+                               limit=whole_number(n, "rows", 1, 10_000) if n else None,
                                max_new_tokens=whole_number(n_new or 32, "max new tokens", 1, 1024),
                                name=result_name or None, progress=lambda f, text: progress(f, desc=text))
 
