@@ -114,19 +114,20 @@ def test_heldout_loss_scores_what_training_scores(tok):
     assert start == len(p_ids) and tok.decode(full[start:]).startswith("Paris.<|im_end|>")
 
 
-def test_tuned_column_beats_the_base_on_the_quotes_test_split(smollm2, tmp_path):
+def test_tuned_column_beats_the_base_on_the_quotes_test_split(smollm2, tmp_path, monkeypatch):
     """A short SFT on quotes (the quotes format, the real model), then Evaluate on the quotes test split."""
     from conftest import tiny_recipe
     from studio import jobs
     from studio.evaluate import compare
 
     runs = tmp_path / "runs"
+    monkeypatch.setenv("STUDIO_RUNS", str(runs))
     recipe = tiny_recipe(model_name_or_path=smollm2, max_steps=8, per_device_train_batch_size=4,
                          gradient_accumulation_steps=1, learning_rate=2e-3, warmup_steps=0, lora_r=8, lora_alpha=16,
                          eval_strategy="no", save_steps=100, logging_steps=4)
     job = jobs.start_job(recipe, runs_dir=runs)
-    assert job.wait(600) and job.status == "done", job.error
-    result = compare([str(job.run_dir)], max_new_tokens=8, save=False)
+    assert job.wait(1800) and job.status == "done", (job.status, job.error)
+    result = compare([job.id], max_new_tokens=8, save=False)
     base, tuned = (result["metrics"][label] for label in result["labels"])
     assert result["config"]["data"]["split"] == "test" and result["config"]["data"]["rows"] >= 5
     assert tuned["f1"] > base["f1"] and tuned["exact_match"] > base["exact_match"], (base, tuned)
