@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 
 from studio.data.formats import FORMATS, cut_prompt
-from studio.evaluate import Item, _loss_inputs, dataset_items
+from studio.evaluate import Item, dataset_items
+from studio.evaluate.comparison import _loss_inputs
 
 GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 MODEL_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
