@@ -85,12 +85,14 @@ def table(title: str, labels: list[str], metrics: dict, keys: list[str]) -> None
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("parts", nargs="*", choices=["quotes", "dpo", "lapdog"], help="default: all three")
+    parser.add_argument("parts", nargs="*", help="quotes, dpo, lapdog (default: all three)")
     parser.add_argument("--steps-scale", type=float, default=1.0, help="multiply every recipe's step counts")
     parser.add_argument("--limit", type=int, default=32, help="held-out rows per report (DPO pairs, dialogues)")
     parser.add_argument("--runs", default=None, help="runs folder (default: a temporary one)")
     args = parser.parse_args()
-    args.parts = args.parts or ["quotes", "dpo", "lapdog"]
+    args.parts = args.parts or list(RECIPE)
+    if set(args.parts) - set(RECIPE):
+        parser.error(f"parts: choose from {', '.join(RECIPE)}")
 
     import torch
 
