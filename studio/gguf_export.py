@@ -473,3 +473,36 @@ def write_modelfile(folder: Path, gguf_file: str, tokenizer) -> Path:
     path = Path(folder) / "Modelfile"
     path.write_text("\n".join(lines) + "\n", "utf-8")
     return path
+
+
+# ---- the files of one export --------------------------------------------------------------------
+def check_gguf_types(types) -> None:
+    """Refuse unknown types, and llama.cpp-quantized ones without llama.cpp, before anything is written."""
+    for t in types:
+        if t not in GGUF_TYPES:
+            raise StudioError(f"GGUF type {t!r}: choose from {', '.join(GGUF_TYPES)}")
+    needs = [t for t in types if t in LLAMA_CPP_TYPES]
+    if needs and llama_cpp_version() is None:
+        raise StudioError(f"GGUF {', '.join(needs)} is made by llama.cpp's quantizer: pip install llama-cpp-python "
+                          f"(or choose {', '.join(DIRECT_TYPES)})")
+
+
+def write_gguf_files(model, tokenizer, folder: Path, types, name: str, log=print) -> list[Path]:
+    """`<name>-<type>.gguf` for each type; K-quants come from the f16 file (a temporary one if f16 was not asked)."""
+    check_gguf_types(types)
+    folder = Path(folder)
+    paths = {t: folder / f"{name}-{t}.gguf" for t in types}
+    f16 = paths.get("f16") or folder / f".{name}-f16-for-quantizing.gguf"
+    for t in types:
+        if t in DIRECT_TYPES:
+            log(f"writing gguf/{paths[t].name}")
+            write_gguf(model, tokenizer, paths[t], t, name)
+    quantized = [t for t in types if t in LLAMA_CPP_TYPES]
+    if quantized and not f16.exists():
+        write_gguf(model, tokenizer, f16, "f16", name)
+    for t in quantized:
+        log(f"quantizing gguf/{paths[t].name} with llama.cpp (llama_model_quantize, from f16)")
+        quantize(f16, paths[t], t)
+    if "f16" not in types and f16.exists():
+        f16.unlink()
+    return [paths[t] for t in types]
