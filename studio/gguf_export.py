@@ -342,6 +342,12 @@ def quantize(src: Path, dst: Path, qtype: str) -> Path:
                           f"(or choose {', '.join(DIRECT_TYPES)})")
     import llama_cpp
 
+    try:  # llama.cpp logs every tensor it quantizes: keep its errors only
+        from llama_cpp._logger import set_verbose
+
+        set_verbose(False)
+    except ImportError:
+        pass
     params = llama_cpp.llama_model_quantize_default_params()
     params.ftype = {"q4_k_m": llama_cpp.LLAMA_FTYPE_MOSTLY_Q4_K_M, "q5_k_m": llama_cpp.LLAMA_FTYPE_MOSTLY_Q5_K_M}[qtype]
     rc = llama_cpp.llama_model_quantize(str(src).encode(), str(dst).encode(), ctypes.byref(params))

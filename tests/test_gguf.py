@@ -2,6 +2,7 @@
 with a tokenizer of the family's real structure (trained here on the repo's corpus, or SmolLM2's own), written,
 loaded by llama-cpp-python, and compared with transformers on prompt ids and 16 greedy tokens."""
 
+import functools
 import importlib.util
 import json
 from pathlib import Path
@@ -17,9 +18,10 @@ HAS_LLAMA_CPP = gguf_export.llama_cpp_version() is not None
 needs_llama_cpp = pytest.mark.skipif(not HAS_LLAMA_CPP, reason="llama-cpp-python not installed")
 
 
+@functools.lru_cache(maxsize=None)
 def _lines():
     text = (ROOT / "assets" / "corpus.txt").read_text("utf-8").splitlines()
-    return [l for l in text if l.strip()] + TEXT
+    return tuple([l for l in text if l.strip()][:400] + TEXT)
 
 
 def _bytelevel_bpe(pre, specials, *, bos=None, eos, ignore_merges=False, chat=True, size=800):
@@ -127,7 +129,8 @@ def family(name):
     else:
         raise ValueError(name)
     model = tf.AutoModelForCausalLM.from_config(cfg)
-    return model.eval(), tok
+    # weights on the f16 grid: the f16 file holds exactly these, so only llama.cpp's arithmetic can differ
+    return model.to(torch.float16).to(torch.float32).eval(), tok
 
 
 FAMILIES = ["embedded", "smollm2", "llama3", "qwen2", "gpt2", "mistral", "gemma2", "gemma3"]
@@ -167,3 +170,45 @@ def test_unconvertible_models_get_one_line(tmp_path):
     with pytest.raises(StudioError) as e:
         gguf_export.write_gguf(family("gpt2")[0], odd, tmp_path / "x.gguf")
     assert "pre-tokenizer" in str(e.value) and "\n" not in str(e.value)
+
+
+def test_types_modelfile_card_and_the_fallback_judge(tmp_path, monkeypatch):
+    """One export's files: direct types and (with llama.cpp) its K-quant, each judged; the Ollama Modelfile;
+    the card's usage; without llama.cpp, transformers judges and says so, and K-quants are refused."""
+    import gguf
+    from huggingface_hub import ModelCard
+
+    from studio import export
+
+    model, tok = family("embedded")
+    types = ["f16", "q8_0"] + (["q4_k_m"] if HAS_LLAMA_CPP else [])
+    files = gguf_export.write_gguf_files(model, tok, tmp_path, types, "m", log=lambda _: None)
+    assert [f.name for f in files] == [f"m-{t}.gguf" for t in types] and not list(tmp_path.glob(".*"))
+    want = gguf_export.reference(model, tok, TEXT)
+    if HAS_LLAMA_CPP:
+        kv = gguf.GGUFReader(str(files[-1])).fields["general.file_type"]
+        assert int(kv.parts[kv.data[0]][0]) == gguf.LlamaFileType.MOSTLY_Q4_K_M
+        for f in files:
+            line = gguf_export.check_gguf(f, TEXT, want, tok)
+            assert line.startswith("llama.cpp (llama-cpp-python") and "prompt ids identical on 2/2" in line, line
+            assert "tokens agreeing" in line
+    monkeypatch.setattr(gguf_export, "llama_cpp_version", lambda: None)
+    line = gguf_export.check_gguf(files[0], TEXT, want, tok)
+    assert line.startswith("transformers' GGUF loader (llama-cpp-python not installed) judged"), line
+    assert "identical to the merged model's (transformers) on 2/2" in line
+    with pytest.raises(StudioError, match="llama-cpp-python"):
+        gguf_export.check_gguf_types(["f16", "q4_k_m"])
+
+    modelfile = gguf_export.write_modelfile(tmp_path, files[0].name, tok).read_text("utf-8")
+    assert "FROM ./m-f16.gguf" in modelfile and 'PARAMETER stop "<|im_end|>"' in modelfile
+    assert '{{ if eq .Role "user" }}<|im_start|>user\n{{ .Content }}<|im_end|>\n' in modelfile
+    assert modelfile.rstrip().split('TEMPLATE """')[1].split('"""')[0].endswith("<|im_start|>assistant\n")
+
+    run = tmp_path / "runs" / "by-hand"
+    run.mkdir(parents=True)
+    (run / "recipe.yaml").write_text("name: x\nmethod: sft\nmodel_name_or_path: embedded/tiny-llama\n")
+    export.write_card(tmp_path, run, "gguf", gguf_files=[f.name for f in files])
+    card = ModelCard.load(tmp_path / "README.md")
+    assert card.data.library_name == "gguf" and "gguf" in card.data.tags
+    for usage in ("llama-cli -m m-f16.gguf", "from llama_cpp import Llama", "ollama create", "gguf_file=\"m-f16.gguf\""):
+        assert usage in card.text, usage
