@@ -326,11 +326,16 @@ def _adds_space_prefix(spec: dict) -> bool:
 
 # ---- quantizing with llama.cpp ------------------------------------------------------------------
 def llama_cpp_version() -> str | None:
-    try:
-        import llama_cpp
-    except Exception:  # noqa: BLE001 - not installed (or its library does not load): transformers judges
+    """llama-cpp-python's version when it is installed (found without importing it: the page asks at start-up)."""
+    import importlib.metadata
+    import importlib.util
+
+    if importlib.util.find_spec("llama_cpp") is None:
         return None
-    return getattr(llama_cpp, "__version__", "?")
+    try:
+        return importlib.metadata.version("llama-cpp-python")
+    except importlib.metadata.PackageNotFoundError:
+        return "?"
 
 
 def quantize(src: Path, dst: Path, qtype: str) -> Path:
@@ -441,28 +446,39 @@ _MARK = "\x00{}\x00"
 
 def go_template(tokenizer) -> tuple[str, list[str]]:
     """(Ollama TEMPLATE, stop strings) from the tokenizer's chat template, found by rendering probe
-    conversations: the text around each role's content becomes a Go-template branch."""
-    def render(messages, gen=False):
-        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=gen)
+    conversations: the text around each role's content becomes a Go-template branch, and text the template
+    puts before the first user turn when there is no system message (SmolLM2's default system prompt) is
+    kept for conversations without one."""
+    ids = tokenizer("a")["input_ids"]
+    adds_bos = bool(ids) and tokenizer.bos_token_id is not None and ids[0] == tokenizer.bos_token_id
+    bos = (tokenizer.bos_token or "") if adds_bos else ""
 
-    user, asst, system = _MARK.format("U"), _MARK.format("A"), _MARK.format("S")
-    bos = tokenizer.bos_token or ""
-    strip_bos = (lambda s: s[len(bos):] if bos and s.startswith(bos) else s)
-    one = strip_bos(render([{"role": "user", "content": user}]))
-    gen = strip_bos(render([{"role": "user", "content": user}], gen=True))[len(one):]
-    two = strip_bos(render([{"role": "user", "content": user}, {"role": "assistant", "content": asst}]))
-    u_pre, u_suf = one.split(user)
-    a_pre, a_suf = two[len(one):].split(asst)
+    def render(messages, gen=False):
+        text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=gen)
+        return text[len(bos):] if bos and text.startswith(bos) else text  # llama.cpp / Ollama add BOS themselves
+
+    u1, a1, u2, sys_ = (_MARK.format(c) for c in ("U", "A", "V", "S"))
+    one = render([{"role": "user", "content": u1}])
+    gen = render([{"role": "user", "content": u1}], gen=True)[len(one):]
+    two = render([{"role": "user", "content": u1}, {"role": "assistant", "content": a1}])
+    three = render([{"role": "user", "content": u1}, {"role": "assistant", "content": a1},
+                    {"role": "user", "content": u2}])
+    a_suf = two.split(a1, 1)[1]
+    u_pre = three.split(a1, 1)[1].split(u2, 1)[0][len(a_suf):]
+    u_suf = one.split(u1, 1)[1]
+    a_pre = two.split(u1, 1)[1].split(a1, 1)[0][len(u_suf):]
+    head = one.split(u1, 1)[0][: -len(u_pre) or None]
     branches = [f'{{{{ if eq .Role "user" }}}}{u_pre}{{{{ .Content }}}}{u_suf}',
                 f'{{{{ else if eq .Role "assistant" }}}}{a_pre}{{{{ .Content }}}}{a_suf}']
     try:
-        sys_one = strip_bos(render([{"role": "system", "content": system}, {"role": "user", "content": user}]))
-        if sys_one.endswith(one) and system in sys_one:
-            s_pre, s_suf = sys_one[: -len(one)].split(system)
+        before_user = render([{"role": "system", "content": sys_}, {"role": "user", "content": u1}]).split(u1, 1)[0]
+        if sys_ in before_user and before_user.endswith(u_pre):
+            s_pre, s_suf = before_user[: -len(u_pre) or None].split(sys_, 1)
             branches.insert(1, f'{{{{ else if eq .Role "system" }}}}{s_pre}{{{{ .Content }}}}{s_suf}')
     except Exception:  # noqa: BLE001 - a template without a system role (Gemma): Ollama's system goes unused
         pass
-    template = "{{- range .Messages }}" + "".join(branches) + "{{ end }}{{ end }}" + gen
+    template = ((f"{{{{- if not .System }}}}{head}{{{{ end }}}}" if head else "")
+                + "{{- range .Messages }}" + "".join(branches) + "{{ end }}{{ end }}" + gen)
     stops = [s for s in dict.fromkeys([a_suf.strip(), tokenizer.eos_token or ""]) if s]
     return template, stops
 
