@@ -381,7 +381,9 @@ def llama_cpp_greedy(path: Path, prompts, new_tokens: int = CHECK_NEW_TOKENS) ->
     """(prompt ids, greedy new token ids) of each prompt as llama.cpp tokenizes and generates them."""
     import llama_cpp
 
-    llm = llama_cpp.Llama(model_path=str(path), n_ctx=512, n_threads=2, verbose=False)
+    # an f32 KV cache: the check judges the file, not llama.cpp's default 16-bit cache rounding
+    llm = llama_cpp.Llama(model_path=str(path), n_ctx=512, n_threads=2, verbose=False,
+                          type_k=llama_cpp.GGML_TYPE_F32, type_v=llama_cpp.GGML_TYPE_F32)
     vocab = llama_cpp.llama_model_get_vocab(llm.model) if hasattr(llama_cpp, "llama_model_get_vocab") else None
     out = []
     try:
