@@ -80,7 +80,7 @@ def main(argv=None) -> None:
     if args.runs_dir:
         os.environ["STUDIO_RUNS"] = args.runs_dir
 
-    from studio.jobs import runs_root
+    from studio.access import runs_root
     from studio.ui import build_app, launch_kwargs  # gradio only: torch & co. load on first use
 
     # Serve first; warm the ML stack in the background so the first click doesn't wait for imports.

@@ -1,7 +1,7 @@
 """Persona chat: retrieve stories for a persona, assemble the prompt within the context, stream the reply.
 
-Used by the Persona Chat tab, the `chat` CLI and LAPDOG training (which builds its prompts with the
-same `persona_messages`, so a model is trained on exactly the layout it is chatted with).
+Used by the Persona Chat tab and the `chat` CLI. The prompt layout itself lives in `studio.persona`, shared
+with LAPDOG training and evaluation, so a model is trained on exactly the layout it is chatted with.
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ from collections import OrderedDict
 from dataclasses import dataclass
 
 from studio.errors import StudioError
+from studio.persona import context_budget, persona_messages, query_text
 
 DEFAULT_MODEL = "embedded/tiny-llama"
 EXAMPLE_PERSONAS = [
@@ -72,60 +73,6 @@ def load_setup(model: str | None = None, stories: str | None = None, retrieval: 
         while len(_setups) > _MAX_SETUPS:
             _setups.popitem(last=False)
     return setup
-
-
-def query_text(persona: str, history: list[dict], with_turn: bool = False) -> str:
-    """The retriever's query: the persona (LAPDOG's default), optionally + the last user turn."""
-    last = next((m["content"] for m in reversed(history) if m["role"] == "user"), "")
-    return f"{persona} {last}".strip() if with_turn and last else persona
-
-
-def system_text(persona: str, stories: list[dict]) -> str:
-    text = f"Your persona: {persona.strip()}"
-    if stories:
-        text += "\nStories you remember:\n" + "\n".join(
-            f"- {s['title']}: {s['text']}" if s.get("title") else f"- {s['text']}" for s in stories)
-    return text
-
-
-def context_budget(tokenizer, model, max_new_tokens: int) -> int:
-    limit = getattr(getattr(model, "config", None), "max_position_embeddings", None) or tokenizer.model_max_length
-    return int(min(limit, tokenizer.model_max_length or limit)) - int(max_new_tokens)
-
-
-def persona_messages(tokenizer, persona: str, stories: list[dict], history: list[dict],
-                     budget: int | None = None) -> tuple[list[dict], list[dict], int]:
-    """System(persona + stories) + history, cut to `budget` prompt tokens.
-
-    Cut the least relevant stories first, then the oldest turns; never the persona or the last turn.
-    Returns (messages, the stories kept, the turns dropped).
-    """
-    from studio.inference import chat_prompt
-
-    persona = str(persona or "").strip()
-    if not persona:
-        raise StudioError("the persona is empty: write a few sentences about who the bot is")
-    stories, history = list(stories), list(history)
-    dropped_turns = 0
-
-    def build():
-        return [{"role": "system", "content": system_text(persona, stories)}, *history]
-
-    def size(messages):
-        return len(tokenizer(chat_prompt(tokenizer, messages), add_special_tokens=False)["input_ids"])
-
-    if budget is None:
-        return build(), stories, 0
-    while size(build()) > budget:
-        if stories:
-            stories.pop()
-        elif len(history) > 1:
-            history.pop(0)
-            dropped_turns += 1
-        else:
-            raise StudioError(f"the persona and the message take more than the model's context ({budget} tokens "
-                              "for the prompt): shorten the persona")
-    return build(), stories, dropped_turns
 
 
 def flatten(content) -> str:
@@ -201,15 +148,15 @@ def reply(setup: ChatSetup, persona: str, history: list[dict], k: int = 3, **kwa
 
 def chat_models() -> list[str]:
     """What the model picker offers: the embedded model, then finished runs (LAPDOG runs first)."""
-    from studio.jobs import list_runs
+    from studio.runs import list_runs
 
-    runs = [j for j in list_runs() if (j.run_dir / "adapter" / "adapter_config.json").exists()]
+    runs = [j for j in list_runs() if j.has_adapter]
     runs.sort(key=lambda j: not (j.run_dir / "retriever" / "modules.json").exists())
     return [DEFAULT_MODEL, *(j.id for j in runs)]
 
 
 def lapdog_runs() -> list[str]:
-    from studio.jobs import list_runs
+    from studio.runs import list_runs
 
     return [j.id for j in list_runs() if (j.run_dir / "recipe.yaml").exists()
             and "method: lapdog" in (j.run_dir / "recipe.yaml").read_text("utf-8")]
@@ -218,7 +165,7 @@ def lapdog_runs() -> list[str]:
 def retriever_report(run: str) -> tuple[list[dict], dict]:
     """A LAPDOG run's metric history (retriever rows included) and its summary (retrieval before/after)."""
     from studio.access import resolve_run
-    from studio.jobs import Job
+    from studio.runs import Run
 
-    job = Job.from_run_dir(resolve_run(run))
+    job = Run.from_run_dir(resolve_run(run))
     return job.history, job.summary or {}

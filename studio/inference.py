@@ -147,3 +147,28 @@ def generate(model, tokenizer, prompts: list[str], max_new_tokens: int = 64, *, 
 def chat_prompt(tokenizer, messages: list[dict]) -> str:
     """Messages → the prompt string the model continues (its chat template, generation prompt on)."""
     return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+
+
+def init_adapter_run(recipe) -> Path | None:
+    """The SFT run named by `init_adapter` (its name, or runs/<name>), checked: it has an adapter on our base."""
+    from studio.access import resolve_run
+    from studio.models import resolve_model_path
+
+    ref = str(recipe.header.get("init_adapter") or "").strip()
+    if not ref:
+        return None
+    where = recipe.path or recipe.name
+    parts = Path(ref).parts
+    if len(parts) == 2 and parts[0] == "runs":  # `runs/<run>` as the recipe docs write it, wherever runs/ lives
+        ref = parts[1]
+    try:
+        run = resolve_run(ref)
+        run_adapter(run)
+        base = run_base_model(run)
+    except StudioError as e:
+        raise StudioError(f"{where}: init_adapter {ref}: {e}") from None
+    mine = recipe.model["model_name_or_path"]
+    if resolve_model_path(base) != resolve_model_path(mine):
+        raise StudioError(f"{where}: init_adapter {run.name} was trained on {base}, but this recipe's model is {mine}; "
+                          f"set model_name_or_path: {base}")
+    return run

@@ -1,9 +1,10 @@
-"""Training jobs: one background thread per process, its state, and runs/<run>/events.jsonl.
+"""Training jobs: one background thread per process, the live side of a run, and the one-job registry.
 
-A `Job` is fed by `JobCallback` (a TrainerCallback) and appends every event to
-``events.jsonl``, so a reloaded page or another process rebuilds the whole
-history with `Job.from_run_dir`. Stopping is a flag checked after each step:
-the trainer then saves a checkpoint and ends, status ``cancelled``.
+A `Job` is a `studio.runs.Run` being trained here: fed by `JobCallback` (a TrainerCallback), it appends
+every event to ``events.jsonl``, so a reloaded page or another process rebuilds the whole history with
+`Run.from_run_dir`. Stopping is a flag checked after each step: the trainer then saves a checkpoint and
+ends, status ``cancelled``. Only what starts, watches or stops jobs imports this module; readers of runs
+import `studio.runs`.
 """
 
 from __future__ import annotations
@@ -22,38 +23,20 @@ from studio.errors import StudioError, redact
 
 log = logging.getLogger("studio")
 
-from studio.train.progress import (ACTIVE, CANCELLED, COMPLETE_MARKER, DONE, FAILED, QUEUED,  # noqa: F401
-                                   RUNNING, STOPPING, is_complete, is_main_process, last_checkpoint, make_callback,
-                                   memory_mb)
+from studio.runs import (ACTIVE, CANCELLED, COMPLETE_MARKER, DONE, FAILED, LIVE, QUEUED, RUNNING,  # noqa: F401
+                         STOPPING, Run, is_complete, last_checkpoint, list_runs, resumable)
+from studio.train.progress import is_main_process, make_callback, memory_mb  # noqa: F401
 
 
-class Job:
+class Job(Run):
+    """A run being trained in this process: its thread, its stop flag, the events it writes."""
+
     def __init__(self, run_dir: Path, recipe=None, kind: str = "sft"):
-        self.run_dir = Path(run_dir)
-        self.id = self.run_dir.name
-        self.recipe = recipe
-        self.kind = kind
-        self.status = QUEUED
-        self.step = 0
-        self.total = 0
-        self.epoch = 0.0
-        self.tokens = 0
-        self.started_at: float | None = None  # start of this process's part of the run
-        self.start_step = 0  # the step this process started at (a resumed run skips the rest)
-        self.start_tokens = 0
-        self.elapsed_before = 0.0  # seconds spent by earlier processes, for resumed runs
-        self.finished_at: float | None = None
-        self.last_event_at: float | None = None
-        self.history: list[dict] = []
-        self.logs: list[str] = []
-        self.error: str | None = None
-        self.summary: dict | None = None
-        self.params: dict | None = None
+        super().__init__(run_dir, recipe, kind)
         self.stop_event = threading.Event()
         self.thread: threading.Thread | None = None
         self.owner: str | None = None  # who may stop it (a browser's id in the app)
         self._lock = threading.Lock()
-        self._events_path = self.run_dir / "events.jsonl"
         self._events_file = None
         self.writer = is_main_process()  # under several processes, only the main one writes the run's files
 
@@ -83,90 +66,10 @@ class Job:
                     pass
                 self._events_file = None
 
-    def _apply(self, e: dict) -> None:
-        kind = e["type"]
-        self.last_event_at = e["t"]
-        if kind == "status":
-            self.status = e["status"]
-            if "elapsed_before" in e:  # a resumed run: time spent by earlier processes
-                self.elapsed_before = e["elapsed_before"]
-            if e["status"] == RUNNING:
-                self.started_at, self.finished_at = e["t"], None
-                self.start_step = e.get("step", self.step)
-                self.start_tokens = self.tokens
-                # resumed from a checkpoint: the steps logged after it are trained again
-                self.history = [row for row in self.history if row.get("step", 0) <= self.start_step]
-            if e["status"] in (DONE, FAILED, CANCELLED):
-                self.finished_at = e["t"]
-            if e.get("error"):
-                self.error = e["error"]
-        elif kind == "progress":
-            self.step, self.total = e["step"], e.get("total", self.total)
-            self.epoch, self.tokens = e.get("epoch", self.epoch), e.get("tokens", self.tokens)
-        elif kind == "metrics":
-            self.history.append({k: v for k, v in e.items() if k not in ("t", "type")})
-        elif kind == "log":
-            self.logs.append(e["line"])
-        elif kind == "params":
-            self.params = e["params"]
-        elif kind == "summary":
-            self.summary = e["summary"]
-
     def log(self, line: str) -> None:
         line = redact(line)
         log.info("[%s] %s", self.id, line)
         self.emit("log", line=line)
-
-    @classmethod
-    def from_run_dir(cls, run_dir: str | os.PathLike) -> "Job":
-        """Rebuild a job's whole state from its events.jsonl (read-only view)."""
-        job = cls(Path(run_dir))
-        path = job._events_path
-        if not path.exists():
-            raise StudioError(f"{run_dir}: not a run folder (no events.jsonl)")
-        for line in path.read_text("utf-8").splitlines():
-            try:
-                job._apply(json.loads(line))
-            except (json.JSONDecodeError, KeyError):
-                continue  # a line cut short by a crash
-        if job.status in ACTIVE:  # the process that ran it is gone: it stopped at its last event
-            job.status = "interrupted"
-            job.finished_at = job.last_event_at
-        return job
-
-    # ---- derived progress ---------------------------------------------------------------------
-    @property
-    def active(self) -> bool:
-        return self.status in ACTIVE
-
-    def elapsed(self) -> float:
-        if self.started_at is None:
-            return self.elapsed_before
-        end = self.finished_at or time.time()
-        return self.elapsed_before + max(0.0, end - self.started_at)
-
-    def snapshot(self) -> dict:
-        """Progress in plain numbers, for the CLI bar and the UI."""
-        run_time = (self.finished_at or time.time()) - self.started_at if self.started_at else 0.0
-        steps_done = max(0, self.step - self.start_step)
-        rate = steps_done / run_time if run_time > 0 and steps_done else 0.0
-        eta = (self.total - self.step) / rate if rate and self.active else None
-        tokens_per_s = (self.tokens - self.start_tokens) / run_time if run_time > 0 else 0.0
-        last = {}
-        for row in self.history:
-            last.update({k: v for k, v in row.items() if v is not None})
-        return {
-            "id": self.id, "status": self.status, "step": self.step, "total": self.total,
-            "epoch": round(self.epoch or 0.0, 3), "elapsed": round(self.elapsed(), 1),
-            "eta": None if eta is None else round(eta, 1), "steps_per_s": round(rate, 3),
-            "tokens_per_s": round(tokens_per_s, 1), "loss": last.get("loss"), "eval_loss": last.get("eval_loss"),
-            "error": self.error,
-        }
-
-    def describe(self) -> str:
-        s = self.snapshot()
-        pct = f", {100 * s['step'] / s['total']:.0f}%" if s["total"] else ""
-        return f"{self.id} ({s['status']}, step {s['step']}/{s['total'] or '?'}{pct})"
 
     def request_stop(self) -> None:
         if self.active:
@@ -190,7 +93,7 @@ def _torn(path: Path) -> bool:
 
 # ---- the registry: one training job at a time per process ---------------------------------------
 _registry_lock = threading.Lock()
-_jobs: dict[str, Job] = {}
+_jobs = LIVE  # the registry is the runs module's view of live runs
 _current: Job | None = None
 
 
@@ -276,24 +179,6 @@ def _run(job: Job, resume: bool) -> None:
             pass  # a full disk: the message above says so
         log.error("job %s failed\n%s", job.id, redact(traceback.format_exc()))
         job.emit("status", status=FAILED, error=redact(msg))
-
-
-def resumable(job: Job) -> bool:
-    """Stopped, interrupted or failed, with a finished checkpoint to go on from."""
-    return job.status in (CANCELLED, FAILED, "interrupted") and any(
-        is_complete(c) for c in (job.run_dir / "checkpoints").glob("checkpoint-*"))
-
-
-def list_runs(runs_dir=None) -> list[Job]:
-    """Past and present runs, newest first (live jobs of this process as they are)."""
-    root = runs_root(runs_dir)
-    runs = []
-    if root.is_dir():
-        for d in root.iterdir():
-            if (d / "events.jsonl").exists():
-                live = _jobs.get(d.name)
-                runs.append(live if live is not None and live.run_dir.resolve() == d.resolve() else Job.from_run_dir(d))
-    return sorted(runs, key=lambda j: j.started_at or 0, reverse=True)
 
 
 def stop_current(client_id: str | None, kind: str | None = None, what: str = "training") -> Job:

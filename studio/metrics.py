@@ -9,6 +9,7 @@ reference; loss and perplexity come from the model itself on held-out text (`hel
 
 from __future__ import annotations
 
+import contextlib
 import re
 import string
 from collections import Counter
@@ -133,3 +134,93 @@ def heldout_loss(model, tokenizer, prompts: list[str], references: list[str]) ->
     if not count:
         return {"loss": None, "perplexity": None, "tokens": 0}
     return {"loss": total / count, "perplexity": math.exp(total / count), "tokens": count}
+
+
+# ---- log-probability margins: the dashboard's held-out table, and the Evaluate tab's -----------------
+
+def _as_text(tokenizer, prompt, completion) -> tuple[str, str]:
+    """A pair side as (prompt text, completion text); conversational rows through the chat template."""
+    if not isinstance(prompt, list):
+        return str(prompt), completion if isinstance(completion, str) else "".join(m["content"] for m in completion)
+    from studio.inference import chat_prompt
+
+    head = chat_prompt(tokenizer, prompt)
+    full = tokenizer.apply_chat_template(prompt + completion, tokenize=False)
+    return head, full[len(head):] if full.startswith(head) else "".join(m["content"] for m in completion)
+
+
+def completion_logp(model, tokenizer, prompt, completion) -> float:
+    """log p(completion | prompt), summed over the completion's tokens."""
+    import torch
+
+    head, tail = _as_text(tokenizer, prompt, completion)
+    p_ids = tokenizer(head)["input_ids"]
+    c_ids = tokenizer(tail, add_special_tokens=False)["input_ids"]
+    if not c_ids:
+        return 0.0
+    ids = torch.tensor([p_ids + c_ids], device=next(model.parameters()).device)
+    with torch.no_grad():
+        logits = model(input_ids=ids).logits[0, :-1].float()
+    logps = logits.log_softmax(-1).gather(-1, ids[0, 1:, None]).squeeze(-1)
+    return float(logps[len(p_ids) - 1:].sum())
+
+
+def margin_table(model, tokenizer, rows: list[dict], reference_adapter: str | None = None,
+                 beta: float = 0.1) -> list[dict]:
+    """Per pair: the policy's and the reference's log p(chosen) − log p(rejected), and DPO's reward margin
+    β·(policy − reference) — positive when training moved the policy towards `chosen`.
+
+    `model` is a PeftModel; the reference is its `reference_adapter` (an SFT start) or the base (adapter off).
+    Summed log-probs favour short replies, so `prefers_chosen` (policy margin > 0) can stay false on pairs
+    whose chosen reply is much longer even when the reward margin is large.
+    """
+    def margin(row):
+        return (completion_logp(model, tokenizer, row["prompt"], row["chosen"])
+                - completion_logp(model, tokenizer, row["prompt"], row["rejected"]))
+
+    was_training = model.training
+    model.eval()
+    active = model.active_adapter
+    policy = [margin(r) for r in rows]
+    if reference_adapter:
+        model.set_adapter(reference_adapter)
+        ctx = contextlib.nullcontext()
+    else:
+        ctx = model.disable_adapter()
+    try:
+        with ctx:
+            reference = [margin(r) for r in rows]
+    finally:
+        if reference_adapter:
+            model.set_adapter(active)
+        model.train(was_training)
+
+    def show(v):
+        return v if isinstance(v, str) else "\n".join(f"{m['role']}: {m['content']}" for m in v)
+
+    return [{"prompt": show(r["prompt"]), "chosen": show(r["chosen"]), "rejected": show(r["rejected"]),
+             "policy_margin": round(p, 4), "reference_margin": round(q, 4), "reward_margin": round(beta * (p - q), 4),
+             "prefers_chosen": p > 0}
+            for r, p, q in zip(rows, policy, reference)]
+
+
+def preference_margins(run: str, rows: list[dict]) -> list[dict]:
+    """A finished DPO run's margin table on `rows` (prompt/chosen/rejected), loaded from disk with plain PEFT.
+
+    The reference is what the run trained against: its `init_adapter` run's adapter, or the base.
+    """
+    import yaml
+
+    from studio.access import resolve_run
+    from studio.inference import init_adapter_run, load_for_inference, run_adapter
+
+    loaded = load_for_inference(str(resolve_run(run)))
+    recipe = yaml.safe_load((loaded.run / "recipe.yaml").read_text("utf-8")) or {}
+    reference, beta = None, float(recipe.get("beta", 0.1))
+    if recipe.get("init_adapter"):
+        from studio.recipes import recipe_from_dict
+
+        init_run = init_adapter_run(recipe_from_dict(recipe, str(loaded.run / "recipe.yaml")))
+        loaded.model.load_adapter(str(run_adapter(init_run)), adapter_name="ref")
+        reference = "ref"
+    return margin_table(loaded.model, loaded.tokenizer, rows, reference, beta=beta)

@@ -295,3 +295,51 @@ def record_decision(name: str, index: int, choice: str, shown: tuple[str, str], 
     session["position"] += 1
     _save_session(session)
     return status(session)
+
+
+# ---- a DPO recipe's pairs ----------------------------------------------------------------------------
+def load_pairs(recipe, tokenizer=None, seed: int = 42):
+    """The recipe's dataset as preference pairs, or one line saying why it can't be.
+
+    Pairs whose chosen equals rejected teach nothing: they are dropped and counted.
+    """
+    from studio.data import prepare_dataset, read_source
+    from studio.data.formats import detect_format, get_format
+
+    ds = recipe.dataset
+    raw = read_source(ds["source"], ds.get("config"), ds.get("split"))
+    columns = raw.columns
+    if "chosen" in columns and "rejected" not in columns:
+        raise StudioError(f"{raw.name}: no 'rejected' column (found {', '.join(columns)}); DPO needs prompt / chosen / "
+                          "rejected")
+    not_pairs = StudioError(
+        f"{raw.name} holds {{}}, not preference pairs; DPO needs prompt / chosen / rejected. Make pairs with the "
+        f"DPO tab's pair builder or `python -m studio pairs build {ds['source']} --out FILE`")
+    if not {"chosen", "rejected"} <= set(columns):
+        try:
+            what = detect_format(columns, raw.name).label
+        except StudioError:
+            what = f"the columns {', '.join(columns)}"
+        raise StudioError(str(not_pairs).format(what))
+    fmt = get_format(ds.get("format") or raw.hint, columns, raw.name)
+    if fmt.kind != "preference":
+        raise StudioError(str(not_pairs).format(fmt.label))
+    for i, row in enumerate(raw.records(["prompt"]) if "prompt" in columns else ()):
+        if "prompt" in row and (row["prompt"] is None or not (str(row["prompt"]).strip() if not isinstance(
+                row["prompt"], list) else row["prompt"])):
+            raise StudioError(f"{raw.name} {raw.label(i)}: empty prompt")
+    data = prepare_dataset(ds["source"], ds.get("format"), ds.get("template"), config=ds.get("config"),
+                           split=ds.get("split"), splits=ds.get("splits", "80/10/10"), seed=seed,
+                           tokenizer=tokenizer if ds.get("max_length") else None, max_length=ds.get("max_length"),
+                           max_rows=ds.get("max_rows"))
+    identical = 0
+    for name, split in list(data.splits.items()):
+        kept = split.filter(lambda r: r["chosen"] != r["rejected"])
+        identical += len(split) - len(kept)
+        data.splits[name] = kept
+    if identical:
+        data.dropped["chosen equals rejected"] = identical
+        data.rows -= identical
+    if not len(data.splits["train"]):
+        raise StudioError(f"{raw.name}: no usable pairs: in all {identical} training pairs chosen equals rejected")
+    return data

@@ -1,5 +1,6 @@
 """Launch the real app on a free local port for API and browser tests."""
 
+import contextlib
 import os
 import shutil
 import socket
@@ -40,6 +41,25 @@ def start_app(runs_dir: Path, timeout: float = 90, extra_args=(), env=None):
             time.sleep(0.3)
     proc.kill()
     raise RuntimeError("app did not start")
+
+
+@contextlib.contextmanager
+def running_app(runs_dir: Path, **kwargs):
+    """`start_app` for a `with` block (a module fixture's body): yields the URL, stops the app after."""
+    proc, url = start_app(runs_dir, **kwargs)
+    try:
+        yield url
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+def open_tab(browser, url: str, tab: str, height: int = 1000):
+    """A fresh visitor (its own browser context, 1400 px wide) on the app, with `tab` opened."""
+    page = browser.new_context(viewport={"width": 1400, "height": height}).new_page()
+    page.goto(url)
+    page.get_by_role("tab", name=tab).click()
+    return page
 
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"

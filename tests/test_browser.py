@@ -5,7 +5,7 @@ import time
 
 import pytest
 
-from app_server import ROOT, needs_chromium, start_app
+from app_server import ROOT, needs_chromium, running_app
 
 pytestmark = needs_chromium
 ARTIFACTS = ROOT / "artifacts" / "screenshots"
@@ -16,10 +16,8 @@ TABS = ["Data", "Train", "DPO", "Persona Chat", "Evaluate", "Export"]
 def app(tmp_path_factory):
     runs = tmp_path_factory.mktemp("browser") / "runs"
     runs.mkdir()
-    proc, url = start_app(runs)
-    yield url
-    proc.terminate()
-    proc.wait(10)
+    with running_app(runs) as url:
+        yield url
 
 
 def _step(page) -> int:

@@ -4,8 +4,8 @@ import json
 
 import pytest
 
-from studio.chat import persona_messages, query_text
 from studio.errors import StudioError
+from studio.persona import persona_messages, query_text
 
 PERSONA = "i love to ski. i have a dog named biscuit."
 

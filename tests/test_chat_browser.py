@@ -3,7 +3,7 @@
 
 import pytest
 
-from app_server import ROOT, needs_chromium, start_app
+from app_server import ROOT, needs_chromium, open_tab, running_app
 
 pytestmark = needs_chromium
 ARTIFACTS = ROOT / "artifacts" / "screenshots"
@@ -24,17 +24,13 @@ WATCH = """() => {
 def app(tmp_path_factory):
     runs = tmp_path_factory.mktemp("chat-browser") / "runs"
     runs.mkdir()
-    proc, url = start_app(runs)
-    yield url
-    proc.terminate()
-    proc.wait(10)
+    with running_app(runs) as url:
+        yield url
 
 
 def test_reply_streams_with_stories_side_by_side_and_bad_input_is_one_line(app, browser):
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    page = browser.new_page(viewport={"width": 1400, "height": 1100})
-    page.goto(app)
-    page.get_by_role("tab", name="Persona Chat").click()
+    page = open_tab(browser, app, "Persona Chat", height=1100)
     page.locator("#chat-message textarea").wait_for()
     page.locator("#chat-a").wait_for()
     page.evaluate(WATCH)

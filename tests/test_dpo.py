@@ -83,7 +83,7 @@ def test_tiny_dpo_from_base_job_summary_adapter_and_margin_table(runs, embedded_
     assert set(table[0]) == {"prompt", "chosen", "rejected", "policy_margin", "reference_margin", "reward_margin",
                              "prefers_chosen"}
     assert s["heldout"]["reward_accuracy"] > 0.5
-    from studio.train.dpo import preference_margins
+    from studio.metrics import preference_margins
 
     again = preference_margins(job.id, [{k: r[k] for k in ("prompt", "chosen", "rejected")} for r in table[:3]])
     for a, b in zip(again, table[:3]):
@@ -109,20 +109,20 @@ def test_dpo_from_an_sft_adapter_uses_it_as_the_reference(runs):
     assert first["rewards/chosen"] == pytest.approx(0.0, abs=1e-4)
     # …and the base would not have been: the SFT adapter moved the log-probs away from it
     from studio.inference import load_for_inference
-    from studio.train.dpo import margin_table
+    from studio.metrics import margin_table
 
     rows = [{"prompt": "Question: Who wrote Hamlet?\nAnswer:", "chosen": " Shakespeare.", "rejected": " Who cares?"}]
     loaded = load_for_inference(sft.id)
     t = margin_table(loaded.model, loaded.tokenizer, rows)[0]
     assert abs(t["policy_margin"] - t["reference_margin"]) > 1e-2
     # the run's own table scores against the SFT adapter, not the base
-    from studio.train.dpo import preference_margins
+    from studio.metrics import preference_margins
 
     assert preference_margins(job.id, rows)[0]["reference_margin"] == pytest.approx(t["policy_margin"], abs=1e-3)
 
 
 def test_init_adapter_problems_are_one_line(runs):
-    from studio.train.dpo import init_adapter_run
+    from studio.inference import init_adapter_run
 
     (runs / "half").mkdir()
     (runs / "half" / "recipe.yaml").write_text("model_name_or_path: embedded/tiny-llama\n")
@@ -162,7 +162,7 @@ def test_a_dpo_start_while_another_job_runs_gets_the_busy_line(runs, monkeypatch
 # ---- bad input -------------------------------------------------------------------------------------
 
 def _load(source, **sets):
-    from studio.train.dpo import load_pairs
+    from studio.pairs import load_pairs
 
     return load_pairs(dpo_recipe(**{"dataset.source": str(source), **sets}))
 

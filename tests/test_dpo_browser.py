@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from app_server import ROOT, needs_chromium, start_app
+from app_server import ROOT, needs_chromium, open_tab, running_app
 
 pytestmark = needs_chromium
 ARTIFACTS = ROOT / "artifacts" / "screenshots"
@@ -19,10 +19,8 @@ def runs(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def app(runs):
-    proc, url = start_app(runs)
-    yield url
-    proc.terminate()
-    proc.wait(10)
+    with running_app(runs) as url:
+        yield url
 
 
 def _replies_shown(page):
@@ -31,9 +29,7 @@ def _replies_shown(page):
 
 def test_label_pairs_reload_resumes_and_the_file_is_a_dataset(app, browser, runs):
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    page = browser.new_context(viewport={"width": 1400, "height": 1100}).new_page()
-    page.goto(app)
-    page.get_by_role("tab", name="DPO").click()
+    page = open_tab(browser, app, "DPO", height=1100)
     page.get_by_label("Pairs file name").fill("browser-pairs")
     page.get_by_role("button", name="Start or resume labelling").click()
     status = page.locator("#label-status")
@@ -81,9 +77,7 @@ def test_label_pairs_reload_resumes_and_the_file_is_a_dataset(app, browser, runs
 
 
 def test_train_tiny_dpo_and_watch_rewards(app, browser):
-    page = browser.new_context(viewport={"width": 1400, "height": 1100}).new_page()
-    page.goto(app)
-    page.get_by_role("tab", name="DPO").click()
+    page = open_tab(browser, app, "DPO", height=1100)
     fields = page.locator("#dpo-fields")
     steps = fields.get_by_label("Max steps (-1: use epochs)")
     page.wait_for_function("document.querySelector('#dpo-fields input') !== null")

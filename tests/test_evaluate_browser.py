@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from app_server import ROOT, needs_chromium, start_app
+from app_server import ROOT, needs_chromium, open_tab, running_app
 from conftest import tiny_recipe
 
 pytestmark = needs_chromium
@@ -25,10 +25,17 @@ def app(tmp_path_factory):
                                                  "retrieval.reply_max_new_tokens=6", "dataset.max_rows=40"])
     job = jobs.start_job(lapdog, runs_dir=runs, run_name="persona")
     assert job.wait(300) and job.status == "done", job.error
-    proc, url = start_app(runs)
-    yield url, runs
-    proc.terminate()
-    proc.wait(10)
+    with running_app(runs) as url:
+        yield url, runs
+
+
+def _evaluate_with_run(browser, url, run="tq"):
+    """The Evaluate tab with `run` picked in the runs to compare."""
+    page = open_tab(browser, url, "Evaluate")
+    page.locator("#eval-runs input").click()
+    page.get_by_role("option", name=run).click()
+    page.keyboard.press("Escape")
+    return page
 
 
 def _delta_column(page) -> list[float]:
@@ -40,12 +47,7 @@ def _delta_column(page) -> list[float]:
 def test_compare_base_with_a_run_sort_and_reopen(app, browser):
     url, runs = app
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    page = browser.new_page(viewport={"width": 1400, "height": 1000})
-    page.goto(url)
-    page.get_by_role("tab", name="Evaluate").click()
-    page.locator("#eval-runs input").click()
-    page.get_by_role("option", name="tq").click()
-    page.keyboard.press("Escape")
+    page = _evaluate_with_run(browser, url)
     page.get_by_label("Max new tokens").fill("12")
     page.get_by_label("Result name (optional)").fill("from-browser")
     page.locator("#eval-go").click()
@@ -67,9 +69,7 @@ def test_compare_base_with_a_run_sort_and_reopen(app, browser):
     page.screenshot(path=str(ARTIFACTS / "eval-1-compare.png"), full_page=True)
 
     # a fresh page reopens the saved result from the list
-    page = browser.new_page(viewport={"width": 1400, "height": 1000})
-    page.goto(url)
-    page.get_by_role("tab", name="Evaluate").click()
+    page = open_tab(browser, url, "Evaluate")
     page.wait_for_function("() => (document.querySelector('#eval-saved input') || {}).value === 'tq/from-browser'",
                            timeout=60000)
     page.locator("#eval-open").click()
@@ -82,12 +82,7 @@ def test_a_bad_suite_file_is_one_line_on_the_page(app, browser, tmp_path):
     url, _ = app
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"prompt": "fine"}\n{"question": "wrong shape"}\n')
-    page = browser.new_page(viewport={"width": 1400, "height": 1000})
-    page.goto(url)
-    page.get_by_role("tab", name="Evaluate").click()
-    page.locator("#eval-runs input").click()
-    page.get_by_role("option", name="tq").click()
-    page.keyboard.press("Escape")
+    page = _evaluate_with_run(browser, url)
     page.get_by_label("Rows", exact=True).click()
     page.get_by_role("option", name="upload").click()
     page.locator("#eval-upload input[type=file]").set_input_files(str(bad))
@@ -100,9 +95,7 @@ def test_a_bad_suite_file_is_one_line_on_the_page(app, browser, tmp_path):
 
 def test_lapdog_table_closed_book_vs_fixed_vs_trained_retriever(app, browser):
     url, runs = app
-    page = browser.new_page(viewport={"width": 1400, "height": 1100})
-    page.goto(url)
-    page.get_by_role("tab", name="Evaluate").click()
+    page = open_tab(browser, url, "Evaluate", height=1100)
     page.get_by_text("LAPDOG runs: closed-book vs fixed retriever").click()
     page.locator("#eval-persona-go").click()
     page.locator("#eval-persona-message .studio-error").get_by_text("Pick a finished LAPDOG run.").wait_for(timeout=30000)

@@ -4,7 +4,7 @@ import time
 
 import pytest
 
-from app_server import ROOT, needs_chromium, start_app
+from app_server import ROOT, needs_chromium, open_tab, running_app
 from conftest import tiny_recipe
 
 pytestmark = needs_chromium
@@ -25,18 +25,13 @@ def runs(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def app(runs):
-    proc, url = start_app(runs)
-    yield url
-    proc.terminate()
-    proc.wait(10)
+    with running_app(runs) as url:
+        yield url
 
 
 def test_export_download_and_offline_push_from_the_browser(app, runs, browser):
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    context = browser.new_context(viewport={"width": 1400, "height": 1000})
-    page = context.new_page()
-    page.goto(app)
-    page.get_by_role("tab", name="Export").click()
+    page = open_tab(browser, app, "Export")
     page.locator("#export-run input").wait_for()
     page.wait_for_function("document.querySelector('#export-run input').value === 'quotes'", timeout=30000)
     page.get_by_role("checkbox", name="f16").check()
@@ -73,20 +68,16 @@ def test_export_download_and_offline_push_from_the_browser(app, runs, browser):
         if path.is_file():
             assert PLANTED.encode() not in path.read_bytes(), path
     other.context.close()
-    context.close()
+    page.context.close()
 
 
 def test_demo_mode_refuses_export_to_visitors(runs, monkeypatch):
     from gradio_client import Client
 
     monkeypatch.setenv("STUDIO_DEMO", "1")
-    proc, url = start_app(runs)
-    try:
+    with running_app(runs) as url:
         client = Client(url, verbose=False)
         html, zipped, card = client.predict("quotes", ["adapter"], [], False, api_name="/export_run")
         assert "open only to the owner of this demo" in html and zipped is None
         assert "sign in with Hugging Face first" in client.predict("quotes", ["adapter"], "me/x", False, "", PLANTED,
                                                                    api_name="/push_run")
-    finally:
-        proc.terminate()
-        proc.wait(10)

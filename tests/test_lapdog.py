@@ -58,7 +58,8 @@ def generator(embedded_path):
 
 def test_a_stage2_step_changes_the_query_encoder_and_not_the_story_index(generator, write, tmp_path):
     from studio.retrieval import build_index, load_corpus, load_embedder
-    from studio.train.lapdog import DEFAULTS, RetrieverLearner
+    from studio.persona import DEFAULTS
+    from studio.train.lapdog import RetrieverLearner
 
     stories = [{"id": f"s{i}", "title": "", "text": t} for i, t in enumerate([
         "i went skiing in the alps and fell in the snow.", "my dog biscuit stole a sandwich at the park.",
@@ -137,7 +138,7 @@ def test_tiny_lapdog_run_stops_in_stage2_resumes_and_chat_loads_adapter_and_retr
     # The paper's table for this run: three set-ups on the held-out dialogues, each really what it says.
     from peft import PeftModel
 
-    from studio.chat import persona_messages
+    from studio.persona import persona_messages
     from studio.evaluate import PERSONA_ARMS, load_result
     from studio.inference import chat_prompt, generate
     from studio.models import load_model, load_tokenizer

@@ -29,34 +29,8 @@ import time
 from pathlib import Path
 
 from studio.errors import StudioError
+from studio.persona import dialogue_rows, persona_data, settings
 from studio.train.progress import CANCELLED, DONE, last_checkpoint, make_callback, save_adapter, train_from
-
-DEFAULTS = {
-    "corpus": None,  # None: the bundled assets/stories.jsonl
-    "embedder": "all-MiniLM-L6-v2",
-    "k": 6,
-    "tau_score": 0.8,
-    "tau_gold": 0.85,
-    "candidate_random": 0.0,  # fraction of the k candidates replaced by random stories while training
-    "query": "persona",  # or persona+turn
-    "retriever_learning_rate": 5.0e-4,
-    "retriever_batch": 2,  # training examples per retriever step
-    "reply_max_new_tokens": 32,
-    "stage1_steps": None,  # None: max_steps
-    "stage2_steps": None,
-    "story_side": "frozen",
-}
-
-
-def settings(recipe) -> dict:
-    cfg = {**DEFAULTS, **(recipe.header.get("retrieval") or {})}
-    steps = int(recipe.train.get("max_steps", -1))
-    for key in ("stage1_steps", "stage2_steps"):
-        cfg[key] = int(cfg[key] if cfg[key] is not None else steps)
-        if cfg[key] < 1:
-            raise StudioError(f"{recipe.path or recipe.name}: retrieval.{key} (or max_steps) must be ≥ 1 for lapdog")
-    return cfg
-
 
 # ---- the retriever's training signal -----------------------------------------------------------------
 def reply_scores(replies: list[str], gold: str) -> list[float]:
@@ -103,7 +77,7 @@ class RetrieverLearner:
         self.first_top1 = self.top1(self.probe)
 
     def queries(self, rows) -> list[str]:
-        from studio.chat import query_text
+        from studio.persona import query_text
 
         return [query_text(r["persona"], r["history"], self.cfg["query"] == "persona+turn") for r in rows]
 
@@ -142,7 +116,7 @@ class RetrieverLearner:
         """One retriever update: greedy reply per single story, metric target, KL, AdamW step."""
         import torch
 
-        from studio.chat import persona_messages
+        from studio.persona import persona_messages
         from studio.inference import chat_prompt, generate
 
         rng = random.Random(self.seed * 100003 + step)  # the same examples again after a resume
@@ -232,29 +206,6 @@ class StageView:
 
 
 # ---- the two stages ------------------------------------------------------------------------------------
-def dialogue_rows(dataset) -> list[dict]:
-    """Persona-format training rows (system persona, history, gold reply) → persona/history/reply."""
-    rows = []
-    for messages in dataset["messages"]:
-        if not messages or messages[0]["role"] != "system" or messages[-1]["role"] != "assistant":
-            continue
-        persona = messages[0]["content"].removeprefix("Your persona:").strip()
-        rows.append({"persona": persona, "history": [dict(m) for m in messages[1:-1]], "reply": messages[-1]["content"]})
-    if not rows:
-        raise StudioError("lapdog needs persona dialogues (ConvAI2 text, LAPDOG JSONL or persona/history/reply rows)")
-    return rows
-
-
-def persona_data(recipe):
-    """The run's persona dialogues, split exactly as stage 1 split them (same source, splits and seed)."""
-    from studio.data import prepare_dataset
-
-    ds = recipe.dataset
-    return prepare_dataset(ds["source"], ds.get("format"), ds.get("template"), config=ds.get("config"),
-                           split=ds.get("split"), splits=ds.get("splits", "80/10/10"),
-                           seed=int(recipe.train.get("seed", 42)), max_rows=ds.get("max_rows"))
-
-
 def stage_recipe(recipe, steps: int, **train):
     r = copy.deepcopy(recipe)
     r.train.update(max_steps=steps, **train)
@@ -281,7 +232,7 @@ def build_stage2(job, recipe, cfg, retriever, rows, tokenizer, stage1_adapter: P
     from peft import PeftModel
     from trl import SFTTrainer
 
-    from studio.chat import persona_messages, query_text
+    from studio.persona import persona_messages, query_text
     from studio.models import load_model
     from studio.train.common import quiet_trainer, resolve_fast_defaults
 

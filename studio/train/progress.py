@@ -1,7 +1,8 @@
-"""What a training path reports back: status names, the TrainerCallback that feeds a job, checkpoints.
+"""What a training path reports back: the TrainerCallback that feeds a job, checkpoint saving, the adapter.
 
 Training paths (`studio/train/*.py`) import from here, never from `studio.jobs`: arrows point one
-way, ui/cli → jobs → train → data/models/recipes. A job hands its path itself (`emit`, `log`,
+way, ui/cli → jobs → train → data/models/recipes → runs. Status names and checkpoint reading live in
+`studio.runs` (re-exported here). A job hands its path itself (`emit`, `log`,
 `stop_event`), and the callback built here turns trainer events into job events.
 """
 
@@ -16,10 +17,9 @@ import signal
 from pathlib import Path
 
 from studio.errors import StudioError
+from studio.runs import (ACTIVE, CANCELLED, COMPLETE_MARKER, DONE, FAILED, QUEUED, RUNNING, STOPPING,  # noqa: F401
+                         is_complete, last_checkpoint)
 
-QUEUED, RUNNING, STOPPING, DONE, FAILED, CANCELLED = "queued", "running", "stopping", "done", "failed", "cancelled"
-ACTIVE = (QUEUED, RUNNING, STOPPING)
-COMPLETE_MARKER = ".complete"  # written into a checkpoint once the trainer has fully saved it
 KILL_HOOK = "STUDIO_TEST_KILL"  # tests only: SIGKILL the process at a named point (see `_kill_at`)
 
 
@@ -131,35 +131,6 @@ def memory_mb() -> float:
         return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)  # Linux: KiB
     except Exception:  # noqa: BLE001
         return 0.0
-
-
-def is_complete(ckpt: Path) -> bool:
-    """Marked by `on_save`, or (killed between the Trainer's save and `on_save`) holding a readable
-    trainer_state.json, the file the Trainer writes last, for the checkpoint's own step."""
-    if (ckpt / COMPLETE_MARKER).exists():
-        return True
-    try:
-        return json.loads((ckpt / "trainer_state.json").read_text())["global_step"] == int(ckpt.name.split("-")[-1])
-    except (OSError, ValueError, KeyError):
-        return False
-
-
-def last_checkpoint(run_dir: str | os.PathLike) -> Path | None:
-    """The newest checkpoint the trainer finished writing; half-written ones are removed."""
-    folder = Path(run_dir) / "checkpoints"
-    if not folder.is_dir():
-        return None
-    found = []
-    for ckpt in folder.glob("checkpoint-*"):
-        try:
-            step = int(ckpt.name.split("-")[-1])
-        except ValueError:
-            continue
-        if is_complete(ckpt):
-            found.append((step, ckpt))
-        else:
-            shutil.rmtree(ckpt, ignore_errors=True)  # a crash mid-save: never resume from it
-    return max(found)[1] if found else None
 
 
 def train_from(trainer, checkpoint: Path | None):

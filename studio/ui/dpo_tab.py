@@ -38,9 +38,9 @@ def _dpo_recipes() -> list[str]:
 
 
 def _runs_with_adapter() -> list[str]:
-    from studio.jobs import list_runs
+    from studio.runs import list_runs
 
-    return [j.id for j in list_runs() if (j.run_dir / "adapter" / "adapter_config.json").exists()]
+    return [j.id for j in list_runs() if j.has_adapter]
 
 
 def load_dpo_form(name: str) -> dict:
@@ -254,7 +254,8 @@ def create_dpo_tab(client: gr.BrowserState) -> dict:
             from studio.access import require_work
             from studio.jobs import start_job
             from studio.recipes import recipe_from_flat
-            from studio.train.dpo import init_adapter_run, load_pairs
+            from studio.inference import init_adapter_run
+            from studio.pairs import load_pairs
             from studio.ui.train_tab import form_to_flat
 
             def run():

@@ -14,9 +14,19 @@ CHART_KEYS = ["bleu", "rouge1", "rouge2", "rougeL", "f1", "distinct1", "distinct
 
 
 def _adapter_runs() -> list[str]:
-    from studio.jobs import list_runs
+    from studio.runs import list_runs
 
-    return [j.id for j in list_runs() if (j.run_dir / "adapter" / "adapter_config.json").exists()]
+    return [j.id for j in list_runs() if j.has_adapter]
+
+
+def report_row(*inputs, button: str, button_id: str | None = None, message_id: str | None = None):
+    """An accordion's controls: its inputs (factories, built in one row) and a button, the message below.
+
+    Returns (*inputs, button, message)."""
+    with gr.Row():
+        built = [make() for make in inputs]
+        btn = gr.Button(button, elem_id=button_id)
+    return (*built, btn, gr.HTML(elem_id=message_id))
 
 
 def metrics_rows(result: dict) -> tuple[list[str], list[list]]:
@@ -120,25 +130,20 @@ def create_evaluate_tab(client: gr.BrowserState) -> dict:
                 judge_btn = gr.Button("Judge")
             judge_out = gr.HTML(elem_id="eval-judge")
         with gr.Accordion("Benchmark tasks (lm-evaluation-harness)", open=False):
-            with gr.Row():
-                tasks = gr.Textbox(value=", ".join(LOCAL_TASKS), label="Tasks (comma-separated; Hub tasks need a "
-                                                                        "connection)")
-                task_limit = gr.Number(value=32, precision=0, minimum=1, label="Max documents per task")
-                lm_btn = gr.Button("Run on the base and the runs")
-            lm_message = gr.HTML()
+            tasks, task_limit, lm_btn, lm_message = report_row(
+                lambda: gr.Textbox(value=", ".join(LOCAL_TASKS), label="Tasks (comma-separated; Hub tasks need a "
+                                                                       "connection)"),
+                lambda: gr.Number(value=32, precision=0, minimum=1, label="Max documents per task"),
+                button="Run on the base and the runs")
             lm_table = gr.Dataframe(label="lm-eval results", interactive=False, elem_id="eval-lmeval")
         with gr.Accordion("LoRA vs full fine-tuning", open=False):
-            with gr.Row():
-                lvf_ref = gr.Dropdown([], allow_custom_value=True, label="Run or recipe")
-                lvf_btn = gr.Button("Report")
-            lvf_message = gr.HTML()
+            lvf_ref, lvf_btn, lvf_message = report_row(
+                lambda: gr.Dropdown([], allow_custom_value=True, label="Run or recipe"), button="Report")
             lvf_table = gr.Dataframe(label="From the model's config, no weights loaded", interactive=False,
                                      elem_id="eval-lvf")
         with gr.Accordion("DPO runs: preference accuracy on held-out pairs", open=False):
-            with gr.Row():
-                dpo_run = gr.Dropdown([], allow_custom_value=True, label="DPO run")
-                dpo_btn = gr.Button("Report")
-            dpo_message = gr.HTML()
+            dpo_run, dpo_btn, dpo_message = report_row(
+                lambda: gr.Dropdown([], allow_custom_value=True, label="DPO run"), button="Report")
             dpo_table = gr.Dataframe(label="Policy vs reference on the run's held-out pairs", interactive=False,
                                      elem_id="eval-dpo")
         with gr.Accordion("LAPDOG runs: closed-book vs fixed retriever vs LAPDOG retriever (the paper's table)",
@@ -147,11 +152,10 @@ def create_evaluate_tab(client: gr.BrowserState) -> dict:
                         "with no stories; its final adapter with the stories the untrained embedder retrieves; its "
                         "final adapter with the stories its trained query encoder retrieves. F1, BLEU and ROUGE-L "
                         "as in the paper; the results fill the tables above and are saved like any other.")
-            with gr.Row():
-                persona_run = gr.Dropdown([], label="LAPDOG run", elem_id="eval-persona-run", scale=3)
-                persona_limit = gr.Number(value=32, precision=0, minimum=1, label="Max dialogues")
-                persona_btn = gr.Button("Evaluate the run", elem_id="eval-persona-go")
-            persona_message = gr.HTML(elem_id="eval-persona-message")
+            persona_run, persona_limit, persona_btn, persona_message = report_row(
+                lambda: gr.Dropdown([], label="LAPDOG run", elem_id="eval-persona-run", scale=3),
+                lambda: gr.Number(value=32, precision=0, minimum=1, label="Max dialogues"),
+                button="Evaluate the run", button_id="eval-persona-go", message_id="eval-persona-message")
 
         suite.change(lambda s: gr.update(visible=s == "upload"), suite, upload)
 
@@ -297,7 +301,7 @@ def create_evaluate_tab(client: gr.BrowserState) -> dict:
         dpo_btn.click(preference, dpo_run, [dpo_table, dpo_message], api_name="dpo_report")
 
         def dpo_runs():
-            from studio.jobs import list_runs
+            from studio.runs import list_runs
 
             return gr.update(choices=[j.id for j in list_runs() if j.kind == "dpo" or (
                 j.summary or {}).get("method") == "dpo"])

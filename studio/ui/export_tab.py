@@ -14,9 +14,9 @@ PARTS = ["adapter", "merged", "gguf"]
 
 def finished_runs() -> list[str]:
     """Runs that have an adapter to export, newest first."""
-    from studio.jobs import list_runs
+    from studio.runs import list_runs
 
-    return [job.id for job in list_runs() if (job.run_dir / "adapter" / "adapter_config.json").exists()]
+    return [job.id for job in list_runs() if job.has_adapter]
 
 
 def push_defaults(run: str) -> tuple[str, bool]:

@@ -236,7 +236,7 @@ def create_train_tab(client: gr.BrowserState) -> dict:
         timer.tick(poll, [client, seen], [progress, chart, logs, samples, message, seen], show_progress="hidden")
 
         def list_run_ids():
-            from studio.jobs import list_runs
+            from studio.runs import list_runs
 
             ids = [j.id for j in list_runs()]
             return gr.update(choices=ids, value=ids[0] if ids else None), gr.update(choices=ids, value=None)
@@ -246,13 +246,13 @@ def create_train_tab(client: gr.BrowserState) -> dict:
         def open_selected(run_id, other_id):
             from studio.charts import loss_chart, overlay_chart
             from studio.access import resolve_run
-            from studio.jobs import Job, get_job
+            from studio.runs import LIVE, Run
 
             if not run_id:
                 return None, None, error_html("Pick a run first (Refresh lists them).")
 
             def load(rid):
-                return get_job(rid) or Job.from_run_dir(resolve_run(rid))
+                return LIVE.get(rid) or Run.from_run_dir(resolve_run(rid))
 
             job, err = safely(load, run_id)
             if err:
@@ -285,7 +285,7 @@ def create_train_tab(client: gr.BrowserState) -> dict:
 
         def resume_latest(profile: gr.OAuthProfile | None, client_id):
             from studio.access import require_work
-            from studio.jobs import list_runs, resumable
+            from studio.runs import list_runs, resumable
 
             _, err = safely(require_work, profile, "training")  # before anything about the runs is said
             if err:

@@ -1,0 +1,161 @@
+"""The base-vs-runs comparison: plan the columns (each base alone, then each run's adapter on it), generate
+greedily in batches, score with `studio.metrics`, and save the result (`compare`)."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from studio.errors import StudioError
+from studio.evaluate.items import Item, RECIPE_SUITE, SUITES, dataset_items, suite_items
+from studio.evaluate.results import save_result
+
+
+SCORE_KEY = "rougeL"  # the per-row score whose difference sorts the side-by-side table
+
+
+def plan_models(refs: list[str]) -> list[dict]:
+    """Columns: each distinct base of the runs (loaded on its own), each run, then each other model."""
+    from studio.access import resolve_run
+    from studio.inference import is_run_ref, run_adapter, run_base_model
+
+    refs = [str(r).strip() for r in refs if str(r or "").strip()]
+    if not refs:
+        raise StudioError("pick at least one run or model to evaluate")
+    bases, runs, others = {}, [], []
+    for ref in refs:
+        if is_run_ref(ref):
+            run = resolve_run(ref)
+            run_adapter(run)  # a run with no adapter fails here, before any model is loaded
+            base = run_base_model(run)
+            bases.setdefault(base, run.name)
+            runs.append({"label": run.name, "ref": run.name, "adapter": True, "base": base})
+        elif ref not in others:
+            others.append(ref)
+    columns = [{"label": f"base ({b})", "ref": run, "adapter": False, "base": b} for b, run in bases.items()]
+    columns += runs
+    columns += [{"label": m, "ref": m, "adapter": False, "base": m} for m in others if m not in bases]
+    return columns
+
+
+def _cut(text: str, stop: str | None) -> str:
+    return text.split(stop)[0].strip() if stop else text.strip()
+
+
+def generate_items(model, tokenizer, items: list[Item], max_new_tokens: int = 48, stop: str | None = None,
+                   batch_size: int = 16, progress=None, **sampling) -> list[list[str]]:
+    """Every item's answers, turn by turn, batched; turn k+1 sees the model's own answer to turn k."""
+    from studio.inference import chat_prompt, generate
+
+    answers: list[list[str]] = [[] for _ in items]
+    for k in range(max(len(it.turns) for it in items)):
+        idx = [i for i, it in enumerate(items) if len(it.turns) > k]
+        prompts = []
+        for i in idx:
+            it = items[i]
+            if not it.chat:
+                prompts.append(it.turns[k])
+                continue
+            messages = list(it.context)
+            for q, a in zip(it.turns[:k], answers[i]):
+                messages += [{"role": "user", "content": q}, {"role": "assistant", "content": a}]
+            if it.turns[k] is not None:
+                messages.append({"role": "user", "content": it.turns[k]})
+            prompts.append(chat_prompt(tokenizer, messages))
+        outs = generate(model, tokenizer, prompts, max_new_tokens, batch_size=batch_size, progress=progress, **sampling)
+        for i, out in zip(idx, outs):
+            answers[i].append(_cut(out, stop))
+    return answers
+
+
+def _loss_inputs(tokenizer, items: list[Item]) -> tuple[list[str], list[str]]:
+    from studio.inference import chat_prompt
+
+    prompts = []
+    for it in items:
+        if it.chat:
+            user = [{"role": "user", "content": it.turns[0]}] if it.turns[0] is not None else []
+            prompts.append(chat_prompt(tokenizer, it.context + user))
+        else:
+            prompts.append(it.turns[0])
+    return prompts, [it.reference for it in items]
+
+
+def _run_recipe(run_name: str):
+    from studio.access import resolve_run
+    from studio.recipes import load_recipe
+
+    return load_recipe(resolve_run(run_name) / "recipe.yaml")
+
+
+def compare(refs: list[str], data: str | None = None, suite: str | None = None, limit: int | None = None,
+            max_new_tokens: int = 48, loss: bool = True, name: str | None = None, batch_size: int = 16,
+            progress=None, save: bool = True) -> dict:
+    """Base vs runs (and any other models) on the same rows; returns the result, saved unless `save=False`.
+
+    `data` (a dataset: its test split) or `suite` (instruction, multi-turn, recipe-prompts, or a JSONL
+    file). With neither, the first run's own dataset, split exactly as it was for training.
+    """
+    from studio.access import check_run_name
+    from studio.inference import load_for_inference
+    from studio.metrics import DEFINITIONS, LOSS_DEFINITIONS, TEXT_DEFINITIONS, corpus_scores, heldout_loss, \
+        sentence_scores, text_stats
+
+    columns = plan_models(refs)
+    first_run = next((c["ref"] for c in columns if c["adapter"]), None)
+    recipe = _run_recipe(first_run) if first_run else None
+    config = {"models": columns, "data": None, "suite": suite or None, "limit": limit,
+              "max_new_tokens": int(max_new_tokens), "decoding": "greedy"}
+    if suite:
+        items = suite_items(suite, recipe.header.get("eval_prompts") if recipe else None)[:limit or None]
+        config["suite"] = suite if suite in SUITES or suite == RECIPE_SUITE else Path(suite).name
+    else:
+        ds = dict(recipe.dataset) if recipe else {}
+        seed = int(recipe.train.get("seed", 42)) if recipe else 42
+        if data and data != ds.get("source"):
+            ds, seed = {"source": data}, 42
+        if not ds.get("source"):
+            raise StudioError("no data to evaluate on: give a dataset (its test split is used) or pick a suite")
+        items, info = dataset_items(ds["source"], ds.get("format"), ds.get("template"), ds.get("splits", "80/10/10"),
+                                    seed, limit)
+        config["data"] = info
+    if not items:
+        raise StudioError("no rows to evaluate")
+    has_refs = all(it.reference.strip() for it in items)
+    # single-line references: answers are cut at the first newline, as lm-eval's `until` does
+    stop = "\n" if has_refs and not any("\n" in it.reference.strip() for it in items) else None
+    config["stop"] = stop
+    outputs, metrics = {}, {}
+    for n, col in enumerate(columns):
+        loaded = load_for_inference(col["ref"], adapter=col["adapter"])
+        step = (lambda done, total, n=n: progress((n + done / total) / len(columns),
+                                                  f"{columns[n]['label']}: {done}/{total}")) if progress else None
+        answers = generate_items(loaded.model, loaded.tokenizer, items, max_new_tokens, stop, batch_size, step)
+        outputs[col["label"]] = answers
+        finals = [a[-1] for a in answers]
+        m = text_stats(finals)
+        if has_refs:
+            m.update(corpus_scores(finals, [it.reference for it in items]))
+            if loss and not any(len(it.turns) > 1 for it in items):
+                m.update({k: v for k, v in heldout_loss(loaded.model, loaded.tokenizer,
+                                                        *_loss_inputs(loaded.tokenizer, items)).items() if k != "tokens"})
+        metrics[col["label"]] = m
+        del loaded
+    labels = [c["label"] for c in columns]
+    rows = []
+    for i, it in enumerate(items):
+        row = {"id": i, "prompt": it.shown(), "reference": it.reference,
+               "outputs": {lab: (outputs[lab][i] if len(it.turns) > 1 else outputs[lab][i][-1]) for lab in labels}}
+        if has_refs:
+            row["scores"] = {lab: sentence_scores(outputs[lab][i][-1], it.reference) for lab in labels}
+            row["delta"] = row["scores"][labels[-1]][SCORE_KEY] - row["scores"][labels[0]][SCORE_KEY]
+        rows.append(row)
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    name = check_run_name(name or f"{config['suite'] or 'test'}-{stamp}".replace("/", "-"), "result name")
+    definitions = {**TEXT_DEFINITIONS, **(DEFINITIONS if has_refs else {}), **(LOSS_DEFINITIONS if has_refs else {})}
+    result = {"name": name, "created": time.strftime("%Y-%m-%d %H:%M:%S"), "owner": first_run or "evals",
+              "config": config, "labels": labels, "score_key": SCORE_KEY if has_refs else None,
+              "definitions": definitions, "metrics": metrics, "rows": rows}
+    if save:
+        result["path"] = str(save_result(result))
+    return result

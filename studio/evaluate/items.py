@@ -1,0 +1,141 @@
+"""What an evaluation generates for: `Item`s from a dataset's test split (`dataset_items`) or a prompt suite
+(`suite_items`)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from studio.errors import StudioError
+
+
+ASSETS = Path(__file__).resolve().parents[2] / "assets"
+SUITES = {"instruction": ASSETS / "suites" / "instruction.jsonl", "multi-turn": ASSETS / "suites" / "multi_turn.jsonl"}
+RECIPE_SUITE = "recipe-prompts"
+
+
+@dataclass
+class Item:
+    """One row to generate for: what the user says at each turn, and the reference for the last answer.
+
+    `chat` items go through each model's own chat template (earlier turns carry the model's own answers);
+    plain items are continued as they are, like the data they come from was trained.
+    """
+
+    turns: list
+    reference: str = ""
+    chat: bool = False
+    context: list = field(default_factory=list)  # messages before the first turn (system, dialogue history)
+
+    def shown(self) -> str:
+        head = "\n".join(f"{m['role']}: {m['content']}" for m in self.context)
+        turns = [t for t in self.turns if t is not None]
+        body = "\n— next turn —\n".join(turns)
+        return f"{head}\n{body}".strip() if head else body
+
+
+def _chat_item(messages: list[dict], reference: str) -> Item:
+    if messages and messages[-1]["role"] == "user":
+        return Item([messages[-1]["content"]], reference, chat=True, context=list(messages[:-1]))
+    return Item([None], reference, chat=True, context=list(messages))
+
+
+def _first_assistant(value) -> str:
+    if isinstance(value, list):
+        return next((m["content"] for m in value if m["role"] == "assistant"), "")
+    return str(value or "")
+
+
+def _row_item(row: dict) -> Item:
+    if "messages" in row:
+        msgs = row["messages"]
+        last = max(i for i, m in enumerate(msgs) if m["role"] == "assistant")
+        return _chat_item(msgs[:last], msgs[last]["content"])
+    ref = _first_assistant(row["chosen"] if "chosen" in row else row["completion"])
+    if isinstance(row["prompt"], list):
+        return _chat_item(row["prompt"], ref)
+    return Item([row["prompt"]], ref)
+
+
+def _prompt_template(template: str | None) -> str | None:
+    """A text template whose last field ends it ('Quote: {quote}\\nAuthor: {author}') → the part before it."""
+    import string
+
+    if not template:
+        return None
+    fields = [(lit, name) for lit, name, _spec, _conv in string.Formatter().parse(template)]
+    if len(fields) < 2 or fields[-1][1] is None:
+        return None
+    cut = template.rfind("{" + fields[-1][1])
+    prefix = template[:cut]
+    return prefix if "{" in prefix else None
+
+
+def dataset_items(source: str, fmt: str | None = None, template: str | None = None, splits="80/10/10",
+                  seed: int = 42, limit: int | None = None) -> tuple[list[Item], dict]:
+    """The test split's rows (validation, then train, when the data is too small to have one)."""
+    from studio.access import check_data_source
+    from studio.data import prepare_dataset
+
+    source = check_data_source(source)
+    try:
+        data = prepare_dataset(source, fmt, template, splits=splits, seed=seed)
+    except StudioError as e:
+        if "no column looks like" in str(e):
+            raise StudioError(f"{source}: no reference column to score against ({e})") from None
+        raise
+    split = next(s for s in ("test", "validation", "train") if s in data.splits)
+    rows = data.splits[split]
+    if data.format.kind == "text":
+        # texts made from a template that ends with a field: the prompt is the text before that field
+        prompt_template = _prompt_template(template or data.format.template)
+        if prompt_template is None:
+            raise StudioError(
+                f"{data.source}: no reference column to score against (plain text); use prompt/completion, "
+                "instruction/response, messages, or a template whose last field is the answer")
+        prompts = prepare_dataset(source, fmt, prompt_template, splits=splits, seed=seed).splits[split]["text"]
+        items = [Item([p], t[len(p):]) for p, t in zip(prompts, rows["text"]) if t.startswith(p)]
+    elif data.format.kind in ("prompt_completion", "messages", "preference"):
+        items = [_row_item(r) for r in rows]
+    else:
+        raise StudioError(f"{data.source}: format {data.format.name} has no reference column to score against")
+    if limit:
+        items = items[:int(limit)]
+    info = {"source": data.source, "format": data.format.name, "split": split, "rows": len(items),
+            "splits": splits, "seed": seed}
+    return items, info
+
+
+def load_suite(path: str | Path) -> list[Item]:
+    """A JSONL suite: one object per line with "prompt" (a string) or "turns" (strings); "reference" optional."""
+    from studio.data.sources import iter_jsonl
+
+    path = Path(path)
+    items = []
+    for n, row in iter_jsonl(path):
+        turns = [row["prompt"]] if "prompt" in row else row.get("turns")
+        if not (isinstance(turns, list) and turns and all(isinstance(t, str) and t.strip() for t in turns)):
+            raise StudioError(f'{path.name} line {n}: expected "prompt" (a string) or "turns" (a list of strings)')
+        reference = row.get("reference", "")
+        if not isinstance(reference, str):
+            raise StudioError(f'{path.name} line {n}: "reference" must be a string')
+        items.append(Item(turns, reference, chat=True))
+    if not items:
+        raise StudioError(f"{path.name}: the suite is empty")
+    return items
+
+
+def suite_items(suite: str, recipe_prompts: list[str] | None = None) -> list[Item]:
+    """A shipped suite by name, the recipe's before/after prompts, or an uploaded JSONL file."""
+    from studio.access import check_data_source
+
+    if suite == RECIPE_SUITE:
+        if not recipe_prompts:
+            raise StudioError("the recipe has no eval_prompts: pick another suite")
+        return [Item([p]) for p in recipe_prompts]
+    if suite in SUITES:
+        return load_suite(SUITES[suite])
+    path = Path(check_data_source(suite)).expanduser()
+    if path.suffix.lower() != ".jsonl" or not path.is_file():
+        raise StudioError(f"{suite}: no such suite; use {', '.join([*SUITES, RECIPE_SUITE])} or a .jsonl file")
+    return load_suite(path)

@@ -1,0 +1,96 @@
+"""A LAPDOG run's table (F1 / BLEU / ROUGE-L): closed-book vs fixed retriever vs LAPDOG retriever."""
+
+from __future__ import annotations
+
+import time
+
+from studio.errors import StudioError
+from studio.evaluate.comparison import SCORE_KEY, _cut
+from studio.evaluate.results import save_result
+
+
+PERSONA_ARMS = ("closed-book (stage 1)", "+ fixed retriever", "+ LAPDOG retriever")
+
+
+def persona_report(run: str, limit: int = 32, batch_size: int = 16, name: str | None = None, progress=None,
+                   save: bool = True) -> dict:
+    """A LAPDOG run on its held-out persona dialogues: the paper's table (F1 / BLEU / ROUGE-L) for one run.
+
+    Three set-ups answer the same dialogues, greedily, replies up to the run's `reply_max_new_tokens`:
+    the stage-1 adapter with no stories (closed-book, the supervised row); the final adapter with the top-k
+    stories of the untrained embedder (fixed retriever); the final adapter with the top-k stories of the
+    trained query encoder (LAPDOG). The last two differ only in the retriever. Shaped like `compare`'s
+    result, so the tab's tables, chart, downloads and saved results work the same.
+    """
+    from studio.access import check_run_name, resolve_run
+    from studio.inference import chat_prompt, generate, load_for_inference
+    from studio.metrics import DEFINITIONS, TEXT_DEFINITIONS, corpus_scores, sentence_scores, text_stats
+    from studio.persona import dialogue_rows, persona_data, persona_messages, query_text, settings
+    from studio.recipes import load_recipe
+    from studio.retrieval import load_retriever, run_retriever_dir
+
+    run_dir = resolve_run(run)
+    recipe = load_recipe(run_dir / "recipe.yaml")
+    if recipe.method != "lapdog":
+        raise StudioError(f"{run_dir.name} is a {recipe.method} run: the persona table needs a LAPDOG run")
+    stage1 = run_dir / "stage1" / "adapter"
+    finished = [stage1 / "adapter_config.json", run_dir / "adapter" / "adapter_config.json"]
+    if not all(p.exists() for p in finished) or run_retriever_dir(run_dir) is None:
+        raise StudioError(f"{run_dir.name} has not finished both stages (it needs stage1/adapter, adapter/ and "
+                          "retriever/): resume it on the Train tab")
+    cfg = settings(recipe)
+    data = persona_data(recipe)
+    split = next((s for s in ("test", "validation") if s in data.splits and len(data.splits[s])), None)
+    if split is None:
+        raise StudioError(f"{run_dir.name}: its dataset has no held-out dialogues (too few rows for a test split)")
+    rows = dialogue_rows(data.splits[split])[: max(1, int(limit))]
+    k, corpus = int(cfg["k"]), cfg["corpus"] or None
+    queries = [query_text(r["persona"], r["history"], cfg["query"] == "persona+turn") for r in rows]
+    fixed = load_retriever(corpus, cfg["embedder"]).search(queries, k)
+    learned = load_retriever(corpus, cfg["embedder"], run_dir).search(queries, k)
+    loaded = load_for_inference(str(run_dir))
+    model, tok = loaded.model, loaded.tokenizer
+    model.load_adapter(str(stage1), adapter_name="stage1")
+    budget = int(recipe.train.get("max_length") or 1024) - int(cfg["reply_max_new_tokens"])
+    arms = [(PERSONA_ARMS[0], "stage1", [[] for _ in rows]), (PERSONA_ARMS[1], "default", fixed),
+            (PERSONA_ARMS[2], "default", learned)]
+    references = [r["reply"] for r in rows]
+    outputs, metrics = {}, {}
+    for n, (label, adapter, found) in enumerate(arms):
+        model.set_adapter(adapter)
+        prompts = [chat_prompt(tok, persona_messages(tok, r["persona"], s, r["history"], budget)[0])
+                   for r, s in zip(rows, found)]
+        step = (lambda done, total, n=n, label=label: progress((n + done / total) / len(arms),
+                                                               f"{label}: {done}/{total}")) if progress else None
+        replies = [_cut(o, "\n") for o in generate(model, tok, prompts, int(cfg["reply_max_new_tokens"]),
+                                                    batch_size=batch_size, progress=step)]
+        outputs[label] = replies
+        metrics[label] = {**corpus_scores(replies, references), **text_stats(replies)}
+    del loaded, model
+    labels = list(PERSONA_ARMS)
+    table = []
+    for i, r in enumerate(rows):
+        turns = "\n".join(f"{m['role']}: {m['content']}" for m in r["history"])
+        scores = {lab: sentence_scores(outputs[lab][i], r["reply"]) for lab in labels}
+        table.append({"id": i, "prompt": f"persona: {r['persona']}\n{turns}", "reference": r["reply"],
+                      "outputs": {lab: outputs[lab][i] for lab in labels}, "scores": scores,
+                      "delta": scores[labels[-1]][SCORE_KEY] - scores[labels[0]][SCORE_KEY],
+                      "stories": {"fixed": [s["id"] for s in fixed[i]], "lapdog": [s["id"] for s in learned[i]]}})
+    changed = sum(a[0]["id"] != b[0]["id"] for a, b in zip(fixed, learned)) / len(rows)
+    config = {"models": [{"label": PERSONA_ARMS[0], "ref": run_dir.name, "adapter": "stage1/adapter", "stories": 0},
+                         {"label": PERSONA_ARMS[1], "ref": run_dir.name, "adapter": "adapter", "stories": k,
+                          "retriever": cfg["embedder"]},
+                         {"label": PERSONA_ARMS[2], "ref": run_dir.name, "adapter": "adapter", "stories": k,
+                          "retriever": "retriever/"}],
+              "data": {"source": recipe.dataset.get("source"), "split": split, "rows": len(rows)},
+              "suite": None, "limit": limit, "max_new_tokens": int(cfg["reply_max_new_tokens"]),
+              "decoding": "greedy", "stop": "\n", "persona": {"k": k, "query": cfg["query"],
+                                                             "top1_changed": round(changed, 4)}}
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    result = {"name": check_run_name(name or f"persona-{stamp}", "result name"),
+              "created": time.strftime("%Y-%m-%d %H:%M:%S"), "owner": run_dir.name, "config": config,
+              "labels": labels, "score_key": SCORE_KEY, "definitions": {**TEXT_DEFINITIONS, **DEFINITIONS},
+              "metrics": metrics, "rows": table}
+    if save:
+        result["path"] = str(save_result(result))
+    return result

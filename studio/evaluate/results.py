@@ -1,0 +1,68 @@
+"""Saved results: runs/<run>/eval/<name>.json (or runs/evals/), listed, loaded, and exported as CSV + JSON."""
+
+from __future__ import annotations
+
+import csv
+import json
+import tempfile
+from pathlib import Path
+
+from studio.errors import StudioError
+
+
+def result_path(owner: str, name: str) -> Path:
+    """runs/<run>/eval/<name>.json, or runs/evals/<name>.json for an evaluation without a run."""
+    from studio.access import check_run_name, runs_root
+
+    owner, name = check_run_name(owner, "run"), check_run_name(name, "result name")
+    root = runs_root()
+    return root / "evals" / f"{name}.json" if owner == "evals" else root / owner / "eval" / f"{name}.json"
+
+
+def save_result(result: dict) -> Path:
+    path = result_path(result["owner"], result["name"])
+    path.parent.mkdir(parents=True, exist_ok=True)
+    body = {k: v for k, v in result.items() if k != "path"}
+    path.write_text(json.dumps(body, ensure_ascii=False, indent=1), encoding="utf-8")
+    return path
+
+
+def list_results() -> list[str]:
+    """Saved results as "owner/name", newest first."""
+    from studio.access import runs_root
+
+    root = runs_root()
+    paths = [*root.glob("*/eval/*.json"), *root.glob("evals/*.json")]
+    paths.sort(key=lambda p: p.stat().st_mtime, reverse=True)
+    return [f"{'evals' if p.parent.name == 'evals' else p.parent.parent.name}/{p.stem}" for p in paths]
+
+
+def load_result(ref: str) -> dict:
+    owner, _, name = str(ref or "").strip().partition("/")
+    if not name:
+        raise StudioError(f"{ref!r}: name a saved result as RUN/NAME (see the list)")
+    path = result_path(owner, name)
+    if not path.is_file():
+        raise StudioError(f"{ref}: no such saved result")
+    result = json.loads(path.read_text("utf-8"))
+    result["path"] = str(path)
+    return result
+
+
+def export_result(result: dict, folder: str | Path | None = None) -> tuple[Path, Path]:
+    """(CSV, JSON) copies in a temp folder: one CSV line per row with each model's output and score."""
+    folder = Path(folder or tempfile.mkdtemp(prefix="studio-eval-"))
+    folder.mkdir(parents=True, exist_ok=True)
+    labels, key = result["labels"], result.get("score_key")
+    json_path = folder / f"{result['name']}.json"
+    json_path.write_text(json.dumps({k: v for k, v in result.items() if k != "path"}, ensure_ascii=False, indent=1),
+                         encoding="utf-8")
+    csv_path = folder / f"{result['name']}.csv"
+    with open(csv_path, "w", newline="", encoding="utf-8") as f:
+        w = csv.writer(f)
+        w.writerow(["id", "prompt", "reference", *labels, *([f"{lab} {key}" for lab in labels] + ["delta"] if key else [])])
+        for row in result["rows"]:
+            outs = [o if isinstance(o, str) else "\n— next turn —\n".join(o) for o in row["outputs"].values()]
+            scores = [round(row["scores"][lab][key], 2) for lab in labels] + [round(row["delta"], 2)] if key else []
+            w.writerow([row["id"], row["prompt"], row["reference"], *outs, *scores])
+    return csv_path, json_path
