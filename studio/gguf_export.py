@@ -347,15 +347,12 @@ def quantize(src: Path, dst: Path, qtype: str) -> Path:
                           f"(or choose {', '.join(DIRECT_TYPES)})")
     import llama_cpp
 
-    try:  # llama.cpp logs every tensor it quantizes: keep its errors only
-        from llama_cpp._logger import set_verbose
+    from llama_cpp._utils import suppress_stdout_stderr
 
-        set_verbose(False)
-    except ImportError:
-        pass
     params = llama_cpp.llama_model_quantize_default_params()
     params.ftype = {"q4_k_m": llama_cpp.LLAMA_FTYPE_MOSTLY_Q4_K_M, "q5_k_m": llama_cpp.LLAMA_FTYPE_MOSTLY_Q5_K_M}[qtype]
-    rc = llama_cpp.llama_model_quantize(str(src).encode(), str(dst).encode(), ctypes.byref(params))
+    with suppress_stdout_stderr(disable=False):  # llama.cpp prints a line per tensor; its return code tells
+        rc = llama_cpp.llama_model_quantize(str(src).encode(), str(dst).encode(), ctypes.byref(params))
     if rc != 0 or not dst.exists():
         raise StudioError(f"llama.cpp could not quantize {src.name} to {qtype} (code {rc})")
     return dst
