@@ -276,7 +276,7 @@ def add_tokenizer(w, tokenizer, vocab_size: int, arch: str = "llama") -> None:
     # sentencepiece scores order the merges: a token made by an earlier merge scores higher
     rank = {}
     for r, m in enumerate(merges):
-        rank.setdefault(m.replace(" ", "", 1) if isinstance(m, str) else "", r)
+        rank.setdefault(m.replace(" ", "", 1), r)
     tokens, types, scores = [], [], []
     for i in range(max(vocab_size, len(by_id))):
         tok = by_id.get(i)

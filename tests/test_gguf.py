@@ -34,7 +34,8 @@ def _bytelevel_bpe(pre, specials, *, bos=None, eos, ignore_merges=False, chat=Tr
     tok.train_from_iterator(_lines(), trainers.BpeTrainer(
         vocab_size=size, special_tokens=specials, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
     if bos:
-        tok.post_processor = processors.TemplateProcessing(single=f"{bos} $A", special_tokens=[(bos, tok.token_to_id(bos))])
+        tok.post_processor = processors.TemplateProcessing(single=f"{bos} $A",
+                                                           special_tokens=[(bos, tok.token_to_id(bos))])
     else:
         tok.post_processor = processors.ByteLevel(trim_offsets=False)
     from studio.embedded import CHATML_TEMPLATE
@@ -86,7 +87,7 @@ def family(name):
     choices are not near-ties that 16-bit rounding could flip)."""
     import torch
     import transformers as tf
-    from tokenizers import Regex, pre_tokenizers  # noqa: F401
+    from tokenizers import pre_tokenizers
 
     torch.manual_seed(0)
     small = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
@@ -121,7 +122,8 @@ def family(name):
         cfg = tf.MistralConfig(vocab_size=len(tok), bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
                                head_dim=16, sliding_window=None, **small)
     elif name in ("gemma2", "gemma3"):
-        tok = _spm(tf.GemmaTokenizer, ["<pad>", "<eos>", "<bos>", "<unk>", "<mask>", "<start_of_turn>", "<end_of_turn>"])
+        tok = _spm(tf.GemmaTokenizer,
+                   ["<pad>", "<eos>", "<bos>", "<unk>", "<mask>", "<start_of_turn>", "<end_of_turn>"])
         common = dict(vocab_size=len(tok), head_dim=16, query_pre_attn_scalar=16, sliding_window=256,
                       pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
                       **small)
@@ -210,5 +212,6 @@ def test_types_modelfile_card_and_the_fallback_judge(tmp_path, monkeypatch):
     export.write_card(tmp_path, run, "gguf", gguf_files=[f.name for f in files])
     card = ModelCard.load(tmp_path / "README.md")
     assert card.data.library_name == "gguf" and "gguf" in card.data.tags
-    for usage in ("llama-cli -m m-f16.gguf", "from llama_cpp import Llama", "ollama create", "gguf_file=\"m-f16.gguf\""):
+    for usage in ("llama-cli -m m-f16.gguf", "from llama_cpp import Llama", "ollama create",
+                  'gguf_file="m-f16.gguf"'):
         assert usage in card.text, usage

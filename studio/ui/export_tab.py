@@ -74,9 +74,10 @@ def create_export_tab(client: gr.BrowserState) -> dict:
         if os.environ.get("SPACE_ID"):  # off a Space the button mounts mock OAuth routes that fail (stack.md)
             gr.LoginButton()
         gr.Markdown("Export a finished run as its **LoRA adapter**, a **merged** standalone model, or **GGUF** for "
-                    "llama.cpp and Ollama (Llama/SmolLM2, Mistral, Qwen2, Gemma-2/3, GPT-2), each with a model card; download it as a zip or push it to the "
-                    "Hugging Face Hub. Everything is written under `runs/<run>/export/` and checked by loading it "
-                    "back and comparing greedy output with the adapter's.")
+                    "llama.cpp and Ollama (Llama/SmolLM2, Mistral, Qwen2, Gemma-2/3, GPT-2), each with a model card; "
+                    "download it as a zip or push it to the Hugging Face Hub. Everything is written under "
+                    "`runs/<run>/export/` and checked by loading it back and comparing greedy output (GGUF: in "
+                    "llama.cpp, against the merged model).")
         with gr.Row():
             run = gr.Dropdown(label="Run", choices=[], allow_custom_value=True, scale=4, elem_id="export-run")
             refresh = gr.Button("↻ Refresh runs", scale=1)
