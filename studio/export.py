@@ -264,6 +264,7 @@ def _usage(kind: str, repo: str, base: str, gguf_files=()) -> str:
                 f"inputs = tokenizer(\"Quote:\", return_tensors=\"pt\")\n"
                 f"print(tokenizer.decode(model.generate(**inputs, max_new_tokens=40)[0]))\n```")
     first = gguf_files[0] if gguf_files else "model.gguf"
+    name = "my-model" if repo.startswith("path/to/") else Path(repo).name.lower()
     return (f"With [llama.cpp](https://github.com/ggml-org/llama.cpp):\n\n"
             f"```bash\nllama-cli -m {first} -p \"Quote:\" -n 40\n```\n\n"
             f"or from Python with llama-cpp-python:\n\n"
@@ -271,8 +272,7 @@ def _usage(kind: str, repo: str, base: str, gguf_files=()) -> str:
             f"llm = Llama(model_path=\"{first}\")\n"
             f"print(llm(\"Quote:\", max_tokens=40)[\"choices\"][0][\"text\"])\n```\n\n"
             f"With [Ollama](https://ollama.com) (the `Modelfile` here carries the chat template and stop tokens):\n\n"
-            f"```bash\nollama create {Path(repo).name.lower() or 'my-model'} -f Modelfile\n"
-            f"ollama run {Path(repo).name.lower() or 'my-model'}\n```\n\n"
+            f"```bash\nollama create {name} -f Modelfile\nollama run {name}\n```\n\n"
             f"With transformers (dequantized to full precision):\n\n"
             f"```python\nfrom transformers import AutoModelForCausalLM, AutoTokenizer\n\n"
             f"model = AutoModelForCausalLM.from_pretrained(\"{repo}\", gguf_file=\"{first}\")\n"
