@@ -97,6 +97,10 @@ def main(argv=None) -> None:
         os.environ["STUDIO_DEMO"] = "1"
     if os.environ.get("STUDIO_DEMO", "").strip().lower() in {"1", "true", "yes", "on"}:
         os.environ["STUDIO_SHARED"] = "1"  # a demo is public: visitors are strangers
+    from studio.access import keep_owner_token_out, shared_mode
+
+    if shared_mode():
+        keep_owner_token_out()  # visitors' Hub reads go with their own sign-in or none (studio.access)
     demo = build_app()
     runs_root().mkdir(parents=True, exist_ok=True)
     demo.queue(default_concurrency_limit=8).launch(

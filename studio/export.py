@@ -94,7 +94,9 @@ def load_adapter_model(run_dir: Path):
     base = run_base_model(run_dir)
     adapter = run_adapter(run_dir)
     recipe = run_recipe(run_dir)
-    config = AutoConfig.from_pretrained(resolve_model_path(base))
+    from studio.access import hub_token
+
+    config = AutoConfig.from_pretrained(resolve_model_path(base), token=hub_token())
     dtype = merge_dtype(config)
     note = None
     if recipe.get("load_in_4bit") or recipe.get("load_in_8bit"):
@@ -350,9 +352,10 @@ def export_run(run: str | os.PathLike, out: str | os.PathLike | None = None, *, 
     """Export `run` (a name in the runs folder or a run folder) into `out` (default runs/<run>/export)."""
     import torch
 
-    from studio.access import resolve_run
+    from studio.access import require_write, resolve_run
 
     run_dir = resolve_run(run)
+    require_write(run_dir, f"run {run_dir.name!r}")  # an export is written into the run's folder
     gguf = [g.lower() for g in gguf]
     check_gguf_types(gguf)
     if not (adapter or merge or gguf):

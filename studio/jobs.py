@@ -18,7 +18,8 @@ import time
 import traceback
 from pathlib import Path
 
-from studio.access import check_run_name, runs_root  # noqa: F401 (runs_root is re-exported)
+from studio.access import (check_run_name, claim, may_write, require_write,  # noqa: F401
+                           runs_root)  # runs_root is re-exported
 from studio.errors import StudioError, redact
 
 log = logging.getLogger("studio")
@@ -119,8 +120,9 @@ def start_job(recipe, runs_dir=None, resume: str | os.PathLike | None = None, ru
             )
         if resume:
             run_dir = Path(resume)
+            require_write(run_dir, f"run {run_dir.name!r}")  # nobody resumes (and so takes over) another's run
             if not (run_dir / "recipe.yaml").exists():
-                raise StudioError(f"{run_dir}: not a run folder (no recipe.yaml)")
+                raise StudioError(f"{run_dir.name}: not a run folder (no recipe.yaml)")
             if (run_dir / "events.jsonl").exists():
                 before = Job.from_run_dir(run_dir)
                 if before.status == DONE:
@@ -132,7 +134,7 @@ def start_job(recipe, runs_dir=None, resume: str | os.PathLike | None = None, ru
             run_dir = runs_root(runs_dir) / base
             n = 1
             if run_name and (run_dir / "summary.json").exists():
-                raise StudioError(f"{run_dir}: a finished run already has this name; pick another, or --resume it")
+                raise StudioError(f"{run_dir.name}: a finished run already has this name; pick another, or --resume it")
             while run_dir.exists() and not run_name:  # a given name is shared on purpose (multi-GPU ranks)
                 n += 1
                 run_dir = runs_root(runs_dir) / f"{base}-{n}"
@@ -144,6 +146,8 @@ def start_job(recipe, runs_dir=None, resume: str | os.PathLike | None = None, ru
             job.elapsed_before = job.elapsed()
         job.recipe, job.kind, job.owner = recipe, recipe.method, owner
         run_dir.mkdir(parents=True, exist_ok=True)
+        if not resume:
+            claim(run_dir)  # a shared studio's run is its visitor's (studio.access)
         if not resume and job.writer:
             (run_dir / "recipe.yaml").write_text(recipe.to_yaml(), encoding="utf-8")
         job.emit("status", status=QUEUED, resume=bool(resume), elapsed_before=job.elapsed_before)
@@ -186,7 +190,7 @@ def stop_current(client_id: str | None, kind: str | None = None, what: str = "tr
     job = current_job()
     if job is None or not job.active or (kind is not None and job.kind != kind):
         raise StudioError(f"No {what} job is running.")
-    if job.owner and job.owner != client_id:
+    if (job.owner and job.owner != client_id) or not may_write(job.run_dir):
         raise StudioError("This job was started by another visitor: you can watch it, not stop it.")
     job.request_stop()
     return job

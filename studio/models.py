@@ -7,11 +7,11 @@ the LoRA and bitsandbytes configs come from TRL's helpers built on it.
 from __future__ import annotations
 
 import os
-import socket
 from pathlib import Path
 
 from studio.embedded import CHATML_TEMPLATE, EMBEDDED_MODEL_ID, embedded_model_path
 from studio.errors import StudioError
+from studio.offline import hub_reachable  # noqa: F401 - its home is studio.offline; callers import it from here too
 
 PRESETS = {
     EMBEDDED_MODEL_ID: "Embedded tiny Llama: offline, 1 MB, for trying things out",
@@ -24,38 +24,44 @@ PRESETS = {
 }
 
 
-def hub_reachable(timeout: float = 1.0) -> bool:
-    """A TCP connection to the Hub (HF_ENDPOINT's host) within `timeout`; False offline."""
-    from urllib.parse import urlsplit
-
-    from huggingface_hub import constants
-
-    if constants.HF_HUB_OFFLINE or os.environ.get("HF_HUB_OFFLINE", "0").lower() in {"1", "true", "yes"}:
-        return False
-    url = urlsplit(constants.ENDPOINT)
-    try:
-        with socket.create_connection((url.hostname, url.port or (443 if url.scheme == "https" else 80)),
-                                      timeout=timeout):
-            return True
-    except OSError:
-        return False
+REAL_MODEL_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"  # the real default: Hub, Hub cache or offline copy
 
 
 def default_model() -> str:
-    """The embedded model when the Hub is out of reach, a small real one otherwise."""
-    return "HuggingFaceTB/SmolLM2-135M-Instruct" if hub_reachable() else EMBEDDED_MODEL_ID
+    """The Train tab's first base: the embedded model when the Hub is out of reach (trains in seconds), a small real one otherwise."""
+    return REAL_MODEL_ID if hub_reachable() else EMBEDDED_MODEL_ID
 
 
 def resolve_model_path(name: str) -> str:
+    """A model name → what transformers loads: the embedded folder, a GGUF file's converted folder
+    (studio.offline), a Hub id (or its offline copy when the Hub is out of reach), or a local folder."""
+    from studio.offline import gguf_model_path, gguf_source, hub_or_offline
+
     if not name:
         raise StudioError("no model given: pick a preset, a Hub id or a local folder")
     if name in (EMBEDDED_MODEL_ID, "embedded"):
         return str(embedded_model_path())
+    gguf = gguf_source(name)
+    if gguf is not None:
+        return str(gguf_model_path(gguf))
+    if not Path(name).expanduser().exists():
+        name = hub_or_offline(name)
     return os.path.expanduser(name)
 
 
-def _hub_token() -> str | None:
-    return os.environ.get("HF_TOKEN") or None
+def source_note(name: str) -> str:
+    """", from the offline copy (…)" / ", from the Hub" / ", converted from GGUF …" for a run's log; "" otherwise."""
+    from studio.offline import gguf_source, source_note as note
+
+    resolve_model_path(name)
+    gguf = gguf_source(name)
+    return note(str(gguf) if gguf is not None else name)
+
+
+def _hub_token():
+    from studio.access import hub_token
+
+    return hub_token()  # on a shared studio the visitor's sign-in or False, never the owner's HF_TOKEN
 
 
 def hub_preflight(name: str) -> bool:

@@ -132,14 +132,17 @@ def build_pairs(source: str, out: str | os.PathLike, model: str, *, max_rows: in
 
     Rows where the sample equals the gold response (or is empty) are skipped and counted.
     """
+    from studio.access import claim, require_write
     from studio.inference import generate
 
+    out = Path(out)
+    require_write(out, out.name)  # never over another visitor's (or the owner's) pairs file
     loaded = _model(model)
     examples = sft_examples(source, loaded.tokenizer, max_rows)
     replies = generate(loaded.model, loaded.tokenizer, [p for p, _ in examples], max_new_tokens, do_sample=True,
                        temperature=temperature, seed=seed, progress=progress)
-    out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
+    claim(out)
     meta = {"made_by": "python -m studio pairs build", "source": str(source), "model": loaded.label,
             "how": "chosen = the dataset's gold response; rejected = the model's own sampled reply",
             "seed": seed, "temperature": temperature, "max_new_tokens": max_new_tokens,
@@ -187,15 +190,15 @@ def dataset_prompts(source: str, model: str, max_rows: int = 20) -> list[str]:
 
 
 def start_labelling(name: str, model: str, prompts: list[str], *, seed: int = 0, max_new_tokens: int = 48,
-                    temperature: float = 1.0, owner: str | None = None) -> dict:
+                    temperature: float = 1.0) -> dict:
     """A new labelling session; an existing name is resumed instead (its prompts are kept).
 
-    `owner` is the browser that started it: on a shared studio nobody else may open or continue it."""
-    from studio.access import check_model_source
+    On a shared studio it is the visitor's who started it (studio.access): nobody else may open or continue it."""
+    from studio.access import check_model_source, claim
 
     path = pairs_path(name)
     if _session_path(name).exists():
-        return open_labelling(name, owner)
+        return open_labelling(name)
     if path.exists():
         raise StudioError(f"{path.name} already exists and was not made by labelling here; pick another name")
     check_model_source(model)
@@ -205,40 +208,42 @@ def start_labelling(name: str, model: str, prompts: list[str], *, seed: int = 0,
         raise StudioError("no prompts: type some (a blank line between prompts) or load them from a dataset")
     path.parent.mkdir(parents=True, exist_ok=True)
     session = {"name": name, "model": model, "prompts": prompts, "position": 0, "skipped": 0, "seed": int(seed),
-               "max_new_tokens": int(max_new_tokens), "temperature": float(temperature), "owner": owner}
+               "max_new_tokens": int(max_new_tokens), "temperature": float(temperature)}
     meta = {"made_by": "labelled by a person in the LoRA Studio DPO tab", "model": model,
             "how": "two sampled replies per prompt; the one picked (possibly edited) = chosen, the other = rejected",
             "seed": int(seed), "temperature": float(temperature),
             "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    claim(path)
     path.write_text(json.dumps({"_meta": meta}, ensure_ascii=False) + "\n", encoding="utf-8")
     _save_session(session)
     return status(session)
 
 
-def _mine(session: dict, owner: str | None) -> bool:
-    from studio.access import shared_mode
+def _mine(name: str) -> bool:
+    """Labelling a session changes its file: only whoever started it may (the current visitor, studio.access)."""
+    from studio.access import may_write
 
-    return not shared_mode() or not session.get("owner") or session.get("owner") == owner
+    return may_write(pairs_path(name))
 
 
-def open_labelling(name: str, owner: str | None = None) -> dict:
+def open_labelling(name: str) -> dict:
     path = _session_path(name)
     if not path.exists():
-        raise StudioError(f"no labelling session named {name!r} in {pairs_dir()}")
-    session = json.loads(path.read_text("utf-8"))
-    if not _mine(session, owner):
+        raise StudioError(f"no labelling session named {name!r} in the pairs folder")
+    if not _mine(name):
         raise StudioError(f"the labelling session {name!r} belongs to another visitor; pick another name")
-    return status(session)
+    return status(json.loads(path.read_text("utf-8")))
 
 
-def latest_session(owner: str | None = None) -> str | None:
-    """The labelling session this browser touched last (a reloaded page picks it up); on a shared studio,
+def latest_session() -> str | None:
+    """The labelling session this visitor touched last (a reloaded page picks it up); on a shared studio,
     never another visitor's."""
     folder = pairs_dir()
     sessions = sorted(folder.glob("*.session.json"), key=lambda p: p.stat().st_mtime) if folder.is_dir() else []
     for path in reversed(sessions):
-        if _mine(json.loads(path.read_text("utf-8")), owner):
-            return path.name.removesuffix(".session.json")
+        name = path.name.removesuffix(".session.json")
+        if _mine(name):
+            return name
     return None
 
 
@@ -276,6 +281,8 @@ def record_decision(name: str, index: int, choice: str, shown: tuple[str, str], 
     session = json.loads(_session_path(name).read_text("utf-8")) if _session_path(name).exists() else None
     if session is None:
         raise StudioError(f"no labelling session named {name!r}")
+    if not _mine(name):
+        raise StudioError(f"the labelling session {name!r} belongs to another visitor")
     if choice not in CHOICES:
         raise StudioError(f"unknown choice {choice!r}; one of {', '.join(CHOICES)}")
     if int(index) != session["position"]:

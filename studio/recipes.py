@@ -251,6 +251,10 @@ def validate(recipe: Recipe) -> Recipe:
         raise StudioError(f"{where}: retrieval.story_side: only 'frozen' (query encoder trained, story index fixed)")
     if not recipe.dataset.get("source"):
         raise StudioError(f"{where}: dataset.source is missing (a bundled sample, a file or a Hub id)")
+    for key in ("source", "format", "template", "config", "split"):
+        value = recipe.dataset.get(key)
+        if value is not None and not isinstance(value, str):
+            raise StudioError(f"{where}: dataset.{key} must be text, got {type(value).__name__}")
     if not recipe.model.get("model_name_or_path"):
         raise StudioError(f"{where}: model_name_or_path is missing")
     prompts = recipe.header.get("eval_prompts", [])

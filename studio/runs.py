@@ -14,7 +14,7 @@ import shutil
 import time
 from pathlib import Path
 
-from studio.access import runs_root
+from studio.access import may_read, runs_root
 from studio.errors import StudioError
 
 QUEUED, RUNNING, STOPPING, DONE, FAILED, CANCELLED = "queued", "running", "stopping", "done", "failed", "cancelled"
@@ -84,7 +84,7 @@ class Run:
         job = cls(Path(run_dir))
         path = job._events_path
         if not path.exists():
-            raise StudioError(f"{run_dir}: not a run folder (no events.jsonl)")
+            raise StudioError(f"{Path(run_dir).name}: not a run folder (no events.jsonl)")
         for line in path.read_text("utf-8").splitlines():
             try:
                 job._apply(json.loads(line))
@@ -175,7 +175,7 @@ def list_runs(runs_dir=None) -> list[Run]:
     runs = []
     if root.is_dir():
         for d in root.iterdir():
-            if (d / "events.jsonl").exists():
+            if (d / "events.jsonl").exists() and may_read(d):  # on a shared studio: the visitor's and the owner's
                 live = LIVE.get(d.name)
                 runs.append(live if live is not None and live.run_dir.resolve() == d.resolve() else Run.from_run_dir(d))
     return sorted(runs, key=lambda j: j.started_at or 0, reverse=True)

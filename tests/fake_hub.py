@@ -3,6 +3,8 @@
 Enough of the Hub's API for `create_repo` + `create_commit`/`upload_folder` with small files: every file
 is uploaded "regular" (base64 inside the commit), so no LFS or Xet server is needed.
 Tokens: `good` are accepted; any other token gets 401; repos in `foreign` namespaces get 403.
+Every request is kept in `requests` with its Authorization header (reads too: `GET /api/datasets/…`,
+`HEAD /<repo>/resolve/…`), so a test can tell whose token a request carried.
 """
 
 from __future__ import annotations
@@ -30,7 +32,8 @@ class FakeHub:
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(data)))
                 self.end_headers()
-                self.wfile.write(data)
+                if self.command != "HEAD":
+                    self.wfile.write(data)
 
             def _handle(self):
                 length = int(self.headers.get("Content-Length") or 0)
@@ -42,7 +45,7 @@ class FakeHub:
                     return self._reply(401, {"error": "Invalid credentials in Authorization header"})
                 return hub.route(self, body)
 
-            do_GET = do_POST = do_PUT = do_DELETE = _handle
+            do_GET = do_POST = do_PUT = do_DELETE = do_HEAD = _handle
 
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}"

@@ -67,8 +67,8 @@ def test_query_is_the_persona_or_persona_plus_last_user_turn():
 def test_chat_cli_prints_one_json_line_with_stories_best_first(capsys, embedded_path):
     from studio.cli import main
 
-    code = main(["chat", "--persona", PERSONA, "--message", "what do you do in winter?", "--k", "3", "--json",
-                 "--max-new-tokens", "12"])
+    code = main(["chat", "--model", "embedded/tiny-llama", "--persona", PERSONA, "--message",
+                 "what do you do in winter?", "--k", "3", "--json", "--max-new-tokens", "12"])
     out = capsys.readouterr().out.strip().splitlines()
     assert code == 0 and len(out) == 1
     result = json.loads(out[0])
@@ -78,5 +78,6 @@ def test_chat_cli_prints_one_json_line_with_stories_best_first(capsys, embedded_
     scores = [s["score"] for s in result["stories"]]
     assert scores == sorted(scores, reverse=True)
 
-    code = main(["chat", "--persona", PERSONA, "--message", "hi", "--k", "100000", "--json"])
+    code = main(["chat", "--model", "embedded/tiny-llama", "--persona", PERSONA, "--message", "hi", "--k", "100000",
+                 "--json"])
     assert code == 2 and "larger than the story corpus" in json.loads(capsys.readouterr().out)["error"]

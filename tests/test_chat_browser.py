@@ -33,6 +33,9 @@ def test_reply_streams_with_stories_side_by_side_and_bad_input_is_one_line(app, 
     page = open_tab(browser, app, "Persona Chat", height=1100)
     page.locator("#chat-message textarea").wait_for()
     page.locator("#chat-a").wait_for()
+    assert page.locator("#chat-model input").input_value() == "HuggingFaceTB/SmolLM2-135M-Instruct"  # the real default
+    page.locator("#chat-model input").fill("embedded/tiny-llama")  # the toy keeps this test fast
+    page.locator("#chat-model input").press("Enter")
     page.evaluate(WATCH)
     page.locator("#chat-message textarea").fill("what do you do in winter?")
     page.locator("#chat-send").click()

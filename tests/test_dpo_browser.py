@@ -31,6 +31,10 @@ def test_label_pairs_reload_resumes_and_the_file_is_a_dataset(app, browser, runs
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     page = open_tab(browser, app, "DPO", height=1100)
     page.get_by_label("Pairs file name").fill("browser-pairs")
+    writer = page.get_by_label("Model or run that writes the candidates")
+    assert writer.input_value() == "HuggingFaceTB/SmolLM2-135M-Instruct"  # the real default; the toy keeps this fast
+    writer.fill("embedded/tiny-llama")
+    writer.press("Enter")
     page.get_by_role("button", name="Start or resume labelling").click()
     status = page.locator("#label-status")
     status.get_by_text("prompt 1 of 6").wait_for(timeout=120000)

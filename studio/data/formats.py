@@ -224,7 +224,7 @@ def detect_format(columns: list[str], name: str = "data") -> Format:
 def get_format(fmt: str | None, columns: list[str], name: str = "data") -> Format:
     if not fmt or fmt == "auto":
         return detect_format(columns, name)
-    if fmt not in FORMATS:
+    if not isinstance(fmt, str) or fmt not in FORMATS:
         raise StudioError(f"unknown format '{fmt}'; choose one of {', '.join(FORMATS)}")
     options = REQUIRED[fmt]
     if not any(set(c) <= set(columns) for c in options):

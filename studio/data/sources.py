@@ -311,13 +311,14 @@ def hub_dataset_preflight(dataset_id: str, name: str) -> None:
     from huggingface_hub import HfApi, constants
     from huggingface_hub.errors import GatedRepoError, HfHubHTTPError, RepositoryNotFoundError
 
+    from studio.access import hub_token
+
     if Path(dataset_id).exists() or constants.HF_HUB_OFFLINE or os.environ.get("HF_DATASETS_OFFLINE") == "1":
         return
     if (Path(constants.HF_HUB_CACHE) / f"datasets--{dataset_id.replace('/', '--')}").is_dir():
         return
     try:
-        HfApi().dataset_info(dataset_id, timeout=constants.HF_HUB_ETAG_TIMEOUT,
-                             token=os.environ.get("HF_TOKEN") or None)
+        HfApi().dataset_info(dataset_id, timeout=constants.HF_HUB_ETAG_TIMEOUT, token=hub_token())
         return
     except GatedRepoError:
         raise StudioError(f"{name}: access refused; accept the dataset's terms on the Hub and set HF_TOKEN") from None
@@ -344,10 +345,13 @@ def read_hub(dataset_id: str, config: str | None = None, split: str | None = Non
     """
     import datasets
 
+    from studio.access import hub_token
+
     name = dataset_id + (f" ({config})" if config else "")
     hub_dataset_preflight(dataset_id, name)
     try:
-        ds = datasets.load_dataset(dataset_id, config, split=split or None, streaming=bool(streaming_rows))
+        ds = datasets.load_dataset(dataset_id, config, split=split or None, streaming=bool(streaming_rows),
+                                   token=hub_token())
         if isinstance(ds, (datasets.DatasetDict, datasets.IterableDatasetDict)):
             split = "train" if "train" in ds else next(iter(ds))
             ds = ds[split]

@@ -14,7 +14,7 @@ def lora_vs_full(ref: str) -> dict:
     """
     from transformers import AutoConfig
 
-    from studio.access import resolve_run
+    from studio.access import check_run_name, hub_token, resolve_run
     from studio.inference import is_run_ref
     from studio.models import estimate_parameters, folder_size, resolve_model_path
     from studio.recipes import RECIPES_DIR, load_recipe
@@ -26,13 +26,13 @@ def lora_vs_full(ref: str) -> dict:
         if (run / "adapter" / "adapter_config.json").exists():
             adapter_bytes = sum(folder_size(p) if p.is_dir() else p.stat().st_size
                                 for p in (run / "adapter").glob("adapter_model.*"))
-    elif (RECIPES_DIR / f"{ref}.yaml").exists():
+    elif (RECIPES_DIR / f"{check_run_name(ref, 'recipe name')}.yaml").exists():  # a name, never a path
         recipe = load_recipe(RECIPES_DIR / f"{ref}.yaml")
     else:
         raise StudioError(f"{ref}: pick a run or a recipe name for the LoRA vs full report")
     model_args = recipe.model_config()
     lora = estimate_parameters(model_args)
-    config = AutoConfig.from_pretrained(resolve_model_path(model_args.model_name_or_path))
+    config = AutoConfig.from_pretrained(resolve_model_path(model_args.model_name_or_path), token=hub_token())
     dtype = str(getattr(config, "dtype", None) or getattr(config, "torch_dtype", None) or "float32").replace("torch.", "")
     width = {"float32": 4, "float16": 2, "bfloat16": 2}.get(dtype, 4)
     total, trainable = lora["total"], lora["trainable"]

@@ -20,8 +20,12 @@ def result_path(owner: str, name: str) -> Path:
 
 
 def save_result(result: dict) -> Path:
+    from studio.access import claim, require_write
+
     path = result_path(result["owner"], result["name"])
+    require_write(path, f"result {result['owner']}/{result['name']}")
     path.parent.mkdir(parents=True, exist_ok=True)
+    claim(path)
     body = {k: v for k, v in result.items() if k != "path"}
     path.write_text(json.dumps(body, ensure_ascii=False, indent=1), encoding="utf-8")
     return path
@@ -29,10 +33,11 @@ def save_result(result: dict) -> Path:
 
 def list_results() -> list[str]:
     """Saved results as "owner/name", newest first."""
-    from studio.access import runs_root
+    from studio.access import may_read, runs_root
 
     root = runs_root()
-    paths = [*root.glob("*/eval/*.json"), *root.glob("evals/*.json")]
+    paths = [p for p in [*root.glob("*/eval/*.json"), *root.glob("evals/*.json")]
+             if may_read(p) and (p.parent.name == "evals" or may_read(p.parent.parent))]
     paths.sort(key=lambda p: p.stat().st_mtime, reverse=True)
     return [f"{'evals' if p.parent.name == 'evals' else p.parent.parent.name}/{p.stem}" for p in paths]
 
@@ -41,9 +46,14 @@ def load_result(ref: str) -> dict:
     owner, _, name = str(ref or "").strip().partition("/")
     if not name:
         raise StudioError(f"{ref!r}: name a saved result as RUN/NAME (see the list)")
+    from studio.access import require_read, resolve_run
+
     path = result_path(owner, name)
     if not path.is_file():
         raise StudioError(f"{ref}: no such saved result")
+    if owner != "evals":
+        resolve_run(owner)  # a run's results go with the run
+    require_read(path, f"result {ref}")
     result = json.loads(path.read_text("utf-8"))
     result["path"] = str(path)
     return result

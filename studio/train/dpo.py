@@ -29,7 +29,7 @@ def build_dpo_trainer(recipe, run_dir: Path, log=print, callbacks=()):
     from transformers import set_seed
     from trl import DPOTrainer, get_peft_config
 
-    from studio.models import load_model, load_tokenizer
+    from studio.models import load_model, load_tokenizer, source_note
 
     seed = int(recipe.train.get("seed", 42))
     set_seed(seed)
@@ -44,7 +44,7 @@ def build_dpo_trainer(recipe, run_dir: Path, log=print, callbacks=()):
     if recipe.train.get("eval_strategy", "no") != "no":
         eval_ds = require_split(data, "validation", recipe.path or recipe.name)
 
-    log(f"loading {model_args.model_name_or_path}")
+    log(f"loading {model_args.model_name_or_path}{source_note(model_args.model_name_or_path)}")
     model = load_model(model_args, trust_remote_code=bool(recipe.train.get("trust_remote_code")))
     peft_config = get_peft_config(model_args)
     if init_run is not None:

@@ -21,7 +21,7 @@ def build_sft_trainer(recipe, run_dir: Path, log=print, callbacks=()):
     from trl import SFTTrainer, get_peft_config
 
     from studio.data import prepare_dataset
-    from studio.models import load_model, load_tokenizer
+    from studio.models import load_model, load_tokenizer, source_note
 
     seed = int(recipe.train.get("seed", 42))
     set_seed(seed)
@@ -39,7 +39,7 @@ def build_sft_trainer(recipe, run_dir: Path, log=print, callbacks=()):
     if recipe.train.get("eval_strategy", "no") != "no":
         eval_ds = require_split(data, "validation", recipe.path or recipe.name)
 
-    log(f"loading {model_args.model_name_or_path}")
+    log(f"loading {model_args.model_name_or_path}{source_note(model_args.model_name_or_path)}")
     model = load_model(model_args, trust_remote_code=bool(recipe.train.get("trust_remote_code")))
     on_gpu = torch.cuda.is_available()
     fits = memory_probe(model, tokenizer, data, recipe.train.get("max_length")) if on_gpu else None

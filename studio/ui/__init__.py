@@ -14,6 +14,10 @@ from studio.ui.train_tab import create_train_tab
 
 
 def build_app() -> gr.Blocks:
+    from studio.access import set_visitor_source
+    from studio.ui.common import event_visitor
+
+    set_visitor_source(event_visitor)  # studio.access asks who the current event's visitor is
     with gr.Blocks(title="LoRA Studio", analytics_enabled=False) as demo:
         gr.Markdown("# LoRA Studio\nFine-tune small language models with LoRA / QLoRA — "
                     "pick a recipe, watch it train, compare before and after.")

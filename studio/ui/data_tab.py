@@ -19,9 +19,12 @@ def inspect(kind, sample, upload, path, hub_id, hub_config, hub_split, fmt, temp
         return error_html(f"{kind}: nothing chosen yet"), "", None, None
 
     def run():
-        from studio.access import check_data_source, check_model_source
+        from studio.access import check_data_source, check_model_source, claim_upload
         from studio.models import load_tokenizer
 
+        nonlocal source
+        if kind == "Upload":
+            source = claim_upload(source)  # from now on the file is this visitor's, and only theirs to read
         check_data_source(source)
         tok = load_tokenizer(check_model_source(tokenizer_name)) if tokenizer_name else None
         return prepare_dataset(source, None if fmt == "auto" else fmt, template or None, config=hub_config or None,

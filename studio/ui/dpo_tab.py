@@ -6,7 +6,7 @@ import json
 
 import gradio as gr
 
-from studio.ui.common import error_html, ok_html, progress_html, safely
+from studio.ui.common import browser, error_html, ok_html, progress_html, safely
 
 BASE_START = "(base model: a fresh adapter)"
 LOSS_TYPES = ["sigmoid", "ipo", "hinge", "robust", "exo_pair", "nca_pair", "bco_pair", "sppo_hard", "aot",
@@ -74,7 +74,7 @@ def _label_status(s: dict) -> str:
 
 
 def create_dpo_tab(client: gr.BrowserState) -> dict:
-    from studio.models import PRESETS
+    from studio.models import PRESETS, REAL_MODEL_ID
 
     with gr.Tab("DPO", id="dpo"):
         gr.Markdown("Align a model with **Direct Preference Optimization** on prompt / chosen / rejected pairs. "
@@ -84,7 +84,7 @@ def create_dpo_tab(client: gr.BrowserState) -> dict:
         with gr.Accordion("Label pairs: pick the better of two replies", open=True):
             with gr.Row():
                 pairs_name = gr.Textbox("my-pairs", label="Pairs file name (saved as runs/pairs/NAME.jsonl)", scale=2)
-                label_model = gr.Dropdown(list(PRESETS), value="embedded/tiny-llama", allow_custom_value=True,
+                label_model = gr.Dropdown(list(PRESETS), value=REAL_MODEL_ID, allow_custom_value=True,
                                           label="Model or run that writes the candidates", scale=2)
                 label_seed = gr.Number(0, label="Seed", precision=0, scale=1)
                 label_tokens = gr.Number(48, label="Max new tokens", precision=0, minimum=1, maximum=512, scale=1)
@@ -171,11 +171,12 @@ def create_dpo_tab(client: gr.BrowserState) -> dict:
             from studio.access import require_work
             from studio.pairs import dataset_prompts, prompts_from_text, start_labelling
 
+            browser(client_id)
+
             def run():
                 require_work(profile, "labelling pairs")
                 prompts = dataset_prompts(source, model_ref) if (source or "").strip() else prompts_from_text(text)
-                return start_labelling(name, model_ref, prompts, seed=int(seed or 0), max_new_tokens=int(tokens or 48),
-                                       owner=client_id)
+                return start_labelling(name, model_ref, prompts, seed=int(seed or 0), max_new_tokens=int(tokens or 48))
 
             s, err = safely(run)
             if err:
@@ -211,10 +212,11 @@ def create_dpo_tab(client: gr.BrowserState) -> dict:
             """A reloaded page picks up this browser's session touched last, at the prompt where it stopped."""
             from studio.pairs import latest_session, open_labelling
 
-            name = latest_session(client_id)
+            browser(client_id)
+            name = latest_session()
             if not name:
                 return [gr.update()] * (len(label_outputs) + 1)
-            s, err = safely(open_labelling, name, client_id)
+            s, err = safely(open_labelling, name)
             if err:
                 return [gr.update(), "", error_html(err)] + [gr.update()] * (len(label_outputs) - 2)
             return [name, *show_session(s)]
@@ -258,6 +260,8 @@ def create_dpo_tab(client: gr.BrowserState) -> dict:
             from studio.pairs import load_pairs
             from studio.ui.train_tab import form_to_flat
 
+            browser(client_id)
+
             def run():
                 require_work(profile, "training")
                 flat = form_to_flat(keys, values, base)
@@ -277,6 +281,7 @@ def create_dpo_tab(client: gr.BrowserState) -> dict:
         def stop_run(client_id):
             from studio.jobs import stop_current
 
+            browser(client_id)
             job, err = safely(stop_current, client_id, "dpo", "DPO")
             if err:
                 return error_html(err)
@@ -285,7 +290,7 @@ def create_dpo_tab(client: gr.BrowserState) -> dict:
         stop.click(stop_run, client, message, api_name="stop_dpo")
 
         def poll(profile: gr.OAuthProfile | None, client_id, seen_state):
-            from studio.access import can_see_logs
+            from studio.access import can_see_logs, may_write
             from studio.charts import dpo_chart
             from studio.jobs import current_job
 
@@ -293,7 +298,7 @@ def create_dpo_tab(client: gr.BrowserState) -> dict:
             if job is None or job.kind != "dpo":
                 return gr.update(), gr.update(), gr.update(), gr.update(), seen_state
             s = job.snapshot()
-            mine = (not job.owner or job.owner == client_id) and can_see_logs(profile)
+            mine = (not job.owner or job.owner == client_id) and may_write(job.run_dir) and can_see_logs(profile)
             bar = progress_html(s) + (error_html(s["error"]) if s.get("error") else "")
             n, finished = len(job.history), job.summary is not None
             fig = dpo_chart(job.history, f"Run {job.id}") if n != seen_state[0] else gr.update()

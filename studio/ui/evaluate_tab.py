@@ -84,7 +84,7 @@ def show_result(result: dict, order: str):
 
 def create_evaluate_tab(client: gr.BrowserState) -> dict:
     from studio.evaluate import LOCAL_TASKS, RECIPE_SUITE, SUITES
-    from studio.models import PRESETS
+    from studio.models import PRESETS, REAL_MODEL_ID
 
     with gr.Tab("Evaluate", id="evaluate"):
         gr.Markdown("Compare the **base model** (loaded on its own) with one or more **runs** on the same rows "
@@ -123,7 +123,7 @@ def create_evaluate_tab(client: gr.BrowserState) -> dict:
                 open_btn = gr.Button("Open", scale=0, elem_id="eval-open")
         with gr.Accordion("Judge (optional): a model scores each pair of answers in both orders", open=False):
             with gr.Row():
-                judge_model = gr.Dropdown(list(PRESETS), value="embedded/tiny-llama", allow_custom_value=True,
+                judge_model = gr.Dropdown(list(PRESETS), value=REAL_MODEL_ID, allow_custom_value=True,
                                           label="Judge (model or run)")
                 judge_a = gr.Dropdown([], label="A (win rate is for A)")
                 judge_b = gr.Dropdown([], label="B")
@@ -181,9 +181,15 @@ def create_evaluate_tab(client: gr.BrowserState) -> dict:
             from studio.evaluate import compare
 
             refs = list(run_names or []) + ([extra_model] if extra_model else [])
-            chosen = None if rows_from == TEST_SPLIT else (suite_file if rows_from == "upload" else rows_from)
             if rows_from == "upload" and not suite_file:
                 return [None, error_html("Upload a JSONL suite first."), *nothing, gr.update()]
+            if rows_from == "upload":
+                from studio.access import claim_upload
+
+                suite_file, err = safely(claim_upload, suite_file)  # the visitor's own copy from now on
+                if err:
+                    return [None, error_html(err), *nothing, gr.update()]
+            chosen = None if rows_from == TEST_SPLIT else (suite_file if rows_from == "upload" else rows_from)
             result, err = safely(compare, refs, data=(dataset or None) if chosen is None else None, suite=chosen,
                                  limit=int(n) if n else None, max_new_tokens=int(n_new or 32),
                                  name=result_name or None, progress=lambda f, text: progress(f, desc=text))

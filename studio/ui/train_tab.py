@@ -9,7 +9,7 @@ from pathlib import Path
 
 import gradio as gr
 
-from studio.ui.common import error_html, ok_html, progress_html, safely
+from studio.ui.common import browser, error_html, ok_html, progress_html, safely
 
 SCRATCH = "(start from scratch)"
 # (recipe key, widget factory). Keys are the recipe's own (TRL) field names: one name per setting, everywhere.
@@ -101,7 +101,14 @@ def samples_markdown(summary: dict | None) -> str:
     if not summary or not summary.get("samples"):
         return ""
     rows = ["| prompt | before (base) | after (tuned) |", "|---|---|---|"]
-    cell = lambda t: html.escape(t).replace("\n", "<br>").replace("|", "&#124;")  # noqa: E731
+
+    def cell(text: str) -> str:  # shown as text: no HTML, and no Markdown image (a tracking pixel) or link
+        text = html.escape(str(text)).replace("\n", "<br>")
+        for ch, entity in (("|", "&#124;"), ("!", "&#33;"), ("[", "&#91;"), ("]", "&#93;"), ("(", "&#40;"),
+                           (")", "&#41;"), ("`", "&#96;"), ("*", "&#42;"), ("_", "&#95;"), ("\\", "&#92;")):
+            text = text.replace(ch, entity)
+        return text
+
     for s in summary["samples"]:
         rows.append(f"| {cell(s['prompt'])} | {cell(s['before'])} | {cell(s['after'])} |")
     return "**Before / after on the recipe's prompts**\n\n" + "\n".join(rows)
@@ -193,6 +200,8 @@ def create_train_tab(client: gr.BrowserState) -> dict:
             from studio.jobs import start_job
             from studio.recipes import recipe_from_flat
 
+            browser(client_id)
+
             def run():
                 require_work(profile, "training")
                 return start_job(recipe_from_flat(form_to_flat(keys, values, base)), owner=client_id)
@@ -207,6 +216,7 @@ def create_train_tab(client: gr.BrowserState) -> dict:
         def stop_run(client_id):
             from studio.jobs import stop_current
 
+            browser(client_id)
             job, err = safely(stop_current, client_id, None, "training")
             if err:
                 return error_html(err)
@@ -215,7 +225,7 @@ def create_train_tab(client: gr.BrowserState) -> dict:
         stop.click(stop_run, client, message, api_name="stop_training")
 
         def poll(profile: gr.OAuthProfile | None, client_id, seen_rows):
-            from studio.access import can_see_logs
+            from studio.access import can_see_logs, may_write
             from studio.charts import loss_chart
             from studio.jobs import current_job
 
@@ -223,7 +233,7 @@ def create_train_tab(client: gr.BrowserState) -> dict:
             if job is None:
                 return gr.update(), gr.update(), gr.update(), gr.update(), gr.update(), seen_rows
             s = job.snapshot()
-            mine = (not job.owner or job.owner == client_id) and can_see_logs(profile)
+            mine = (not job.owner or job.owner == client_id) and may_write(job.run_dir) and can_see_logs(profile)
             note = "" if mine else ('<p class="studio-note">Another visitor started this run: '
                                     "you are watching it read-only.</p>")
             bar = progress_html(s) + note + (error_html(s["error"]) if s.get("error") else "")
@@ -252,7 +262,8 @@ def create_train_tab(client: gr.BrowserState) -> dict:
                 return None, None, error_html("Pick a run first (Refresh lists them).")
 
             def load(rid):
-                return LIVE.get(rid) or Run.from_run_dir(resolve_run(rid))
+                run_dir = resolve_run(rid)  # whose run it is, before anything of it is shown
+                return LIVE.get(rid) or Run.from_run_dir(run_dir)
 
             job, err = safely(load, run_id)
             if err:
@@ -273,6 +284,7 @@ def create_train_tab(client: gr.BrowserState) -> dict:
 
             if not run_id:
                 return error_html("Pick a stopped or interrupted run to resume."), -1
+            browser(client_id)
 
             def run():
                 require_work(profile, "training")
@@ -284,13 +296,14 @@ def create_train_tab(client: gr.BrowserState) -> dict:
         resume.click(resume_selected, [client, run_pick], [message, seen], api_name="resume_training")
 
         def resume_latest(profile: gr.OAuthProfile | None, client_id):
-            from studio.access import require_work
+            from studio.access import may_write, require_work
             from studio.runs import list_runs, resumable
 
             _, err = safely(require_work, profile, "training")  # before anything about the runs is said
             if err:
                 return error_html(err), -1
-            run = next((j for j in list_runs() if resumable(j)), None)
+            browser(client_id)
+            run = next((j for j in list_runs() if resumable(j) and may_write(j.run_dir)), None)
             if run is None:
                 return error_html("No stopped or interrupted run with a checkpoint to resume."), -1
             return resume_selected(profile, client_id, run.id)
@@ -313,7 +326,9 @@ def create_train_tab(client: gr.BrowserState) -> dict:
         def on_load(client_id, name):
             import uuid
 
-            return [client_id or uuid.uuid4().hex] + fill(name)
+            client_id = client_id or uuid.uuid4().hex
+            browser(client_id)
+            return [client_id] + fill(name)
 
         return {"on_load": (on_load, [client, recipe], [client] + comps + [base_flat, message]),
                 "dataset_source": ds_source, "dataset_format": ds_format, "dataset_template": ds_template,
