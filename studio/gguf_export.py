@@ -246,7 +246,7 @@ def write_gguf(model, tokenizer, path: Path, qtype: str = "f16", name: str = "mo
     w.add_vocab_size(config.vocab_size)
     w.add_file_type(file_type)
     w.add_quantization_version(gguf.GGML_QUANT_VERSION)
-    add_tokenizer(w, tokenizer, config.vocab_size, arch)
+    add_tokenizer(w, tokenizer, config.vocab_size)
     for full, data in _tensors(model, arch):
         if data.ndim == 1 or full.startswith("position_embd"):  # norms, biases, rope factors stay f32
             w.add_tensor(full, data.astype(np.float32))
@@ -265,7 +265,7 @@ def write_gguf(model, tokenizer, path: Path, qtype: str = "f16", name: str = "mo
     return path
 
 
-def add_tokenizer(w, tokenizer, vocab_size: int, arch: str = "llama") -> None:
+def add_tokenizer(w, tokenizer, vocab_size: int) -> None:
     import gguf
 
     kind, pre = vocab_kind(tokenizer)
