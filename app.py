@@ -26,6 +26,7 @@ def want_share(flag: bool | None) -> bool:
 
 
 SHARE_SERVER = ("api.gradio.app", 443)
+MAX_UPLOAD = os.environ.get("STUDIO_MAX_UPLOAD", "200mb")  # per file, Gradio's size syntax
 
 
 def share_reachable(timeout: float = 3.0) -> bool:
@@ -47,8 +48,10 @@ def resolve_share(flag: bool | None) -> tuple[bool, str | None]:
 
 def _warm_imports() -> None:
     try:
+        from studio.data.isolate import warm
         from studio.stack import import_ml_stack
 
+        warm()  # the helper that forks a child per uploaded file
         import_ml_stack()
     except Exception:  # noqa: BLE001 - the handler that needs it will report the problem
         logging.getLogger("studio").exception("background import failed")
@@ -105,6 +108,7 @@ def main(argv=None) -> None:
     runs_root().mkdir(parents=True, exist_ok=True)
     demo.queue(default_concurrency_limit=8).launch(
         server_name=args.host, server_port=args.port, share=share_link,
+        max_file_size=MAX_UPLOAD,  # a bigger upload is refused by Gradio before it reaches a handler
         **launch_kwargs())  # no allowed_paths: files reach the browser only through the temp dir
 
 

@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 
+# The legend sits at the figure's bottom edge (container coordinates), below the x-axis title with room for
+# two rows on a narrow screen: at y=-0.2 of the plot it landed on the axis title.
+LEGEND = dict(orientation="h", yref="container", y=0, yanchor="bottom", x=0, xanchor="left")
+
+
 def _figure(title: str):
     import plotly.graph_objects as go
 
     fig = go.Figure()
-    fig.update_layout(title=title, template="plotly_white", height=340, margin=dict(l=50, r=20, t=50, b=40),
-                      legend=dict(orientation="h", y=-0.2), xaxis_title="step")
+    fig.update_layout(title=title, template="plotly_white", height=380, margin=dict(l=50, r=20, t=60, b=110),
+                      legend=LEGEND, xaxis_title="step")
     return fig
 
 
@@ -75,8 +80,8 @@ def dpo_chart(history: list[dict], title: str = "DPO"):
                 fig.add_trace(go.Scatter(x=[p[0] for p in pts], y=[p[1] for p in pts], name=name, legendgroup=name,
                                          showlegend=col == 1, mode="lines+markers",
                                          line=dict(dash=dash, color=color)), row=1, col=col)
-    fig.update_layout(title=title, template="plotly_white", height=320, margin=dict(l=40, r=20, t=70, b=40),
-                      legend=dict(orientation="h", y=-0.2))
+    fig.update_layout(title=title, template="plotly_white", height=340, margin=dict(l=40, r=20, t=70, b=70),
+                      legend=LEGEND)
     fig.update_yaxes(range=[-0.05, 1.05], row=1, col=len(DPO_PANELS))
     return fig
 

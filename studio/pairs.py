@@ -174,10 +174,23 @@ def _save_session(session: dict) -> None:
     tmp.replace(path)
 
 
+MAX_PROMPT_CHARS = 4000  # a typed prompt; the model's context is far shorter anyway
+MAX_TYPED_PROMPTS = 200
+
+
 def prompts_from_text(text: str) -> list[str]:
     """Typed prompts: one per blank-line-separated block (a prompt may span lines)."""
-    blocks = [b.strip("\n") for b in str(text or "").replace("\r\n", "\n").split("\n\n")]
-    return [b for b in blocks if b.strip()]
+    text = str(text or "")
+    if len(text) > MAX_TYPED_PROMPTS * MAX_PROMPT_CHARS:
+        raise StudioError(f"prompts: {len(text):,} characters; at most {MAX_TYPED_PROMPTS * MAX_PROMPT_CHARS:,}")
+    blocks = [b.strip("\n") for b in text.replace("\r\n", "\n").split("\n\n")]
+    prompts = [b for b in blocks if b.strip()]
+    if len(prompts) > MAX_TYPED_PROMPTS:
+        raise StudioError(f"prompts: {len(prompts)} typed; at most {MAX_TYPED_PROMPTS} per labelling session")
+    for i, p in enumerate(prompts, 1):
+        if len(p) > MAX_PROMPT_CHARS:
+            raise StudioError(f"prompt {i}: {len(p):,} characters; at most {MAX_PROMPT_CHARS:,}")
+    return prompts
 
 
 def dataset_prompts(source: str, model: str, max_rows: int = 20) -> list[str]:

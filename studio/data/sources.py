@@ -28,6 +28,8 @@ CONVAI2_FIRST_LINE = re.compile(r"^1 (your|partner's) persona:")
 # Below this size a file is parsed straight into memory by pyarrow; above it, `datasets` writes an Arrow
 # file once and memory-maps it, so memory stays flat however large the file is.
 IN_MEMORY_BYTES = int(os.environ.get("STUDIO_IN_MEMORY_MB", 64)) * 2**20
+MAX_COLUMNS = 1000  # a data file with more columns than this is refused (no training format needs them)
+MAX_FIELD_CHARS = 1 << 20  # a CSV header line longer than this is refused
 META_KEY = "_meta"
 _META_LINE = b'{"_meta"'
 # Magic numbers of files that are not text, whatever their name says.
@@ -98,6 +100,39 @@ def _decode(path: Path, data: bytes, offset: int = 0) -> str:
         ) from None
 
 
+MAX_DEPTH = 64  # JSON nested deeper than this is refused (Python's parser would hit its recursion limit)
+_SURROGATE = re.compile(r"[\ud800-\udfff]")
+
+
+def _depth_ok(value, limit: int = MAX_DEPTH) -> bool:
+    stack = [(value, 1)]
+    while stack:
+        v, d = stack.pop()
+        if isinstance(v, (dict, list)):
+            if d > limit:
+                return False
+            stack.extend((c, d + 1) for c in (v.values() if isinstance(v, dict) else v))
+    return True
+
+
+def _loads(text: str, where: str):
+    """json.loads with one-line errors: malformed, too deep, a number too long, a lone surrogate escape."""
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise StudioError(f"{where}: malformed JSON ({e.msg} at column {e.colno})") from None
+    except RecursionError:
+        raise StudioError(f"{where}: JSON nested too deeply (more than {MAX_DEPTH} levels)") from None
+    except ValueError as e:  # e.g. an integer literal of more than 4300 digits
+        raise StudioError(f"{where}: unreadable JSON value ({str(e).splitlines()[0][:120]})") from None
+    if not _depth_ok(value):
+        raise StudioError(f"{where}: JSON nested too deeply (more than {MAX_DEPTH} levels)")
+    if "\\u" in text and _SURROGATE.search(json.dumps(value, ensure_ascii=False)):
+        raise StudioError(f"{where}: a string holds a lone UTF-16 surrogate escape (\\ud800-\\udfff), "
+                          "which is not text; fix the escape")
+    return value
+
+
 def iter_jsonl(path: Path):
     """(line number, object) for each non-blank line, read line by line (memory bounded); the first line
     that is not valid UTF-8 JSON holding an object raises a StudioError naming the file and the line."""
@@ -108,10 +143,7 @@ def iter_jsonl(path: Path):
             offset += len(raw)
             if not line.strip():
                 continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise StudioError(f"{path.name} line {n}: malformed JSON ({e.msg} at column {e.colno})") from None
+            row = _loads(line, f"{path.name} line {n}")
             if not isinstance(row, dict):
                 raise StudioError(f"{path.name} line {n}: expected a JSON object per line, got {type(row).__name__}")
             yield n, row
@@ -126,11 +158,14 @@ def _scan_jsonl(path: Path) -> list[dict]:
 def _scan_json(path: Path) -> list[dict]:
     text = _decode(path, path.read_bytes())
     try:
-        data = json.loads(text)
+        json.loads(text)
     except json.JSONDecodeError as e:
         if e.msg.startswith("Extra data"):  # a .json file that is really JSON Lines is common; accept it
             return _scan_jsonl(path)
         raise StudioError(f"{path.name} line {e.lineno}: malformed JSON ({e.msg} at column {e.colno})") from None
+    except (RecursionError, ValueError):
+        pass  # _loads names it
+    data = _loads(text, path.name)
     if isinstance(data, dict):
         lists = [v for v in data.values() if isinstance(v, list)]
         data = lists[0] if len(lists) == 1 else [data]  # {"data": [...]} or one record
@@ -144,8 +179,13 @@ def _scan_json(path: Path) -> list[dict]:
 
 def _csv_header(path: Path) -> list[str]:
     with open(path, "rb") as f:
-        first = _decode(path, f.readline())
-    header = [h.strip() for h in next(csv.reader(io.StringIO(first)), [])]
+        first = _decode(path, f.readline(MAX_FIELD_CHARS + 1))
+    try:
+        header = [h.strip() for h in next(csv.reader(io.StringIO(first)), [])]
+    except csv.Error as e:
+        raise StudioError(f"{path.name} row 1: unreadable header ({e})") from None
+    if len(header) > MAX_COLUMNS:
+        raise StudioError(f"{path.name} row 1: {len(header)} columns; at most {MAX_COLUMNS} are read")
     if len(set(header)) != len(header):
         raise StudioError(f"{path.name} row 1: duplicate column names in the header {header}")
     if not header or not any(header):
@@ -158,13 +198,17 @@ def _scan_csv(path: Path) -> list[dict]:
     rows = []
     with open(path, "rb") as f:
         reader = csv.reader(io.StringIO(_decode(path, f.read())))
-        next(reader, None)
-        for n, rec in enumerate(reader, 2):
-            if not rec:
-                continue
-            if len(rec) != len(header):
-                raise StudioError(f"{path.name} row {n}: {len(rec)} fields, but the header has {len(header)}")
-            rows.append(dict(zip(header, rec)))
+        n = 1
+        try:
+            next(reader, None)
+            for n, rec in enumerate(reader, 2):
+                if not rec:
+                    continue
+                if len(rec) != len(header):
+                    raise StudioError(f"{path.name} row {n}: {len(rec)} fields, but the header has {len(header)}")
+                rows.append(dict(zip(header, rec)))
+        except csv.Error as e:  # a field over csv's size limit, a NUL byte, an unbalanced quote at the end
+            raise StudioError(f"{path.name} row {n + 1}: unreadable CSV ({e})") from None
     return rows
 
 
@@ -190,38 +234,122 @@ def _load_with_datasets(builder: str, path: Path, **kwargs):
     return datasets.load_dataset(builder, data_files=str(path), split="train", **kwargs)
 
 
-def _arrow_read(path: Path, suffix: str, large: bool):
-    """pyarrow (small) or datasets (large) parse; raises whatever they raise."""
-    import datasets
+def _native_table(path: str, suffix: str):
+    """A small .parquet/.csv/.jsonl parsed by pyarrow alone (run in the child process: studio.data.isolate)."""
+    import pyarrow as pa
 
+    path = Path(path)
     if suffix == ".parquet":
-        if large:
-            return _load_with_datasets("parquet", path)
         import pyarrow.parquet as pq
 
-        return datasets.Dataset(pq.read_table(path))
-    if suffix == ".csv":
-        header = _csv_header(path)
-        if large:
-            features = datasets.Features({h: datasets.Value("string") for h in header})
-            return _load_with_datasets("csv", path, features=features, keep_default_na=False)
-        import pyarrow as pa
+        _check_schema(pq.read_schema(path), path.name)  # before reading any data
+        table = pq.read_table(path)
+    elif suffix == ".csv":
         import pyarrow.csv as pcsv
 
-        table = pcsv.read_csv(path, read_options=pcsv.ReadOptions(column_names=header, skip_rows=1),
+        header = _csv_header(path)
+        table = pcsv.read_csv(path, read_options=pcsv.ReadOptions(column_names=header, skip_rows=1,
+                                                                   block_size=max(1 << 20, path.stat().st_size + 1)),
                               convert_options=pcsv.ConvertOptions(column_types={h: pa.string() for h in header},
                                                                   strings_can_be_null=False))
-        return datasets.Dataset(table)
+    else:
+        import pyarrow.json as pjson
+
+        _check_json_depth(path, per_line=True)
+        table = pjson.read_json(path, read_options=pjson.ReadOptions(block_size=max(1 << 20, path.stat().st_size + 1)))
+    _check_schema(table.schema, path.name)
+    table.validate(full=True)  # pyarrow's JSON reader lets invalid UTF-8 through
+    return table
+
+
+def _type_depth(t) -> int:
+    import pyarrow as pa
+
+    if pa.types.is_struct(t):
+        return 1 + max((_type_depth(t.field(i).type) for i in range(t.num_fields)), default=0)
+    if pa.types.is_list(t) or pa.types.is_large_list(t) or pa.types.is_fixed_size_list(t):
+        return 1 + _type_depth(t.value_type)
+    if pa.types.is_map(t):
+        return 1 + max(_type_depth(t.key_type), _type_depth(t.item_type))
+    return 0
+
+
+def _check_schema(schema, name: str) -> None:
+    """Columns no training format uses, refused before the rows are touched: too many, binary, too deep."""
+    import pyarrow as pa
+
+    if len(schema) > MAX_COLUMNS:
+        raise StudioError(f"{name}: {len(schema)} columns; at most {MAX_COLUMNS} are read")
+    for f in schema:
+        if pa.types.is_binary(f.type) or pa.types.is_large_binary(f.type) or pa.types.is_fixed_size_binary(f.type):
+            raise StudioError(f"{name}: column '{f.name[:80]}' holds binary data, not text")
+        if _type_depth(f.type) > MAX_DEPTH:
+            raise StudioError(f"{name}: column '{f.name[:80]}' is nested more than {MAX_DEPTH} levels deep")
+
+
+_JSON_STRING = re.compile(rb'"(?:[^"\\\n]|\\.)*"')
+
+
+def _check_json_depth(path: Path, per_line: bool) -> None:
+    """Refuse JSON nested deeper than MAX_DEPTH before pyarrow sees it: its JSON reader takes time quadratic
+    in the depth (a 9,000-level line of 18 KB: 45 s). Strings are blanked first, so brackets in text don't
+    count; JSON strings never span lines, so this reads line by line."""
+    import numpy as np
+
+    depth = 0
+    with open(path, "rb") as f:
+        for n, line in enumerate(f, 1):
+            if per_line:
+                depth = 0
+            if not any(c in line for c in (b"[", b"{", b"]", b"}")):
+                continue
+            codes = np.frombuffer(_JSON_STRING.sub(b"", line), np.uint8)
+            steps = np.isin(codes, (91, 123)).astype(np.int64) - np.isin(codes, (93, 125))
+            if not len(steps):
+                continue
+            run = np.cumsum(steps) + depth
+            if run.max() > MAX_DEPTH:
+                raise StudioError(f"{path.name} line {n}: JSON nested too deeply (more than {MAX_DEPTH} levels)")
+            depth = int(run[-1])
+
+
+def _native_large(path: str, suffix: str) -> None:
+    """A large file through `datasets` once in the child: a crash stays there; the parent's own
+    `load_dataset` then finds the Arrow cache this wrote."""
+    if suffix in (".json", ".jsonl"):
+        _check_json_depth(Path(path), per_line=suffix == ".jsonl")
+    if suffix == ".parquet":
+        import pyarrow.parquet as pq
+
+        _check_schema(pq.read_schema(path), Path(path).name)
+    _arrow_read(Path(path), suffix, True, isolated=False)
+
+
+def _arrow_read(path: Path, suffix: str, large: bool, isolated: bool = True):
+    """pyarrow (small) or datasets (large) parse; raises whatever they raise. Native parsing of the file's
+    bytes happens in a child process first (`isolated`), so a reader that crashes can't take this one down."""
+    import datasets
+
+    from studio.data.isolate import run_isolated
+
+    if large and isolated and suffix != ".txt":
+        run_isolated(_native_large, str(path.absolute()), suffix, name=path.name)
     if suffix == ".txt":
         ds = _load_with_datasets("text", path) if large else datasets.Dataset(_text_table(path))
         return ds.filter(lambda b: [bool(t.strip()) for t in b["text"]], batched=True, batch_size=10_000)
     if suffix == ".json" and not large:  # a JSON array, or {"data": [...]}: one document, parsed whole
         return datasets.Dataset.from_list(_scan_json(path))
+    if suffix == ".parquet":
+        return _load_with_datasets("parquet", path) if large else datasets.Dataset(
+            run_isolated(_native_table, str(path.absolute()), suffix, name=path.name))
+    if suffix == ".csv":
+        if large:
+            features = datasets.Features({h: datasets.Value("string") for h in _csv_header(path)})
+            return _load_with_datasets("csv", path, features=features, keep_default_na=False)
+        return datasets.Dataset(run_isolated(_native_table, str(path.absolute()), suffix, name=path.name))
     if large:
         return _without_meta(_load_with_datasets("json", path))
-    import pyarrow.json as pjson
-
-    table = pjson.read_json(path, read_options=pjson.ReadOptions(block_size=max(1 << 20, path.stat().st_size + 1)))
+    table = run_isolated(_native_table, str(path.absolute()), suffix, name=path.name)
     if table.num_rows and not table.num_columns:
         raise StudioError(f"{path.name}: the records have no fields (every line is {{}})")
     return _without_meta(datasets.Dataset(table))
@@ -261,6 +389,8 @@ def read_file(path: str | os.PathLike) -> RawData:
     if suffix == ".parquet":
         try:
             raw.dataset = _arrow_read(path, suffix, path.stat().st_size > IN_MEMORY_BYTES)
+        except StudioError:
+            raise
         except Exception as e:  # pyarrow raises several types for a broken file
             raise StudioError(f"{path.name}: not a readable Parquet file ({str(e).splitlines()[0][:200]})") from None
     else:
@@ -287,6 +417,8 @@ def read_file(path: str | os.PathLike) -> RawData:
                 raw.rows = rows  # valid JSON whose values Arrow can't type (a column mixing kinds): small, keep it
     if raw.rows is None and (raw.dataset is None or len(raw.dataset) == 0):
         raise StudioError(f"{path.name}: the file is empty (no records)")
+    if len(raw.columns) > MAX_COLUMNS:
+        raise StudioError(f"{path.name}: {len(raw.columns)} columns; at most {MAX_COLUMNS} are read")
     return raw
 
 

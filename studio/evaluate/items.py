@@ -106,6 +106,9 @@ def dataset_items(source: str, fmt: str | None = None, template: str | None = No
     return items, info
 
 
+MAX_SUITE_ROW_CHARS = 20_000  # one suite row's prompt turns and reference together
+
+
 def load_suite(path: str | Path) -> list[Item]:
     """A JSONL suite: one object per line with "prompt" (a string) or "turns" (strings); "reference" optional."""
     from studio.data.sources import iter_jsonl
@@ -119,6 +122,9 @@ def load_suite(path: str | Path) -> list[Item]:
         reference = row.get("reference", "")
         if not isinstance(reference, str):
             raise StudioError(f'{path.name} line {n}: "reference" must be a string')
+        if sum(map(len, turns)) + len(reference) > MAX_SUITE_ROW_CHARS:
+            raise StudioError(f"{path.name} line {n}: more than {MAX_SUITE_ROW_CHARS:,} characters of prompt and "
+                              "reference")
         items.append(Item(turns, reference, chat=True))
     if not items:
         raise StudioError(f"{path.name}: the suite is empty")

@@ -173,6 +173,10 @@ def write_summary(job, trainer, status: str, started: float, start_step: int, ex
     summary = {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in summary.items()}
     if is_main_process():
         (Path(job.run_dir) / "summary.json").write_text(json.dumps(summary, indent=2), encoding="utf-8")
+    if status == "done":
+        loss = f", loss {summary['first_loss']:.4f} → {summary['final_loss']:.4f}" if losses else ""
+        where = f"; adapter saved in {summary['adapter_dir']}" if summary.get("adapter_dir") else ""
+        job.log(f"finished: {summary['steps']} steps in {summary['runtime_s']:.0f}s{loss}{where}")
     job.emit("summary", summary=summary)
     return summary
 
@@ -205,7 +209,16 @@ def stopped_summary(job, trainer, started: float, start_step: int, extra: dict) 
     return summary
 
 
-def require_split(data, name: str, where: str):
-    if name not in data.splits:
-        raise StudioError(f"{where}: no {name} split (too few rows for 80/10/10); add rows or set eval_strategy: 'no'")
-    return data.splits[name]
+def eval_split(recipe, data, log):
+    """The validation split when the recipe evaluates; small data (no validation split) trains without
+    evaluation, and the log says so."""
+    if recipe.train.get("eval_strategy", "no") == "no":
+        return None
+    if "validation" in data.splits:
+        return data.splits["validation"]
+    log(f"no validation split: {data.rows} rows are too few for {recipe.dataset.get('splits', '80/10/10')} "
+        "(10 or more make one); training without evaluation")
+    recipe.train["eval_strategy"] = "no"
+    for key in ("load_best_model_at_end", "metric_for_best_model"):
+        recipe.train.pop(key, None)
+    return None

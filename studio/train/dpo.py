@@ -15,7 +15,7 @@ from pathlib import Path
 from studio.inference import init_adapter_run
 from studio.metrics import margin_table
 from studio.pairs import load_pairs
-from studio.train.common import (memory_probe, quiet_trainer, require_split, resolve_fast_defaults, stopped_summary,
+from studio.train.common import (eval_split, memory_probe, quiet_trainer, resolve_fast_defaults, stopped_summary,
                                  train_job, write_summary)
 from studio.train.progress import DONE, make_callback, save_adapter
 
@@ -40,9 +40,7 @@ def build_dpo_trainer(recipe, run_dir: Path, log=print, callbacks=()):
     log(f"data: {data.source} as {data.format.name}, {data.rows} pairs, {data.dropped_total} dropped"
         + (f" ({', '.join(f'{v} {k}' for k, v in data.dropped.items())})" if data.dropped else "")
         + f", splits {', '.join(f'{k} {len(v)}' for k, v in data.splits.items())}")
-    eval_ds = None
-    if recipe.train.get("eval_strategy", "no") != "no":
-        eval_ds = require_split(data, "validation", recipe.path or recipe.name)
+    eval_ds = eval_split(recipe, data, log)
 
     log(f"loading {model_args.model_name_or_path}{source_note(model_args.model_name_or_path)}")
     model = load_model(model_args, trust_remote_code=bool(recipe.train.get("trust_remote_code")))
@@ -104,7 +102,14 @@ def run_dpo(job, resume: bool = False) -> dict:
     extra.update(adapter_dir=str(adapter_dir), adapter_bytes=folder_size(adapter_dir))
     heldout_name = "test" if "test" in data.splits else "validation" if "validation" in data.splits else None
     if heldout_name:
-        rows = data.splits[heldout_name].select(range(min(HELDOUT_ROWS, len(data.splits[heldout_name])))).to_list()
+        rows, prompts = [], set()
+        for row in data.splits[heldout_name]:  # one pair per prompt: a table of distinct questions
+            key = json.dumps(row["prompt"], sort_keys=True)
+            if key not in prompts:
+                prompts.add(key)
+                rows.append(row)
+            if len(rows) == HELDOUT_ROWS:
+                break
         reference = "ref" if "ref" in trainer.model.peft_config else None
         table = margin_table(trainer.model, tokenizer, rows, reference, beta=trainer.args.beta)
         (run_dir / "heldout_margins.json").write_text(json.dumps(table, indent=1, ensure_ascii=False), encoding="utf-8")
@@ -114,9 +119,10 @@ def run_dpo(job, resume: bool = False) -> dict:
                             "reference_prefers_chosen": round(
                                 sum(r["reference_margin"] > 0 for r in table) / len(table), 4)}
         h = extra["heldout"]
-        job.log(f"held-out {heldout_name} pairs: reward accuracy {h['reward_accuracy']:.0%}; p(chosen) > p(rejected) "
-                f"for the policy in {h['policy_prefers_chosen']:.0%}, for the reference in "
-                f"{h['reference_prefers_chosen']:.0%}")
+        margin = sum(r["reward_margin"] for r in table) / len(table)
+        h["mean_reward_margin"] = round(margin, 4)
+        job.log(f"held-out {heldout_name} pairs ({len(table)} prompts): mean reward margin {margin:+.3f}, "
+                f"reward accuracy {h['reward_accuracy']:.0%} (DPO moved towards the chosen reply on that share)")
     summary = write_summary(job, trainer, DONE, started, start_step, extra)
     job.emit("status", status=DONE)
     return summary

@@ -6,7 +6,7 @@ import time
 from pathlib import Path
 
 from studio.train.progress import DONE, is_main_process, make_callback, save_adapter
-from studio.train.common import (generate_samples, memory_probe, quiet_trainer, require_split, resolve_fast_defaults,
+from studio.train.common import (eval_split, generate_samples, memory_probe, quiet_trainer, resolve_fast_defaults,
                                  stopped_summary, train_job, write_summary)
 
 
@@ -35,9 +35,7 @@ def build_sft_trainer(recipe, run_dir: Path, log=print, callbacks=()):
                            max_rows=ds.get("max_rows"), streaming=bool(ds.get("streaming")), cache=True)
     log(f"data: {data.source} as {data.format.name}, {data.rows} rows, {data.dropped_total} dropped, "
         f"splits {', '.join(f'{k} {len(v)}' for k, v in data.splits.items())}")
-    eval_ds = None
-    if recipe.train.get("eval_strategy", "no") != "no":
-        eval_ds = require_split(data, "validation", recipe.path or recipe.name)
+    eval_ds = eval_split(recipe, data, log)
 
     log(f"loading {model_args.model_name_or_path}{source_note(model_args.model_name_or_path)}")
     model = load_model(model_args, trust_remote_code=bool(recipe.train.get("trust_remote_code")))

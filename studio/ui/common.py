@@ -97,4 +97,12 @@ CSS = """
 .studio-progress .fill {height:100%;background:linear-gradient(90deg,#ff9d00,#ffcc4d);transition:width .5s;}
 .studio-progress .label {font-size:0.9em;margin-top:4px;}
 .studio-note {color:#555;font-style:italic;}
+#data-info pre, #data-info code {white-space:pre-wrap;overflow-wrap:anywhere;}
+/* Narrow screens (phones, a split window): every tab named, one field per line, the chat above its settings. */
+@media (max-width: 640px) {
+  .tab-container button {padding-left:6px !important;padding-right:6px !important;font-size:13px !important;}
+  .overflow-menu > button::after {content:"More tabs";margin-left:4px;font-size:13px;}
+  .row > .form > .block, .row > .block, .row > .form {min-width:100% !important;}
+  #chat-main {order:-1;}
+}
 """

@@ -12,7 +12,7 @@ SOURCES = ["Bundled sample", "Upload", "Local path", "Hub dataset"]
 def inspect(kind, sample, upload, path, hub_id, hub_config, hub_split, fmt, template, tokenizer_name):
     """Thin handler: one backend call, shaped for the components."""
     from studio.charts import length_histogram
-    from studio.data import prepare_dataset, render_example
+    from studio.data import prepare_dataset
 
     source = {"Bundled sample": sample, "Upload": upload, "Local path": path, "Hub dataset": hub_id}[kind]
     if not source:
@@ -42,12 +42,55 @@ def inspect(kind, sample, upload, path, hub_id, hub_config, hub_split, fmt, temp
     if data.lengths:
         st = data.length_stats()
         info += f"  \nTokens per example: min {st['min']}, median {st['median']}, p95 {st['p95']}, max {st['max']}"
+    if "validation" not in s["splits"]:
+        info += (f"  \n⚠️ {s['rows']} rows are too few for a validation split (10 or more make one): "
+                 "training on this data runs without evaluation, and the log says so.")
     train = data.splits["train"]
-    examples = [render_example(train[i], tok) for i in range(min(4, len(train)))]
-    preview = "\n\n".join(f"**Example {i + 1}**\n```text\n{e}\n```" for i, e in enumerate(examples))
+    preview = "\n\n".join(preview_example(i, train[i], tok) for i in range(min(4, len(train))))
     fig = length_histogram(data.lengths) if data.lengths else None
     return ok_html("Loaded."), info + "\n\n" + preview, fig, {"source": source, "format": data.format.name,
-                                                               "template": template or None}
+                                                               "template": template or None,
+                                                               "prompts": sample_prompts(data, tok)}
+
+
+def _fence(text: str) -> str:
+    from studio.data import clip_example
+
+    return "```text\n" + clip_example(text).replace("```", "ˋˋˋ") + "\n```"
+
+
+def preview_example(i: int, row: dict, tokenizer) -> str:
+    """One example as the model sees it; a prompt/completion pair as its two parts (the loss is on the completion)."""
+    from studio.data import render_example
+
+    if "prompt" in row and "completion" in row:
+        if isinstance(row["prompt"], list):
+            prompt, completion = render_example({"messages": row["prompt"]}, tokenizer), render_example(
+                {"messages": row["completion"]}, tokenizer)
+        else:
+            prompt, completion = row["prompt"], row["completion"]
+        return (f"**Example {i + 1}**  \nprompt (context, no loss):\n{_fence(prompt)}\n"
+                f"completion (what the model learns to write):\n{_fence(completion)}")
+    return f"**Example {i + 1}**\n{_fence(render_example(row, tokenizer))}"
+
+
+def sample_prompts(data, tokenizer, n: int = 3) -> list[str]:
+    """Prompts from this data's held-out rows (else its first rows) for the before/after samples of a run on it."""
+    split = data.splits.get("test") or data.splits.get("validation") or data.splits["train"]
+    prompts = []
+    for row in split.select(range(min(len(split), 50))):
+        if isinstance(row.get("prompt"), str):
+            prompt = row["prompt"]
+        elif "text" in row:
+            words = row["text"].split()
+            prompt = " ".join(words[:max(1, min(6, len(words) // 2))]) + " " if words else ""
+        else:
+            continue  # chat rows: the recipe's prompts stay (samples are plain continuations)
+        if prompt.strip() and prompt not in prompts:
+            prompts.append(prompt)
+        if len(prompts) == n:
+            break
+    return prompts
 
 
 def create_data_tab() -> dict:
@@ -90,13 +133,15 @@ def create_data_tab() -> dict:
 
         def send(choice):
             if not choice:
-                return gr.update(), gr.update(), gr.update(), error_html("Load a dataset first.")
-            return choice["source"], choice["format"], choice["template"] or "", ok_html(
-                "Dataset set on the Train tab.")
+                return gr.update(), gr.update(), gr.update(), gr.update(), error_html("Load a dataset first.")
+            prompts = choice.get("prompts") or []
+            return (choice["source"], choice["format"], choice["template"] or "",
+                    "\n".join(prompts) if prompts else gr.update(),
+                    ok_html("Dataset set on the Train tab" + (", with sample prompts from this data." if prompts else ".")))
 
         def connect(train: dict) -> None:
             """Wire 'use this dataset' to the Train tab's fields (built after this tab)."""
             use.click(send, chosen, [train["dataset_source"], train["dataset_format"], train["dataset_template"],
-                                     status])
+                                     train["eval_prompts"], status])
 
         return {"connect": connect}

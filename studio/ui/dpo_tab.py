@@ -21,8 +21,7 @@ FIELDS = [
     ("lora_r", lambda: gr.Number(label="LoRA r", precision=0, minimum=1)),
     ("lora_alpha", lambda: gr.Number(label="LoRA alpha", precision=0, minimum=1)),
 ]
-TABLE_HEADERS = ["prompt", "chosen", "rejected", "policy margin", "reference margin", "reward margin",
-                 "policy prefers chosen"]
+TABLE_HEADERS = ["prompt", "chosen", "rejected", "reward margin", "moved towards chosen"]
 
 
 def _dpo_recipes() -> list[str]:
@@ -58,8 +57,13 @@ def heldout_rows(run_dir) -> list[list]:
     path = Path(run_dir) / "heldout_margins.json"
     if not path.exists():
         return []
-    return [[r["prompt"], r["chosen"], r["rejected"], r["policy_margin"], r["reference_margin"], r["reward_margin"],
-             "yes" if r["prefers_chosen"] else "no"] for r in json.loads(path.read_text("utf-8"))]
+    rows, seen = [], set()
+    for r in json.loads(path.read_text("utf-8")):
+        if r["prompt"] in seen:  # one row per prompt (files written before the run kept one pair per prompt)
+            continue
+        seen.add(r["prompt"])
+        rows.append([r["prompt"], r["chosen"], r["rejected"], r["reward_margin"], "yes" if r["reward_margin"] > 0 else "no"])
+    return rows
 
 
 def _label_status(s: dict) -> str:
@@ -144,12 +148,14 @@ def create_dpo_tab(client: gr.BrowserState) -> dict:
         message = gr.HTML(elem_id="dpo-message")
         progress = gr.HTML(elem_id="dpo-progress")
         chart = gr.Plot(label="Loss and rewards (train solid, eval dashed)", elem_id="dpo-chart")
-        table = gr.Dataframe(headers=TABLE_HEADERS, label="Held-out pairs after training: log p(chosen) − "
-                             "log p(rejected) for the policy and the reference; reward margin = β·(policy − reference)",
+        table = gr.Dataframe(headers=TABLE_HEADERS, label="Held-out pairs after training. Reward margin: how much "
+                             "DPO raised the chosen reply over the rejected one against the reference, "
+                             "β·Δ[log p(chosen) − log p(rejected)]; positive = moved towards chosen",
                              wrap=True, elem_id="dpo-heldout", interactive=False,
-                             column_widths=["22%", "22%", "16%", "10%", "10%", "10%", "10%"])
+                             column_widths=["26%", "26%", "24%", "12%", "12%"])
         logs = gr.Textbox(label="Log", lines=6, max_lines=10, autoscroll=True, elem_id="dpo-log")
         seen = gr.State((-1, False))
+        watch = gr.State({})  # the job this page started, and whether its "Started" banner is still up
 
         # ---- labelling handlers ------------------------------------------------------------------------------
         def show_session(s: dict, note: str = ""):
@@ -273,10 +279,11 @@ def create_dpo_tab(client: gr.BrowserState) -> dict:
 
             job, err = safely(run)
             if err:
-                return error_html(err), (-1, False)
-            return ok_html(f"Started {job.id}. Closing the browser does not stop it; reload to re-attach."), (-1, False)
+                return error_html(err), (-1, False), {}
+            return (ok_html(f"Started {job.id}. Closing the browser does not stop it; reload to re-attach."), (-1, False),
+                    {"id": job.id, "banner": True})
 
-        start.click(start_run, [client, base_flat, init_adapter, *comps], [message, seen], api_name="start_dpo")
+        start.click(start_run, [client, base_flat, init_adapter, *comps], [message, seen, watch], api_name="start_dpo")
 
         def stop_run(client_id):
             from studio.jobs import stop_current
@@ -289,25 +296,33 @@ def create_dpo_tab(client: gr.BrowserState) -> dict:
 
         stop.click(stop_run, client, message, api_name="stop_dpo")
 
-        def poll(profile: gr.OAuthProfile | None, client_id, seen_state):
+        def poll(profile: gr.OAuthProfile | None, client_id, seen_state, watching):
             from studio.access import can_see_logs, may_write
             from studio.charts import dpo_chart
-            from studio.jobs import current_job
+            from studio.jobs import latest_job
 
-            job = current_job()
-            if job is None or job.kind != "dpo":
-                return gr.update(), gr.update(), gr.update(), gr.update(), seen_state
+            watching = watching or {}
+            job = latest_job(("dpo",), watching.get("id"))  # this tab's own last run, never another tab's
+            if job is None:
+                return gr.update(), gr.update(), gr.update(), gr.update(), seen_state, gr.update(), watching
             s = job.snapshot()
             mine = (not job.owner or job.owner == client_id) and may_write(job.run_dir) and can_see_logs(profile)
             bar = progress_html(s) + (error_html(s["error"]) if s.get("error") else "")
             n, finished = len(job.history), job.summary is not None
-            fig = dpo_chart(job.history, f"Run {job.id}") if n != seen_state[0] else gr.update()
+            if n != seen_state[0]:
+                fig = dpo_chart(job.history, f"DPO run<br><sup>{job.id}</sup>") if n else None
+            else:
+                fig = gr.update()
             rows = heldout_rows(job.run_dir) if finished and not seen_state[1] else gr.update()
             log_text = "\n".join(job.logs[-200:]) if mine else "(the log is shown only to the visitor who started it)"
-            return bar, fig, rows, log_text, (n, finished)
+            banner = gr.update()
+            if watching.get("banner") and watching.get("id") == job.id and not job.active:
+                banner, watching = "", {**watching, "banner": False}
+            return bar, fig, rows, log_text, (n, finished), banner, watching
 
         timer = gr.Timer(1.0)
-        timer.tick(poll, [client, seen], [progress, chart, table, logs, seen], show_progress="hidden")
+        timer.tick(poll, [client, seen, watch], [progress, chart, table, logs, seen, message, watch],
+                   show_progress="hidden")
 
         def list_starts():
             ids, _ = safely(_runs_with_adapter)

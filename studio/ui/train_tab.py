@@ -41,6 +41,8 @@ ADVANCED = [
     ("activation_checkpointing", lambda: gr.Checkbox(label="Gradient checkpointing")),
     ("studio.auto_batch", lambda: gr.Checkbox(label="Auto micro-batch (keeps the effective batch)")),
 ]
+TRAIN_KINDS = ("sft", "lapdog")  # what the Train tab starts; DPO runs belong to the DPO tab
+DOWNLOAD_JS = "() => { const a = document.querySelector('#train-recipe-file a[download]'); if (a) a.click(); }"
 INT_KEYS = {"lora_r", "lora_alpha", "max_steps", "per_device_train_batch_size", "gradient_accumulation_steps",
             "max_length", "seed", "logging_steps", "eval_steps", "save_steps"}
 
@@ -111,7 +113,7 @@ def samples_markdown(summary: dict | None) -> str:
 
     for s in summary["samples"]:
         rows.append(f"| {cell(s['prompt'])} | {cell(s['before'])} | {cell(s['after'])} |")
-    return "**Before / after on the recipe's prompts**\n\n" + "\n".join(rows)
+    return "**Before / after on the sample prompts**\n\n" + "\n".join(rows)
 
 
 def create_train_tab(client: gr.BrowserState) -> dict:
@@ -147,7 +149,9 @@ def create_train_tab(client: gr.BrowserState) -> dict:
             start = gr.Button("Start", variant="primary")
             stop = gr.Button("Stop", variant="stop")
             resume_last = gr.Button("Resume")
-            save = gr.DownloadButton("Save as recipe")
+            save = gr.Button("Save as recipe", elem_id="train-save")
+        recipe_file = gr.File(label="Saved recipe (the form at the click)", visible=False, interactive=False,
+                              elem_id="train-recipe-file")
         params = gr.Markdown(elem_id="param-report")
         message = gr.HTML(elem_id="train-message")
         progress = gr.HTML(elem_id="train-progress")
@@ -165,6 +169,8 @@ def create_train_tab(client: gr.BrowserState) -> dict:
             run_summary = gr.JSON(label="Summary")
             run_chart = gr.Plot(label="Run chart")
         seen = gr.State(-1)  # metric rows already drawn, so the chart is rebuilt only when it changed
+        # the job this page started, and whether its "Started" banner is still up (cleared when the job ends)
+        watch = gr.State({})
 
         def fill(name):
             flat, err = safely(load_form, name)
@@ -208,10 +214,11 @@ def create_train_tab(client: gr.BrowserState) -> dict:
 
             job, err = safely(run)
             if err:
-                return error_html(err), -1
-            return ok_html(f"Started {job.id}. Closing the browser does not stop it; reload to re-attach."), -1
+                return error_html(err), -1, {}
+            return (ok_html(f"Started {job.id}. Closing the browser does not stop it; reload to re-attach."), -1,
+                    {"id": job.id, "banner": True})
 
-        start.click(start_run, [client, base_flat, *comps], [message, seen], api_name="start_training")
+        start.click(start_run, [client, base_flat, *comps], [message, seen, watch], api_name="start_training")
 
         def stop_run(client_id):
             from studio.jobs import stop_current
@@ -224,32 +231,42 @@ def create_train_tab(client: gr.BrowserState) -> dict:
 
         stop.click(stop_run, client, message, api_name="stop_training")
 
-        def poll(profile: gr.OAuthProfile | None, client_id, seen_rows):
+        def poll(profile: gr.OAuthProfile | None, client_id, seen_rows, watching):
             from studio.access import can_see_logs, may_write
             from studio.charts import loss_chart
-            from studio.jobs import current_job
+            from studio.jobs import latest_job
 
-            job = current_job()
+            watching = watching or {}
+            job = latest_job(TRAIN_KINDS, watching.get("id"))
             if job is None:
-                return gr.update(), gr.update(), gr.update(), gr.update(), gr.update(), seen_rows
+                return gr.update(), gr.update(), gr.update(), gr.update(), gr.update(), seen_rows, watching
             s = job.snapshot()
             mine = (not job.owner or job.owner == client_id) and may_write(job.run_dir) and can_see_logs(profile)
             note = "" if mine else ('<p class="studio-note">Another visitor started this run: '
                                     "you are watching it read-only.</p>")
             bar = progress_html(s) + note + (error_html(s["error"]) if s.get("error") else "")
             n = len(job.history)
-            fig = loss_chart(job.history, f"Run {job.id}") if n != seen_rows else gr.update()
+            if n != seen_rows:  # no metrics yet (or a failed start): no chart, not an empty one
+                fig = loss_chart(job.history, f"{job.kind.upper()} run<br><sup>{job.id}</sup>") if n else None
+            else:
+                fig = gr.update()
             log_text = "\n".join(job.logs[-200:]) if mine else "(the log is shown only to the visitor who started the run)"
-            return bar, fig, log_text, samples_markdown(job.summary), gr.update(), n
+            banner = gr.update()
+            if watching.get("banner") and watching.get("id") == job.id and not job.active:
+                banner, watching = "", {**watching, "banner": False}  # "Started …" goes once the run has ended
+            return bar, fig, log_text, samples_markdown(job.summary), banner, n, watching
 
         timer = gr.Timer(1.0)
-        timer.tick(poll, [client, seen], [progress, chart, logs, samples, message, seen], show_progress="hidden")
+        timer.tick(poll, [client, seen, watch], [progress, chart, logs, samples, message, seen, watch],
+                   show_progress="hidden")
 
         def list_run_ids():
-            from studio.runs import list_runs
+            from studio.runs import list_runs, run_label
 
-            ids = [j.id for j in list_runs()]
-            return gr.update(choices=ids, value=ids[0] if ids else None), gr.update(choices=ids, value=None)
+            runs = list_runs()
+            choices = [(run_label(j), j.id) for j in runs]
+            return (gr.update(choices=choices, value=runs[0].id if runs else None),
+                    gr.update(choices=choices, value=None))
 
         refresh.click(list_run_ids, None, [run_pick, run_other])
 
@@ -291,9 +308,11 @@ def create_train_tab(client: gr.BrowserState) -> dict:
                 return start_job(None, resume=resolve_run(run_id), owner=client_id)
 
             job, err = safely(run)
-            return (error_html(err) if err else ok_html(f"Resuming {job.id} from its last checkpoint.")), -1
+            if err:
+                return error_html(err), -1, {}
+            return ok_html(f"Resuming {job.id} from its last checkpoint."), -1, {"id": job.id, "banner": True}
 
-        resume.click(resume_selected, [client, run_pick], [message, seen], api_name="resume_training")
+        resume.click(resume_selected, [client, run_pick], [message, seen, watch], api_name="resume_training")
 
         def resume_latest(profile: gr.OAuthProfile | None, client_id):
             from studio.access import may_write, require_work
@@ -301,14 +320,14 @@ def create_train_tab(client: gr.BrowserState) -> dict:
 
             _, err = safely(require_work, profile, "training")  # before anything about the runs is said
             if err:
-                return error_html(err), -1
+                return error_html(err), -1, {}
             browser(client_id)
             run = next((j for j in list_runs() if resumable(j) and may_write(j.run_dir)), None)
             if run is None:
-                return error_html("No stopped or interrupted run with a checkpoint to resume."), -1
+                return error_html("No stopped or interrupted run with a checkpoint to resume."), -1, {}
             return resume_selected(profile, client_id, run.id)
 
-        resume_last.click(resume_latest, client, [message, seen], api_name="resume_latest")
+        resume_last.click(resume_latest, client, [message, seen, watch], api_name="resume_latest")
 
         def save_recipe(base, *values):
             from studio.recipes import recipe_from_flat
@@ -321,7 +340,9 @@ def create_train_tab(client: gr.BrowserState) -> dict:
             path.write_text(recipe_obj.to_yaml(), encoding="utf-8")
             return str(path)
 
-        save.click(save_recipe, [base_flat, *comps], save, api_name="save_recipe")
+        # One event: the file is written from the values at the click, shown, and the browser downloads it.
+        save.click(save_recipe, [base_flat, *comps], recipe_file, api_name="save_recipe").then(
+            lambda: gr.update(visible=True), None, recipe_file).then(None, None, None, js=DOWNLOAD_JS)
 
         def on_load(client_id, name):
             import uuid
@@ -331,5 +352,6 @@ def create_train_tab(client: gr.BrowserState) -> dict:
             return [client_id] + fill(name)
 
         return {"on_load": (on_load, [client, recipe], [client] + comps + [base_flat, message]),
+                "eval_prompts": widgets["eval_prompts"],
                 "dataset_source": ds_source, "dataset_format": ds_format, "dataset_template": ds_template,
                 "run_history": (list_run_ids, None, [run_pick, run_other])}

@@ -1,0 +1,179 @@
+"""Native parsers meet a visitor's bytes only in a short-lived child process.
+
+pyarrow's JSON, CSV and Parquet readers (and `datasets`' builders on top of them) are C++: a bad file can end
+them with a signal (pyarrow 26 segfaults on a JSONL whose first line is `null`), which no `try` catches. So
+`run_isolated` parses in a child process, and a crash, a hang or an exception there comes back to the caller
+as one exception; the server process never runs the native reader on the visitor's bytes. The child hands
+its table back as an Arrow IPC file, which the parent reads without parsing the visitor's bytes again.
+
+Each child is forked by a small helper process (`python -m studio.data.isolate`, started once, kept idle,
+single-threaded, with pyarrow already imported): forking the server itself would copy gradio's and torch's
+threads, and a fresh interpreter per file costs ~0.7 s of imports; a fork of the helper costs milliseconds.
+(`multiprocessing`'s forkserver does the same but re-imports the caller's main module, which breaks scripts
+without a `__main__` guard.) Validating every byte in Python first was the alternative; it can't prove the
+next reader bug absent.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+from studio.errors import StudioError
+
+# A parse of a file up to the upload limit takes seconds; a child still busy after this is stopped.
+PARSE_TIMEOUT_S = float(os.environ.get("STUDIO_PARSE_TIMEOUT", 300))
+_PRELOAD = ("numpy", "pyarrow", "pyarrow.json", "pyarrow.csv", "pyarrow.parquet", "pyarrow.ipc", "studio.data.sources")
+_MAX_IDLE = 2  # helpers kept for the next file; more start when several visitors parse at once
+_idle: list[subprocess.Popen] = []
+_idle_lock = threading.Lock()
+
+
+class ReaderFailed(Exception):
+    """The native reader raised, crashed or hung in the child; the message says which (one line)."""
+
+
+# ---- the child and the helper (run in other processes) ---------------------------------------------------------
+def _child(target: str, args: list, out: str) -> None:
+    """In the forked child: run target(*args); a table goes to `out` as Arrow IPC, an exception to `out`.err."""
+    code = 0
+    try:
+        module, _, name = target.partition(":")
+        table = getattr(importlib.import_module(module), name)(*args)
+        if table is not None:
+            import pyarrow as pa
+
+            with pa.OSFile(out + ".tmp", "wb") as f, pa.ipc.new_file(f, table.schema) as writer:
+                writer.write_table(table)
+            os.replace(out + ".tmp", out)
+    except BaseException as e:  # noqa: BLE001 - everything goes back to the parent as one line
+        kind = "studio" if isinstance(e, StudioError) else type(e).__name__
+        text = (str(e).splitlines() or [""])[0][:300]
+        Path(out + ".err").write_text(f"{kind}\n{text}", encoding="utf-8", errors="replace")
+        code = 3
+    os._exit(code)
+
+
+def _wait(pid: int, timeout: float) -> int | str:
+    """The child's wait status, or "timeout" after killing it."""
+    deadline, pause = time.monotonic() + timeout, 0.001
+    while True:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            return status
+        if time.monotonic() > deadline:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+            return "timeout"
+        time.sleep(pause)
+        pause = min(pause * 2, 0.05)
+
+
+def _serve() -> None:
+    """The helper: one JSON request per stdin line → fork a child for it → one JSON answer per stdout line."""
+    for module in _PRELOAD:
+        importlib.import_module(module)
+    requests, answers = sys.stdin.buffer, sys.stdout.buffer
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    for line in requests:
+        req = json.loads(line)
+        pid = os.fork()
+        if pid == 0:
+            os.dup2(devnull, 1)  # the child never writes into the answer pipe
+            _child(req["target"], req["args"], req["out"])
+        status = _wait(pid, req["timeout"])
+        if status == "timeout":
+            answer = {"timeout": True}
+        elif os.WIFSIGNALED(status):
+            answer = {"signal": os.WTERMSIG(status)}
+        else:
+            answer = {"exit": os.WEXITSTATUS(status)}
+        answers.write(json.dumps(answer).encode() + b"\n")
+        answers.flush()
+
+
+# ---- the caller's side ------------------------------------------------------------------------------------------
+def _start_helper() -> subprocess.Popen:
+    root = str(Path(__file__).resolve().parents[2])
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))}
+    return subprocess.Popen([sys.executable, "-m", "studio.data.isolate"], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, env=env)
+
+
+def warm() -> None:
+    """Start one helper ahead of the first file (the app does this while it starts)."""
+    with _idle_lock:
+        if not _idle:
+            _idle.append(_start_helper())
+
+
+def _ask(request: dict) -> dict | None:
+    with _idle_lock:
+        helper = _idle.pop() if _idle else None
+    if helper is None or helper.poll() is not None:
+        helper = _start_helper()
+    try:
+        helper.stdin.write(json.dumps(request).encode() + b"\n")
+        helper.stdin.flush()
+        line = helper.stdout.readline()
+    except OSError:
+        line = b""
+    if not line:  # the helper itself died (it never parses anything, so this is rare): start another next time
+        helper.kill()
+        helper.wait()
+        return None
+    with _idle_lock:
+        if len(_idle) < _MAX_IDLE:
+            _idle.append(helper)
+            helper = None
+    if helper is not None:
+        helper.stdin.close()
+        helper.wait()
+    return json.loads(line)
+
+
+def run_isolated(fn, *args, name: str, timeout: float | None = None):
+    """fn(*args) in a child process: its pyarrow Table (or None), a StudioError it raised, or ReaderFailed
+    when it raised anything else, died by a signal or ran past `timeout` seconds. `fn` is a module-level
+    function; its arguments are JSON values (absolute file paths, suffixes: the helper's working folder is
+    the one it started in)."""
+    import pyarrow as pa
+
+    timeout = PARSE_TIMEOUT_S if timeout is None else timeout
+    with tempfile.TemporaryDirectory(prefix="studio-parse-") as tmp:
+        out = os.path.join(tmp, "table.arrow")
+        answer = _ask({"target": f"{fn.__module__}:{fn.__name__}", "args": list(args), "out": out,
+                       "timeout": timeout})
+        if answer is None:
+            raise ReaderFailed("the file reader's helper process stopped")
+        if answer.get("timeout"):
+            raise StudioError(f"{name}: reading took longer than {timeout:g} s and was stopped")
+        if "signal" in answer:
+            try:
+                why = signal.Signals(answer["signal"]).name
+            except ValueError:
+                why = f"signal {answer['signal']}"
+            raise ReaderFailed(f"the file reader crashed on this file ({why})")
+        if os.path.exists(out + ".err"):
+            kind, _, text = Path(out + ".err").read_text("utf-8").partition("\n")
+            if kind == "studio":
+                raise StudioError(text)
+            raise ReaderFailed(f"{text or kind}")
+        if answer.get("exit"):
+            raise ReaderFailed(f"the file reader exited with status {answer['exit']}")
+        if not os.path.exists(out):
+            return None
+        with pa.OSFile(out, "rb") as f:
+            return pa.ipc.open_file(f).read_all()
+
+
+if __name__ == "__main__":
+    _serve()
