@@ -164,7 +164,10 @@ def _prompt_completion(row, template):
     if isinstance(prompt, list) or isinstance(row["completion"], list):  # conversational prompt/completion
         return {"prompt": check_messages(prompt), "completion": check_messages(row["completion"])}
     prompt = _fill(template, row) if template else str(prompt)
-    return dict(zip(("prompt", "completion"), cut_prompt(prompt, str(row["completion"]))))
+    completion = str(row["completion"])
+    if prompt and not prompt[-1].isspace() and not completion[0].isspace():
+        completion = " " + completion  # TRL trains on prompt + completion: "planet?Mars." would glue two words
+    return dict(zip(("prompt", "completion"), cut_prompt(prompt, completion)))
 
 
 def _e2e(row, template):
