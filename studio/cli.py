@@ -85,7 +85,8 @@ def _resolved(ref: str):
 
 
 def cmd_train(args) -> int:
-    from studio.jobs import DONE, start_job
+    from studio.jobs import start_job
+    from studio.runs import DONE
     from studio.recipes import load_recipe
 
     if args.resume:

@@ -25,9 +25,9 @@ from pathlib import Path
 
 from studio.errors import StudioError
 from studio.gguf_export import CHECK_NEW_TOKENS as GGUF_CHECK_TOKENS
-from studio.gguf_export import GGUF_TYPES, check_gguf, check_gguf_types, gguf_unsupported, load_gguf, write_gguf_files
+from studio.gguf_export import check_gguf, check_gguf_types, gguf_unsupported, write_gguf_files
 from studio.gguf_export import reference as gguf_reference
-from studio.gguf_export import write_gguf, write_modelfile  # noqa: F401 - callers import them from here
+from studio.gguf_export import write_modelfile
 
 ADAPTER_FILES = ("adapter_model.safetensors", "adapter_config.json", "tokenizer.json", "tokenizer_config.json",
                  "special_tokens_map.json", "chat_template.jinja", "tokenizer.model", "vocab.json", "merges.txt")

@@ -484,7 +484,7 @@ def go_template(tokenizer) -> tuple[str, list[str]]:
 
 def write_modelfile(folder: Path, gguf_file: str, tokenizer) -> Path:
     """`ollama create NAME -f Modelfile` in the gguf/ folder: FROM the file, its chat template, its stops."""
-    lines = [f"# ollama create my-model -f Modelfile   (other files here: change FROM)", f"FROM ./{gguf_file}"]
+    lines = ["# ollama create my-model -f Modelfile   (other files here: change FROM)", f"FROM ./{gguf_file}"]
     if getattr(tokenizer, "chat_template", None):
         template, stops = go_template(tokenizer)
         lines.append(f'TEMPLATE """{template}"""')

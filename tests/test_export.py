@@ -11,7 +11,7 @@ import pytest
 
 from conftest import tiny_recipe
 from fake_hub import FakeHub
-from studio import access, export, hub
+from studio import access, export, gguf_export, hub
 from studio.errors import StudioError
 
 PLANTED = "hf_PLANTEDsecretLoRAStudio0123456789"
@@ -109,7 +109,7 @@ def test_gguf_round_trip_through_transformers_loader(exported, reference):
     text = ["Quote: Don’t stop — 123 wörds 😀", hf_tok.apply_chat_template(
         [{"role": "user", "content": "hi there"}], tokenize=False, add_generation_prompt=True)]
     for path in (f16, q8):
-        model, tok = export.load_gguf(path)
+        model, tok = gguf_export.load_gguf(path)
         assert [tok(t)["input_ids"] for t in text] == [hf_tok(t)["input_ids"] for t in text]
         assert tok.chat_template == hf_tok.chat_template and tok.eos_token == hf_tok.eos_token
         got = _greedy(model, tok, prompts)
