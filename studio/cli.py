@@ -85,7 +85,8 @@ def _resolved(ref: str):
 
 
 def cmd_train(args) -> int:
-    from studio.jobs import DONE, start_job
+    from studio.jobs import start_job
+    from studio.runs import DONE
     from studio.recipes import load_recipe
 
     if args.resume:
@@ -309,7 +310,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("run", help="a run name in the runs folder, or a run folder")
     e.add_argument("--merge", action="store_true", help="also write the merged model (merge_and_unload)")
     e.add_argument("--gguf", nargs="?", const="f16", metavar="TYPES",
-                   help="also write GGUF (Llama-family): f16 (default), q8_0 or f16,q8_0")
+                   help="also write GGUF (+ an Ollama Modelfile): f16 (default), bf16, q8_0, and with "
+                        "llama-cpp-python q4_k_m, q5_k_m; comma-separated, e.g. f16,q8_0,q4_k_m")
     e.add_argument("--out", help="output folder (default: runs/<run>/export)")
     e.add_argument("--no-check", action="store_true", help="skip loading each part back and comparing outputs")
     e.add_argument("--push", metavar="REPO_ID", help="push what was exported to the Hub (HF_TOKEN or `hf auth login`)")

@@ -48,12 +48,21 @@ def embedded_model_path() -> Path:
     target = cache_dir() / "models" / f"tiny-llama-{_fingerprint()}"
     if (target / "config.json").exists() and (target / "tokenizer.json").exists():
         return target
+    return build_atomically(target, build_embedded_model)
+
+
+def build_atomically(target: Path, build) -> Path:
+    """Run `build(tmp)` in a temporary folder beside `target`, then move it into place in one step.
+
+    A half-built model folder is never seen; when two processes build at once, the first rename wins and
+    the other's copy is dropped.
+    """
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=".build-"))
     try:
-        build_embedded_model(tmp)
+        build(tmp)
         try:
-            os.replace(tmp, target)  # atomic: a half-built model is never seen
+            os.replace(tmp, target)
         except OSError:  # another process won the race
             if not (target / "config.json").exists():
                 raise

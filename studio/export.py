@@ -4,11 +4,12 @@ One output folder (default ``runs/<run>/export``) holds what was asked for:
 
     adapter/   adapter_model.safetensors + adapter_config.json + tokenizer + README.md
     merged/    the base with the adapter merged in (sharded safetensors) + tokenizer + README.md
-    gguf/      <run>-f16.gguf, <run>-q8_0.gguf + README.md  (Llama-family models)
+    gguf/      <run>-f16.gguf, <run>-q8_0.gguf, <run>-q4_k_m.gguf … + Modelfile + README.md
 
 Each part is written to a temporary sibling folder and renamed into place, so a part is either
 complete or absent. The checks load every part back with plain transformers / PEFT and compare
-greedy output with the run's adapter on its base.
+greedy output with the run's adapter on its base; each GGUF is judged by llama.cpp itself when
+llama-cpp-python is installed (prompt ids and 16 greedy tokens against the merged model in transformers).
 """
 
 from __future__ import annotations
@@ -23,8 +24,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from studio.errors import StudioError
+from studio.gguf_export import CHECK_NEW_TOKENS as GGUF_CHECK_TOKENS
+from studio.gguf_export import check_gguf, check_gguf_types, gguf_unsupported, write_gguf_files
+from studio.gguf_export import reference as gguf_reference
+from studio.gguf_export import write_modelfile
 
-GGUF_TYPES = ("f16", "q8_0")
 ADAPTER_FILES = ("adapter_model.safetensors", "adapter_config.json", "tokenizer.json", "tokenizer_config.json",
                  "special_tokens_map.json", "chat_template.jinja", "tokenizer.model", "vocab.json", "merges.txt")
 CHECK_PROMPTS = ["Quote:"]
@@ -138,132 +142,6 @@ def write_adapter(run_dir: Path, folder: Path) -> None:
         raise StudioError(f"{run_dir.name}: the adapter has no adapter_model.safetensors")
 
 
-# ---- GGUF ---------------------------------------------------------------------------------------
-def gguf_unsupported(config, tokenizer) -> str | None:
-    """None when this model can be written as GGUF here; otherwise the one line saying why not."""
-    arch = getattr(config, "model_type", "?")
-    if arch != "llama":
-        return (f"GGUF export covers Llama-family models; this one is {arch!r}: convert the merged folder with "
-                "llama.cpp's convert_hf_to_gguf.py")
-    rope = getattr(config, "rope_parameters", None) or getattr(config, "rope_scaling", None) or {}
-    if rope.get("rope_type", "default") not in ("default", None):
-        return f"GGUF export: rope scaling {rope.get('rope_type')!r} is not written here; use llama.cpp's converter"
-    spec = json.loads(tokenizer.backend_tokenizer.to_str()) if getattr(tokenizer, "is_fast", False) else {}
-    model, pre = spec.get("model", {}), spec.get("pre_tokenizer") or {}
-    if model.get("type") != "BPE" or pre.get("type") != "ByteLevel" or not pre.get("use_regex", True):
-        return ("GGUF export covers byte-level BPE tokenizers (GPT-2 style, like the embedded model's); this "
-                "tokenizer is not one: convert the merged folder with llama.cpp's convert_hf_to_gguf.py")
-    return None
-
-
-def _permute(w, n_head: int, n_head_kv: int):
-    """llama.cpp stores q/k rows interleaved for its rope (convert_hf_to_gguf.LlamaModel.permute);
-    transformers' GGUF loader undoes exactly this."""
-    if n_head_kv is not None and n_head != n_head_kv:
-        n_head = n_head_kv
-    return w.reshape(n_head, 2, w.shape[0] // n_head // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
-
-
-def write_gguf(model, tokenizer, path: Path, qtype: str = "f16", name: str = "model") -> Path:
-    """A Llama model and its byte-level BPE tokenizer → one GGUF file, as llama.cpp's converter writes it."""
-    import gguf
-    import numpy as np
-
-    config = model.config
-    reason = gguf_unsupported(config, tokenizer)
-    if reason:
-        raise StudioError(reason)
-    if qtype not in GGUF_TYPES:
-        raise StudioError(f"GGUF type {qtype!r}: choose one of {', '.join(GGUF_TYPES)}")
-    n_head, n_kv = config.num_attention_heads, config.num_key_value_heads
-    head_dim = getattr(config, "head_dim", None) or config.hidden_size // n_head
-    rope = getattr(config, "rope_parameters", None) or {}
-    file_type = gguf.LlamaFileType.MOSTLY_F16 if qtype == "f16" else gguf.LlamaFileType.MOSTLY_Q8_0
-
-    w = gguf.GGUFWriter(str(path), gguf.MODEL_ARCH_NAMES[gguf.MODEL_ARCH.LLAMA])
-    w.add_name(name)
-    w.add_context_length(config.max_position_embeddings)
-    w.add_embedding_length(config.hidden_size)
-    w.add_block_count(config.num_hidden_layers)
-    w.add_feed_forward_length(config.intermediate_size)
-    w.add_head_count(n_head)
-    w.add_head_count_kv(n_kv)
-    w.add_rope_dimension_count(head_dim)
-    w.add_rope_freq_base(float(rope.get("rope_theta", getattr(config, "rope_theta", 10000.0))))
-    w.add_layer_norm_rms_eps(config.rms_norm_eps)
-    w.add_vocab_size(config.vocab_size)
-    w.add_file_type(file_type)
-    w.add_quantization_version(gguf.GGML_QUANT_VERSION)
-    _add_tokenizer(w, tokenizer, config.vocab_size)
-
-    names = gguf.get_tensor_name_map(gguf.MODEL_ARCH.LLAMA, config.num_hidden_layers)
-    state = model.state_dict()
-    tied = getattr(config, "tie_word_embeddings", False)
-    for hf_name, tensor in state.items():
-        if tied and hf_name == "lm_head.weight":
-            continue  # tied: llama.cpp reads the output matrix from token_embd
-        if hf_name.endswith("rotary_emb.inv_freq"):
-            continue
-        stem, suffix = hf_name.rsplit(".", 1)
-        new = names.get_name(stem)
-        if new is None:
-            raise StudioError(f"GGUF export: no GGUF name for tensor {hf_name}")
-        data = tensor.detach().float().cpu().numpy()
-        if hf_name.endswith("q_proj.weight"):
-            data = _permute(data, n_head, n_head)
-        elif hf_name.endswith("k_proj.weight"):
-            data = _permute(data, n_head, n_kv)
-        full = f"{new}.{suffix}"
-        if data.ndim == 1:  # norms stay f32, as llama.cpp keeps them
-            w.add_tensor(full, data.astype(np.float32))
-        elif qtype == "q8_0" and data.shape[-1] % 32 == 0:
-            q = gguf.quants.quantize(data, gguf.GGMLQuantizationType.Q8_0)
-            w.add_tensor(full, q, raw_dtype=gguf.GGMLQuantizationType.Q8_0)
-        else:
-            w.add_tensor(full, data.astype(np.float16))
-    w.write_header_to_file()
-    w.write_kv_data_to_file()
-    w.write_tensors_to_file()
-    w.close()
-    return path
-
-
-def _add_tokenizer(w, tokenizer, vocab_size: int) -> None:
-    import gguf
-
-    spec = json.loads(tokenizer.backend_tokenizer.to_str())
-    vocab = tokenizer.get_vocab()
-    by_id = {i: t for t, i in vocab.items()}
-    added = {t.content: t for t in tokenizer.added_tokens_decoder.values()}
-    tokens, types = [], []
-    for i in range(max(vocab_size, len(by_id))):
-        tok = by_id.get(i)
-        if tok is None:  # a padded embedding row with no token, as llama.cpp writes it
-            tokens.append(f"[PAD{i}]")
-            types.append(gguf.TokenType.UNUSED)
-        elif tok in added:
-            tokens.append(tok)
-            types.append(gguf.TokenType.CONTROL if added[tok].special else gguf.TokenType.USER_DEFINED)
-        else:
-            tokens.append(tok)
-            types.append(gguf.TokenType.NORMAL)
-    merges = [m if isinstance(m, str) else " ".join(m) for m in spec["model"].get("merges", [])]
-    w.add_tokenizer_model("gpt2")
-    w.add_tokenizer_pre("gpt2")
-    w.add_token_list(tokens)
-    w.add_token_types(types)
-    w.add_token_merges(merges)
-    for key, setter in (("bos_token_id", w.add_bos_token_id), ("eos_token_id", w.add_eos_token_id),
-                        ("unk_token_id", w.add_unk_token_id), ("pad_token_id", w.add_pad_token_id)):
-        value = getattr(tokenizer, key, None)
-        if value is not None:
-            setter(value)
-    ids = tokenizer("a")["input_ids"]
-    w.add_add_bos_token(bool(ids) and ids[0] == tokenizer.bos_token_id)
-    if getattr(tokenizer, "chat_template", None):
-        w.add_chat_template(tokenizer.chat_template)
-
-
 # ---- checks: load each part back with plain libraries -------------------------------------------
 def _greedy(model, tokenizer, prompts) -> list[str]:
     from studio.inference import generate
@@ -293,20 +171,6 @@ def check_merged(folder: Path, prompts, want) -> str:
 
     model = AutoModelForCausalLM.from_pretrained(str(folder))
     return _compare(_greedy(model.eval(), AutoTokenizer.from_pretrained(str(folder)), prompts), want)
-
-
-def load_gguf(path: Path):
-    """(model, tokenizer) from a GGUF file with transformers' own GGUF loader (dequantized to fp32)."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    folder, name = str(path.parent), path.name
-    return (AutoModelForCausalLM.from_pretrained(folder, gguf_file=name).eval(),
-            AutoTokenizer.from_pretrained(folder, gguf_file=name))
-
-
-def check_gguf(path: Path, prompts, want) -> str:
-    model, tokenizer = load_gguf(path)
-    return _compare(_greedy(model, tokenizer, prompts), want)
 
 
 # ---- model cards --------------------------------------------------------------------------------
@@ -402,7 +266,16 @@ def _usage(kind: str, repo: str, base: str, gguf_files=()) -> str:
                 f"inputs = tokenizer(\"Quote:\", return_tensors=\"pt\")\n"
                 f"print(tokenizer.decode(model.generate(**inputs, max_new_tokens=40)[0]))\n```")
     first = gguf_files[0] if gguf_files else "model.gguf"
-    return (f"```bash\nllama-cli -m {first} -p \"Quote:\" -n 40\n```\n\nor with transformers (dequantized):\n\n"
+    name = "my-model" if repo.startswith("path/to/") else Path(repo).name.lower()
+    return (f"With [llama.cpp](https://github.com/ggml-org/llama.cpp):\n\n"
+            f"```bash\nllama-cli -m {first} -p \"Quote:\" -n 40\n```\n\n"
+            f"or from Python with llama-cpp-python:\n\n"
+            f"```python\nfrom llama_cpp import Llama\n\n"
+            f"llm = Llama(model_path=\"{first}\")\n"
+            f"print(llm(\"Quote:\", max_tokens=40)[\"choices\"][0][\"text\"])\n```\n\n"
+            f"With [Ollama](https://ollama.com) (the `Modelfile` here carries the chat template and stop tokens):\n\n"
+            f"```bash\nollama create {name} -f Modelfile\nollama run {name}\n```\n\n"
+            f"With transformers (dequantized to full precision):\n\n"
             f"```python\nfrom transformers import AutoModelForCausalLM, AutoTokenizer\n\n"
             f"model = AutoModelForCausalLM.from_pretrained(\"{repo}\", gguf_file=\"{first}\")\n"
             f"tokenizer = AutoTokenizer.from_pretrained(\"{repo}\", gguf_file=\"{first}\")\n```")
@@ -484,9 +357,7 @@ def export_run(run: str | os.PathLike, out: str | os.PathLike | None = None, *, 
     run_dir = resolve_run(run)
     require_write(run_dir, f"run {run_dir.name!r}")  # an export is written into the run's folder
     gguf = [g.lower() for g in gguf]
-    for g in gguf:
-        if g not in GGUF_TYPES:
-            raise StudioError(f"GGUF type {g!r}: choose one of {', '.join(GGUF_TYPES)}")
+    check_gguf_types(gguf)
     if not (adapter or merge or gguf):
         raise StudioError("nothing to export: choose the adapter, the merged model or a GGUF type")
     out = Path(out) if out else default_out(run_dir)
@@ -521,12 +392,11 @@ def export_run(run: str | os.PathLike, out: str | os.PathLike | None = None, *, 
                 write_card(folder, run_dir, "merged", notes=result.notes)
             result.parts["merged"] = out / "merged"
         if gguf:
+            want_gguf = gguf_reference(merged, tokenizer, prompts) if check else None
             with _Part(out, "gguf") as folder:
-                for qtype in gguf:
-                    log(f"writing gguf/{run_dir.name}-{qtype}.gguf")
-                    write_gguf(merged, tokenizer, folder / f"{run_dir.name}-{qtype}.gguf", qtype, run_dir.name)
-                write_card(folder, run_dir, "gguf", notes=result.notes,
-                           gguf_files=[f"{run_dir.name}-{q}.gguf" for q in gguf])
+                files = write_gguf_files(merged, tokenizer, folder, gguf, run_dir.name, log=log)
+                write_modelfile(folder, files[0].name, tokenizer)
+                write_card(folder, run_dir, "gguf", notes=result.notes, gguf_files=[f.name for f in files])
             result.parts["gguf"] = out / "gguf"
         del merged
     del model
@@ -541,7 +411,8 @@ def export_run(run: str | os.PathLike, out: str | os.PathLike | None = None, *, 
             result.checks["merged"] = check_merged(result.parts["merged"], prompts, want)
         for qtype in gguf:
             path = out / "gguf" / f"{run_dir.name}-{qtype}.gguf"
-            result.checks[path.name] = check_gguf(path, prompts, want)
+            log(f"checking {path.name} (prompt ids and {GGUF_CHECK_TOKENS} greedy tokens against the merged model)")
+            result.checks[path.name] = check_gguf(path, prompts, want_gguf, tokenizer)
     return result
 
 

@@ -126,7 +126,9 @@ def generate(model, tokenizer, prompts: list[str], max_new_tokens: int = 64, *, 
     try:
         for start in range(0, len(order), batch_size):
             idx = order[start:start + batch_size]
-            enc = tokenizer([prompts[i] for i in idx], return_tensors="pt", padding=True).to(device)
+            batch = [prompts[i] for i in idx]
+            enc = tokenizer(batch, return_tensors="pt", padding=True,
+                            add_special_tokens=not _has_bos(tokenizer, batch)).to(device)
             kwargs = dict(max_new_tokens=max_new_tokens, do_sample=do_sample, pad_token_id=tokenizer.pad_token_id,
                           repetition_penalty=repetition_penalty)
             if do_sample:
@@ -142,6 +144,13 @@ def generate(model, tokenizer, prompts: list[str], max_new_tokens: int = 64, *, 
     finally:
         tokenizer.padding_side = side
     return outputs
+
+
+def _has_bos(tokenizer, prompts: list[str]) -> bool:
+    """True when every prompt already begins with the start token (a chat template that writes its own, as
+    Llama-3's and Gemma's do): tokenizing it with special tokens on would give the model two."""
+    bos = tokenizer.bos_token
+    return bool(bos) and all(p.startswith(bos) for p in prompts)
 
 
 def chat_prompt(tokenizer, messages: list[dict]) -> str:

@@ -23,11 +23,10 @@ from studio.access import (check_run_name, claim, may_write, require_write,  # n
                            runs_root)  # runs_root is re-exported
 from studio.errors import StudioError, redact
 
-log = logging.getLogger("studio")
+from studio.runs import CANCELLED, DONE, FAILED, LIVE, QUEUED, RUNNING, STOPPING, Run
+from studio.train.progress import is_main_process
 
-from studio.runs import (ACTIVE, CANCELLED, COMPLETE_MARKER, DONE, FAILED, LIVE, QUEUED, RUNNING,  # noqa: F401
-                         STOPPING, Run, is_complete, last_checkpoint, list_runs, resumable)
-from studio.train.progress import is_main_process, make_callback, memory_mb  # noqa: F401
+log = logging.getLogger("studio")
 
 
 class Job(Run):

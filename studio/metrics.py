@@ -29,8 +29,9 @@ TEXT_DEFINITIONS = {
     "distinct2": "Distinct-2: distinct bigrams / all bigrams over every output, 0–100.",
 }
 LOSS_DEFINITIONS = {
-    "loss": "Mean cross-entropy (nats per token) of the held-out references given their prompts.",
-    "perplexity": "exp(loss): perplexity of the held-out references given their prompts.",
+    "loss": "Mean cross-entropy (nats per token) of the held-out answers given their prompts, tokenized as "
+            "training tokenizes them (chat template, end-of-sequence token).",
+    "perplexity": "exp(loss): perplexity of the held-out answers given their prompts.",
 }
 _ARTICLES = re.compile(r"\b(a|an|the)\b")
 _PUNCT = set(string.punctuation)
@@ -106,28 +107,40 @@ def text_stats(predictions: list[str]) -> dict:
     return out
 
 
-def heldout_loss(model, tokenizer, prompts: list[str], references: list[str]) -> dict:
+def heldout_loss(model, tokenizer, prompts: list, references: list) -> dict:
     """Loss and perplexity of each reference given its prompt (prompt tokens are not scored).
 
-    Summed over every reference token of every row, then divided once: long rows weigh by their length,
-    as a corpus perplexity should. Rows are scored one at a time, so padding never enters the sums.
+    Tokenized as TRL's SFT tokenizes a prompt/completion row: strings as they are (`prompt + reference`),
+    message lists through the chat template (the prompt with its generation prompt); the reference's tokens
+    start where the two token lists part (TRL's `common_prefix_length`). Summed over every reference token of
+    every row, then divided once: long rows weigh by their length, as a corpus perplexity should. Rows are
+    scored one at a time, so padding never enters the sums.
     """
     import math
 
     import torch
+    from trl.data_utils import common_prefix_length
+
+    def ids(value, **kwargs):
+        if isinstance(value, list):
+            if not value:
+                return []
+            return list(tokenizer.apply_chat_template(value, tokenize=True, return_dict=True, **kwargs)["input_ids"])
+        return tokenizer(value, add_special_tokens=True)["input_ids"] if value else []
 
     device = next(model.parameters()).device
     total, count = 0.0, 0
     for prompt, reference in zip(prompts, references):
-        p_ids = tokenizer(prompt, add_special_tokens=True)["input_ids"] if prompt else []
-        full = tokenizer(prompt + reference, add_special_tokens=True)["input_ids"]
-        if not full or len(full) <= len(p_ids):
+        p_ids = ids(prompt, add_generation_prompt=True) if isinstance(prompt, list) else ids(prompt)
+        full = ids(prompt + reference)
+        start = common_prefix_length(p_ids, full)
+        if not full or len(full) <= start:
             continue
-        ids = torch.tensor([full], device=device)
-        labels = ids.clone()
-        labels[0, :max(len(p_ids), 1)] = -100  # the first token has no context to be predicted from
+        input_ids = torch.tensor([full], device=device)
+        labels = input_ids.clone()
+        labels[0, :max(start, 1)] = -100  # the first token has no context to be predicted from
         with torch.no_grad():
-            logits = model(input_ids=ids).logits.float()
+            logits = model(input_ids=input_ids).logits.float()
         loss = torch.nn.functional.cross_entropy(logits[0, :-1], labels[0, 1:], ignore_index=-100, reduction="sum")
         total += float(loss)
         count += int((labels[0, 1:] != -100).sum())

@@ -20,9 +20,7 @@ import hashlib
 import importlib.util
 import logging
 import os
-import shutil
 import socket
-import tempfile
 import threading
 import time
 from pathlib import Path
@@ -109,7 +107,7 @@ def _check_gguf(path: Path) -> str:
 
 def gguf_model_path(path: str | os.PathLike) -> Path:
     """The cached safetensors folder of a GGUF file, converting it on first use (atomic, like the embedded model)."""
-    from studio.embedded import cache_dir
+    from studio.embedded import build_atomically, cache_dir
 
     path = Path(path)
     digest = file_sha256(path)
@@ -123,18 +121,7 @@ def gguf_model_path(path: str | os.PathLike) -> Path:
         arch = _check_gguf(path)
         _say_once(f"converting {path.name} ({arch}, sha256 {digest[:12]}…) to a safetensors folder in {target.parent}; "
                   "this happens once")
-        target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=".build-"))
-        try:
-            convert_gguf(path, tmp, arch)
-            try:
-                os.replace(tmp, target)
-            except OSError:  # another process won the race
-                if not (target / "config.json").exists():
-                    raise
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
-    return target
+        return build_atomically(target, lambda tmp: convert_gguf(path, tmp, arch))
 
 
 def convert_gguf(path: Path, out: Path, arch: str = "?") -> None:

@@ -65,3 +65,13 @@ def open_tab(browser, url: str, tab: str, height: int = 1000):
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 # Browser tests drive Debian's Chromium (a Playwright browser download can't work offline).
 needs_chromium = pytest.mark.skipif(not os.path.exists(CHROMIUM), reason="Debian chromium not installed")
+
+
+def wait_for(cond, timeout: float = 60, what: str = "condition", every: float = 0.25) -> None:
+    """Poll `cond` until it is true; fail the test naming `what` after `timeout` seconds."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if cond():
+            return
+        time.sleep(every)
+    raise AssertionError(f"timed out waiting for {what}")

@@ -5,12 +5,10 @@ One app server per mode (module-scoped); each test is one finding of the issue a
 
 import json
 import os
-import time
-from pathlib import Path
 
 import pytest
 
-from app_server import ROOT, needs_chromium, start_app
+from app_server import ROOT, needs_chromium, start_app, wait_for
 from fake_hub import FakeHub
 
 OWNER_TOKEN = "hf_ownersecret000000000000000"
@@ -25,15 +23,6 @@ def _form(**changes):
     keys = ["model_name_or_path", "dataset.source", "dataset.format", "dataset.template"] + [k for k, _ in BASIC] + [
         k for k, _ in ADVANCED] + ["eval_prompts"]
     return [_flat_to_widget(k, flat.get(k)) for k in keys]
-
-
-def _wait(check, timeout=120, what="condition"):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if check():
-            return
-        time.sleep(0.3)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def _call(client, *args, api_name):
@@ -188,9 +177,9 @@ def a_stopped_run(shared, a_upload):
     assert "Started" in msg, msg
     run_id = msg.split("Started ")[1].split(".")[0]
     run = shared.runs / run_id
-    _wait(lambda: list(run.glob("checkpoints/checkpoint-*/.complete")), what="a checkpoint")
+    wait_for(lambda: list(run.glob("checkpoints/checkpoint-*/.complete")), timeout=120, what="a checkpoint")
     assert "Stopping" in a.predict("browser-a", api_name="/stop_training")
-    _wait(lambda: (run / "summary.json").exists(), what="the stopped run's summary")
+    wait_for(lambda: (run / "summary.json").exists(), timeout=120, what="the stopped run's summary")
     return run_id
 
 
@@ -213,8 +202,8 @@ def test_a_visitor_cannot_resume_take_over_open_or_evaluate_another_visitors_run
     a.predict(api_name="/list_run_ids")
     msg = a.predict("browser-a", run_id, api_name="/resume_training")
     assert "Resuming" in msg, msg
-    _wait(lambda: (run / "adapter" / "adapter_config.json").exists() and json.loads(
-        (run / "summary.json").read_text()).get("status") == "done", what="A's resumed run to finish")
+    wait_for(lambda: (run / "adapter" / "adapter_config.json").exists() and json.loads(
+        (run / "summary.json").read_text()).get("status") == "done", timeout=120, what="A's resumed run to finish")
     # evaluating A's finished run (on its own test split: A's rows), named in the free model field
     out = json.dumps(_call(b, [], run_id, "test split", "", 3, 4, "", None, "row order", api_name="/evaluate"))
     assert "A's private row" not in out and "another visitor" in out, out[:400]

@@ -1,11 +1,10 @@
 """End to end in headless Chromium: the real app, driven like a person would."""
 
 import re
-import time
 
 import pytest
 
-from app_server import ROOT, needs_chromium, running_app
+from app_server import ROOT, needs_chromium, running_app, wait_for
 
 pytestmark = needs_chromium
 ARTIFACTS = ROOT / "artifacts" / "screenshots"
@@ -25,20 +24,11 @@ def _step(page) -> int:
     return int(el.get_attribute("data-step")) if el.count() else -1
 
 
-def _wait_for(cond, timeout=60, what="condition"):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if cond():
-            return
-        time.sleep(0.25)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
 def start_long_run(page, steps: str = "3000") -> None:
     """Open the Train tab, wait for the tiny recipe to fill the form, lengthen it and press Start."""
     page.get_by_role("tab", name="Train").click()
     field = page.get_by_label("Max steps (-1: use epochs)")
-    _wait_for(lambda: field.input_value() == "200", 120, "recipe to fill the form")
+    wait_for(lambda: field.input_value() == "200", 120, "recipe to fill the form")
     field.fill(steps)
     field.press("Tab")
     page.get_by_role("button", name="Start", exact=True).click()
@@ -63,36 +53,36 @@ def test_train_from_the_browser_live_chart_stop_reload_reattach(app, browser):
 
     # Train: the tiny recipe fills the form; make it long enough to watch, then start
     start_long_run(page)
-    _wait_for(lambda: _step(page) >= 10, 90, "progress to advance")
+    wait_for(lambda: _step(page) >= 10, 90, "progress to advance")
     first = _step(page)
-    _wait_for(lambda: _step(page) > first + 5, 60, "progress to keep advancing")
-    _wait_for(lambda: page.locator("#train-chart .js-plotly-plot .scatterlayer .trace").count() >= 1, 30, "chart")
+    wait_for(lambda: _step(page) > first + 5, 60, "progress to keep advancing")
+    wait_for(lambda: page.locator("#train-chart .js-plotly-plot .scatterlayer .trace").count() >= 1, 30, "chart")
     points_before = page.locator("#train-chart .js-plotly-plot .scatterlayer .trace .point").count()
-    _wait_for(lambda: page.locator("#train-chart .js-plotly-plot .scatterlayer .trace .point").count() > points_before,
+    wait_for(lambda: page.locator("#train-chart .js-plotly-plot .scatterlayer .trace .point").count() > points_before,
               30, "chart to update")
     page.screenshot(path=str(ARTIFACTS / "2-train-running.png"), full_page=True)
 
     # Reload: the page re-attaches to the running job with its history
     page.reload()
     page.get_by_role("tab", name="Train").click()
-    _wait_for(lambda: _step(page) > first + 5, 30, "re-attached progress")
-    _wait_for(lambda: page.locator("#train-chart .js-plotly-plot .scatterlayer .trace").count() >= 1, 30, "chart")
+    wait_for(lambda: _step(page) > first + 5, 30, "re-attached progress")
+    wait_for(lambda: page.locator("#train-chart .js-plotly-plot .scatterlayer .trace").count() >= 1, 30, "chart")
     assert re.search(r"running", page.locator("#train-progress").inner_text())
 
     # Stop (the same browser still owns the job after a reload)
     page.get_by_role("button", name="Stop").click()
     page.locator("#train-message").get_by_text("Stopping").wait_for(timeout=10000)
-    _wait_for(lambda: "cancelled" in page.locator("#train-progress").inner_text(), 60, "cancelled status")
+    wait_for(lambda: "cancelled" in page.locator("#train-progress").inner_text(), 60, "cancelled status")
     page.screenshot(path=str(ARTIFACTS / "3-train-stopped.png"), full_page=True)
     stopped_at = _step(page)
 
     # Resume picks the stopped run up from its checkpoint
     page.get_by_role("button", name="Resume", exact=True).click()
     page.locator("#train-message").get_by_text("Resuming").wait_for(timeout=30000)
-    _wait_for(lambda: "running" in page.locator("#train-progress").inner_text() and _step(page) > stopped_at,
+    wait_for(lambda: "running" in page.locator("#train-progress").inner_text() and _step(page) > stopped_at,
               90, "resumed progress")
     page.get_by_role("button", name="Stop").click()
-    _wait_for(lambda: "cancelled" in page.locator("#train-progress").inner_text(), 60, "cancelled again")
+    wait_for(lambda: "cancelled" in page.locator("#train-progress").inner_text(), 60, "cancelled again")
 
     for i, name in enumerate(TABS[2:], start=4):
         page.get_by_role("tab", name=name).click()
@@ -107,15 +97,15 @@ def test_second_visitor_sees_job_read_only(app, browser):
     p1, p2 = owner.new_page(), other.new_page()
     p1.goto(app)
     start_long_run(p1)
-    _wait_for(lambda: _step(p1) >= 3, 60, "owner progress")
+    wait_for(lambda: _step(p1) >= 3, 60, "owner progress")
     p2.goto(app)
     p2.get_by_role("tab", name="Train").click()
-    _wait_for(lambda: _step(p2) >= 3, 30, "visitor sees progress")
+    wait_for(lambda: _step(p2) >= 3, 30, "visitor sees progress")
     assert "read-only" in p2.locator("#train-progress").inner_text()
     assert "shown only to the visitor" in p2.locator("#train-log textarea").input_value()
     p2.get_by_role("button", name="Stop").click()
     p2.locator("#train-message").get_by_text("another visitor").wait_for(timeout=10000)
     p1.get_by_role("button", name="Stop").click()
-    _wait_for(lambda: "cancelled" in p1.locator("#train-progress").inner_text(), 60, "cancelled")
+    wait_for(lambda: "cancelled" in p1.locator("#train-progress").inner_text(), 60, "cancelled")
     owner.close()
     other.close()

@@ -15,6 +15,7 @@ import pytest
 
 from conftest import ROOT
 from studio import jobs
+from studio import runs as run_folders
 
 STEPS, SAVE, LOG = 16, 4, 2
 
@@ -41,14 +42,14 @@ def _events(run_dir):
 
 def _complete(run_dir):
     return sorted(int(c.name.split("-")[1]) for c in (run_dir / "checkpoints").glob("checkpoint-*")
-                  if jobs.is_complete(c))
+                  if run_folders.is_complete(c))
 
 
 def _killed(out, run_dir, step):
     assert out.returncode == -signal.SIGKILL, out.stderr[-2000:]
     job = jobs.Job.from_run_dir(run_dir)
     assert job.status == "interrupted" and job.step == step
-    assert jobs.resumable(job) == bool(_complete(run_dir))
+    assert run_folders.resumable(job) == bool(_complete(run_dir))
     assert not (run_dir / "adapter").exists() and not (run_dir / "summary.json").exists()
     return job
 
@@ -78,7 +79,7 @@ def test_sigkill_at_every_kill_point_then_resume_to_the_plan(tmp_path):
     _killed(out, run_dir, 8)
     half = run_dir / "checkpoints" / "checkpoint-8"
     assert (half / "adapter_model.safetensors").exists() and not (half / "trainer_state.json").exists()
-    assert _complete(run_dir) == [4] and jobs.last_checkpoint(run_dir).name == "checkpoint-4"
+    assert _complete(run_dir) == [4] and run_folders.last_checkpoint(run_dir).name == "checkpoint-4"
     assert not half.exists()  # a half checkpoint is removed, never resumed
 
     # 3. right after checkpoint-12 is complete
@@ -135,4 +136,4 @@ def test_checkpoint_saved_but_not_yet_marked_still_counts(tmp_path):
     torn = tmp_path / "checkpoints" / "checkpoint-9"
     torn.mkdir()
     (torn / "trainer_state.json").write_text('{"global_st')
-    assert jobs.last_checkpoint(tmp_path).name == "checkpoint-6" and not torn.exists()
+    assert run_folders.last_checkpoint(tmp_path).name == "checkpoint-6" and not torn.exists()

@@ -250,3 +250,14 @@ def test_streaming_keeps_the_first_rows(tmp_path):
         sorted(f"line {i}" for i in range(20))
     with pytest.raises(StudioError, match="streaming needs a row limit"):
         prepare_dataset(str(folder), streaming=True)
+
+
+def test_prompt_and_completion_are_never_glued_into_one_word(write):
+    """TRL trains on prompt + completion: a pair with no space at the join gets one on the completion side."""
+    from studio.data import prepare_dataset, render_example
+
+    rows = [{"prompt": "Which planet is called the red planet?", "completion": "Mars."},
+            {"prompt": "Q: 2+2=", "completion": " 4"}, {"prompt": "Line\n", "completion": "next"}] * 4
+    data = prepare_dataset(str(write("pc.jsonl", rows)), splits="100/0/0")
+    texts = {render_example(r) for r in data.splits["train"]}
+    assert texts == {"Which planet is called the red planet? Mars.", "Q: 2+2= 4", "Line\nnext"}

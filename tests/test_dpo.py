@@ -7,6 +7,7 @@ import pytest
 
 from conftest import ROOT, tiny_recipe
 from studio import jobs
+from studio import runs as run_folders
 from studio.errors import StudioError
 
 
@@ -145,7 +146,7 @@ def test_stop_checkpoints_and_resume_finishes(runs):
     job.request_stop()
     _wait(job)
     assert job.status == "cancelled" and job.step < 12
-    assert jobs.resumable(job)
+    assert run_folders.resumable(job)
     again = _wait(jobs.start_job(None, resume=job.run_dir))
     assert again.status == "done", again.error
     assert json.loads((job.run_dir / "summary.json").read_text())["steps"] == 12
@@ -153,7 +154,7 @@ def test_stop_checkpoints_and_resume_finishes(runs):
 
 def test_a_dpo_start_while_another_job_runs_gets_the_busy_line(runs, monkeypatch):
     busy = jobs.Job(runs / "sft-run")
-    busy.status = jobs.RUNNING
+    busy.status = run_folders.RUNNING
     monkeypatch.setattr(jobs, "_current", busy)
     with pytest.raises(StudioError, match="a training job is already running: sft-run"):
         jobs.start_job(dpo_recipe())

@@ -34,12 +34,15 @@ def test_export_download_and_offline_push_from_the_browser(app, runs, browser):
     page = open_tab(browser, app, "Export")
     page.locator("#export-run input").wait_for()
     page.wait_for_function("document.querySelector('#export-run input').value === 'quotes'", timeout=30000)
-    page.get_by_role("checkbox", name="f16").check()
+    page.get_by_role("checkbox", name="f16", exact=True).check()  # not bf16
     page.get_by_role("button", name="Export", exact=True).click()
     page.locator("#export-done").wait_for(timeout=240000)
     done = page.locator("#export-done").inner_text()
-    for part in ("adapter", "merged", "quotes-f16.gguf"):
+    for part in ("adapter", "merged"):
         assert f"{part}: greedy output (24 new tokens) identical to the adapter's on 2/2 prompts" in done, done
+    # GGUF: judged by llama.cpp when it is installed, by transformers' loader otherwise; the line says which
+    assert "quotes-f16.gguf: " in done and "prompt ids identical on 2/2; greedy output (16 new tokens) identical " \
+        "to the merged model's (transformers) on 2/2" in done, done
     assert page.locator("#export-download a").first.get_attribute("href").endswith("quotes-export.zip")
     assert "library_name: peft" in page.locator("#export-card").inner_text()
     page.screenshot(path=str(ARTIFACTS / "export-1-done.png"), full_page=True)

@@ -8,6 +8,7 @@ import pytest
 
 from conftest import tiny_recipe
 from studio import jobs
+from studio import runs as run_folders
 
 
 @pytest.fixture
@@ -26,7 +27,10 @@ def _failed(job, *words):
     assert "\n" not in job.error and "Traceback" not in job.error
     for word in words:
         assert word in job.error, job.error
-    assert jobs.Job.from_run_dir(job.run_dir).error == job.error  # the page and a reload read the same line
+    if job.failed_start:  # failed before its first step: the page that started it has the line, no folder is left
+        assert not job.run_dir.exists()
+    else:  # the page and a reload read the same line
+        assert jobs.Job.from_run_dir(job.run_dir).error == job.error
     return job
 
 
@@ -72,12 +76,12 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(runs, monkeypatch, lo
     monkeypatch.setattr(trl.SFTTrainer, "compute_loss", poisoned)
     job = _failed(_run(tiny_recipe(logging_steps=logging_steps, save_steps=save_steps), runs), "NaN",
                   "learning_rate", f"the last good checkpoint, {kept}, is kept")
-    last = jobs.last_checkpoint(job.run_dir)
+    last = run_folders.last_checkpoint(job.run_dir)
     assert last.name == kept and [c.name for c in (job.run_dir / "checkpoints").glob("checkpoint-*")] == [kept]
     from safetensors.torch import load_file
 
     assert all(torch.isfinite(t).all() for t in load_file(str(last / "adapter_model.safetensors")).values())
-    assert not (job.run_dir / "adapter").exists() and jobs.resumable(jobs.Job.from_run_dir(job.run_dir))
+    assert not (job.run_dir / "adapter").exists() and run_folders.resumable(jobs.Job.from_run_dir(job.run_dir))
     monkeypatch.undo()
     _next_job_runs(runs)
 
@@ -137,7 +141,7 @@ def test_disk_full_while_checkpointing_then_resume(runs, monkeypatch):
 
     monkeypatch.setattr(transformers.Trainer, "_save_optimizer_and_scheduler", save)
     job = _failed(_run(tiny_recipe(), runs), "disk full", "free space", "resume")
-    assert jobs.resumable(job) and jobs.last_checkpoint(job.run_dir).name == "checkpoint-4"
+    assert run_folders.resumable(job) and run_folders.last_checkpoint(job.run_dir).name == "checkpoint-4"
     monkeypatch.undo()  # space freed: the run resumes and finishes its plan
     resumed = _run(None, runs, resume=job.run_dir)
     assert resumed.status == "done" and resumed.summary["steps"] == 12
@@ -147,5 +151,5 @@ def test_a_real_divergence_is_caught_before_any_nan_checkpoint(runs):
     """No injection: plain SGD at an absurd learning rate without clipping blows the weights up."""
     job = _failed(_run(tiny_recipe(optim="sgd", learning_rate=1e30, max_grad_norm=0, save_steps=2), runs), "NaN",
                   "learning_rate is 1e+30")
-    assert jobs.last_checkpoint(job.run_dir) is None or jobs.last_checkpoint(job.run_dir).name == "checkpoint-2"
-    assert ("no checkpoint had been saved yet" in job.error) == (jobs.last_checkpoint(job.run_dir) is None)
+    assert run_folders.last_checkpoint(job.run_dir) is None or run_folders.last_checkpoint(job.run_dir).name == "checkpoint-2"
+    assert ("no checkpoint had been saved yet" in job.error) == (run_folders.last_checkpoint(job.run_dir) is None)

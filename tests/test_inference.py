@@ -46,3 +46,15 @@ def test_unknown_run_or_model_is_one_line(tmp_path, monkeypatch):
     monkeypatch.setenv("STUDIO_RUNS", str(tmp_path / "runs"))
     with pytest.raises(StudioError, match="model no/such-model"):
         load_for_inference("no/such-model")
+
+
+def test_a_prompt_that_already_starts_with_bos_gets_no_second_one(embedded_path):
+    """Chat templates such as Llama-3's and Gemma's write the start token themselves."""
+    from transformers import AutoTokenizer
+
+    from studio.inference import _has_bos
+
+    tok = AutoTokenizer.from_pretrained(embedded_path)
+    tok.bos_token = tok.bos_token or "<|im_start|>"
+    assert _has_bos(tok, [tok.bos_token + "user\nhi", tok.bos_token + "x"])
+    assert not _has_bos(tok, [tok.bos_token + "user\nhi", "plain text"])

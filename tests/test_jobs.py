@@ -4,12 +4,12 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 
 from conftest import ROOT, tiny_recipe
 from studio import jobs
+from studio import runs as run_folders
 from studio.errors import StudioError
 
 
@@ -63,7 +63,7 @@ def test_stop_is_graceful_and_resume_finishes(runs):
     job.request_stop()
     _wait(job)
     assert job.status == "cancelled"
-    ckpt = jobs.last_checkpoint(job.run_dir)
+    ckpt = run_folders.last_checkpoint(job.run_dir)
     assert ckpt is not None and int(ckpt.name.split("-")[1]) == job.step < 400
     resumed = _wait(jobs.start_job(None, resume=job.run_dir))
     assert resumed.status == "done" and resumed.summary["steps"] == 400
@@ -105,9 +105,9 @@ def test_failure_ends_job_with_message_and_process_stays_up(runs):
 def test_half_written_checkpoint_is_never_resumed(tmp_path):
     run = tmp_path / "run"
     (run / "checkpoints" / "checkpoint-4").mkdir(parents=True)
-    (run / "checkpoints" / "checkpoint-4" / jobs.COMPLETE_MARKER).write_text("4")
+    (run / "checkpoints" / "checkpoint-4" / run_folders.COMPLETE_MARKER).write_text("4")
     (run / "checkpoints" / "checkpoint-8").mkdir()  # crash mid-save: no marker
-    assert jobs.last_checkpoint(run).name == "checkpoint-4"
+    assert run_folders.last_checkpoint(run).name == "checkpoint-4"
     assert not (run / "checkpoints" / "checkpoint-8").exists()
 
 

@@ -89,7 +89,8 @@ def test_tiny_lapdog_run_stops_in_stage2_resumes_and_chat_loads_adapter_and_retr
     import time
 
     from studio.chat import load_setup, reply
-    from studio.jobs import CANCELLED, DONE, Job, start_job
+    from studio.jobs import Job, start_job
+    from studio.runs import CANCELLED, DONE
     from studio.recipes import load_recipe
 
     recipe = load_recipe("tiny-persona-lapdog", [

@@ -44,7 +44,7 @@ def test_heldout_loss_matches_the_models_own_loss(embedded_path):
 
     tok = AutoTokenizer.from_pretrained(str(embedded_path))
     model = AutoModelForCausalLM.from_pretrained(str(embedded_path)).eval()
-    prompt, ref = "Quote: So many books, so little time.\nAuthor: ", "Frank Zappa"
+    prompt, ref = "Quote: So many books, so little time.\nAuthor:", " Frank Zappa"  # the cut: formats.cut_prompt
     out = heldout_loss(model, tok, [prompt], [ref])
     ids = tok(prompt + ref, return_tensors="pt")["input_ids"]
     labels = ids.clone()

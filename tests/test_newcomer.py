@@ -5,7 +5,6 @@ import contextlib
 import io
 import json
 import warnings
-from pathlib import Path
 
 import pytest
 

@@ -1,11 +1,10 @@
 """Issue 21 in Chromium: what a newcomer met, checked the way they met it (one app server for the module)."""
 
-import time
 
 import pytest
 import yaml
 
-from app_server import needs_chromium, running_app
+from app_server import needs_chromium, running_app, wait_for
 
 pytestmark = needs_chromium
 
@@ -18,15 +17,6 @@ def app(tmp_path_factory):
         yield url, runs
 
 
-def _wait_for(cond, timeout=60, what="condition"):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if cond():
-            return
-        time.sleep(0.25)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
 def _page(browser, url, width=1400, height=1000):
     page = browser.new_context(viewport={"width": width, "height": height}, accept_downloads=True).new_page()
     page.goto(url)
@@ -37,7 +27,7 @@ def _page(browser, url, width=1400, height=1000):
 def _train_tab(page):
     page.get_by_role("tab", name="Train").click()
     field = page.get_by_label("Max steps (-1: use epochs)")
-    _wait_for(lambda: field.input_value() == "200", 120, "recipe to fill the form")
+    wait_for(lambda: field.input_value() == "200", 120, "recipe to fill the form")
 
 
 def _status(page, box="#train-progress"):
@@ -72,8 +62,8 @@ def test_failed_start_one_clear_signal_and_not_on_fresh_pages(app, browser):  # 
     model.fill("nobody/no-such-model")
     model.press("Enter")
     page.get_by_role("button", name="Start", exact=True).click()
-    _wait_for(lambda: _status(page) == "failed", 60, "the failed status")
-    _wait_for(lambda: "Started" not in page.locator("#train-message").inner_text(), 10, "the banner to go")
+    wait_for(lambda: _status(page) == "failed", 60, "the failed status")
+    wait_for(lambda: "Started" not in page.locator("#train-message").inner_text(), 10, "the banner to go")
     assert "no-such-model" in page.locator("#train-progress .studio-error").inner_text()
     assert "failed: " in page.locator("#train-log textarea").input_value()
     assert page.locator("#train-chart .js-plotly-plot").count() == 0  # no empty chart
@@ -95,15 +85,15 @@ def test_finished_run_log_banner_chart_and_reload_at_both_widths(app, browser): 
     steps.press("Tab")
     page.get_by_role("button", name="Start", exact=True).click()
     page.locator("#train-message").get_by_text("Started").wait_for(timeout=30000)
-    _wait_for(lambda: _status(page) == "done", 180, "the run to finish")
-    _wait_for(lambda: "Started" not in page.locator("#train-message").inner_text(), 10, "the banner to go")
+    wait_for(lambda: _status(page) == "done", 180, "the run to finish")
+    wait_for(lambda: "Started" not in page.locator("#train-message").inner_text(), 10, "the banner to go")
     log = page.locator("#train-log textarea").input_value()
     assert "finished: 6 steps" in log and "adapter saved in" in log
     assert "tiny-quotes-tiny-llama-" in log or "tiny-quotes-tiny-llama-" in page.locator("#train-progress").inner_text() \
         or "tiny-quotes-tiny-llama-" in page.locator("#train-chart").inner_text()
     narrow = _page(browser, url, width=420, height=900)
     narrow.get_by_role("tab", name="Train").click()
-    _wait_for(lambda: _status(narrow) == "done", 20, "the reloaded page to show the Train tab's last run")
+    wait_for(lambda: _status(narrow) == "done", 20, "the reloaded page to show the Train tab's last run")
     for p in (page, narrow):
         chart = p.locator("#train-chart")
         chart.locator(".legend").wait_for(timeout=10000)

@@ -101,7 +101,7 @@ def small_gguf(tmp_path_factory, embedded_path):
     """The embedded model written as an f16 GGUF (the export's own writer): a GGUF base that loads in a blink."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from studio.export import write_gguf
+    from studio.gguf_export import write_gguf
 
     folder = tmp_path_factory.mktemp("gguf")
     model = AutoModelForCausalLM.from_pretrained(str(embedded_path))

@@ -16,11 +16,11 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from studio.data.formats import FORMATS, Format, RowError, detect_format, get_format
+from studio.data.formats import FORMATS, Format, RowError, detect_format, get_format, text_pieces
 from studio.data.sources import SAMPLES, RawData, read_source, row_label
 from studio.errors import StudioError
 
-DATA_VERSION = 1  # bump when rendering changes, so cached prepared data is not reused
+DATA_VERSION = 2  # bump when rendering changes, so cached prepared data is not reused
 OUTPUT_COLUMNS = {"text": ["text"], "prompt_completion": ["prompt", "completion"], "messages": ["messages"],
                   "preference": ["prompt", "chosen", "rejected"]}
 BATCH = 1000
@@ -130,15 +130,17 @@ def _rows(batch: dict) -> list[dict]:
     return [dict(zip(keys, values)) for values in zip(*batch.values())]
 
 
-def _renderer(fmt: Format, template: str | None, name: str, path: Path | None):
-    """A batched map function: source rows → TRL rows; rows with an empty target are left out."""
-    columns = OUTPUT_COLUMNS[fmt.kind]
+def _renderer(fmt: Format, template: str | None, name: str, path: Path | None, pieces: bool = False):
+    """A batched map function: source rows → TRL rows; rows with an empty target are left out.
+    `pieces`: text rows come cut into the prompt and the answer (`formats.text_pieces`)."""
+    columns = OUTPUT_COLUMNS["prompt_completion" if pieces and fmt.kind == "text" else fmt.kind]
+    render_row = (lambda row, t: text_pieces(fmt, row, t)) if pieces and fmt.kind == "text" else fmt.render
 
     def render(batch: dict, indices: list[int]) -> dict:
         out = {c: [] for c in columns}
         for i, row in zip(indices, _rows(batch)):
             try:
-                rendered = fmt.render(row, template)
+                rendered = render_row(row, template)
             except RowError as e:
                 raise StudioError(f"{name} {row_label(path, i)}: {e}") from None
             except (KeyError, TypeError) as e:
@@ -237,15 +239,17 @@ def prepare_dataset(
     max_rows: int | None = None,
     streaming: bool = False,
     cache: bool = False,
+    pieces: bool = False,
 ) -> PreparedData:
     """Read, detect, render, clean, split. `streaming` reads a Hub dataset in streaming mode and keeps the first
-    `max_rows` rows. `cache` reuses (or stores) the prepared splits under `cache_root()`."""
+    `max_rows` rows. `cache` reuses (or stores) the prepared splits under `cache_root()`. `pieces` renders text
+    formats as prompt/completion (the same rows and splits, each text cut where its answer begins)."""
     if streaming and not max_rows:
         raise StudioError("streaming needs a row limit: set max_rows (--max-rows)")
     template = template or None
     settings = {"source": str(source), "format": format, "template": template, "config": config, "split": split,
                 "splits": str(splits), "seed": seed, "max_length": max_length, "max_rows": max_rows,
-                "streaming": streaming}
+                "streaming": streaming, "pieces": pieces}
     identity = _source_identity(str(source).strip()) if cache else None
     folder = cache_root() / _cache_key(identity, settings, tokenizer) if identity else None
     if folder is not None and (hit := _load_cached(folder)) is not None:
@@ -256,20 +260,21 @@ def prepare_dataset(
         folder = cache_root() / _cache_key(raw.dataset._fingerprint, settings, tokenizer)
         if (hit := _load_cached(folder)) is not None:
             return hit
-    data = _prepare(raw, format, template, splits, seed, tokenizer, max_length, max_rows)
+    data = _prepare(raw, format, template, splits, seed, tokenizer, max_length, max_rows, pieces)
     if folder is not None:
         _save_cached(folder, data)
         data = _load_cached(folder) or data  # memory-mapped from the cache: TRL's tokenized copies land beside it
     return data
 
 
-def _prepare(raw: RawData, format, template, splits, seed, tokenizer, max_length, max_rows) -> PreparedData:
+def _prepare(raw: RawData, format, template, splits, seed, tokenizer, max_length, max_rows,
+             pieces: bool = False) -> PreparedData:
     import datasets
     import pyarrow as pa
     from datasets.fingerprint import Hasher
 
     fmt = get_format(format or raw.hint, raw.columns, raw.name)
-    render = _renderer(fmt, template, raw.name, raw.path)
+    render = _renderer(fmt, template, raw.name, raw.path, pieces)
     if raw.rows is not None:  # a small file Arrow could not type: render in Python, then into Arrow
         keys = list(dict.fromkeys(k for row in raw.rows for k in row))
         columns = render({k: [row.get(k) for row in raw.rows] for k in keys}, list(range(len(raw.rows))))
@@ -280,7 +285,7 @@ def _prepare(raw: RawData, format, template, splits, seed, tokenizer, max_length
         n_in = len(raw.rows)
     else:
         n_in = len(raw.dataset)
-        fingerprint = Hasher.hash([raw.dataset._fingerprint, fmt.name, template, DATA_VERSION])
+        fingerprint = Hasher.hash([raw.dataset._fingerprint, fmt.name, template, pieces, DATA_VERSION])
         try:
             ds = raw.dataset.map(render, batched=True, batch_size=BATCH, with_indices=True,
                                  remove_columns=raw.dataset.column_names, new_fingerprint=fingerprint,

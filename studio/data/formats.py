@@ -80,6 +80,46 @@ def _fill(template: str, row: dict) -> str:
     return "".join(out)
 
 
+def cut_prompt(prompt: str, completion: str) -> tuple[str, str]:
+    """Spaces that end a prompt belong to its completion: a byte-level BPE writes " Einstein" as one token,
+    so a prompt ending in " " would make the model start the word without its space (a token it rarely
+    saw). Newlines stay: every pre-tokenizer keeps a line end as its own token."""
+    kept = prompt.rstrip(" \t")
+    return kept, prompt[len(kept):] + completion
+
+
+def _target_template(template: str) -> tuple[str, str] | None:
+    """'Quote: {quote}\nAuthor: {author}' → ('Quote: {quote}\nAuthor: ', '{author}'): the template of the text
+    before the last field, and that field; None when a literal follows the last field or nothing precedes it."""
+    parsed = check_template(template)
+    if len(parsed) < 2 or parsed[-1][1] is None:
+        return None
+
+    def field(name, spec, conv):
+        return "{" + name + (f"!{conv}" if conv else "") + (f":{spec}" if spec else "") + "}"
+
+    head = "".join(lit.replace("{", "{{").replace("}", "}}") + (field(*rest) if rest[0] is not None else "")
+                   for lit, *rest in parsed[:-1])
+    head += parsed[-1][0].replace("{", "{{").replace("}", "}}")
+    return head, field(*parsed[-1][1:])
+
+
+def text_pieces(fmt: "Format", row: dict, template: str | None) -> dict | None:
+    """A text row as {"prompt", "completion"}: the text cut where its template's last field (the answer) begins,
+    with `cut_prompt`'s rule. prompt + completion is exactly the text the model is trained on."""
+    rendered = fmt.render(row, template)
+    if rendered is None:
+        return None
+    text = rendered["text"]
+    parts = _target_template(template or fmt.template or "")
+    prompt = _fill(parts[0], row) if parts else ""
+    if not parts or not text.startswith(prompt):
+        raise RowError("no reference column to score against (plain text): use prompt/completion, instruction/"
+                       "response, messages, or a template whose last field is the answer")
+    prompt, completion = cut_prompt(prompt, text[len(prompt):])
+    return {"prompt": prompt, "completion": completion}
+
+
 def _s(row: dict, key: str) -> str:
     v = row.get(key)
     return "" if v is None else str(v).strip()
@@ -107,14 +147,14 @@ def _dolly(row, template):
     if not _s(row, "response"):
         return None
     prompt = _fill(template, row) if template else _instruction_prompt(_s(row, "instruction"), _s(row, "context"))
-    return {"prompt": prompt, "completion": _s(row, "response")}
+    return dict(zip(("prompt", "completion"), cut_prompt(prompt, _s(row, "response"))))
 
 
 def _alpaca(row, template):
     if not _s(row, "output"):
         return None
     prompt = _fill(template, row) if template else _instruction_prompt(_s(row, "instruction"), _s(row, "input"))
-    return {"prompt": prompt, "completion": _s(row, "output")}
+    return dict(zip(("prompt", "completion"), cut_prompt(prompt, _s(row, "output"))))
 
 
 def _prompt_completion(row, template):
@@ -123,13 +163,18 @@ def _prompt_completion(row, template):
     prompt = row["prompt"]
     if isinstance(prompt, list) or isinstance(row["completion"], list):  # conversational prompt/completion
         return {"prompt": check_messages(prompt), "completion": check_messages(row["completion"])}
-    return {"prompt": _fill(template, row) if template else str(prompt), "completion": str(row["completion"])}
+    prompt = _fill(template, row) if template else str(prompt)
+    completion = str(row["completion"])
+    if prompt and not prompt[-1].isspace() and not completion[0].isspace():
+        completion = " " + completion  # TRL trains on prompt + completion: "planet?Mars." would glue two words
+    return dict(zip(("prompt", "completion"), cut_prompt(prompt, completion)))
 
 
 def _e2e(row, template):
     if not _s(row, "ref"):
         return None
-    return {"prompt": _fill(template or "Data: {mr}\nText: ", row), "completion": _s(row, "ref")}
+    prompt = _fill(template or "Data: {mr}\nText: ", row)
+    return dict(zip(("prompt", "completion"), cut_prompt(prompt, _s(row, "ref"))))
 
 
 def check_messages(messages, sharegpt: bool = False) -> list[dict]:
@@ -217,7 +262,9 @@ def _preference(row, template):
         prompt = _fill(template, row) if template else str(row["prompt"])
     else:
         prompt, chosen, rejected = _implicit_prompt(chosen, rejected)
-    return {"prompt": prompt, "chosen": chosen, "rejected": rejected}
+    kept, _ = cut_prompt(prompt, "")
+    space = prompt[len(kept):]
+    return {"prompt": kept, "chosen": space + chosen, "rejected": space + rejected}
 
 
 FORMATS: dict[str, Format] = {f.name: f for f in [

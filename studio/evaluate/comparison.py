@@ -68,17 +68,21 @@ def generate_items(model, tokenizer, items: list[Item], max_new_tokens: int = 48
     return answers
 
 
-def _loss_inputs(tokenizer, items: list[Item]) -> tuple[list[str], list[str]]:
-    from studio.inference import chat_prompt
-
-    prompts = []
+def _loss_inputs(tokenizer, items: list[Item]) -> tuple[list, list]:
+    """Each item's prompt and completion as the trainer renders them (TRL's SFT): messages through the chat
+    template, plain text as it is with the end-of-sequence token TRL appends to every completion."""
+    prompts, completions = [], []
+    eos = tokenizer.eos_token or ""
     for it in items:
         if it.chat:
             user = [{"role": "user", "content": it.turns[0]}] if it.turns[0] is not None else []
-            prompts.append(chat_prompt(tokenizer, it.context + user))
+            prompts.append(it.context + user)
+            completions.append(it.target or [{"role": "assistant", "content": it.reference}])
         else:
+            target = it.reference if it.target is None else it.target
             prompts.append(it.turns[0])
-    return prompts, [it.reference for it in items]
+            completions.append(target if target.endswith(eos) else target + eos)
+    return prompts, completions
 
 
 def _run_recipe(run_name: str):

@@ -26,6 +26,7 @@ class Item:
     reference: str = ""
     chat: bool = False
     context: list = field(default_factory=list)  # messages before the first turn (system, dialogue history)
+    target: str | list | None = None  # the completion exactly as trained (leading space, messages); None: reference
 
     def shown(self) -> str:
         head = "\n".join(f"{m['role']}: {m['content']}" for m in self.context)
@@ -34,10 +35,10 @@ class Item:
         return f"{head}\n{body}".strip() if head else body
 
 
-def _chat_item(messages: list[dict], reference: str) -> Item:
+def _chat_item(messages: list[dict], reference: str, target: list | None = None) -> Item:
     if messages and messages[-1]["role"] == "user":
-        return Item([messages[-1]["content"]], reference, chat=True, context=list(messages[:-1]))
-    return Item([None], reference, chat=True, context=list(messages))
+        return Item([messages[-1]["content"]], reference, chat=True, context=list(messages[:-1]), target=target)
+    return Item([None], reference, chat=True, context=list(messages), target=target)
 
 
 def _first_assistant(value) -> str:
@@ -47,58 +48,35 @@ def _first_assistant(value) -> str:
 
 
 def _row_item(row: dict) -> Item:
+    """A rendered row (TRL's forms, cut by `studio.data.formats`) → an item; the reference is the answer stripped
+    for scoring, the target the answer as trained."""
     if "messages" in row:
         msgs = row["messages"]
         last = max(i for i, m in enumerate(msgs) if m["role"] == "assistant")
-        return _chat_item(msgs[:last], msgs[last]["content"])
-    ref = _first_assistant(row["chosen"] if "chosen" in row else row["completion"])
+        return _chat_item(msgs[:last], msgs[last]["content"].strip(), [msgs[last]])
+    answer = row["chosen"] if "chosen" in row else row["completion"]
+    ref = _first_assistant(answer).strip()
     if isinstance(row["prompt"], list):
-        return _chat_item(row["prompt"], ref)
-    return Item([row["prompt"]], ref)
-
-
-def _prompt_template(template: str | None) -> str | None:
-    """A text template whose last field ends it ('Quote: {quote}\\nAuthor: {author}') → the part before it."""
-    import string
-
-    if not template:
-        return None
-    fields = [(lit, name) for lit, name, _spec, _conv in string.Formatter().parse(template)]
-    if len(fields) < 2 or fields[-1][1] is None:
-        return None
-    cut = template.rfind("{" + fields[-1][1])
-    prefix = template[:cut]
-    return prefix if "{" in prefix else None
+        return _chat_item(row["prompt"], ref, answer if isinstance(answer, list) else None)
+    return Item([row["prompt"]], ref, target=str(answer))
 
 
 def dataset_items(source: str, fmt: str | None = None, template: str | None = None, splits="80/10/10",
                   seed: int = 42, limit: int | None = None) -> tuple[list[Item], dict]:
-    """The test split's rows (validation, then train, when the data is too small to have one)."""
+    """The test split's rows (validation, then train, when the data is too small to have one), cut into prompt
+    and answer by the format itself: the same rows, splits and text as training."""
     from studio.access import check_data_source
     from studio.data import prepare_dataset
 
     source = check_data_source(source)
     try:
-        data = prepare_dataset(source, fmt, template, splits=splits, seed=seed)
+        data = prepare_dataset(source, fmt, template, splits=splits, seed=seed, pieces=True)
     except StudioError as e:
         if "no column looks like" in str(e):
             raise StudioError(f"{source}: no reference column to score against ({e})") from None
         raise
     split = next(s for s in ("test", "validation", "train") if s in data.splits)
-    rows = data.splits[split]
-    if data.format.kind == "text":
-        # texts made from a template that ends with a field: the prompt is the text before that field
-        prompt_template = _prompt_template(template or data.format.template)
-        if prompt_template is None:
-            raise StudioError(
-                f"{data.source}: no reference column to score against (plain text); use prompt/completion, "
-                "instruction/response, messages, or a template whose last field is the answer")
-        prompts = prepare_dataset(source, fmt, prompt_template, splits=splits, seed=seed).splits[split]["text"]
-        items = [Item([p], t[len(p):]) for p, t in zip(prompts, rows["text"]) if t.startswith(p)]
-    elif data.format.kind in ("prompt_completion", "messages", "preference"):
-        items = [_row_item(r) for r in rows]
-    else:
-        raise StudioError(f"{data.source}: format {data.format.name} has no reference column to score against")
+    items = [_row_item(r) for r in data.splits[split]]
     if limit:
         items = items[:int(limit)]
     info = {"source": data.source, "format": data.format.name, "split": split, "rows": len(items),

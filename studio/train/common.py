@@ -7,8 +7,8 @@ import math
 import time
 from pathlib import Path
 
-from studio.errors import StudioError
-from studio.train.progress import CANCELLED, is_main_process, last_checkpoint, train_from, world_size
+from studio.train.progress import is_main_process, train_from, world_size
+from studio.runs import CANCELLED, last_checkpoint
 
 
 def largest_divisor_at_most(n: int, cap: int) -> int:

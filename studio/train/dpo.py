@@ -17,7 +17,8 @@ from studio.metrics import margin_table
 from studio.pairs import load_pairs
 from studio.train.common import (eval_split, memory_probe, quiet_trainer, resolve_fast_defaults, stopped_summary,
                                  train_job, write_summary)
-from studio.train.progress import DONE, make_callback, save_adapter
+from studio.train.progress import make_callback, save_adapter
+from studio.runs import DONE
 
 REWARD_KEYS = ("rewards/accuracies", "rewards/margins", "rewards/chosen", "rewards/rejected")
 HELDOUT_ROWS = 32  # held-out pairs scored after training (a table, not a benchmark)

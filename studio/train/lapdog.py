@@ -28,9 +28,9 @@ import random
 import time
 from pathlib import Path
 
-from studio.errors import StudioError
 from studio.persona import dialogue_rows, persona_data, settings
-from studio.train.progress import CANCELLED, DONE, last_checkpoint, make_callback, save_adapter, train_from
+from studio.train.progress import make_callback, save_adapter, train_from
+from studio.runs import CANCELLED, DONE, last_checkpoint
 
 # ---- the retriever's training signal -----------------------------------------------------------------
 def reply_scores(replies: list[str], gold: str) -> list[float]:

@@ -2,14 +2,13 @@
 
 Training paths (`studio/train/*.py`) import from here, never from `studio.jobs`: arrows point one
 way, ui/cli → jobs → train → data/models/recipes → runs. Status names and checkpoint reading live in
-`studio.runs` (re-exported here). A job hands its path itself (`emit`, `log`,
+`studio.runs`. A job hands its path itself (`emit`, `log`,
 `stop_event`), and the callback built here turns trainer events into job events.
 """
 
 from __future__ import annotations
 
 import functools
-import json
 import math
 import os
 import shutil
@@ -17,8 +16,7 @@ import signal
 from pathlib import Path
 
 from studio.errors import StudioError
-from studio.runs import (ACTIVE, CANCELLED, COMPLETE_MARKER, DONE, FAILED, QUEUED, RUNNING, STOPPING,  # noqa: F401
-                         is_complete, last_checkpoint)
+from studio.runs import COMPLETE_MARKER, RUNNING, is_complete
 
 KILL_HOOK = "STUDIO_TEST_KILL"  # tests only: SIGKILL the process at a named point (see `_kill_at`)
 

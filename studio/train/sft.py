@@ -5,7 +5,8 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from studio.train.progress import DONE, is_main_process, make_callback, save_adapter
+from studio.train.progress import is_main_process, make_callback, save_adapter
+from studio.runs import DONE
 from studio.train.common import (eval_split, generate_samples, memory_probe, quiet_trainer, resolve_fast_defaults,
                                  stopped_summary, train_job, write_summary)
 

@@ -36,8 +36,25 @@ def result_html(result) -> str:
     notes = "".join(f'<p class="studio-note">{html.escape(n)}</p>' for n in result.notes)
     return (f'<div class="studio-ok" id="export-done">Exported <b>{html.escape(result.run)}</b> into the run\'s '
             f"export folder:<ul>{rows}</ul>"
-            + (f"Each part loaded back with plain transformers / PEFT:<ul>{checks}</ul>" if checks else "")
+            + (f"Each part loaded back (adapter/merged with plain transformers / PEFT, GGUF with llama.cpp when "
+               f"installed):<ul>{checks}</ul>" if checks else "")
             + f"{notes}</div>")
+
+
+def gguf_choices() -> list[str]:
+    """The GGUF types this machine can make: K-quants only where llama.cpp's quantizer is installed."""
+    from studio.gguf_export import DIRECT_TYPES, LLAMA_CPP_TYPES, llama_cpp_version
+
+    return list(DIRECT_TYPES) + (list(LLAMA_CPP_TYPES) if llama_cpp_version() else [])
+
+
+def gguf_info() -> str:
+    from studio.gguf_export import llama_cpp_version
+
+    if llama_cpp_version():
+        return "each file is loaded by llama.cpp and checked against the merged model (ids + greedy tokens)"
+    return ("llama-cpp-python is not installed: q4_k_m / q5_k_m need its quantizer, and the check falls back to "
+            "transformers' GGUF loader")
 
 
 def _sign_in_note() -> str:
@@ -57,17 +74,18 @@ def create_export_tab(client: gr.BrowserState) -> dict:
         if os.environ.get("SPACE_ID"):  # off a Space the button mounts mock OAuth routes that fail (stack.md)
             gr.LoginButton()
         gr.Markdown("Export a finished run as its **LoRA adapter**, a **merged** standalone model, or **GGUF** for "
-                    "llama.cpp (Llama-family models), each with a model card; download it as a zip or push it to the "
-                    "Hugging Face Hub. Everything is written under `runs/<run>/export/` and checked by loading it "
-                    "back and comparing greedy output with the adapter's.")
+                    "llama.cpp and Ollama (Llama/SmolLM2, Mistral, Qwen2, Gemma-2/3, GPT-2), each with a model card; "
+                    "download it as a zip or push it to the Hugging Face Hub. Everything is written under "
+                    "`runs/<run>/export/` and checked by loading it back and comparing greedy output (GGUF: in "
+                    "llama.cpp, against the merged model).")
         with gr.Row():
             run = gr.Dropdown(label="Run", choices=[], allow_custom_value=True, scale=4, elem_id="export-run")
             refresh = gr.Button("↻ Refresh runs", scale=1)
         with gr.Row():
             parts = gr.CheckboxGroup(["adapter", "merged"], value=["adapter", "merged"], label="Export",
                                      info="merged: merge_and_unload into the base's 16-bit dtype (fp32 on CPU)")
-            gguf = gr.CheckboxGroup(["f16", "q8_0"], value=[], label="GGUF (Llama-family)",
-                                    info="written with the gguf package, loaded back with transformers")
+            gguf = gr.CheckboxGroup(gguf_choices(), value=[], label="GGUF (+ Ollama Modelfile)",
+                                    info=gguf_info())
             check = gr.Checkbox(value=True, label="Check: load each part back and compare greedy output")
         export_btn = gr.Button("Export", variant="primary")
         export_msg = gr.HTML(elem_id="export-message")
