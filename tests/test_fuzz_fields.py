@@ -9,7 +9,6 @@ the page: recipes reach the studio as files, `studio train FILE`) goes through `
 """
 
 import json
-import math
 import random
 import re
 
