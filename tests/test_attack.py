@@ -282,6 +282,7 @@ def test_two_browsers_each_label_their_own_session(shared, browser):
         page.goto(shared.url)
         page.get_by_role("tab", name="DPO").click()
         page.get_by_label("Pairs file name").fill(f"browser-{who}")
+        page.get_by_label("Model or run that writes the candidates").fill("embedded/tiny-llama")  # fast
         page.get_by_label("Prompts (a blank line between prompts)").fill(f"{who}: first\n\n{who}: second")
         page.get_by_role("button", name="Start or resume labelling").click()
         pages.append((who, page))

@@ -39,7 +39,8 @@ def test_reply_streams_with_stories_side_by_side_and_bad_input_is_one_line(app, 
     page.evaluate(WATCH)
     page.locator("#chat-message textarea").fill("what do you do in winter?")
     page.locator("#chat-send").click()
-    page.locator("#chat-status").get_by_text("done", exact=True).wait_for(timeout=180_000)
+    page.wait_for_function("document.querySelector('#chat-status').innerText.trim().startsWith('done')",
+                           timeout=180_000)  # "done (sampled with seed N)"
 
     replies = [r for r in page.evaluate("window.__replies") if r != "Loading content"]  # Gradio's placeholder
     assert len(replies) >= 3, f"the reply did not stream: {replies}"
@@ -54,11 +55,13 @@ def test_reply_streams_with_stories_side_by_side_and_bad_input_is_one_line(app, 
     # side by side: the same message answered with and without retrieval
     page.get_by_label("with vs without retrieval").check()
     page.locator("#chat-b").wait_for()
+    first_done = page.locator("#chat-status").inner_text().strip()
     page.locator("#chat-message textarea").fill("do you have any pets?")
     page.locator("#chat-send").click()
     # the first reply's "done" is still shown: wait for column B's reply, then for this message's "done"
     page.locator("#chat-b .bot").first.wait_for(timeout=180_000)
-    page.wait_for_function("document.querySelector('#chat-status').innerText.trim() === 'done'", timeout=180_000)
+    page.wait_for_function("([before]) => { const s = document.querySelector('#chat-status').innerText.trim();"
+                           " return s.startsWith('done') && s !== before; }", arg=[first_done], timeout=180_000)
     assert page.locator("#chat-b .bot").count() == 1
     assert "without retrieval: no stories used" in page.locator("#chat-stories").inner_text()
     page.screenshot(path=str(ARTIFACTS / "chat-2-side-by-side.png"), full_page=True)
