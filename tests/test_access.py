@@ -101,6 +101,18 @@ def shared(monkeypatch, tmp_path):
     return tmp_path
 
 
+def test_a_jobs_log_on_a_shared_page_names_no_server_path(shared, monkeypatch):
+    from types import SimpleNamespace
+
+    from studio.ui.common import job_log
+
+    adapter = shared / "runs" / "r1" / "adapter"
+    job = SimpleNamespace(logs=["loading embedded/tiny-llama", f"finished: 3 steps in 1s; adapter saved in {adapter}"])
+    assert job_log(job).endswith("adapter saved in runs/r1/adapter") and str(shared) not in job_log(job)
+    monkeypatch.delenv("STUDIO_SHARED")  # locally the owner is told the real folder
+    assert job_log(job).endswith(f"adapter saved in {adapter}")
+
+
 def test_shared_mode_reads_only_samples_uploads_pairs_and_hub(shared, write):
     secret = write("secret.jsonl", [{"text": "server secret"}])
     for source in [str(secret), "/etc/passwd", str(ROOT / "assets" / "samples" / "dolly.jsonl"),

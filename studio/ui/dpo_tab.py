@@ -6,7 +6,7 @@ import json
 
 import gradio as gr
 
-from studio.ui.common import browser, error_html, ok_html, progress_html, safely
+from studio.ui.common import browser, error_html, job_log, ok_html, progress_html, safely
 
 BASE_START = "(base model: a fresh adapter)"
 LOSS_TYPES = ["sigmoid", "ipo", "hinge", "robust", "exo_pair", "nca_pair", "bco_pair", "sppo_hard", "aot",
@@ -314,7 +314,7 @@ def create_dpo_tab(client: gr.BrowserState) -> dict:
             else:
                 fig = gr.update()
             rows = heldout_rows(job.run_dir) if finished and not seen_state[1] else gr.update()
-            log_text = "\n".join(job.logs[-200:]) if mine else "(the log is shown only to the visitor who started it)"
+            log_text = job_log(job) if mine else "(the log is shown only to the visitor who started it)"
             banner = gr.update()
             if watching.get("banner") and watching.get("id") == job.id and not job.active:
                 banner, watching = "", {**watching, "banner": False}
