@@ -86,7 +86,7 @@ def create_evaluate_tab(client: gr.BrowserState) -> dict:
     from studio.evaluate import LOCAL_TASKS, RECIPE_SUITE, SUITES
     from studio.models import PRESETS, REAL_MODEL_ID
 
-    with gr.Tab("Evaluate", id="evaluate"):
+    with gr.Tab("Evaluate", id="evaluate") as tab:
         gr.Markdown("Compare the **base model** (loaded on its own) with one or more **runs** on the same rows "
                     "of a test split or a prompt suite. Generation is greedy and batched.")
         result_state = gr.State(None)
@@ -321,6 +321,14 @@ def create_evaluate_tab(client: gr.BrowserState) -> dict:
             return gr.update(choices=names or [])
 
         refresh.click(persona_runs, None, persona_run)
+
+        def run_choices():  # opening the tab lists runs finished since the page loaded; picks are kept
+            names, _ = safely(_adapter_runs)
+            return gr.update(choices=names or [])
+
+        tab.select(run_choices, None, runs, api_name=False)
+        tab.select(dpo_runs, None, dpo_run, api_name=False)
+        tab.select(persona_runs, None, persona_run, api_name=False)
 
         return {"on_load": [(refresh_lists, None, [runs, saved, lvf_ref]), (dpo_runs, None, dpo_run),
                             (persona_runs, None, persona_run)]}
