@@ -83,7 +83,7 @@ def show_result(result: dict, order: str):
 
 
 def create_evaluate_tab(client: gr.BrowserState) -> dict:
-    from studio.evaluate import LOCAL_TASKS, RECIPE_SUITE, SUITES
+    from studio.evaluate import LOCAL_TASKS, RECIPE_SUITE, SCORE_KEY, SUITES
     from studio.models import PRESETS, REAL_MODEL_ID
 
     with gr.Tab("Evaluate", id="evaluate") as tab:
@@ -106,11 +106,14 @@ def create_evaluate_tab(client: gr.BrowserState) -> dict:
                          file_types=[".jsonl"], visible=False, elem_id="eval-upload")
         go = gr.Button("Evaluate", variant="primary", elem_id="eval-go")
         message = gr.HTML(elem_id="eval-message")
-        metrics_table = gr.Dataframe(label="Metrics", interactive=False, elem_id="eval-metrics")
+        # before a result the empty tables name their columns (not Gradio's "1 2 3")
+        metrics_table = gr.Dataframe(headers=["model", "BLEU, ROUGE, F1, exact match, distinct-n, loss, perplexity"],
+                                     label="Metrics", interactive=False, elem_id="eval-metrics")
         chart = gr.Plot(label="Metrics chart", elem_id="eval-chart")
         order = gr.Radio(SORTS, value=SORTS[0], label="Sort rows by the per-row ROUGE-L difference (last column − first)",
                          elem_id="eval-sort")
-        rows_table = gr.Dataframe(label="Side by side (click a header to sort by it too)", interactive=False, wrap=True,
+        rows_table = gr.Dataframe(headers=["#", f"Δ {SCORE_KEY}", "prompt", "reference", "each model's output"],
+                                  label="Side by side (click a header to sort by it too)", interactive=False, wrap=True,
                                   elem_id="eval-rows")
         definitions = gr.Markdown(elem_id="eval-definitions")
         with gr.Row():
