@@ -67,9 +67,10 @@ def heldout_rows(run_dir) -> list[list]:
 
 
 def _label_status(s: dict) -> str:
+    from studio.access import shown_path
     from studio.pairs import describe, read_meta
 
-    where = f"`{s['file']}`"
+    where = f"`{shown_path(s['file'])}`"  # on a shared page runs/pairs/NAME.jsonl, not the server's folder
     head = f"**{s['name']}**: **{s['pairs']}** pairs saved, {s['skipped']} skipped"
     if s["done"]:
         return f"{head} · all {s['total']} prompts labelled · {where}"
