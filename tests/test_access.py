@@ -114,6 +114,11 @@ def test_a_jobs_log_and_a_pairs_file_on_a_shared_page_name_no_server_path(shared
     pairs = shared / "runs" / "pairs" / "mine.jsonl"
     status = {"name": "mine", "pairs": 0, "skipped": 0, "done": True, "total": 6, "file": str(pairs)}
     assert "`runs/pairs/mine.jsonl`" in _label_status(status) and str(shared) not in _label_status(status)
+    from studio.ui.evaluate_tab import definitions_markdown
+
+    result = {"name": "r", "definitions": {}, "config": {"suite": "instruction", "max_new_tokens": 8},
+              "path": str(shared / "runs" / "evals" / "r.json")}
+    assert "Saved to `runs/evals/r.json`" in definitions_markdown(result)
     monkeypatch.delenv("STUDIO_SHARED")  # locally the owner is told the real folder
     assert job_log(job).endswith(f"adapter saved in {adapter}") and str(pairs) in _label_status(status)
 

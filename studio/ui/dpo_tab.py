@@ -242,8 +242,11 @@ def create_dpo_tab(client: gr.BrowserState) -> dict:
             result, err = safely(run)
             if err:
                 return error_html(err), gr.update()
-            return ok_html(f"{result['pairs']} pairs written to {result['out']} ({result['skipped']} skipped: the "
-                           f"sample was empty or equal to the gold reply). {result['meta']['how']}."), result["out"]
+            from studio.access import shown_path
+
+            return ok_html(f"{result['pairs']} pairs written to {shown_path(result['out'])} ({result['skipped']} "
+                           f"skipped: the sample was empty or equal to the gold reply). {result['meta']['how']}."), \
+                result["out"]
 
         build.click(build_from_sft, [build_source, build_model, build_name, build_rows], [build_message, ds_source],
                     api_name="build_pairs")

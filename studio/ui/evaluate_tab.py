@@ -64,7 +64,10 @@ def definitions_markdown(result: dict) -> str:
                              if cfg.get("data") else "")
     note = f"Greedy decoding, at most {cfg['max_new_tokens']} new tokens" + (
         ", answers cut at the first newline (single-line references)" if cfg.get("stop") else "")
-    return f"**{result['name']}** · {where} · {note}. Saved to `{result.get('path', '')}`\n\n" + "\n".join(lines)
+    from studio.access import shown_path
+
+    return (f"**{result['name']}** · {where} · {note}. Saved to `{shown_path(result.get('path', ''))}`\n\n"
+            + "\n".join(lines))
 
 
 def show_result(result: dict, order: str):
