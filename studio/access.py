@@ -77,17 +77,18 @@ def resolve_run(ref: str | os.PathLike, runs_dir=None, must_exist: bool = True) 
         path = root / check_run_name(text)
     elif not _inside(path, root) and (shared_mode() or not path.is_dir()):
         # locally the owner may point at a run folder anywhere; a visitor only inside the runs folder
-        raise StudioError(f"{_shown(text)}: not a run in the runs folder")
+        raise StudioError(f"{shown_path(text)}: not a run in the runs folder")
     if path.resolve() == root.resolve():
         raise StudioError("that is the runs folder itself: pick one run in it")
     if must_exist and not path.is_dir():
-        raise StudioError(f"{_shown(text)}: no such run in the runs folder")
+        raise StudioError(f"{shown_path(text)}: no such run in the runs folder")
     require_read(path, f"run {path.name!r}")
     return path
 
 
-def _shown(text: str) -> str:
-    """A name for an error line: on a shared studio never the server's absolute runs path."""
+def shown_path(text: str) -> str:
+    """Text for the page (an error line, a job's log): on a shared studio never the server's absolute runs
+    path, which becomes `runs`; locally the owner sees the real path."""
     root = str(runs_root().resolve())
     text = str(text)
     if shared_mode():

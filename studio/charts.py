@@ -62,8 +62,9 @@ def length_histogram(lengths: list[int], max_length: int | None = None):
 
 # ---- DPO: loss and rewards (train and eval) -------------------------------------------------------------
 
-DPO_PANELS = [("loss", "loss"), ("rewards/chosen", "reward, chosen"), ("rewards/rejected", "reward, rejected"),
-              ("rewards/margins", "reward margin"), ("rewards/accuracies", "reward accuracy")]
+# two-line titles: five one-line titles ran into each other on a narrow (420 px) screen
+DPO_PANELS = [("loss", "loss"), ("rewards/chosen", "reward<br>chosen"), ("rewards/rejected", "reward<br>rejected"),
+              ("rewards/margins", "reward<br>margin"), ("rewards/accuracies", "reward<br>accuracy")]
 
 
 def dpo_chart(history: list[dict], title: str = "DPO"):
@@ -80,8 +81,9 @@ def dpo_chart(history: list[dict], title: str = "DPO"):
                 fig.add_trace(go.Scatter(x=[p[0] for p in pts], y=[p[1] for p in pts], name=name, legendgroup=name,
                                          showlegend=col == 1, mode="lines+markers",
                                          line=dict(dash=dash, color=color)), row=1, col=col)
-    fig.update_layout(title=title, template="plotly_white", height=340, margin=dict(l=40, r=20, t=70, b=70),
+    fig.update_layout(title=title, template="plotly_white", height=360, margin=dict(l=40, r=20, t=90, b=70),
                       legend=LEGEND)
+    fig.update_annotations(font_size=12)  # the subplot titles
     fig.update_yaxes(range=[-0.05, 1.05], row=1, col=len(DPO_PANELS))
     return fig
 

@@ -49,8 +49,13 @@ def cmd_data(args) -> int:
 def cmd_recipes(args) -> int:
     from studio.recipes import list_recipes
 
-    for r in list_recipes():
-        print(f"{r.name:24} {r.method:6} {r.model.get('model_name_or_path', ''):34} {r.header.get('description', '')}")
+    recipes = list_recipes()
+    width = [max((len(text) for text in column), default=0) for column in
+             ([r.name for r in recipes], [r.method for r in recipes],
+              [r.model.get("model_name_or_path", "") for r in recipes])]  # a long model id no longer shifts its line
+    for r in recipes:
+        print(f"{r.name:{width[0]}}  {r.method:{width[1]}}  {r.model.get('model_name_or_path', ''):{width[2]}}  "
+              f"{r.header.get('description', '')}")
     return 0
 
 

@@ -34,12 +34,14 @@ def wait_for(cond, timeout=60):
 
 
 def open_tab(page, name):
-    tab = page.get_by_role("tab", name=name)
+    page.get_by_role("tab", name="Data", exact=True).wait_for()  # the tab bar is drawn (after a reload too)
+    tab = page.get_by_role("tab", name=name, exact=True)
     if tab.count():
         tab.click()
     else:  # a narrow screen: the rest sit behind the labelled "More tabs"
         page.locator(".overflow-menu > button").click()
-        page.get_by_role("button", name=name).click()
+        # exact: "Train" alone also names the Data tab's "Use this dataset on the Train tab" button
+        page.get_by_role("button", name=name, exact=True).click()
     page.wait_for_timeout(1200)
 
 

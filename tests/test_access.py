@@ -101,6 +101,28 @@ def shared(monkeypatch, tmp_path):
     return tmp_path
 
 
+def test_a_jobs_log_and_a_pairs_file_on_a_shared_page_name_no_server_path(shared, monkeypatch):
+    from types import SimpleNamespace
+
+    from studio.ui.common import job_log
+
+    adapter = shared / "runs" / "r1" / "adapter"
+    job = SimpleNamespace(logs=["loading embedded/tiny-llama", f"finished: 3 steps in 1s; adapter saved in {adapter}"])
+    assert job_log(job).endswith("adapter saved in runs/r1/adapter") and str(shared) not in job_log(job)
+    from studio.ui.dpo_tab import _label_status
+
+    pairs = shared / "runs" / "pairs" / "mine.jsonl"
+    status = {"name": "mine", "pairs": 0, "skipped": 0, "done": True, "total": 6, "file": str(pairs)}
+    assert "`runs/pairs/mine.jsonl`" in _label_status(status) and str(shared) not in _label_status(status)
+    from studio.ui.evaluate_tab import definitions_markdown
+
+    result = {"name": "r", "definitions": {}, "config": {"suite": "instruction", "max_new_tokens": 8},
+              "path": str(shared / "runs" / "evals" / "r.json")}
+    assert "Saved to `runs/evals/r.json`" in definitions_markdown(result)
+    monkeypatch.delenv("STUDIO_SHARED")  # locally the owner is told the real folder
+    assert job_log(job).endswith(f"adapter saved in {adapter}") and str(pairs) in _label_status(status)
+
+
 def test_shared_mode_reads_only_samples_uploads_pairs_and_hub(shared, write):
     secret = write("secret.jsonl", [{"text": "server secret"}])
     for source in [str(secret), "/etc/passwd", str(ROOT / "assets" / "samples" / "dolly.jsonl"),

@@ -1,5 +1,6 @@
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -36,6 +37,8 @@ def test_recipes_lists_each(tmp_path):
     out = run_cli("recipes")
     assert out.returncode == 0
     assert {line.split()[0] for line in out.stdout.splitlines()} >= {"tiny-quotes", "gemma-2b-quotes-qlora"}
+    lines = out.stdout.splitlines()  # one column per field, whatever the longest model id
+    assert len({re.match(r"(\S+\s+){3}", line).end() for line in lines}) == 1, out.stdout
 
 
 def test_train_prints_run_folder(tmp_path):

@@ -84,3 +84,29 @@ def test_demo_mode_refuses_export_to_visitors(runs, monkeypatch):
         assert "open only to the owner of this demo" in html and zipped is None
         assert "sign in with Hugging Face first" in client.predict("quotes", ["adapter"], "me/x", False, "", PLANTED,
                                                                    api_name="/push_run")
+
+
+def test_runs_finished_after_the_page_loaded_are_listed_when_a_tab_is_opened(app, runs, browser):
+    import shutil
+
+    page = open_tab(browser, app, "Data")
+    tabs = (("Export", "#export-run"), ("Evaluate", "#eval-runs"), ("Persona Chat", "#chat-model"))
+
+    def options(tab, box):
+        page.get_by_role("tab", name=tab, exact=True).click()
+        page.wait_for_timeout(1500)
+        page.locator(f"{box} input").click()
+        page.get_by_role("option", name="quotes", exact=True).wait_for(timeout=15000)
+        names = page.get_by_role("option").all_inner_texts()
+        page.keyboard.press("Escape")
+        return names
+
+    for tab, box in tabs:  # each tab seen once before the run finishes (the page's load events listed the runs)
+        assert "later" not in options(tab, box)
+    shutil.copytree(runs / "quotes", runs / "later", ignore=shutil.ignore_patterns("export"))
+    try:
+        for tab, box in tabs:
+            assert "later" in options(tab, box), tab
+    finally:
+        page.context.close()
+        shutil.rmtree(runs / "later")

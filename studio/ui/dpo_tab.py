@@ -6,7 +6,7 @@ import json
 
 import gradio as gr
 
-from studio.ui.common import browser, error_html, ok_html, progress_html, safely
+from studio.ui.common import browser, error_html, job_log, ok_html, progress_html, safely
 
 BASE_START = "(base model: a fresh adapter)"
 LOSS_TYPES = ["sigmoid", "ipo", "hinge", "robust", "exo_pair", "nca_pair", "bco_pair", "sppo_hard", "aot",
@@ -67,11 +67,10 @@ def heldout_rows(run_dir) -> list[list]:
 
 
 def _label_status(s: dict) -> str:
+    from studio.access import shown_path
     from studio.pairs import describe, read_meta
 
-    from pathlib import Path
-
-    where = f"`runs/pairs/{Path(s['file']).name}`"  # never the server's absolute path
+    where = f"`{shown_path(s['file'])}`"  # on a shared page runs/pairs/NAME.jsonl, not the server's folder
     head = f"**{s['name']}**: **{s['pairs']}** pairs saved, {s['skipped']} skipped"
     if s["done"]:
         return f"{head} · all {s['total']} prompts labelled · {where}"
@@ -247,8 +246,11 @@ def create_dpo_tab(client: gr.BrowserState) -> dict:
             result, err = safely(run)
             if err:
                 return error_html(err), gr.update()
-            return ok_html(f"{result['pairs']} pairs written to {result['out']} ({result['skipped']} skipped: the "
-                           f"sample was empty or equal to the gold reply). {result['meta']['how']}."), result["out"]
+            from studio.access import shown_path
+
+            return ok_html(f"{result['pairs']} pairs written to {shown_path(result['out'])} ({result['skipped']} "
+                           f"skipped: the sample was empty or equal to the gold reply). {result['meta']['how']}."), \
+                result["out"]
 
         build.click(build_from_sft, [build_source, build_model, build_name, build_rows], [build_message, ds_source],
                     api_name="build_pairs")
@@ -320,7 +322,7 @@ def create_dpo_tab(client: gr.BrowserState) -> dict:
             else:
                 fig = gr.update()
             rows = heldout_rows(job.run_dir) if finished and not seen_state[1] else gr.update()
-            log_text = "\n".join(job.logs[-200:]) if mine else "(the log is shown only to the visitor who started it)"
+            log_text = job_log(job) if mine else "(the log is shown only to the visitor who started it)"
             banner = gr.update()
             if watching.get("banner") and watching.get("id") == job.id and not job.active:
                 banner, watching = "", {**watching, "banner": False}

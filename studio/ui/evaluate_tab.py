@@ -64,7 +64,10 @@ def definitions_markdown(result: dict) -> str:
                              if cfg.get("data") else "")
     note = f"Greedy decoding, at most {cfg['max_new_tokens']} new tokens" + (
         ", answers cut at the first newline (single-line references)" if cfg.get("stop") else "")
-    return f"**{result['name']}** · {where} · {note}. Saved to `{result.get('path', '')}`\n\n" + "\n".join(lines)
+    from studio.access import shown_path
+
+    return (f"**{result['name']}** · {where} · {note}. Saved to `{shown_path(result.get('path', ''))}`\n\n"
+            + "\n".join(lines))
 
 
 def show_result(result: dict, order: str):
@@ -83,10 +86,10 @@ def show_result(result: dict, order: str):
 
 
 def create_evaluate_tab(client: gr.BrowserState) -> dict:
-    from studio.evaluate import LOCAL_TASKS, RECIPE_SUITE, SUITES
+    from studio.evaluate import LOCAL_TASKS, RECIPE_SUITE, SCORE_KEY, SUITES
     from studio.models import PRESETS, REAL_MODEL_ID
 
-    with gr.Tab("Evaluate", id="evaluate"):
+    with gr.Tab("Evaluate", id="evaluate") as tab:
         gr.Markdown("Compare the **base model** (loaded on its own) with one or more **runs** on the same rows "
                     "of a test split or a prompt suite. Generation is greedy and batched.")
         result_state = gr.State(None)
@@ -106,11 +109,14 @@ def create_evaluate_tab(client: gr.BrowserState) -> dict:
                          file_types=[".jsonl"], visible=False, elem_id="eval-upload")
         go = gr.Button("Evaluate", variant="primary", elem_id="eval-go")
         message = gr.HTML(elem_id="eval-message")
-        metrics_table = gr.Dataframe(label="Metrics", interactive=False, elem_id="eval-metrics")
+        # before a result the empty tables name their columns (not Gradio's "1 2 3")
+        metrics_table = gr.Dataframe(headers=["model", "BLEU, ROUGE, F1, exact match, distinct-n, loss, perplexity"],
+                                     label="Metrics", interactive=False, elem_id="eval-metrics")
         chart = gr.Plot(label="Metrics chart", elem_id="eval-chart")
         order = gr.Radio(SORTS, value=SORTS[0], label="Sort rows by the per-row ROUGE-L difference (last column − first)",
                          elem_id="eval-sort")
-        rows_table = gr.Dataframe(label="Side by side (click a header to sort by it too)", interactive=False, wrap=True,
+        rows_table = gr.Dataframe(headers=["#", f"Δ {SCORE_KEY}", "prompt", "reference", "each model's output"],
+                                  label="Side by side (click a header to sort by it too)", interactive=False, wrap=True,
                                   elem_id="eval-rows")
         definitions = gr.Markdown(elem_id="eval-definitions")
         with gr.Row():
@@ -328,6 +334,14 @@ def create_evaluate_tab(client: gr.BrowserState) -> dict:
             return gr.update(choices=names or [])
 
         refresh.click(persona_runs, None, persona_run)
+
+        def run_choices():  # opening the tab lists runs finished since the page loaded; picks are kept
+            names, _ = safely(_adapter_runs)
+            return gr.update(choices=names or [])
+
+        tab.select(run_choices, None, runs, api_name=False)
+        tab.select(dpo_runs, None, dpo_run, api_name=False)
+        tab.select(persona_runs, None, persona_run, api_name=False)
 
         return {"on_load": [(refresh_lists, None, [runs, saved, lvf_ref]), (dpo_runs, None, dpo_run),
                             (persona_runs, None, persona_run)]}

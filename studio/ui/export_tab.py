@@ -70,7 +70,7 @@ def _sign_in_note() -> str:
 def create_export_tab(client: gr.BrowserState) -> dict:
     from studio.access import demo_mode
 
-    with gr.Tab("Export", id="export"):
+    with gr.Tab("Export", id="export") as tab:
         if os.environ.get("SPACE_ID"):  # off a Space the button mounts mock OAuth routes that fail (stack.md)
             gr.LoginButton()
         gr.Markdown("Export a finished run as its **LoRA adapter**, a **merged** standalone model, or **GGUF** for "
@@ -171,6 +171,8 @@ def create_export_tab(client: gr.BrowserState) -> dict:
             return ok_html(f"Pushed {', '.join(chosen)} to {repo_id} ({'private' if is_private else 'public'}): {url}")
 
         refresh.click(refresh_runs, run, [run, export_msg], api_name=False)
+        # opening the tab lists runs finished since the page loaded (the message below is left as it is)
+        tab.select(lambda current: refresh_runs(current)[0], run, run, api_name=False)
         run.change(pick, run, [repo, private], api_name=False)
         export_btn.click(do_export, [run, parts, gguf, check], [export_msg, download, card], api_name="export_run",
                          show_progress_on=[export_msg])

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import gradio as gr
 
-from studio.ui.common import browser, error_html, ok_html, progress_html, safely
+from studio.ui.common import browser, error_html, job_log, ok_html, progress_html, safely
 
 SCRATCH = "(start from scratch)"
 # (recipe key, widget factory). Keys are the recipe's own (TRL) field names: one name per setting, everywhere.
@@ -255,7 +255,7 @@ def create_train_tab(client: gr.BrowserState) -> dict:
                 fig = loss_chart(job.history, f"{job.kind.upper()} run<br><sup>{job.id}</sup>") if n else None
             else:
                 fig = gr.update()
-            log_text = "\n".join(job.logs[-200:]) if mine else "(the log is shown only to the visitor who started the run)"
+            log_text = job_log(job) if mine else "(the log is shown only to the visitor who started the run)"
             banner = gr.update()
             if watching.get("banner") and watching.get("id") == job.id and not job.active:
                 banner, watching = "", {**watching, "banner": False}  # "Started …" goes once the run has ended
