@@ -184,3 +184,8 @@ def list_runs(runs_dir=None) -> list[Run]:
                 live = LIVE.get(d.name)
                 runs.append(live if live is not None and live.run_dir.resolve() == d.resolve() else Run.from_run_dir(d))
     return sorted(runs, key=lambda j: j.started_at or 0, reverse=True)
+
+
+def adapter_runs(runs_dir=None) -> list[str]:
+    """The names of runs with a saved adapter (to evaluate, export or chat with), newest first."""
+    return [run.id for run in list_runs(runs_dir) if run.has_adapter]

@@ -6,17 +6,12 @@ import html
 
 import gradio as gr
 
+from studio.runs import adapter_runs
 from studio.ui.common import error_html, ok_html, safely
 
 TEST_SPLIT = "test split"
 SORTS = ["Δ descending", "Δ ascending", "row order"]
 CHART_KEYS = ["bleu", "rouge1", "rouge2", "rougeL", "f1", "distinct1", "distinct2"]
-
-
-def _adapter_runs() -> list[str]:
-    from studio.runs import list_runs
-
-    return [j.id for j in list_runs() if j.has_adapter]
 
 
 def report_row(*inputs, button: str, button_id: str | None = None, message_id: str | None = None):
@@ -169,7 +164,7 @@ def create_evaluate_tab(client: gr.BrowserState) -> dict:
             from studio.evaluate import list_results
             from studio.recipes import RECIPES_DIR
 
-            names, err = safely(_adapter_runs)
+            names, err = safely(adapter_runs)
             results, err2 = safely(list_results)
             recipes = sorted(p.stem for p in RECIPES_DIR.glob("*.yaml"))
             names, results = names or [], results or []
@@ -336,7 +331,7 @@ def create_evaluate_tab(client: gr.BrowserState) -> dict:
         refresh.click(persona_runs, None, persona_run)
 
         def run_choices():  # opening the tab lists runs finished since the page loaded; picks are kept
-            names, _ = safely(_adapter_runs)
+            names, _ = safely(adapter_runs)
             return gr.update(choices=names or [])
 
         tab.select(run_choices, None, runs, api_name=False)

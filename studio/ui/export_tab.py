@@ -7,16 +7,10 @@ import os
 
 import gradio as gr
 
+from studio.runs import adapter_runs
 from studio.ui.common import error_html, ok_html, safely
 
 PARTS = ["adapter", "merged", "gguf"]
-
-
-def finished_runs() -> list[str]:
-    """Runs that have an adapter to export, newest first."""
-    from studio.runs import list_runs
-
-    return [job.id for job in list_runs() if job.has_adapter]
 
 
 def push_defaults(run: str) -> tuple[str, bool]:
@@ -108,7 +102,7 @@ def create_export_tab(client: gr.BrowserState) -> dict:
         push_msg = gr.HTML(elem_id="push-message")
 
         def refresh_runs(current):
-            names, err = safely(finished_runs)
+            names, err = safely(adapter_runs)
             if err:
                 return gr.update(choices=[]), error_html(err)
             value = current if current in names else (names[0] if names else None)
