@@ -166,7 +166,7 @@ def create_chat_tab(client: gr.BrowserState) -> dict:
             with gr.Column(scale=2, elem_id="chat-main"):  # first on a narrow screen (CSS order)
                 with gr.Row():
                     # per-message copy only: the top toolbar (share, copy all, clear) covered the first message
-                    chat_a = gr.Chatbot(label="A", height=380, elem_id="chat-a", buttons=["copy"])
+                    chat_a = gr.Chatbot(label="Conversation", height=380, elem_id="chat-a", buttons=["copy"])
                     chat_b = gr.Chatbot(label="B", height=380, elem_id="chat-b", visible=False, buttons=["copy"])
                 message = gr.Textbox(label="Message", placeholder="Say something to the persona…", elem_id="chat-message")
                 with gr.Row():
@@ -182,8 +182,9 @@ def create_chat_tab(client: gr.BrowserState) -> dict:
             chart = gr.Plot(elem_id="chat-retriever-chart")
             run_info = gr.HTML()
 
-        compare.change(lambda c: (gr.update(visible=c != COMPARE[0]), gr.update(visible=c == COMPARE[3])),
-                       [compare], [chat_b, model_b])
+        compare.change(lambda c: (gr.update(label="Conversation" if c == COMPARE[0] else "A"),
+                                  gr.update(visible=c != COMPARE[0]), gr.update(visible=c == COMPARE[3])),
+                       [compare], [chat_a, chat_b, model_b])
         inputs = [persona, message, chat_a, chat_b, model, model_b, compare, stories, k, with_turn, temperature, top_p,
                   repetition_penalty, max_new_tokens]
         outputs = [chat_a, chat_b, used, loaded, message, status]
