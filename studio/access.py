@@ -96,6 +96,15 @@ def shown_path(text: str) -> str:
     return text
 
 
+def in_runs(source: str) -> str:
+    """`runs/…` as pages show it (see `shown_path`) → that path in the runs folder, wherever that folder is.
+    Anything else, or a `runs/…` path that exists as given, is returned as it is."""
+    text = str(source or "").strip()
+    if text.startswith("runs/") and not Path(text).exists():
+        return str(runs_root() / text[len("runs/"):])
+    return text
+
+
 def upload_dirs() -> list[Path]:
     """Where Gradio keeps this server's uploads (what a visitor sent is theirs to read back)."""
     base = os.environ.get("GRADIO_TEMP_DIR") or str(Path(tempfile.gettempdir()) / "gradio")
@@ -104,7 +113,7 @@ def upload_dirs() -> list[Path]:
 
 def check_data_source(source: str) -> str:
     """A data source named from the page: in shared mode no arbitrary server path."""
-    source = str(source or "").strip()
+    source = in_runs(source)
     if not shared_mode() or not source:
         return source
     if source.startswith("sample:") or (_RUN_NAME.match(source) and ".." not in source

@@ -4,6 +4,8 @@ import os
 import subprocess
 import sys
 
+import json
+
 import pytest
 
 from conftest import ROOT, tiny_recipe
@@ -136,6 +138,21 @@ def test_shared_mode_reads_only_samples_uploads_pairs_and_hub(shared, write):
     pairs.write_text("{}\n")
     for source in ["quotes", "sample:dolly", str(upload), str(pairs), "Abirate/english_quotes"]:
         assert access.check_data_source(source) == source
+
+
+def test_runs_paths_as_pages_show_them_read_from_the_runs_folder(shared, write):
+    """A shared page shows runs/pairs/NAME.jsonl (never the server's folder); that text reads the real file."""
+    from studio.data.sources import read_source
+
+    pairs = shared / "runs" / "pairs" / "mine.jsonl"
+    pairs.write_text(json.dumps({"prompt": "p", "chosen": "a", "rejected": "b"}) + "\n")
+    assert access.shown_path(str(pairs)) == "runs/pairs/mine.jsonl"
+    assert access.check_data_source("runs/pairs/mine.jsonl") == str(pairs)
+    assert next(iter(read_source("runs/pairs/mine.jsonl").records()))["chosen"] == "a"
+    for escape in ["runs/pairs/../../secret.jsonl", "runs/../../etc/passwd"]:
+        write("secret.jsonl", [{"text": "server secret"}])
+        with pytest.raises(StudioError, match="on a shared studio only bundled samples"):
+            access.check_data_source(escape)
 
 
 def test_shared_mode_models_and_runs(shared):

@@ -512,7 +512,9 @@ def read_source(source: str, config: str | None = None, split: str | None = None
         raw = read_file(SAMPLES[key])
         raw.kind = "sample"
         return raw
-    path = Path(source).expanduser()
+    from studio.access import in_runs
+
+    path = Path(in_runs(source)).expanduser()  # runs/pairs/NAME.jsonl as a shared page shows it
     if path.is_file():
         return read_file(path)
     if path.is_dir():

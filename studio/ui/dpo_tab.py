@@ -250,7 +250,7 @@ def create_dpo_tab(client: gr.BrowserState) -> dict:
 
             return ok_html(f"{result['pairs']} pairs written to {shown_path(result['out'])} ({result['skipped']} "
                            f"skipped: the sample was empty or equal to the gold reply). {result['meta']['how']}."), \
-                result["out"]
+                shown_path(result["out"])  # training reads runs/… from the runs folder (access.in_runs)
 
         build.click(build_from_sft, [build_source, build_model, build_name, build_rows], [build_message, ds_source],
                     api_name="build_pairs")
