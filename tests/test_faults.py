@@ -149,7 +149,8 @@ def test_disk_full_while_checkpointing_then_resume(runs, monkeypatch):
 
 def test_a_real_divergence_is_caught_before_any_nan_checkpoint(runs):
     """No injection: plain SGD at an absurd learning rate without clipping blows the weights up."""
-    job = _failed(_run(tiny_recipe(optim="sgd", learning_rate=1e30, max_grad_norm=0, save_steps=2), runs), "NaN",
-                  "learning_rate is 1e+30")
+    recipe = tiny_recipe(optim="sgd", max_grad_norm=0, save_steps=2)
+    recipe.train["learning_rate"] = 1e30  # past the recipe check (≤ 1): the guard must still catch what it does
+    job = _failed(_run(recipe, runs), "NaN", "learning_rate is 1e+30")
     assert run_folders.last_checkpoint(job.run_dir) is None or run_folders.last_checkpoint(job.run_dir).name == "checkpoint-2"
     assert ("no checkpoint had been saved yet" in job.error) == (run_folders.last_checkpoint(job.run_dir) is None)
