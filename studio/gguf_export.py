@@ -359,8 +359,9 @@ def quantize(src: Path, dst: Path, qtype: str) -> Path:
 
 
 # ---- the check: llama.cpp is the judge ----------------------------------------------------------
-def reference(model, tokenizer, prompts, new_tokens: int = CHECK_NEW_TOKENS) -> list[tuple[list[int], list[int]]]:
-    """(prompt ids, greedy new token ids) of each prompt with the merged model in transformers."""
+def reference(model, tokenizer, prompts, new_tokens: int = CHECK_NEW_TOKENS) -> list[tuple[list[int], list[int], list]]:
+    """(prompt ids, greedy new token ids, each step's logits) of each prompt with the merged model in transformers.
+    The logits let a check tell a real difference from a near-tie that float rounding tipped the other way."""
     import torch
 
     out = []
@@ -369,9 +370,21 @@ def reference(model, tokenizer, prompts, new_tokens: int = CHECK_NEW_TOKENS) -> 
         with torch.no_grad():
             gen = model.generate(torch.tensor([ids]), attention_mask=torch.ones(1, len(ids), dtype=torch.long),
                                  max_new_tokens=new_tokens, do_sample=False, pad_token_id=tokenizer.pad_token_id
-                                 if tokenizer.pad_token_id is not None else tokenizer.eos_token_id)
-        out.append((ids, gen[0, len(ids):].tolist()))
+                                 if tokenizer.pad_token_id is not None else tokenizer.eos_token_id,
+                                 output_logits=True, return_dict_in_generate=True)
+        out.append((ids, gen.sequences[0, len(ids):].tolist(), [s[0].float() for s in gen.logits]))
     return out
+
+
+def _near_tie(want, got_tokens) -> float | None:
+    """Where `got_tokens` first leaves the reference's greedy tokens, how far (in transformers' logits) its token
+    was behind the reference's choice; None if they don't part or the step's logits are unknown."""
+    ids, tokens, logits = (list(want) + [None])[:3]
+    k = next((k for k, (a, b) in enumerate(zip(tokens, got_tokens)) if a != b), None)
+    if k is None or not logits or k >= len(logits):
+        return None
+    step = logits[k]
+    return float(step[tokens[k]] - step[got_tokens[k]])
 
 
 def llama_cpp_greedy(path: Path, prompts, new_tokens: int = CHECK_NEW_TOKENS) -> list[tuple[list[int], list[int]]]:
@@ -413,6 +426,9 @@ def load_gguf(path: Path):
             AutoTokenizer.from_pretrained(folder, gguf_file=name))
 
 
+NEAR_TIE = 0.05  # logits: a parting this close is rounding (f16 arithmetic in llama.cpp), not a wrong tensor
+
+
 def check_gguf(path: Path, prompts, want, tokenizer=None) -> str:
     """One line: which runtime judged, prompt ids and greedy tokens against the merged model's (`want`, from
     `reference`), and where they first part."""
@@ -436,6 +452,10 @@ def check_gguf(path: Path, prompts, want, tokenizer=None) -> str:
         i = next(i for i, (g, w) in enumerate(zip(got, want)) if g[1] != w[1])
         show = (lambda ids: repr(tokenizer.decode(ids))[:60]) if tokenizer is not None else (lambda ids: str(ids[:8]))
         line += f"; first difference on prompt {i + 1}: {show(got[i][1])} vs {show(want[i][1])}"
+        gaps = [_near_tie(w, g[1]) for g, w in zip(got, want) if g[1] != w[1]]
+        if gaps and all(gap is not None and gap < NEAR_TIE for gap in gaps):
+            line += (f" — each output parts where transformers' top two tokens were within {max(gaps):.3g} logits "
+                     f"(a near-tie float rounding tips; identical up to there)")
     return line
 
 

@@ -215,3 +215,20 @@ def test_types_modelfile_card_and_the_fallback_judge(tmp_path, monkeypatch):
     for usage in ("llama-cli -m m-f16.gguf", "from llama_cpp import Llama", "ollama create",
                   'gguf_file="m-f16.gguf"'):
         assert usage in card.text, usage
+
+
+def test_a_parting_at_a_near_tie_is_told_from_a_real_difference(monkeypatch, tmp_path):
+    """f16 arithmetic in llama.cpp can tip a greedy choice whose two best logits are nearly equal."""
+    import torch
+
+    logits = torch.zeros(3, 10)
+    logits[0, 4], logits[1, 5], logits[1, 6], logits[2, 7] = 5.0, 3.0, 2.99, 4.0
+    want = [([1, 2], [4, 5, 7], list(logits))]
+    monkeypatch.setattr(gguf_export, "llama_cpp_version", lambda: "test")
+    monkeypatch.setattr(gguf_export, "llama_cpp_greedy", lambda path, prompts: got)
+    got = [([1, 2], [4, 6, 7])]  # parts at step 1, where 5 led 6 by 0.01
+    line = gguf_export.check_gguf(tmp_path / "x.gguf", ["p"], want)
+    assert "on 0/1" in line and "near-tie" in line and "0.01" in line, line
+    got = [([1, 2], [4, 9, 7])]  # token 9 was 3 logits behind: a real difference
+    line = gguf_export.check_gguf(tmp_path / "x.gguf", ["p"], want)
+    assert "on 0/1" in line and "near-tie" not in line, line
