@@ -113,7 +113,8 @@ def upload_dirs() -> list[Path]:
 
 def check_data_source(source: str) -> str:
     """A data source named from the page: in shared mode no arbitrary server path."""
-    source = in_runs(source)
+    given = str(source or "").strip()
+    source = in_runs(given)
     if not shared_mode() or not source:
         return source
     if source.startswith("sample:") or (_RUN_NAME.match(source) and ".." not in source
@@ -127,7 +128,7 @@ def check_data_source(source: str) -> str:
     if _HUB_ID.match(source) and not path.exists():
         return source
     raise StudioError(
-        f"{source}: on a shared studio only bundled samples, your uploads, files under runs/pairs and Hub "
+        f"{given}: on a shared studio only bundled samples, your uploads, files under runs/pairs and Hub "
         "dataset ids can be read"
     )
 
