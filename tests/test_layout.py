@@ -97,10 +97,10 @@ def test_gradio_only_under_ui(graph):
 
 
 def test_readme_layout_names_every_module():
-    """The README's Layout section and the package agree: every module is named there, and nothing more."""
+    """The Layout section of docs/architecture.md and the package agree: every module is named there, and nothing more."""
     import re
 
-    text = (STUDIO.parent / "README.md").read_text("utf-8")
+    text = (STUDIO.parent / "docs" / "architecture.md").read_text("utf-8")
     section = text.split("## Layout", 1)[1].split("\n## ", 1)[0]
     named = set()
     for line in section.splitlines():
@@ -111,5 +111,5 @@ def test_readme_layout_names_every_module():
             path = name if name.startswith("studio/") else (folder.group(1) if folder else "studio/") + name
             named.add(path)
     actual = {str(p.relative_to(STUDIO.parent)) for p in STUDIO.rglob("*.py")}
-    assert sorted(actual - named) == [], "modules missing from the README's Layout section"
-    assert sorted(named - actual) == [], "the README's Layout section names modules that do not exist"
+    assert sorted(actual - named) == [], "modules missing from the Layout section of docs/architecture.md"
+    assert sorted(named - actual) == [], "the Layout section of docs/architecture.md names modules that do not exist"
