@@ -147,6 +147,7 @@ CSS = """
 .studio-progress .fill {height:100%;background:linear-gradient(90deg,#ff9d00,#ffcc4d);transition:width .5s;}
 .studio-progress .label {font-size:0.9em;margin-top:4px;}
 .studio-note {color:#555;font-style:italic;}
+.studio-queue {background:#fff8e1;color:#5d4200;border:1px solid #ffe082;border-radius:6px;padding:8px 12px;}
 #data-info pre, #data-info code {white-space:pre-wrap;overflow-wrap:anywhere;}
 /* Narrow screens (phones, a split window): every tab named, one field per line, the chat above its settings. */
 @media (max-width: 640px) {
