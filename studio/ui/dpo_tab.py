@@ -7,7 +7,7 @@ import json
 import gradio as gr
 
 from studio.ui.common import browser, error_html, job_log, ok_html, progress_html, safely
-from studio.ui.train_tab import queue_html, watch_slot
+from studio.ui.train_tab import arm_timer, queue_html, watch_slot
 
 BASE_START = "(base model: a fresh adapter)"
 LOSS_TYPES = ["sigmoid", "ipo", "hinge", "robust", "exo_pair", "nca_pair", "bco_pair", "sppo_hard", "aot",
@@ -292,16 +292,15 @@ def create_dpo_tab(client: gr.BrowserState) -> dict:
 
             job, err = safely(run)
             if err:
-                return error_html(err), (-1, False), {}, gr.update(), gr.update()
-            on = gr.Timer(active=True)
+                return error_html(err), (-1, False), {}
             if not hasattr(job, "run_dir"):  # a Ticket: the slot is busy, the job waits in line
                 return (queue_html(job) or ok_html("Your job is waiting in line."), (-1, False),
-                        {"ticket": job.id, "polling": True}, on, gr.update(visible=True))
+                        {"ticket": job.id, "polling": True})
             return (ok_html(f"Started {job.id}. Closing the browser does not stop it; reload to re-attach."), (-1, False),
-                    {"id": job.id, "banner": True, "polling": True}, on, gr.update(visible=False))
+                    {"id": job.id, "banner": True, "polling": True})
 
-        start.click(start_run, [client, base_flat, init_adapter, *comps], [message, seen, watch, timer, leave],
-                    api_name="start_dpo")
+        start.click(start_run, [client, base_flat, init_adapter, *comps], [message, seen, watch],
+                    api_name="start_dpo").then(arm_timer, watch, [timer, leave], api_visibility="private")
 
         def stop_run(client_id):
             from studio.jobs import stop_current

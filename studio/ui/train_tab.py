@@ -166,6 +166,14 @@ def busy_html() -> str:
             f"({_rough(slot_time_left())} left). Start puts your job in the waiting list.</div>")
 
 
+def arm_timer(watching):
+    """After a start: the page polls again while its job runs or waits, and offers to leave the line."""
+    watching = watching or {}
+    if watching.get("ticket") or watching.get("id"):
+        return gr.Timer(active=True), gr.update(visible=bool(watching.get("ticket")))
+    return gr.update(), gr.update()
+
+
 def watch_slot(kinds, client_id, watching: dict):
     """What this page may show of the one training slot: (its job or None, a queue/busy line or None, whether
     to keep polling, the updated `watching`). Only the job's own visitor sees the job (studio.access.may_watch);
@@ -288,15 +296,14 @@ def create_train_tab(client: gr.BrowserState) -> dict:
         timer = gr.Timer(1.0)  # polls while this page's job runs or waits; a first tick re-attaches after a load
 
         def started(job, err, verb, what=""):
-            """A start's answer: (message, seen, watch, timer, leave button) for a started or a waiting job."""
+            """A start's answer: (message, seen, watch) for a started or a waiting job."""
             if err:
-                return error_html(err), -1, {}, gr.update(), gr.update()
-            on = gr.Timer(active=True)
+                return error_html(err), -1, {}
             if not hasattr(job, "run_dir"):  # a Ticket: the slot is busy, the job waits in line
                 return (queue_html(job) or ok_html("Your job is waiting in line."), -1,
-                        {"ticket": job.id, "banner": False, "polling": True}, on, gr.update(visible=True))
+                        {"ticket": job.id, "banner": False, "polling": True})
             return (ok_html(f"{verb} {job.id}{what}. Closing the browser does not stop it; reload to re-attach."), -1,
-                    {"id": job.id, "banner": True, "polling": True}, on, gr.update(visible=False))
+                    {"id": job.id, "banner": True, "polling": True})
 
         def start_run(profile: gr.OAuthProfile | None, client_id, base, *values):
             from studio.access import require_work, shared_mode
@@ -313,8 +320,8 @@ def create_train_tab(client: gr.BrowserState) -> dict:
             job, err = safely(run)
             return started(job, err, "Started")
 
-        start.click(start_run, [client, base_flat, *comps], [message, seen, watch, timer, leave],
-                    api_name="start_training")
+        start.click(start_run, [client, base_flat, *comps], [message, seen, watch], api_name="start_training").then(
+            arm_timer, watch, [timer, leave], api_visibility="private")
 
         def stop_run(client_id):
             from studio.jobs import stop_current
@@ -410,7 +417,7 @@ def create_train_tab(client: gr.BrowserState) -> dict:
             from studio.jobs import start_job
 
             if not run_id:
-                return error_html("Pick a stopped or interrupted run to resume."), -1, {}, gr.update(), gr.update()
+                return error_html("Pick a stopped or interrupted run to resume."), -1, {}
             browser(client_id)
 
             def run():
@@ -420,8 +427,8 @@ def create_train_tab(client: gr.BrowserState) -> dict:
             job, err = safely(run)
             return started(job, err, "Resuming", " from its last checkpoint")
 
-        resume.click(resume_selected, [client, run_pick], [message, seen, watch, timer, leave],
-                     api_name="resume_training")
+        resume.click(resume_selected, [client, run_pick], [message, seen, watch], api_name="resume_training").then(
+            arm_timer, watch, [timer, leave], api_visibility="private")
 
         def resume_latest(profile: gr.OAuthProfile | None, client_id):
             from studio.access import may_write, require_work
@@ -429,15 +436,15 @@ def create_train_tab(client: gr.BrowserState) -> dict:
 
             _, err = safely(require_work, profile, "training")  # before anything about the runs is said
             if err:
-                return error_html(err), -1, {}, gr.update(), gr.update()
+                return error_html(err), -1, {}
             browser(client_id)
             run = next((j for j in list_runs() if resumable(j) and may_write(j.run_dir)), None)
             if run is None:
-                return (error_html("No stopped or interrupted run with a checkpoint to resume."), -1, {}, gr.update(),
-                        gr.update())
+                return error_html("No stopped or interrupted run with a checkpoint to resume."), -1, {}
             return resume_selected(profile, client_id, run.id)
 
-        resume_last.click(resume_latest, client, [message, seen, watch, timer, leave], api_name="resume_latest")
+        resume_last.click(resume_latest, client, [message, seen, watch], api_name="resume_latest").then(
+            arm_timer, watch, [timer, leave], api_visibility="private")
 
         def save_recipe(base, *values):
             from studio.recipes import recipe_from_flat
