@@ -69,6 +69,8 @@ def main() -> None:
             r = json.loads(line)
             r.update(recipe=name, changes=sets, job=r["peak"] - r["baseline"])
             rows.append(r)
+            print(f"# {name} {sets}: estimate {r['estimate'] / 2**20:.0f} MiB, job {r['job'] / 2**20:.0f} MiB "
+                  f"({r['status']})", file=sys.stderr, flush=True)
     mib = 2**20
     print(f"| recipe | changes | estimate (MiB) | weights / LoRA+AdamW / activations | measured job peak (MiB) | "
           "estimate ÷ measured | status |")

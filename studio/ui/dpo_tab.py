@@ -329,7 +329,7 @@ def create_dpo_tab(client: gr.BrowserState) -> dict:
             if job is None:
                 cleared = seen_state[0] == -1 and not seen_state[1]
                 return ("", gr.update() if cleared else None, gr.update() if cleared else [], "", (-1, False),
-                        gr.update(), watching, note or "", timer_update, gr.update(visible=queued))
+                        "" if queued else gr.update(), watching, note or "", timer_update, gr.update(visible=queued))
             s = job.snapshot()
             bar = progress_html(s) + (error_html(s["error"]) if s.get("error") else "")
             n, finished = len(job.history), job.summary is not None

@@ -347,8 +347,8 @@ def create_train_tab(client: gr.BrowserState) -> dict:
             watching["polling"] = polling
             queued = "data-position" in (note or "")
             if job is None:
-                return ("", None if seen_rows != -1 else gr.update(), "", "", gr.update(), -1, watching,
-                        note or "", timer_update, gr.update(visible=queued))
+                return ("", None if seen_rows != -1 else gr.update(), "", "", "" if queued else gr.update(), -1,
+                        watching, note or "", timer_update, gr.update(visible=queued))  # the line, not twice
             s = job.snapshot()
             bar = progress_html(s) + (error_html(s["error"]) if s.get("error") else "")
             n = len(job.history)
