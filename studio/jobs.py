@@ -43,9 +43,8 @@ class Job(Run):
         self._lock = threading.Lock()
         self._events_file = None
         self.writer = is_main_process()  # under several processes, only the main one writes the run's files
-        self.created = time.time()
         self.deadline: float | None = None  # a shared app's wall-clock cap (job_time_limit)
-        self.stop_reason: str | None = None
+        self.time_limit: float | None = None
         self.memory: int | None = None  # its memory estimate, while it holds the slot
 
     # ---- events -------------------------------------------------------------------------------
@@ -128,7 +127,7 @@ def start_job(recipe, runs_dir=None, resume: str | os.PathLike | None = None, ru
               owner: str | None = None, wait: bool = False) -> "Job | Ticket":
     """Start `recipe` in a background thread, or resume the run folder `resume`.
 
-    `owner` identifies the browser that started it: only it may stop the job; others watch read-only.
+    `owner` identifies the browser that started it: on a shared app only it may stop or watch the job.
     The slot is one: while it is busy, `wait=True` (a shared app's page) puts the job in the waiting list and
     returns its `Ticket` (one waiting job per owner); otherwise the start is refused. A job that can't fit
     in memory is refused before it waits or starts (studio.memory).
@@ -191,7 +190,7 @@ def _start_now(recipe, runs_dir, resume, run_name, owner, est=None) -> Job:
     job.emit("status", status=QUEUED, resume=bool(resume), elapsed_before=job.elapsed_before)
     limit = job_time_limit()
     if limit:
-        job.deadline = time.time() + limit
+        job.deadline, job.time_limit = time.time() + limit, limit
         job.log(f"time limit: this shared studio stops a job after {limit / 60:g} min "
                 "(STUDIO_MAX_JOB_MINUTES); it is checkpointed then, and can be resumed")
     job.thread = threading.Thread(target=_run, args=(job, bool(resume)), name=f"train-{job.id}", daemon=True)
@@ -235,10 +234,15 @@ DEFAULT_MAX_JOB_MINUTES = 30
 def job_time_limit() -> float | None:
     """Seconds a visitor's job may train on a shared app (STUDIO_MAX_JOB_MINUTES, default 30; 0: no limit).
     The app's owner is exempt: jobs from the command line, a local app, and a demo's signed-in owners."""
-    if not shared_mode():
-        return None
     visitor = current_visitor()
     if visitor is None or visitor.is_app_owner:
+        return None
+    return shared_time_limit()
+
+
+def shared_time_limit() -> float | None:
+    """The time limit of a visitor's job on a shared app, in seconds; None locally or when set to 0."""
+    if not shared_mode():
         return None
     raw = os.environ.get("STUDIO_MAX_JOB_MINUTES", "").strip()
     try:
@@ -251,8 +255,7 @@ def job_time_limit() -> float | None:
 def _watch_deadline(job: Job) -> None:
     def expire():
         if job.active and not job.stop_event.is_set():
-            job.stop_reason = "time limit"
-            job.log(f"time limit reached ({(job.deadline - job.created) / 60:g} min on this shared studio): "
+            job.log(f"time limit reached ({job.time_limit / 60:g} min on this shared studio): "
                     "stopping after the current step; the checkpoint is kept and the run can be resumed")
             job.request_stop()
 
@@ -356,21 +359,12 @@ def wait_estimate(ticket: Ticket) -> float | None:
         ahead = _waiting.index(ticket) if ticket in _waiting else 0
         job = _current if _busy() else None
     left = slot_time_left(job) if job is not None else 0.0
-    limit = job_time_limit_for_queue()
+    limit = shared_time_limit()
     if left is None:
         return None
     if ahead and not limit:
         return None
     return left + ahead * (limit or 0)
-
-
-def job_time_limit_for_queue() -> float | None:
-    raw = os.environ.get("STUDIO_MAX_JOB_MINUTES", "").strip()
-    try:
-        minutes = float(raw) if raw else DEFAULT_MAX_JOB_MINUTES
-    except ValueError:
-        minutes = DEFAULT_MAX_JOB_MINUTES
-    return minutes * 60 if shared_mode() and minutes > 0 else None
 
 
 def slot_time_left(job: Job | None = None) -> float | None:

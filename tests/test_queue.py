@@ -69,7 +69,7 @@ def shared(tmp_path_factory):
     runs = tmp_path_factory.mktemp("queue") / "runs"
     runs.mkdir()
     env = {"STUDIO_MAX_JOB_MINUTES": "0.25", "STUDIO_JOB_MEMORY_GB": "8"}
-    with running_app(runs, extra_args=["--shared"], env=env) as url:
+    with running_app(runs, extra_args=["--shared"], env=env, timeout=300) as url:  # a busy machine starts slowly
         yield url, runs
 
 
@@ -181,7 +181,7 @@ def test_two_idle_pages_cost_the_app_almost_nothing(tmp_path, browser):
 
     runs = tmp_path / "runs"
     runs.mkdir()
-    proc, url = start_app(runs)
+    proc, url = start_app(runs, timeout=300)
     try:
         pages = []
         for _ in range(2):

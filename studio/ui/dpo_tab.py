@@ -317,7 +317,7 @@ def create_dpo_tab(client: gr.BrowserState) -> dict:
             from studio.access import can_see_logs
             from studio.charts import dpo_chart
 
-            browser(client_id)
+            client_id = browser(client_id) or client_id  # the verified browser id where the app issues one
             was_polling = (watching or {}).get("polling", True)
             # this tab's own last run, never another tab's, and never another visitor's (studio.access.may_watch)
             job, note, polling, watching = watch_slot(("dpo",), client_id, dict(watching or {}))
@@ -350,7 +350,7 @@ def create_dpo_tab(client: gr.BrowserState) -> dict:
         def leave_line(client_id, watching):
             from studio.jobs import leave_queue
 
-            browser(client_id)
+            client_id = browser(client_id) or client_id
             _, err = safely(leave_queue, client_id, (watching or {}).get("ticket"))
             if err:
                 return error_html(err), "", gr.update(visible=False), watching

@@ -338,7 +338,7 @@ def create_train_tab(client: gr.BrowserState) -> dict:
             from studio.access import can_see_logs
             from studio.charts import loss_chart
 
-            browser(client_id)
+            client_id = browser(client_id) or client_id  # the verified browser id where the app issues one
             was_polling = (watching or {}).get("polling", True)
             job, note, polling, watching = watch_slot(TRAIN_KINDS, client_id, dict(watching or {}))
             if job is not None and not can_see_logs(profile):  # a demo's visitor: no one's live view
@@ -368,7 +368,7 @@ def create_train_tab(client: gr.BrowserState) -> dict:
         def leave_line(client_id, watching):
             from studio.jobs import leave_queue
 
-            browser(client_id)
+            client_id = browser(client_id) or client_id
             _, err = safely(leave_queue, client_id, (watching or {}).get("ticket"))
             if err:
                 return error_html(err), "", gr.update(visible=False), watching
