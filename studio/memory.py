@@ -9,8 +9,8 @@ Pure arithmetic over the model's config (its sizes, no weights loaded) and the r
 - activations kept for the backward pass at micro-batch × max length: per layer ≈ (16·hidden +
   4·intermediate) values per token, plus heads × length² attention scores; with gradient checkpointing only
   each layer's input is kept (and one layer's activations while it is recomputed); plus the logits
-  (3 copies of batch × length × vocab: logits, log-softmax, their gradient). DPO runs chosen and rejected
-  together: twice the sequences.
+  (3 copies of batch × length × vocab: logits, log-softmax, their gradient), and 64 MiB for the trainer and
+  its data. DPO runs chosen and rejected together: twice the sequences.
 
 The constants were fitted to the peak RSS of real runs (docs/budgets.md, "Jobs"); the estimate errs high.
 `studio.jobs.start_job` refuses a job whose estimate is over what the machine has free; the Train tab's
@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from studio.errors import StudioError
 
 GiB = 2**30
+FIXED = 64 * 2**20  # the trainer, the tokenized data, the allocator's slack: what a tiny model's job still takes
 ADAM_BYTES_PER_TRAINABLE = 4 + 4 + 8  # fp32 LoRA weight, its gradient, AdamW's exp_avg and exp_avg_sq
 HEADROOM = 0.9  # a job may use at most this share of the free memory: the rest is the app's and the OS's
 
@@ -110,7 +111,7 @@ def estimate_memory(config, settings: dict, trainable: int, total: int, device: 
     else:
         layer_values = n * per_layer
     logits = 3 * batch * length * sizes["vocab"] * 4  # fp32 logits, log-softmax and their gradient
-    activations = int(layer_values * act_bytes + logits)
+    activations = int(layer_values * act_bytes + logits) + FIXED
     return MemoryEstimate(weights, adapter, activations, "cuda" if on_gpu else "cpu")
 
 

@@ -41,7 +41,9 @@ def test_estimate_grows_with_what_costs_memory():
                            139_399_680)
     assert longer.activations > 8 * plain.activations and ckpt.activations < longer.activations / 3
     dpo = estimate_memory(config, base, 4_884_480, 139_399_680, method="dpo")
-    assert dpo.activations == pytest.approx(2 * plain.activations, rel=0.01)  # chosen + rejected
+    from studio.memory import FIXED
+
+    assert dpo.activations - FIXED == pytest.approx(2 * (plain.activations - FIXED), rel=0.01)  # chosen + rejected
 
 
 def test_lora_r_4096_all_linear_on_smollm2_is_refused_with_the_estimate(tmp_path, monkeypatch):
@@ -68,7 +70,7 @@ def test_lora_r_4096_all_linear_on_smollm2_is_refused_with_the_estimate(tmp_path
 def shared(tmp_path_factory):
     runs = tmp_path_factory.mktemp("queue") / "runs"
     runs.mkdir()
-    env = {"STUDIO_MAX_JOB_MINUTES": "0.25", "STUDIO_JOB_MEMORY_GB": "8"}
+    env = {"STUDIO_MAX_JOB_MINUTES": "1", "STUDIO_JOB_MEMORY_GB": "8"}
     with running_app(runs, extra_args=["--shared"], env=env, timeout=300) as url:  # a busy machine starts slowly
         yield url, runs
 
@@ -112,18 +114,18 @@ def test_a_10m_step_job_is_capped_a_second_visitor_waits_then_runs_and_sees_only
     started = a.predict("visitor-a", *long_run, api_name="/start_training")
     assert "Started" in started, started
     a_id = _run_id(started)
-    wait_for(lambda: "running" in a.predict("visitor-a", api_name="/poll")[0], 90, "A's job to run")
+    wait_for(lambda: "running" in a.predict("visitor-a", api_name="/poll")[0], 240, "A's job to run")
 
-    # B sees that the slot is busy, for how long, and nothing of A's run
+    # B sees that the slot is busy, for how long, and nothing of A's run; B's start waits in line (one waiting
+    # job per visitor) and the answer names no one else's run
     seen_by_b = json.dumps(b.predict("visitor-b", api_name="/poll"), default=str)
-    assert a_id not in seen_by_b and "loss" not in seen_by_b and "busy" in seen_by_b, seen_by_b
-    assert "another visitor" in b.predict("visitor-b", api_name="/stop_training")
-    # B's start waits in line (one waiting job per visitor); the answer names no one else's run
     _, short_run = _form(max_steps=6, save_steps=1000, eval_steps=1000, logging_steps=2)
     waiting = b.predict("visitor-b", *short_run, api_name="/start_training")
+    assert a_id not in seen_by_b and "loss" not in seen_by_b and "busy" in seen_by_b, seen_by_b
     assert "Waiting in line: position 1" in waiting and a_id not in waiting, waiting
     again = b.predict("visitor-b", *short_run, api_name="/start_training")
     assert "already have a job waiting" in again, again
+    assert "another visitor" in b.predict("visitor-b", api_name="/stop_training")
     # C joins behind B and leaves again
     assert "position 2" in c.predict("visitor-c", *short_run, api_name="/start_training")
     assert "position 2" in json.dumps(c.predict("visitor-c", api_name="/poll"))
@@ -131,16 +133,16 @@ def test_a_10m_step_job_is_capped_a_second_visitor_waits_then_runs_and_sees_only
     assert "data-position" not in json.dumps(c.predict("visitor-c", api_name="/poll"))
     assert "no job waiting" in c.predict("visitor-c", api_name="/leave_queue")[0]
 
-    # A's job hits the 15 s cap: stopped cleanly, checkpointed, resumable; the log says why
+    # A's job hits the 1 min cap: stopped cleanly, checkpointed, resumable; the log says why
     a_dir = runs / a_id
-    wait_for(lambda: any(e.get("status") == "cancelled" for e in _events(a_dir)), 120, "A's job to be capped")
+    wait_for(lambda: any(e.get("status") == "cancelled" for e in _events(a_dir)), 240, "A's job to be capped")
     from studio.runs import Run, resumable
 
     run = Run.from_run_dir(a_dir)
     assert run.step < 10_000_000 and resumable(run)
     assert any("time limit reached" in line for line in run.logs), run.logs[-5:]
     # B's job starts by itself (B's page is not polling) and finishes
-    wait_for(lambda: len(list(runs.glob("*/summary.json"))) >= 2, 180, "B's waiting job to start and finish")
+    wait_for(lambda: len(list(runs.glob("*/summary.json"))) >= 2, 300, "B's waiting job to start and finish")
     b_dir = next(d for d in runs.iterdir() if d.is_dir() and d.name != a_id and (d / "summary.json").exists())
     assert json.loads((b_dir / "summary.json").read_text())["status"] == "done"
     seen_by_b = json.dumps(b.predict("visitor-b", api_name="/poll"), default=str)
@@ -157,7 +159,7 @@ def test_dpo_live_view_and_held_out_pairs_are_the_job_owners(shared):
     started = a.predict("visitor-a", *form, api_name="/start_dpo")
     assert "Started" in started, started
     dpo_id = _run_id(started)
-    wait_for(lambda: (runs / dpo_id / "summary.json").exists(), 180, "the DPO run to finish")
+    wait_for(lambda: (runs / dpo_id / "summary.json").exists(), 300, "the DPO run to finish")
     mine = a.predict("visitor-a", api_name="/poll_1")
     assert dpo_id in json.dumps(mine, default=str)
     held_out = json.loads((runs / dpo_id / "heldout_margins.json").read_text())
