@@ -54,9 +54,28 @@ def load_result(ref: str) -> dict:
     if owner != "evals":
         resolve_run(owner)  # a run's results go with the run
     require_read(path, f"result {ref}")
-    result = json.loads(path.read_text("utf-8"))
+    return read_result(path)
+
+
+def read_result(path: Path) -> dict:
+    """One saved result as `save_result` wrote it (with its "path"): the one reader of the file format."""
+    result = json.loads(Path(path).read_text("utf-8"))
     result["path"] = str(path)
     return result
+
+
+def run_results(run_dir: Path) -> list[dict]:
+    """Every result saved with the run folder `run_dir` (its eval/ folder), oldest first; files that are not
+    saved results (unreadable, or without metrics) are skipped. The caller has checked access to the run."""
+    found = []
+    for path in sorted(Path(run_dir, "eval").glob("*.json"), key=lambda p: p.stat().st_mtime):
+        try:
+            result = read_result(path)
+        except (OSError, ValueError):
+            continue
+        if isinstance(result, dict) and isinstance(result.get("metrics"), dict) and result.get("labels"):
+            found.append(result)
+    return found
 
 
 def export_result(result: dict, folder: str | Path | None = None) -> tuple[Path, Path]:

@@ -1,0 +1,107 @@
+"""Issue 27, a newcomer's second afternoon: the backend side of each finding (the browser side is in
+test_newcomer27_browser.py). One tiny run on an uploaded capitals file, evaluated, then exported, serves the
+card findings (1, 3)."""
+
+import json
+import time
+
+import pytest
+
+from conftest import ROOT, tiny_recipe
+
+CAPITALS = [{"prompt": f"What is the capital of country {i}?", "completion": f" City {i}."} for i in range(20)]
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory, ):
+    import os
+
+    root = tmp_path_factory.mktemp("newcomer27") / "runs"
+    old = os.environ.get("STUDIO_RUNS")
+    os.environ["STUDIO_RUNS"] = str(root)
+    yield root
+    if old is None:
+        os.environ.pop("STUDIO_RUNS", None)
+    else:
+        os.environ["STUDIO_RUNS"] = old
+
+
+@pytest.fixture(scope="module")
+def capitals_run(runs):
+    """tiny-quotes with an uploaded capitals.jsonl swapped in (what the Data tab hands over), evaluated once."""
+    from studio import jobs
+    from studio.evaluate import compare
+
+    data = runs.parent / "capitals.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in CAPITALS), encoding="utf-8")
+    recipe = tiny_recipe(max_steps=6, save_steps=100, eval_strategy="no", logging_steps=2)
+    recipe.set("dataset.source", str(data))
+    recipe.set("dataset.format", "auto")
+    job = jobs.start_job(recipe, runs_dir=runs)
+    assert job.wait(300) and job.status == "done", job.error
+    result = compare([job.run_dir.name], limit=2, max_new_tokens=4)
+    return job.run_dir, result
+
+
+def test_run_on_other_data_is_named_after_the_data_not_the_recipe(capitals_run):  # finding 3
+    run_dir, _ = capitals_run
+    assert run_dir.name.startswith("tiny-llama-capitals-sft-"), run_dir.name
+    assert "quotes" not in run_dir.name
+
+
+def test_run_on_the_recipes_own_data_keeps_the_recipe_name():  # finding 3: the rule's other side
+    from studio.jobs import default_run_name
+
+    assert default_run_name(tiny_recipe()) == "tiny-quotes-tiny-llama"
+
+
+def test_card_carries_the_evaluation_as_model_index(capitals_run, tmp_path):  # finding 1
+    from huggingface_hub import ModelCard
+
+    from studio import export
+
+    run_dir, result = capitals_run
+    for kind in ("adapter", "merged", "gguf"):
+        export.write_card(tmp_path, run_dir, kind, repo_id="me/capitals", gguf_files=["m-q8_0.gguf"])
+        card = ModelCard.load(tmp_path / "README.md")
+        assert "## Evaluation" in card.text and result["name"] in card.text
+        own = result["metrics"][run_dir.name]
+        got = {r.metric_type: r.metric_value for r in card.data.eval_results}
+        assert got.keys() == {k for k, v in own.items() if isinstance(v, float)}
+        assert got["rougeL"] == pytest.approx(own["rougeL"], abs=1e-4)
+        assert card.data.model_name == run_dir.name
+        assert {r.dataset_split for r in card.data.eval_results} == {result["config"]["data"]["split"]}
+
+
+def test_card_usage_and_description_fit_the_runs_data(capitals_run, tmp_path):  # finding 3
+    from studio import export
+
+    run_dir, _ = capitals_run
+    for kind in ("adapter", "merged", "gguf"):
+        text = str(export.model_card(run_dir, kind, repo_id="me/capitals", gguf_files=["m-q8_0.gguf"]))
+        assert "What is the capital of country" in text, kind
+        assert "Quote:" not in text.split("## Recipe")[0] and "quotes sample" not in text, kind
+        assert "a local file, `capitals.jsonl`" in text
+
+
+def test_card_usage_for_chat_data_uses_the_chat_template(runs, tmp_path):  # finding 3
+    from studio import export
+
+    prompt = export._usage("merged", "me/x", "base", prompt="Hi there?", chat=True)
+    assert "apply_chat_template" in prompt and '"Hi there?"' in prompt
+
+
+def test_runtime_counts_the_whole_job_across_a_resume(runs):  # finding 3
+    from studio import jobs
+
+    job = jobs.start_job(tiny_recipe(max_steps=120, save_steps=1000, logging_steps=10, eval_strategy="no"),
+                         runs_dir=runs)
+    deadline = time.time() + 200
+    while job.step < 100 and time.time() < deadline and job.active:
+        time.sleep(0.05)
+    job.request_stop()
+    assert job.wait(120) and job.status == "cancelled"
+    first = job.elapsed()
+    resumed = jobs.start_job(None, resume=job.run_dir)
+    assert resumed.wait(300) and resumed.status == "done", resumed.error
+    assert resumed.summary["runtime_s"] >= first
