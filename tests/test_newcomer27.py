@@ -105,3 +105,36 @@ def test_runtime_counts_the_whole_job_across_a_resume(runs):  # finding 3
     resumed = jobs.start_job(None, resume=job.run_dir)
     assert resumed.wait(300) and resumed.status == "done", resumed.error
     assert resumed.summary["runtime_s"] >= first
+
+
+NOISY = r'''
+import logging, warnings
+from studio.errors import configure_logging
+configure_logging()
+import faiss
+from studio.metrics import corpus_scores, sentence_scores
+sentence_scores("a b", "a b"); corpus_scores(["a"], ["a"])
+from peft import LoraConfig, get_peft_model
+from transformers import AutoModelForCausalLM
+from studio.embedded import embedded_model_path
+get_peft_model(AutoModelForCausalLM.from_pretrained(str(embedded_model_path())), LoraConfig(target_modules=["q_proj"]))
+warnings.warn("a real deprecation", FutureWarning)
+logging.getLogger("studio").warning("a real warning")
+'''
+
+
+def test_library_noise_is_silenced_at_one_place_and_real_warnings_stay():  # finding 6
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "PYTHONWARNINGS": "default"}
+    for key in ("TRANSFORMERS_VERBOSITY", "HF_DATASETS_DISABLE_PROGRESS_BARS", "HF_HUB_DISABLE_PROGRESS_BARS"):
+        env.pop(key, None)  # as the app starts: nothing set beforehand
+    out = subprocess.run([sys.executable, "-c", NOISY], capture_output=True, text=True, env=env, cwd=ROOT,
+                         timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    log = out.stderr
+    assert "is_gradient_checkpointing" not in log and "absl" not in log and "ModuleNotFoundError" not in log
+    assert "it/s]" not in log and "Loading weights" not in log
+    assert "a real deprecation" in log and "a real warning" in log
