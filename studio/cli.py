@@ -256,12 +256,20 @@ def cmd_eval(args) -> int:
     if args.json:
         print(json.dumps(result, ensure_ascii=False))
         return 0
-    keys = list(next(iter(result["metrics"].values())))
-    print(f"{'model':32} " + " ".join(f"{k:>11}" for k in keys))
-    for label, m in result["metrics"].items():
-        print(f"{label[:32]:32} " + " ".join(f"{m[k]:11.2f}" if m[k] is not None else f"{'-':>11}" for k in keys))
+    print(metrics_table(result))
     print(result["path"])
     return 0
+
+
+def metrics_table(result: dict) -> str:
+    """One line per model, its whole name (two runs of one recipe differ only in their last characters)."""
+    keys = list(next(iter(result["metrics"].values())))
+    width = max(len("model"), *(len(label) for label in result["metrics"]))
+    lines = [f"{'model':{width}} " + " ".join(f"{k:>11}" for k in keys)]
+    for label, m in result["metrics"].items():
+        lines.append(f"{label:{width}} " + " ".join(f"{m[k]:11.2f}" if m.get(k) is not None else f"{'-':>11}"
+                                                    for k in keys))
+    return "\n".join(lines)
 
 
 def build_parser() -> argparse.ArgumentParser:

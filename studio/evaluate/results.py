@@ -78,8 +78,21 @@ def run_results(run_dir: Path) -> list[dict]:
     return found
 
 
+def export_metrics(result: dict, folder: str | Path) -> Path:
+    """The summary as CSV: one line per model, one column per metric (the rows CSV holds the rows)."""
+    path = Path(folder) / f"{result['name']}-metrics.csv"
+    keys = list(dict.fromkeys(k for m in result["metrics"].values() for k in m))
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        w = csv.writer(f)
+        w.writerow(["model", *keys])
+        for label, m in result["metrics"].items():
+            w.writerow([label, *[m.get(k) if m.get(k) is None else round(m[k], 4) for k in keys]])
+    return path
+
+
 def export_result(result: dict, folder: str | Path | None = None) -> tuple[Path, Path]:
-    """(CSV, JSON) copies in a temp folder: one CSV line per row with each model's output and score."""
+    """(CSV, JSON) copies in a temp folder: one CSV line per row with each model's output and score; beside
+    them `<name>-metrics.csv`, the summary (`export_metrics`)."""
     folder = Path(folder or tempfile.mkdtemp(prefix="studio-eval-"))
     folder.mkdir(parents=True, exist_ok=True)
     labels, key = result["labels"], result.get("score_key")
@@ -94,4 +107,5 @@ def export_result(result: dict, folder: str | Path | None = None) -> tuple[Path,
             outs = [o if isinstance(o, str) else "\n— next turn —\n".join(o) for o in row["outputs"].values()]
             scores = [round(row["scores"][lab][key], 2) for lab in labels] + [round(row["delta"], 2)] if key else []
             w.writerow([row["id"], row["prompt"], row["reference"], *outs, *scores])
+    export_metrics(result, folder)
     return csv_path, json_path
