@@ -229,3 +229,14 @@ def test_dpo_table_says_why_it_is_empty(tmp_path):  # finding 5
     from studio.ui.dpo_tab import HELDOUT_NONE, heldout_update
 
     assert heldout_update(tmp_path)["label"] == HELDOUT_NONE
+
+
+def test_one_time_build_reports_what_it_does_and_that_it_is_once(tmp_path):  # finding 2
+    from studio.embedded import build_embedded_model, one_time_progress
+
+    seen = []
+    with one_time_progress(lambda f, text: seen.append((f, text))):
+        build_embedded_model(tmp_path, steps=30)  # the real build, shortened
+    assert len(seen) == 4 and all("once" in text for _, text in seen)
+    assert [f for f, _ in seen] == sorted(f for f, _ in seen)
+    assert "training its tokenizer" in seen[0][1] and "pretraining, step 20/30" in seen[-1][1]

@@ -159,3 +159,12 @@ CSS = """
   #chat-main {order:-1;}
 }
 """
+
+
+def page_progress(progress):
+    """A `gr.Progress` as the backend's one-time-build callback (`studio.embedded.one_time_progress`)."""
+    def report(fraction: float, text: str) -> None:
+        progress(fraction, desc=text)
+
+    return report
+

@@ -94,7 +94,7 @@ def _label_status(s: dict) -> str:
 def create_dpo_tab(client: gr.BrowserState) -> dict:
     from studio.models import PRESETS, REAL_MODEL_ID
 
-    with gr.Tab("DPO", id="dpo"):
+    with gr.Tab("DPO", id="dpo") as dpo_tab:
         gr.Markdown("Align a model with **Direct Preference Optimization** on prompt / chosen / rejected pairs. "
                     "No pairs yet? Label some below, or build them from an SFT dataset.")
 
@@ -348,6 +348,9 @@ def create_dpo_tab(client: gr.BrowserState) -> dict:
             return gr.update(choices=[BASE_START, *(ids or [])])
 
         refresh.click(list_starts, None, init_adapter)
+        # runs finished elsewhere (an SFT run on the Train tab, this tab's own) show up without Refresh
+        dpo_tab.select(list_starts, None, init_adapter, api_name=False)
+        table.change(list_starts, None, init_adapter, api_name=False, show_progress="hidden")
 
         def on_load(name):
             return fill(name) + [list_starts()]

@@ -7,7 +7,7 @@ import html
 import gradio as gr
 
 from studio.runs import adapter_runs
-from studio.ui.common import error_html, ok_html, safely
+from studio.ui.common import error_html, ok_html, page_progress, safely
 
 TEST_SPLIT = "test split"
 SORTS = ["Δ descending", "Δ ascending", "row order"]
@@ -220,7 +220,10 @@ def create_evaluate_tab(client: gr.BrowserState) -> dict:
                                max_new_tokens=whole_number(n_new or 32, "max new tokens", 1, 1024),
                                name=result_name or None, progress=lambda f, text: progress(f, desc=text))
 
-            result, err = safely(run)
+            from studio.embedded import one_time_progress
+
+            with one_time_progress(page_progress(progress)):  # a model's one-time conversion says so
+                result, err = safely(run)
             if err:
                 return [None, error_html(err), *nothing, gr.update()]
             from studio.evaluate import list_results
