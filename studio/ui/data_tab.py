@@ -130,7 +130,7 @@ def create_data_tab() -> dict:
                 tokenizer_name = gr.Textbox(value=EMBEDDED_MODEL_ID, label="Tokenizer for length statistics")
                 load = gr.Button("Load dataset", variant="primary")
             with gr.Column(scale=2):
-                status = gr.HTML()
+                status = gr.HTML(elem_id="data-status")
                 info = gr.Markdown(elem_id="data-info")
                 hist = gr.Plot(label="Token lengths")
                 use = gr.Button("Use this dataset on the Train tab")
@@ -148,7 +148,7 @@ def create_data_tab() -> dict:
         upload.upload(inspect, fields, [status, info, hist, chosen], api_name=False)
         sample.input(inspect, fields, [status, info, hist, chosen], api_name=False)
         for field in (kind, path, hub_id, hub_config, hub_split, fmt, template, tokenizer_name):
-            field.input(stale, None, [status, info, hist, chosen], api_name=False)
+            field.change(stale, None, [status, info, hist, chosen], api_name=False)
         upload.clear(stale, None, [status, info, hist, chosen], api_name=False)
 
         def send(choice):
