@@ -284,6 +284,7 @@ def _eval_results(run_dir: Path) -> list[dict]:
         data = config.get("data") or {}
         source = data.get("source") or (f"suite {config['suite']}" if config.get("suite") else "?")
         found.append({"name": str(result.get("name")), "source": str(source), "split": data.get("split"),
+                      "chat": [lab for lab in config.get("chat_template_for") or [] if lab in labels],
                       "rows": data.get("rows") or len(result.get("rows") or []), "labels": labels, "own": own,
                       "metrics": {k: {lab: result["metrics"][lab].get(k) for lab in labels} for k in names}})
     return found
@@ -302,6 +303,9 @@ def _eval_section(evals: list[dict]) -> list[str]:
             cells = [f"{v:.4g}" if isinstance(v, (int, float)) and not isinstance(v, bool) else "–"
                      for v in values.values()]
             lines.append(f"| {metric} | " + " | ".join(cells) + " |")
+        if ev["chat"]:
+            lines += ["", f"{', '.join(_public(lab) for lab in ev['chat'])}: an instruct model, asked each row through "
+                          "its chat template (a raw prompt is a finished turn to it)."]
         lines.append("")
     return lines
 

@@ -215,13 +215,16 @@ def create_train_tab(client: gr.BrowserState) -> dict:
             out = fill(name)
             flat, notes = out[-2], []
             if isinstance(flat, dict) and flat.get("method") == "dpo":
-                notes.append(f"{name} is a DPO recipe: it trains on preference pairs. The <b>DPO</b> tab labels "
+                notes.append(f"{name} is a DPO recipe: it trains on preference pairs. The DPO tab labels "
                              "pairs and shows its rewards; start it there.")
             if given and isinstance(flat, dict) and flat.get("method") != "dpo":
-                i = keys.index("dataset.source")
-                out[i], out[i + 1], out[i + 2] = given["source"], given["format"] or "auto", given["template"] or ""
-                notes.append(f"Kept your dataset from the Data tab ({html.escape(shown_source(given['source']))}); "
-                             f"the recipe's own is {html.escape(str(flat.get('dataset.source')))}: type it in the "
+                fmt = keys.index("dataset.format")
+                out[keys.index("dataset.source")] = given["source"]
+                out[keys.index("dataset.template")] = given["template"] or ""
+                out[fmt] = {**out[fmt], "value": given["format"] or "auto"} if isinstance(out[fmt], dict) else (
+                    given["format"] or "auto")
+                notes.append(f"Kept your dataset from the Data tab ({shown_source(given['source'])}); "
+                             f"the recipe's own is {flat.get('dataset.source')}: type it in the "
                              "Dataset field to use that instead.")
             if notes and not out[-1]:
                 out[-1] = ok_html(" ".join(notes))
