@@ -84,7 +84,7 @@ def test_lists_fill_when_a_run_finishes_without_refresh(app, page):  # finding 3
              if page.locator("#train-progress .studio-progress").count() else False, 240, "the run to finish")
     run_id = next(p.name for p in app[1].iterdir() if p.is_dir() and p.name.startswith("tiny-llama-capitals-sft-"))
     page.get_by_text("Runs history").click()
-    wait_for(lambda: run_id in page.get_by_label("Run", exact=True).input_value(), 30, "the run in Runs history")
+    wait_for(lambda: run_id in page.locator("#train-run-pick input").input_value(), 30, "the run in Runs history")
     page.get_by_role("tab", name="Export").click()
     wait_for(lambda: run_id in page.locator("#export-run input").input_value(), 30, "the run on the Export tab")
     assert page.get_by_text("No finished runs yet").count() == 0

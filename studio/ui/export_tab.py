@@ -108,7 +108,7 @@ def create_export_tab(client: gr.BrowserState) -> dict:
             if err:
                 return gr.update(choices=[]), error_html(err)
             value = current if current in names else (names[0] if names else None)
-            return gr.update(choices=names, value=value, info=None if names else NO_RUNS), gr.update()
+            return gr.update(choices=names, value=value, info="" if names else NO_RUNS), gr.update()
 
         def pick(run_id):
             if not run_id:

@@ -182,7 +182,7 @@ def create_train_tab(client: gr.BrowserState) -> dict:
         logs = gr.Textbox(label="Log", lines=8, max_lines=12, autoscroll=True, elem_id="train-log")
         with gr.Accordion("Runs history", open=False) as history:
             with gr.Row():
-                run_pick = gr.Dropdown([], label="Run", scale=3)
+                run_pick = gr.Dropdown([], label="Run", scale=3, elem_id="train-run-pick")
                 run_other = gr.Dropdown([], label="Compare with", scale=3)
                 refresh = gr.Button("Refresh", scale=1)
             with gr.Row():
