@@ -101,8 +101,8 @@ def test_metrics_table_shows_or_scrolls_to_its_last_column(app, page):  # findin
     runs.click()
     page.get_by_role("option").filter(has_text="capitals").first.click()
     runs.press("Escape")
-    page.get_by_label("Max rows").fill("2")
-    page.get_by_label("Max new tokens").fill("4")
+    page.get_by_label("Max rows").filter(visible=True).fill("2")
+    page.get_by_label("Max new tokens").filter(visible=True).fill("4")
     page.locator("#eval-go").click()
     page.locator("#eval-message").get_by_text("Saved").wait_for(timeout=300000)
     last = page.locator("#eval-metrics th").last
