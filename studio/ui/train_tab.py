@@ -48,8 +48,8 @@ INT_KEYS = {"lora_r", "lora_alpha", "max_steps", "per_device_train_batch_size", 
             "max_length", "seed", "logging_steps", "eval_steps", "save_steps"}
 
 
-RECIPE_INFO = ("tiny-* recipes train the embedded toy model in under a minute; smollm2-* recipes train a real "
-               "model, SmolLM2-135M-Instruct (minutes on a CPU). DPO recipes belong to the DPO tab.")
+RECIPE_INFO = ("tiny-… recipes: the embedded toy model, under a minute. smollm2-… recipes: a real model, "
+               "SmolLM2-135M-Instruct, minutes on a CPU. DPO recipes: start them on the DPO tab.")
 
 
 def shown_source(source: str) -> str:
