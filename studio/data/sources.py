@@ -242,8 +242,7 @@ def _native_table(path: str, suffix: str):
     if suffix == ".parquet":
         import pyarrow.parquet as pq
 
-        _check_schema(pq.read_schema(path), path.name)  # before reading any data
-        table = pq.read_table(path)
+        table = _read_parquet(path)
     elif suffix == ".csv":
         import pyarrow.csv as pcsv
 
@@ -260,6 +259,29 @@ def _native_table(path: str, suffix: str):
     _check_schema(table.schema, path.name)
     table.validate(full=True)  # pyarrow's JSON reader lets invalid UTF-8 through
     return table
+
+
+def _read_parquet(path: Path, keep: bool = True):
+    """A Parquet file decoded batch by batch within the decode limits (studio.budgets), refused before its
+    rows are touched when its footer already says too many. `keep=False` only counts (a file `datasets`
+    reads next). Dictionary-encoded columns are decoded to plain values, which is what the limits count."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from studio.data.isolate import decode_limits
+
+    limits = decode_limits()
+    pf = pq.ParquetFile(path)
+    _check_schema(pf.schema_arrow, path.name)  # before reading any data
+    limits.check_rows(path.name, pf.metadata.num_rows, " in its footer")
+    batches, rows, nbytes = [], 0, 0
+    for batch in pf.iter_batches(batch_size=16_384):
+        rows, nbytes = rows + batch.num_rows, nbytes + batch.nbytes
+        limits.check_rows(path.name, rows)
+        limits.check_bytes(path.name, nbytes, rows)
+        if keep:
+            batches.append(batch)
+    return pa.Table.from_batches(batches, schema=pf.schema_arrow) if keep else None
 
 
 def _type_depth(t) -> int:
@@ -318,11 +340,12 @@ def _native_large(path: str, suffix: str) -> None:
     `load_dataset` then finds the Arrow cache this wrote."""
     if suffix in (".json", ".jsonl"):
         _check_json_depth(Path(path), per_line=suffix == ".jsonl")
-    if suffix == ".parquet":
-        import pyarrow.parquet as pq
+    from studio.data.isolate import decode_limits
 
-        _check_schema(pq.read_schema(path), Path(path).name)
-    _arrow_read(Path(path), suffix, True, isolated=False)
+    if suffix == ".parquet":
+        _read_parquet(Path(path), keep=False)
+    ds = _arrow_read(Path(path), suffix, True, isolated=False)
+    decode_limits().check_table(Path(path).name, ds.data)  # on disk already, but nothing reached the server
 
 
 def _arrow_read(path: Path, suffix: str, large: bool, isolated: bool = True):
@@ -333,26 +356,45 @@ def _arrow_read(path: Path, suffix: str, large: bool, isolated: bool = True):
     from studio.data.isolate import run_isolated
 
     if large and isolated and suffix != ".txt":
-        run_isolated(_native_large, str(path.absolute()), suffix, name=path.name)
+        from studio.access import shared_mode
+        from studio.budgets import DecodeLimits
+
+        # a large file goes to `datasets`' memory-mapped cache, not into memory: locally its size is the owner's
+        # business; on a shared studio the decode limits bound the disk it takes too
+        limits = None if shared_mode() else DecodeLimits(rows=2**62, bytes=2**62)
+        run_isolated(_native_large, str(path.absolute()), suffix, name=path.name, limits=limits)
     if suffix == ".txt":
         ds = _load_with_datasets("text", path) if large else datasets.Dataset(_text_table(path))
         return ds.filter(lambda b: [bool(t.strip()) for t in b["text"]], batched=True, batch_size=10_000)
     if suffix == ".json" and not large:  # a JSON array, or {"data": [...]}: one document, parsed whole
         return datasets.Dataset.from_list(_scan_json(path))
     if suffix == ".parquet":
-        return _load_with_datasets("parquet", path) if large else datasets.Dataset(
-            run_isolated(_native_table, str(path.absolute()), suffix, name=path.name))
+        return _load_with_datasets("parquet", path) if large else _in_memory(
+            run_isolated(_native_table, str(path.absolute()), suffix, name=path.name), path)
     if suffix == ".csv":
         if large:
             features = datasets.Features({h: datasets.Value("string") for h in _csv_header(path)})
             return _load_with_datasets("csv", path, features=features, keep_default_na=False)
-        return datasets.Dataset(run_isolated(_native_table, str(path.absolute()), suffix, name=path.name))
+        return _in_memory(run_isolated(_native_table, str(path.absolute()), suffix, name=path.name), path)
     if large:
         return _without_meta(_load_with_datasets("json", path))
     table = run_isolated(_native_table, str(path.absolute()), suffix, name=path.name)
     if table.num_rows and not table.num_columns:
         raise StudioError(f"{path.name}: the records have no fields (every line is {{}})")
-    return _without_meta(datasets.Dataset(table))
+    return _without_meta(_in_memory(table, path))
+
+
+def _in_memory(table, path: Path):
+    """A `datasets.Dataset` over a table the child handed back, fingerprinted by the file's bytes (xxh3, GB/s):
+    left to itself `datasets` fingerprints an in-memory table by pickling all of it, a full copy."""
+    import datasets
+    import xxhash
+
+    h = xxhash.xxh3_128(path.suffix.lower().encode())
+    with open(path, "rb") as f:
+        while chunk := f.read(8 << 20):
+            h.update(chunk)
+    return datasets.Dataset(table, fingerprint=h.hexdigest())
 
 
 def _without_meta(ds):
