@@ -33,7 +33,9 @@ from studio.errors import StudioError
 
 # A parse of a file up to the upload limit takes seconds; a child still busy after this is stopped.
 PARSE_TIMEOUT_S = float(os.environ.get("STUDIO_PARSE_TIMEOUT", 300))
-_PRELOAD = ("numpy", "pyarrow", "pyarrow.json", "pyarrow.csv", "pyarrow.parquet", "pyarrow.ipc", "studio.data.sources")
+# `datasets` too: a large file is parsed by its builders in the child (its import costs seconds; a fork, nothing)
+_PRELOAD = ("numpy", "pyarrow", "pyarrow.json", "pyarrow.csv", "pyarrow.parquet", "pyarrow.ipc", "datasets",
+            "studio.data.sources")
 _MAX_IDLE = 2  # helpers kept for the next file; more start when several visitors parse at once
 _idle: list[subprocess.Popen] = []
 _idle_lock = threading.Lock()
@@ -66,7 +68,10 @@ def _child(target: str, args: list, out: str, limits: dict | None = None, name: 
             _limits = DecodeLimits(**limits)
         module, _, fn = target.partition(":")
         table = getattr(importlib.import_module(module), fn)(*args)
-        if table is not None:
+        if isinstance(table, (list, dict)):  # a plain answer (e.g. the cache files `datasets` wrote)
+            Path(out + ".json.tmp").write_text(json.dumps(table), encoding="utf-8")
+            os.replace(out + ".json.tmp", out + ".json")
+        elif table is not None:
             import pyarrow as pa
 
             decode_limits().check_table(name, table)
@@ -161,7 +166,7 @@ def _ask(request: dict) -> dict | None:
 
 
 def run_isolated(fn, *args, name: str, timeout: float | None = None, limits=None):
-    """fn(*args) in a child process: its pyarrow Table (or None), a StudioError it raised, or ReaderFailed
+    """fn(*args) in a child process: its pyarrow Table, list or dict (or None), a StudioError it raised, or ReaderFailed
     when it raised anything else, died by a signal or ran past `timeout` seconds. `fn` is a module-level
     function; its arguments are JSON values (absolute file paths, suffixes: the helper's working folder is
     the one it started in). A table over `limits` (studio.budgets.DecodeLimits; the budgets now by default)
@@ -195,6 +200,8 @@ def run_isolated(fn, *args, name: str, timeout: float | None = None, limits=None
             raise ReaderFailed(f"{text or kind}")
         if answer.get("exit"):
             raise ReaderFailed(f"the file reader exited with status {answer['exit']}")
+        if os.path.exists(out + ".json"):
+            return json.loads(Path(out + ".json").read_text("utf-8"))
         if not os.path.exists(out):
             return None
         # Mapped, not read: the table's buffers are the file's pages (the file is unlinked when the folder

@@ -312,35 +312,44 @@ def _check_schema(schema, name: str) -> None:
 _JSON_STRING = re.compile(rb'"(?:[^"\\\n]|\\.)*"')
 
 
+_NOT_OPEN_OR_NEWLINE = bytes(b for b in range(256) if b not in b"{[\n")
+_TOO_MANY_OPENS = re.compile(rb"[{\[]{%d}" % (MAX_DEPTH + 1))
+
+
 def _check_json_depth(path: Path, per_line: bool) -> None:
     """Refuse JSON nested deeper than MAX_DEPTH before pyarrow sees it: its JSON reader takes time quadratic
     in the depth (a 9,000-level line of 18 KB: 45 s). Strings are blanked first, so brackets in text don't
-    count; JSON strings never span lines. Read in blocks of whole lines: in JSON Lines a line can only be too
-    deep if it holds more than MAX_DEPTH opening brackets, so lines are first counted with numpy over the
-    whole block, and only those lines get the exact check (honest data: none, so the check reads at memory
-    speed); a JSON document (`per_line=False`) carries its depth from line to line and is checked whole."""
-    import numpy as np
-
+    count; JSON strings never span lines. Read in blocks of whole lines. In JSON Lines a line can only be too
+    deep if it holds more than MAX_DEPTH opening brackets: one C pass (`bytes.translate`) keeps only the
+    opening brackets and line ends of a block, a regex finds a line with that many, and only such a line gets
+    the exact check (honest data: none, so the check reads at memory speed). A JSON document
+    (`per_line=False`) carries its depth from line to line and is checked whole."""
     line_no, depth = 1, 0
     for block in _line_blocks(path):
         if per_line:
-            if block.count(b"{") + block.count(b"[") > MAX_DEPTH:
-                codes = np.frombuffer(block, np.uint8)
-                newlines = np.flatnonzero(codes == 10)
-                opens = np.flatnonzero((codes == 123) | (codes == 91))
-                per_line_opens = np.bincount(np.searchsorted(newlines, opens), minlength=len(newlines) + 1)
-                for i in np.flatnonzero(per_line_opens > MAX_DEPTH):
-                    start = int(newlines[i - 1]) + 1 if i else 0
-                    end = int(newlines[i]) if i < len(newlines) else len(block)
-                    if _max_depth(block[start:end], 0)[0] > MAX_DEPTH:
-                        raise StudioError(f"{path.name} line {line_no + int(i)}: JSON nested too deeply "
-                                          f"(more than {MAX_DEPTH} levels)")
+            brackets, checked = block.translate(None, _NOT_OPEN_OR_NEWLINE), -1
+            for m in _TOO_MANY_OPENS.finditer(brackets):
+                i = brackets.count(b"\n", 0, m.start())  # the block's i-th line
+                if i == checked:
+                    continue
+                checked = i
+                start = _nth_line_start(block, i)
+                end = block.find(b"\n", start)
+                if _max_depth(block[start:end if end >= 0 else len(block)], 0)[0] > MAX_DEPTH:
+                    raise StudioError(f"{path.name} line {line_no + i}: JSON nested too deeply "
+                                      f"(more than {MAX_DEPTH} levels)")
         else:
             deepest, at, depth = _max_depth(block, depth)
             if deepest > MAX_DEPTH:
                 line = line_no + block.count(b"\n", 0, at)
                 raise StudioError(f"{path.name} line {line}: JSON nested too deeply (more than {MAX_DEPTH} levels)")
         line_no += block.count(b"\n")
+
+
+def _nth_line_start(block: bytes, i: int) -> int:
+    import numpy as np
+
+    return int(np.flatnonzero(np.frombuffer(block, np.uint8) == 10)[i - 1]) + 1 if i else 0
 
 
 def _max_depth(text: bytes, depth: int) -> tuple[int, int, int]:
@@ -373,50 +382,65 @@ def _line_blocks(path: Path, size: int = 8 << 20):
             yield rest
 
 
-def _native_large(path: str, suffix: str) -> None:
-    """A large file through `datasets` once in the child: a crash stays there; the parent's own
-    `load_dataset` then finds the Arrow cache this wrote."""
-    if suffix in (".json", ".jsonl"):
-        _check_json_depth(Path(path), per_line=suffix == ".jsonl")
+def _native_large(path: str, suffix: str) -> list[str]:
+    """A large file through `datasets` in the child: a crash stays there. Returns the Arrow cache files it
+    wrote, which the caller memory-maps (no second parse, no second `load_dataset`)."""
     from studio.data.isolate import decode_limits
 
+    if suffix in (".json", ".jsonl"):
+        _check_json_depth(Path(path), per_line=suffix == ".jsonl")
     if suffix == ".parquet":
         _read_parquet(Path(path), keep=False)
-    ds = _arrow_read(Path(path), suffix, True, isolated=False)
+    ds = _load_large(Path(path), suffix)
     decode_limits().check_table(Path(path).name, ds.data)  # on disk already, but nothing reached the server
+    return [f["filename"] for f in ds.cache_files]
 
 
-def _arrow_read(path: Path, suffix: str, large: bool, isolated: bool = True):
+def _load_large(path: Path, suffix: str):
+    import datasets
+
+    if suffix == ".csv":
+        features = datasets.Features({h: datasets.Value("string") for h in _csv_header(path)})
+        return _load_with_datasets("csv", path, features=features, keep_default_na=False)
+    return _load_with_datasets("parquet" if suffix == ".parquet" else "json", path)
+
+
+def _from_cache_files(files: list[str], path: Path, suffix: str):
+    """The dataset over the Arrow files the child's `load_dataset` wrote, memory-mapped; if there are none
+    (or they are gone), `load_dataset` here, which finds the child's cache or parses again."""
+    import datasets
+
+    if files and all(str(f).endswith(".arrow") and Path(f).is_file() for f in files):
+        parts = [datasets.Dataset.from_file(str(f)) for f in files]
+        return parts[0] if len(parts) == 1 else datasets.concatenate_datasets(parts)
+    return _load_large(path, suffix)
+
+
+def _arrow_read(path: Path, suffix: str, large: bool):
     """pyarrow (small) or datasets (large) parse; raises whatever they raise. Native parsing of the file's
-    bytes happens in a child process first (`isolated`), so a reader that crashes can't take this one down."""
+    bytes happens in a child process, so a reader that crashes can't take this one down."""
     import datasets
 
     from studio.data.isolate import run_isolated
 
-    if large and isolated and suffix != ".txt":
+    if suffix == ".txt":
+        ds = _load_with_datasets("text", path) if large else datasets.Dataset(_text_table(path))
+        return ds.filter(lambda b: [bool(t.strip()) for t in b["text"]], batched=True, batch_size=10_000)
+    if large:
         from studio.access import shared_mode
         from studio.budgets import DecodeLimits
 
         # a large file goes to `datasets`' memory-mapped cache, not into memory: locally its size is the owner's
         # business; on a shared studio the decode limits bound the disk it takes too
         limits = None if shared_mode() else DecodeLimits(rows=2**62, bytes=2**62)
-        run_isolated(_native_large, str(path.absolute()), suffix, name=path.name, limits=limits)
-    if suffix == ".txt":
-        ds = _load_with_datasets("text", path) if large else datasets.Dataset(_text_table(path))
-        return ds.filter(lambda b: [bool(t.strip()) for t in b["text"]], batched=True, batch_size=10_000)
-    if suffix == ".json" and not large:  # a JSON array, or {"data": [...]}: one document, parsed whole
+        files = run_isolated(_native_large, str(path.absolute()), suffix, name=path.name, limits=limits)
+        ds = _from_cache_files(files, path, suffix)
+        return _without_meta(ds) if suffix in (".json", ".jsonl") else ds
+    if suffix == ".json":  # a JSON array, or {"data": [...]}: one document, parsed whole
         return datasets.Dataset.from_list(_scan_json(path))
-    if suffix == ".parquet":
-        return _load_with_datasets("parquet", path) if large else _in_memory(
-            run_isolated(_native_table, str(path.absolute()), suffix, name=path.name), path)
-    if suffix == ".csv":
-        if large:
-            features = datasets.Features({h: datasets.Value("string") for h in _csv_header(path)})
-            return _load_with_datasets("csv", path, features=features, keep_default_na=False)
-        return _in_memory(run_isolated(_native_table, str(path.absolute()), suffix, name=path.name), path)
-    if large:
-        return _without_meta(_load_with_datasets("json", path))
     table = run_isolated(_native_table, str(path.absolute()), suffix, name=path.name)
+    if suffix in (".parquet", ".csv"):
+        return _in_memory(table, path)
     if table.num_rows and not table.num_columns:
         raise StudioError(f"{path.name}: the records have no fields (every line is {{}})")
     return _without_meta(_in_memory(table, path))
@@ -465,6 +489,9 @@ def read_file(path: str | os.PathLike) -> RawData:
         raise StudioError(f"{path.name}: unsupported file type '{suffix}'; use one of {', '.join(sorted(FILE_TYPES))}")
     if path.stat().st_size == 0:
         raise StudioError(f"{path.name}: the file is empty")
+    from studio.data.isolate import warm
+
+    warm()  # the parse helper starts its imports now, beside this process's own
     raw = RawData(dataset=None, name=path.name, path=path)
     if suffix == ".parquet":
         try:
