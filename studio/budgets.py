@@ -42,10 +42,10 @@ class Budget:
         value = self.value() if value is None else value
         return f"{value:,.0f} {self.unit}" if float(value).is_integer() else f"{value:,g} {self.unit}"
 
-    def refuse(self, subject: str, amount: str | None = None) -> StudioError:
+    def refuse(self, subject: str, amount: str | None = None, value: float | None = None) -> StudioError:
         """The one line for `subject` over this budget: what, the limit, and the variable that changes it."""
         over = f" ({amount})" if amount else ""
-        return StudioError(f"{subject}{over}: over the limit of {self.shown()} {self.what} "
+        return StudioError(f"{subject}{over}: over the limit of {self.shown(value)} {self.what} "
                            f"(the app's owner sets it with {self.env})")
 
 
@@ -90,12 +90,12 @@ class DecodeLimits:
 
     def check_rows(self, name: str, rows: int, counted: str = "") -> None:
         if rows > self.rows:
-            raise BUDGETS["decoded_rows"].refuse(name, f"{rows:,} rows{counted}")
+            raise BUDGETS["decoded_rows"].refuse(name, f"{rows:,} rows{counted}", self.rows)
 
     def check_bytes(self, name: str, nbytes: int, rows: int | None = None) -> None:
         if nbytes > self.bytes:
             where = f"{_mb(nbytes)} decoded" + (f" by row {rows:,}" if rows is not None else "")
-            raise BUDGETS["decoded_mb"].refuse(name, where)
+            raise BUDGETS["decoded_mb"].refuse(name, where, self.bytes / MB)
 
     def check_table(self, name: str, table) -> None:
         """A decoded Arrow table (or dataset's table) against both limits."""

@@ -59,13 +59,13 @@ def decode_limits():
 def _child(target: str, args: list, out: str, limits: dict | None = None, name: str = "file") -> None:
     """In the forked child: run target(*args); a table goes to `out` as Arrow IPC, an exception to `out`.err.
     A table over the decode limits is refused here, before anything reaches the caller."""
-    global _limits
     code = 0
     try:
         if limits:
             from studio.budgets import DecodeLimits
 
-            _limits = DecodeLimits(**limits)
+            # the helper runs this file as __main__: the readers ask the imported module
+            importlib.import_module("studio.data.isolate")._limits = DecodeLimits(**limits)
         module, _, fn = target.partition(":")
         table = getattr(importlib.import_module(module), fn)(*args)
         if isinstance(table, (list, dict)):  # a plain answer (e.g. the cache files `datasets` wrote)
@@ -74,7 +74,7 @@ def _child(target: str, args: list, out: str, limits: dict | None = None, name: 
         elif table is not None:
             import pyarrow as pa
 
-            decode_limits().check_table(name, table)
+            importlib.import_module("studio.data.isolate").decode_limits().check_table(name, table)
 
             with pa.OSFile(out + ".tmp", "wb") as f, pa.ipc.new_file(f, table.schema) as writer:
                 writer.write_table(table)
