@@ -394,6 +394,7 @@ def claim_upload(path) -> str:
     src = Path(path).expanduser().resolve()
     if _upload_mark(src) is not None:
         require_read(src, src.name)
+        os.utime(src)  # used now: kept for the upload TTL from here (studio.budgets)
         return str(src)
     dest = upload_dirs()[0] / f"visitor-{visitor.home}" / src.parent.name / src.name
     if not dest.exists():
