@@ -187,9 +187,10 @@ def test_uploads_not_used_for_the_ttl_are_swept_and_the_total_is_bounded(tmp_pat
     assert cache_schedule() == (60, 60)
 
 
-def test_a_shared_app_deletes_gradios_cache_after_the_upload_ttl(monkeypatch):
+def test_a_shared_app_deletes_gradios_cache_after_the_upload_ttl(monkeypatch, tmp_path):
     from studio.ui import build_app
 
+    monkeypatch.setenv("GRADIO_TEMP_DIR", str(tmp_path))  # the sweeper this starts looks only here
     monkeypatch.setenv("STUDIO_SHARED", "1")
     monkeypatch.setenv("STUDIO_UPLOAD_TTL", "30")
     assert build_app().delete_cache == (30, 30)
