@@ -239,13 +239,13 @@ def sweep_uploads(folder: Path, force: bool = False) -> int:
         return removed
 
 
-def start_sweeper(folder_fn) -> None:
-    """A daemon thread sweeping `folder_fn()` every sweep period (started once by the app)."""
+def start_sweeper(folder: Path) -> None:
+    """A daemon thread sweeping `folder` every sweep period (started once by the app)."""
     def loop():
         while True:
             time.sleep(cache_schedule()[0])
             try:
-                sweep_uploads(folder_fn(), force=True)
+                sweep_uploads(folder, force=True)
             except Exception:  # noqa: BLE001 - a failed sweep is retried next period
                 pass
 

@@ -20,7 +20,7 @@ def build_app() -> gr.Blocks:
 
     set_visitor_source(event_visitor)  # studio.access asks who the current event's visitor is
     if shared_mode():  # uploads (visitors' copies, and Gradio's own files) leave after the upload TTL (budgets)
-        start_sweeper(lambda: upload_dirs()[0])
+        start_sweeper(upload_dirs()[0])
     with gr.Blocks(title="LoRA Studio", analytics_enabled=False,
                    delete_cache=cache_schedule() if shared_mode() else None) as demo:
         gr.Markdown("# LoRA Studio\nFine-tune small language models with LoRA / QLoRA — "
