@@ -253,10 +253,26 @@ def shown_path(text: str) -> str:
     text = str(text)
     if shared_mode():
         text = text.replace(root, "runs").replace(str(runs_root()), "runs")
+        text = _VISITOR_PATH.sub("your folder/", text)  # a visitor's mark is nobody's business either
         cwd = os.getcwd()
         if len(cwd) > 1:  # the server's working folder (the checkout) is nobody's business either
             text = text.replace(cwd + os.sep, "")
     return text
+
+
+VISITORS_DIR = ".visitors"  # <runs>/.visitors/<mark>/: what a visitor writes that goes with no run of theirs
+
+
+def visitor_folder(visitor: "Visitor | None" = None) -> Path | None:
+    """The current visitor's own folder on a shared studio (their saved results live there, never in the
+    owner's run); None locally, outside the app and for the app's owner."""
+    visitor = visitor or current_visitor()
+    if not shared_mode() or visitor is None or visitor.is_app_owner:
+        return None
+    return runs_root() / VISITORS_DIR / visitor.home
+
+
+_VISITOR_PATH = re.compile(r"runs/\.visitors/[0-9a-f]+/")
 
 
 def in_runs(source: str) -> str:

@@ -20,6 +20,7 @@ class FakeHub:
         self.good, self.foreign = set(good), set(foreign)
         self.requests: list[dict] = []
         self.repos: dict[str, dict] = {}  # repo id → {"private": bool, "files": {path: bytes}, "commits": [msg]}
+        self.datasets: dict[str, dict] = {}  # dataset id → {"private": bool, "cardData": {...}}: GET /api/datasets/…
         hub = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -41,6 +42,9 @@ class FakeHub:
                 auth = self.headers.get("Authorization", "")
                 hub.requests.append({"method": self.command, "path": self.path, "auth": auth, "body": body})
                 token = auth.removeprefix("Bearer ").strip()
+                info = hub.dataset_info(self.path.split("?")[0])
+                if info is not None and not info["private"]:  # a public dataset: anyone reads its card
+                    return self._reply(200, info)
                 if token not in hub.good:
                     return self._reply(401, {"error": "Invalid credentials in Authorization header"})
                 return hub.route(self, body)
@@ -50,6 +54,17 @@ class FakeHub:
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    def dataset_info(self, path: str) -> dict | None:
+        """GET /api/datasets/<id>[/revision/<rev>] for a dataset added to `datasets`."""
+        if not path.startswith("/api/datasets/"):
+            return None
+        repo = "/".join(path[len("/api/datasets/"):].split("/")[:2])
+        if repo not in self.datasets:
+            return None
+        d = self.datasets[repo]
+        return {"id": repo, "_id": repo, "sha": "0" * 40, "private": d.get("private", False),
+                "cardData": d.get("cardData", {}), "siblings": [{"rfilename": "README.md"}], "tags": []}
 
     def route(self, h, body: bytes):
         path = h.path.split("?")[0]
@@ -64,6 +79,9 @@ class FakeHub:
             return h._reply(200, {"url": f"{self.url}/{repo}", "name": repo})
         if path == "/api/validate-yaml":  # the client checks a README's metadata before committing it
             return h._reply(200, {"errors": [], "warnings": []})
+        info = self.dataset_info(path)
+        if info is not None:
+            return h._reply(200, info)
         if path.startswith("/api/models/") and "/preupload/" in path:
             files = json.loads(body).get("files", [])
             return h._reply(200, {"files": [{"path": f["path"], "uploadMode": "regular", "shouldIgnore": False}

@@ -161,12 +161,13 @@ def create_dpo_tab(client: gr.BrowserState) -> dict:
         # ---- labelling handlers ------------------------------------------------------------------------------
         def show_session(s: dict, note: str = ""):
             """Status, the current prompt and its two candidates (generated here), and what was shown."""
+            from studio.access import shown_path
             from studio.pairs import candidates
 
             if s["done"]:
                 return (_label_status(s), note or ok_html("All prompts labelled. Train on the file below, or see it "
                                                           "on the Data tab."), "", "", "", None,
-                        gr.update(value=s["file"]))
+                        gr.update(value=shown_path(s["file"])))  # the pairs file's handle, never the server's path
             pair, err = safely(candidates, s["name"])
             if err:
                 return _label_status(s), error_html(err), s["prompt"], "", "", None, gr.update()
