@@ -79,12 +79,25 @@ def _inside(path: Path, folder: Path) -> bool:
 #   upload   a file this visitor uploaded
 #   task     an lm-eval task: the studio's bundled task or a name in lm-eval's own task index, never a path
 #   hub      a Hub id, owner/name: no URL, no path, nothing that exists on the server's disk
+#   recipe   a bundled recipe's name (recipes/NAME.yaml), in every mode: the page lists only those
 
 _PAIRS_HANDLE = re.compile(r"^(?:runs/pairs/)?([A-Za-z0-9][A-Za-z0-9._-]{0,99}?)(?:\.jsonl)?$")
 _RUN_ALIAS = re.compile(r"^runs/([A-Za-z0-9][A-Za-z0-9._-]{0,99})$")  # `runs/<run>` as docs and recipes write it
 _TASK_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,199}$")
 BUNDLED_MODELS = ("embedded", "embedded/tiny-llama")
 BUNDLED_TASKS_DIR = Path(__file__).resolve().parent.parent / "assets" / "lm_eval"
+
+
+BUNDLED_RECIPES_DIR = Path(__file__).resolve().parent.parent / "recipes"
+
+
+def _resolve_recipe(text: str) -> Path:
+    """A bundled recipe's name (what the page's recipe lists offer) → its file; never a path."""
+    path = BUNDLED_RECIPES_DIR / f"{text}.yaml"
+    if not (_RUN_NAME.match(text) and ".." not in text and path.is_file()):
+        raise StudioError(f"{shown_path(text)!r}: no such recipe; pick one from the list "
+                          f"({', '.join(sorted(p.stem for p in BUNDLED_RECIPES_DIR.glob('*.yaml'))[:6])}, …)")
+    return path
 
 
 def bundled_tasks() -> dict[str, Path]:
@@ -108,8 +121,11 @@ def lm_eval_task_index() -> frozenset:
 
 
 def _refuse(kind: str, handle: str, what: str) -> StudioError:
-    shown = handle if len(handle) <= 80 else handle[:77] + "…"
-    return StudioError(f"{shown_path(shown)!r}: on a shared studio a {kind} is {what}")
+    """One line naming what was refused; a server path is named by its last part only."""
+    shown = Path(handle).name if handle.startswith(("/", "~", "\\")) else shown_path(handle)
+    shown = shown if len(shown) <= 80 else shown[:77] + "…"
+    article = "an" if kind[0] in "aeiou" or kind.startswith("lm-") else "a"
+    return StudioError(f"{shown!r}: on a shared studio {article} {kind} is {what}")
 
 
 def _run_name(text: str) -> str | None:
@@ -225,7 +241,7 @@ def _resolve_task(text: str) -> str:
 def resolve(kind: str, handle, *, must_exist: bool = True, runs_dir=None):
     """The one door: a visitor's handle of `kind` (see above) → a path or id, or one line saying why not.
 
-    run/adapter/pairs give a Path; model/data/upload/task/hub give the text to load (a Hub id, a bundled name,
+    run/adapter/pairs/recipe give a Path; model/data/upload/task/hub give the text to load (a Hub id, a bundled name,
     the visitor's own upload, or for data a pairs file's real path). Locally every path is the owner's."""
     text = str(handle or "").strip()
     if kind == "run":
@@ -234,6 +250,8 @@ def resolve(kind: str, handle, *, must_exist: bool = True, runs_dir=None):
         return _resolve_adapter(text)
     if kind == "pairs":
         return _resolve_pairs(text, must_exist)
+    if kind == "recipe":
+        return _resolve_recipe(text)
     resolvers = {"model": _resolve_model, "data": _resolve_data, "upload": _resolve_upload, "task": _resolve_task,
                  "hub": _resolve_hub}
     if kind not in resolvers:

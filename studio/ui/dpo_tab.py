@@ -43,9 +43,11 @@ def _runs_with_adapter() -> list[str]:
 
 
 def load_dpo_form(name: str) -> dict:
-    from studio.recipes import RECIPES_DIR, load_recipe, recipe_to_flat
+    from studio.recipes import load_recipe, recipe_to_flat
 
-    flat = recipe_to_flat(load_recipe(RECIPES_DIR / f"{name}.yaml"))
+    from studio.access import resolve
+
+    flat = recipe_to_flat(load_recipe(resolve("recipe", name)))
     if isinstance(flat.get("loss_type"), list):
         flat["loss_type"] = flat["loss_type"][0]
     return flat
