@@ -134,9 +134,10 @@ def test_an_lm_eval_task_that_is_a_path_runs_nothing(mode, request, tmp_path):
     task, marker = _evil_task(app, tmp_path)
     client = app.b if mode == "shared" else app.v
     for name in [task, f"{task}, quote_authors"]:
-        out = _refused(_call(client, [], "embedded/tiny-llama", name, 2, api_name="/lm_eval"))
+        out = json.dumps(_call(client, [], "embedded/tiny-llama", name, 2, api_name="/lm_eval"))
+        assert not marker.exists(), "the visitor's Python ran in the server"
+        _refused(out)
         assert "lm-eval task" in out and str(app.tmp) not in out, out
-    assert not marker.exists()
 
 
 # ---- 2. a path inside the runs folder is not a model ---------------------------------------------------------------
@@ -220,8 +221,8 @@ def test_a_cached_hub_dataset_is_not_served_when_the_hub_refuses(hub, monkeypatc
 def test_a_card_whose_data_files_are_urls_fetches_nothing(shared, internal):
     status, info, _ = shared.b.predict("Hub dataset", "quotes", None, "", "stranger/url-card", "", "", "auto", "", "",
                                        api_name="/inspect_data")
+    assert not internal.hits, internal.hits  # the server fetched the card's URL (datasets refuses only after)
     assert "studio-error" in status and "outside the repository" in status, status
-    assert not internal.hits
     assert str(internal.port) not in status + info and str(ROOT) not in status + info
 
 
