@@ -272,6 +272,8 @@ def shown_path(text: str) -> str:
     if shared_mode():
         text = text.replace(root, "runs").replace(str(runs_root()), "runs")
         text = _VISITOR_PATH.sub("your folder/", text)  # a visitor's mark is nobody's business either
+        for folder in upload_dirs():
+            text = re.sub(re.escape(str(folder.resolve())) + r"/visitor-[0-9a-f]+/", "your uploads/", text)
         cwd = os.getcwd()
         if len(cwd) > 1:  # the server's working folder (the checkout) is nobody's business either
             text = text.replace(cwd + os.sep, "")
