@@ -564,6 +564,13 @@ def claim_upload(path) -> str:
     if _upload_mark(src) is not None:
         require_read(src, src.name)
         return str(src)
+    # Gradio's upload route takes files from anyone and names them by content: the first visitor to hand a raw
+    # upload to the studio is its only one; another who names that path (told it, or guessing) is refused.
+    try:
+        claim(src, visitor)
+    except StudioError:
+        raise StudioError(f"{src.name} was handed to the studio by another visitor: rename your file and upload it "
+                          "again") from None
     dest = upload_dirs()[0] / f"visitor-{visitor.home}" / src.parent.name / src.name
     if not dest.exists():
         dest.parent.mkdir(parents=True, exist_ok=True)

@@ -260,3 +260,33 @@ def test_csv_cells_that_spreadsheets_would_run_are_text(tmp_path):
     for row, text in zip(rows, nasty):
         assert row[1] == row[2] == row[3] == "'" + text
         assert row[4] == "-0.5" and row[5] == "-0.25"  # numbers stay numbers
+
+
+# ---- an upload is its sender's: its raw path handed to a file box by another visitor is refused ----------------------
+def _raw_call(app, name: str, data: list) -> str:
+    """One event as the page's JavaScript client sends it (a fresh session), its event stream as text."""
+    import uuid
+
+    import httpx
+
+    with httpx.Client(timeout=120) as http:
+        r = http.post(app.url + f"gradio_api/call/{name}", json={"data": data, "session_hash": uuid.uuid4().hex})
+        r.raise_for_status()
+        return http.get(app.url + f"gradio_api/call/{name}/{r.json()['event_id']}").text
+
+
+def test_another_visitors_raw_upload_in_a_file_box_is_refused(shared, tmp_path):
+    from gradio_client import handle_file
+
+    src = tmp_path / "a-upload.jsonl"
+    src.write_text("".join(json.dumps({"quote": f"A's upload row {i}", "author": "A"}) + "\n" for i in range(12)))
+    status, info, _ = shared.a.predict("Upload", "quotes", handle_file(str(src)), "", "", "", "", "auto", "", "",
+                                       api_name="/inspect_data")
+    assert "Loaded" in status and "A's upload row" in info
+    raw = [p for p in shared.uploads.glob("*/a-upload.jsonl") if not p.parent.name.startswith("visitor-")][0]
+    copies = len(list(shared.uploads.glob("visitor-*/*/a-upload.jsonl")))
+    out = _raw_call(shared, "inspect_data", ["Upload", "quotes", {"path": str(raw), "orig_name": raw.name,
+                                                                  "meta": {"_type": "gradio.FileData"}},
+                                             "", "", "", "", "auto", "", ""])
+    assert "another visitor" in out and "A's upload row" not in out, out[:600]
+    assert len(list(shared.uploads.glob("visitor-*/*/a-upload.jsonl"))) == copies  # no copy made for B
