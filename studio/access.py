@@ -95,7 +95,7 @@ def _resolve_recipe(text: str) -> Path:
     """A bundled recipe's name (what the page's recipe lists offer) → its file; never a path."""
     path = BUNDLED_RECIPES_DIR / f"{text}.yaml"
     if not (_RUN_NAME.match(text) and ".." not in text and path.is_file()):
-        raise StudioError(f"{shown_path(text)!r}: no such recipe; pick one from the list "
+        raise StudioError(f"{_echo(text)}: no such recipe; pick one from the list "
                           f"({', '.join(sorted(p.stem for p in BUNDLED_RECIPES_DIR.glob('*.yaml'))[:6])}, …)")
     return path
 
@@ -120,12 +120,17 @@ def lm_eval_task_index() -> frozenset:
         return _task_index
 
 
+def _echo(handle: str) -> str:
+    """A refused handle as an error line shows it: a path is not echoed (it may name a server folder or another
+    visitor's run), a long one neither."""
+    return repr(handle) if len(handle) <= 80 and not any(c in handle for c in "/\\~") else "that path"
+
+
 def _refuse(kind: str, handle: str, what: str) -> StudioError:
-    """One line naming what was refused; a server path is named by its last part only."""
-    shown = Path(handle).name if handle.startswith(("/", "~", "\\")) else shown_path(handle)
-    shown = shown if len(shown) <= 80 else shown[:77] + "…"
+    """One line saying what was refused (see `_echo`)."""
+    shown = _echo(handle)
     article = "an" if kind[0] in "aeiou" or kind.startswith("lm-") else "a"
-    return StudioError(f"{shown!r}: on a shared studio {article} {kind} is {what}")
+    return StudioError(f"{shown}: on a shared studio {article} {kind} is {what}")
 
 
 def _run_name(text: str) -> str | None:
@@ -224,7 +229,7 @@ def _resolve_data(text: str) -> str:
     if _HUB_ID.match(given) and not given.startswith("runs/"):
         return _resolve_hub(given, "data source")
     raise StudioError(
-        f"{shown_path(given)}: on a shared studio only bundled samples, your uploads, pairs files (runs/pairs/NAME.jsonl) "
+        f"{_echo(given)}: on a shared studio only bundled samples, your uploads, pairs files (runs/pairs/NAME.jsonl) "
         "and Hub dataset ids (owner/name) can be read"
     )
 
