@@ -72,7 +72,9 @@ def safely(fn, *args, **kwargs):
         import_ml_stack()  # waits for the warm-up import instead of racing it
         return fn(*args, **kwargs), None
     except StudioError as e:
-        return None, str(e)
+        from studio.access import shown_path
+
+        return None, shown_path(str(e))  # a shared page is told `runs/…`, never the server's folders
     except Exception as e:  # noqa: BLE001 - a bug: full traceback in the log, one line on the page
         log.exception("unexpected error in %s", getattr(fn, "__name__", fn))
         return None, f"unexpected error ({type(e).__name__}); details are in the server log"

@@ -43,9 +43,11 @@ def _runs_with_adapter() -> list[str]:
 
 
 def load_dpo_form(name: str) -> dict:
-    from studio.recipes import RECIPES_DIR, load_recipe, recipe_to_flat
+    from studio.recipes import load_recipe, recipe_to_flat
 
-    flat = recipe_to_flat(load_recipe(RECIPES_DIR / f"{name}.yaml"))
+    from studio.access import resolve
+
+    flat = recipe_to_flat(load_recipe(resolve("recipe", name)))
     if isinstance(flat.get("loss_type"), list):
         flat["loss_type"] = flat["loss_type"][0]
     return flat
@@ -172,12 +174,13 @@ def create_dpo_tab(client: gr.BrowserState) -> dict:
         # ---- labelling handlers ------------------------------------------------------------------------------
         def show_session(s: dict, note: str = ""):
             """Status, the current prompt and its two candidates (generated here), and what was shown."""
+            from studio.access import shown_path
             from studio.pairs import candidates
 
             if s["done"]:
                 return (_label_status(s), note or ok_html("All prompts labelled. Train on the file below, or see it "
                                                           "on the Data tab."), "", "", "", None,
-                        gr.update(value=s["file"]))
+                        gr.update(value=shown_path(s["file"])))  # the pairs file's handle, never the server's path
             pair, err = safely(candidates, s["name"])
             if err:
                 return _label_status(s), error_html(err), s["prompt"], "", "", None, gr.update()

@@ -75,7 +75,9 @@ def load_form(name: str) -> dict:
     from studio.models import default_model
     from studio.recipes import RECIPES_DIR, load_recipe, recipe_to_flat
 
-    recipe = load_recipe(RECIPES_DIR / "tiny-quotes.yaml" if name in (SCRATCH, None) else RECIPES_DIR / f"{name}.yaml")
+    from studio.access import resolve
+
+    recipe = load_recipe(RECIPES_DIR / "tiny-quotes.yaml" if name in (SCRATCH, None) else resolve("recipe", name))
     flat = recipe_to_flat(recipe)
     # Show TRL's defaults for what the recipe leaves unset, so every field says what will happen.
     import tempfile as _tempfile
