@@ -65,13 +65,15 @@ def load_setup(model: str | None = None, stories: str | None = None, retrieval: 
 
     Every name passes through studio.access (via load_for_inference / check_data_source).
     """
-    from studio.access import check_data_source, resolve_run
+    from studio.access import check_data_source, check_model_source, resolve_run
     from studio.inference import is_run_ref, load_for_inference
     from studio.retrieval import load_retriever
 
     model = str(model or DEFAULT_MODEL).strip()
     stories = check_data_source(stories or "") or None
-    key = (model, stories, retrieval, embedder, adapter)
+    # who may have it is decided before the cache is asked: a set-up another visitor loaded is no shortcut
+    run_dir = resolve_run(model) if is_run_ref(model) else None
+    key = (str(run_dir) if run_dir is not None else check_model_source(model), stories, retrieval, embedder, adapter)
     with _setups_lock:
         if key in _setups:
             _setups.move_to_end(key)
@@ -79,8 +81,7 @@ def load_setup(model: str | None = None, stories: str | None = None, retrieval: 
     loaded = load_for_inference(model, adapter=adapter)
     retriever = None
     if retrieval:
-        run_dir = resolve_run(model) if adapter and is_run_ref(model) else None
-        retriever = load_retriever(stories, embedder, run_dir, progress=progress)
+        retriever = load_retriever(stories, embedder, run_dir if adapter else None, progress=progress)
     setup = ChatSetup(loaded, retriever)
     with _setups_lock:
         _setups[key] = setup

@@ -117,13 +117,17 @@ def sft_examples(source: str, tokenizer, max_rows: int | None = None) -> list[tu
 
 
 def _model(ref: str):
-    from studio.inference import load_for_inference
+    from studio.access import check_model_source, resolve_run
+    from studio.inference import is_run_ref, load_for_inference
 
+    # access first, then the cache (keyed by what the name resolved to): a model another visitor loaded is no
+    # shortcut past the check
+    key = str(resolve_run(ref)) if is_run_ref(ref) else check_model_source(ref)
     with _model_lock:
-        if ref not in _loaded:
+        if key not in _loaded:
             _loaded.clear()
-            _loaded[ref] = load_for_inference(ref)
-        return _loaded[ref]
+            _loaded[key] = load_for_inference(ref)
+        return _loaded[key]
 
 
 def build_pairs(source: str, out: str | os.PathLike, model: str, *, max_rows: int | None = None, seed: int = 0,

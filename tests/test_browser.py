@@ -72,7 +72,7 @@ def test_train_from_the_browser_live_chart_stop_reload_reattach(app, browser):
     # Stop (the same browser still owns the job after a reload)
     page.get_by_role("button", name="Stop").click()
     page.locator("#train-message").get_by_text("Stopping").wait_for(timeout=10000)
-    wait_for(lambda: "cancelled" in page.locator("#train-progress").inner_text(), 60, "cancelled status")
+    wait_for(lambda: "stopped" in page.locator("#train-progress").inner_text(), 60, "cancelled status")
     page.screenshot(path=str(ARTIFACTS / "3-train-stopped.png"), full_page=True)
     stopped_at = _step(page)
 
@@ -82,7 +82,7 @@ def test_train_from_the_browser_live_chart_stop_reload_reattach(app, browser):
     wait_for(lambda: "running" in page.locator("#train-progress").inner_text() and _step(page) > stopped_at,
               90, "resumed progress")
     page.get_by_role("button", name="Stop").click()
-    wait_for(lambda: "cancelled" in page.locator("#train-progress").inner_text(), 60, "cancelled again")
+    wait_for(lambda: "stopped" in page.locator("#train-progress").inner_text(), 60, "cancelled again")
 
     for i, name in enumerate(TABS[2:], start=4):
         page.get_by_role("tab", name=name).click()
@@ -107,13 +107,13 @@ def test_second_local_browser_is_the_same_person(app, browser):
     wait_for(lambda: "loading" in p2.locator("#train-log textarea").input_value(), 30, "the log")
     p2.get_by_role("button", name="Stop").click()
     p2.locator("#train-message").get_by_text("Stopping").wait_for(timeout=10000)
-    wait_for(lambda: "cancelled" in p2.locator("#train-progress").inner_text(), 60, "cancelled")
+    wait_for(lambda: "stopped" in p2.locator("#train-progress").inner_text(), 60, "cancelled")
     # a third browser opened after the run ended still sees its log and chart
     third = browser.new_context()
     p3 = third.new_page()
     p3.goto(app)
     p3.get_by_role("tab", name="Train").click()
-    wait_for(lambda: "cancelled" in p3.locator("#train-progress").inner_text(), 30, "the finished run")
+    wait_for(lambda: "stopped" in p3.locator("#train-progress").inner_text(), 30, "the finished run")
     assert "stopped at step" in p3.locator("#train-log textarea").input_value()
     wait_for(lambda: p3.locator("#train-chart .js-plotly-plot").count() == 1, 30, "the finished run's chart")
     for context in (owner, other, third):

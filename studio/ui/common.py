@@ -82,7 +82,9 @@ def safely(fn, *args, **kwargs):
         import_ml_stack()  # waits for the warm-up import instead of racing it
         return fn(*args, **kwargs), None
     except StudioError as e:
-        return None, str(e)
+        from studio.access import shown_path
+
+        return None, shown_path(str(e))  # a shared page is told `runs/…`, never the server's folders
     except Exception as e:  # noqa: BLE001 - a bug: full traceback in the log, one line on the page
         log.exception("unexpected error in %s", getattr(fn, "__name__", fn))
         return None, f"unexpected error ({type(e).__name__}); details are in the server log"
@@ -145,9 +147,12 @@ def progress_html(s: dict) -> str:
     if s.get("loss") is not None:
         parts.append(f"loss {s['loss']:.4f}")
     status = html.escape(s.get("status", ""))
+    from studio.runs import shown_status
+
+    shown = html.escape(shown_status(s.get("status", "")))
     return (f'<div class="studio-progress" data-status="{status}" data-step="{step}">'
             f'<div class="bar"><div class="fill" style="width:{pct:.1f}%"></div></div>'
-            f'<div class="label"><b>{status}</b> · {" · ".join(parts)}</div></div>')
+            f'<div class="label"><b>{shown}</b> · {" · ".join(parts)}</div></div>')
 
 
 CSS = """
@@ -167,3 +172,12 @@ CSS = """
   #chat-main {order:-1;}
 }
 """
+
+
+def page_progress(progress):
+    """A `gr.Progress` as the backend's one-time-build callback (`studio.embedded.one_time_progress`)."""
+    def report(fraction: float, text: str) -> None:
+        progress(fraction, desc=text)
+
+    return report
+
