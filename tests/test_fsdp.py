@@ -143,3 +143,51 @@ def test_two_nodes_on_one_machine(tmp_path, embedded_path):
     assert summary["parallel"] == {"mode": "fsdp2", "world_size": 2, "nodes": 2, "backend": "gloo"}
     model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(str(embedded_path)), str(run / "adapter"))
     assert any("lora_A" in name for name, _ in model.named_parameters())
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["fsdp_config={version: 1}"], "fsdp_config.version must be 2"),
+    (["fsdp_config={state_dict_type: SHARDED_STATE_DICT}"], "must be FULL_STATE_DICT: the adapter is saved whole"),
+    (["fsdp_config={sharding: full}"], "unknown key 'fsdp_config.sharding'"),
+    (["fsdp_config=/etc/fsdp.json"], "fsdp_config must be a mapping"),
+    (["load_in_8bit=true"], "load_in_8bit can't be sharded by FSDP"),
+    (["load_in_4bit=true", "bnb_4bit_quant_storage=uint8"], "bnb_4bit_quant_storage must be the compute dtype"),
+    (["deepspeed={zero_optimization: {stage: 3}}"], "fsdp and deepspeed are both set"),
+    (["use_peft=false"], "the studio shards LoRA runs"),
+])
+def test_combinations_that_cannot_work_are_refused_in_one_line(extra, message):
+    from studio.errors import StudioError
+    from studio.recipes import load_recipe
+
+    with pytest.raises(StudioError, match=message) as caught:
+        load_recipe("recipes/tiny-quotes.yaml", ["fsdp=true", *extra])
+    assert "\n" not in str(caught.value)
+    with pytest.raises(StudioError, match="the studio shards SFT runs; drop fsdp for method dpo"):
+        load_recipe("recipes/tiny-dpo.yaml", ["fsdp=true"])
+
+
+def test_one_process_drops_fsdp_and_says_so(monkeypatch):
+    from studio.recipes import load_recipe
+    from studio.train.common import prepare_sharded_load, resolve_sharding
+
+    recipe = load_recipe("recipes/tiny-quotes.yaml", ["fsdp=true", "load_in_4bit=true"])
+    assert prepare_sharded_load(recipe) == [
+        "QLoRA under FSDP: 4-bit weights stored as float32 (bnb_4bit_quant_storage) so they shard"]
+    assert recipe.model["bnb_4bit_quant_storage"] == "float32"  # this CPU's compute dtype
+
+    class Model:
+        _no_split_modules = ["LlamaDecoderLayer"]
+
+    monkeypatch.setenv("WORLD_SIZE", "1")
+    notes = resolve_sharding(recipe, Model())
+    assert notes[0].startswith("fsdp off: one process has nothing to shard") and "fsdp" not in recipe.train
+    recipe = load_recipe("recipes/tiny-quotes.yaml", ["fsdp=full_shard auto_wrap offload",
+                                                      "activation_checkpointing=true"])
+    monkeypatch.setenv("WORLD_SIZE", "4")
+    notes = resolve_sharding(recipe, Model())
+    assert recipe.train["fsdp"] is True and recipe.train["activation_checkpointing"] is False
+    assert recipe.train["fsdp_config"] == {"version": 2, "cpu_offload": True, "activation_checkpointing": True,
+                                           "transformer_layer_cls_to_wrap": ["LlamaDecoderLayer"],
+                                           "auto_wrap_policy": "TRANSFORMER_BASED_WRAP",
+                                           "state_dict_type": "FULL_STATE_DICT"}
+    assert "activation checkpointing done by FSDP" in notes[1]

@@ -72,7 +72,7 @@ def test_report_to_is_checked_in_one_line(monkeypatch):
     from studio.errors import StudioError
     from studio.recipes import installed_trackers, load_recipe, recipe_from_flat, recipe_to_flat, tracker_choices
 
-    with pytest.raises(StudioError, match="report_to comet_ml is not one of none, trackio"):
+    with pytest.raises(StudioError, match="report_to 'comet_ml' is not one of none, trackio"):
         load_recipe("recipes/tiny-quotes.yaml", ["report_to=comet_ml"])
     if "wandb" not in installed_trackers():
         with pytest.raises(StudioError, match=r"report_to wandb: not installed here \(pip install wandb\)"):
@@ -83,7 +83,7 @@ def test_report_to_is_checked_in_one_line(monkeypatch):
     monkeypatch.setenv("STUDIO_SHARED", "1")
     assert set(tracker_choices(shared=True)) <= {"none", "trackio", "tensorboard"}
     for name in ("wandb", "mlflow"):
-        with pytest.raises(StudioError, match=f"report_to {name} sends the run off this server"):
+        with pytest.raises(StudioError, match=f"report_to '{name}' sends the run off this server"):
             recipe_from_flat({**flat, "report_to": name})
     with pytest.raises(StudioError, match="trackio_space_id publishes from the server"):
         recipe_from_flat({**flat, "report_to": "trackio", "trackio_space_id": "someone/dash"})
