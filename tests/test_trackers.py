@@ -91,3 +91,17 @@ def test_report_to_is_checked_in_one_line(monkeypatch):
     with pytest.raises(StudioError, match="syncs to a Space"):
         recipe_from_flat({**flat, "report_to": "trackio"})
     assert recipe_from_flat({**flat, "report_to": "tensorboard"}).train["report_to"] == "tensorboard"
+
+
+def test_the_forms_pass_report_to_through():
+    from studio.recipes import recipe_from_flat
+    from studio.ui.dpo_tab import FIELDS
+    from studio.ui.train_tab import ADVANCED, _flat_to_widget, form_to_flat, load_form
+
+    assert "report_to" in [k for k, _ in ADVANCED] and "report_to" in [k for k, _ in FIELDS]
+    flat = load_form("tiny-quotes")
+    assert _flat_to_widget("report_to", flat["report_to"]) == ["none"]
+    for picked, sent in ((["none"], "none"), ([], "none"), (["tensorboard"], "tensorboard"),
+                         (["trackio", "tensorboard"], ["trackio", "tensorboard"])):
+        recipe = recipe_from_flat({**flat, **form_to_flat(["report_to"], [picked], flat)})
+        assert recipe.train["report_to"] == sent
