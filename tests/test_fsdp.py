@@ -191,3 +191,16 @@ def test_one_process_drops_fsdp_and_says_so(monkeypatch):
                                            "auto_wrap_policy": "TRANSFORMER_BASED_WRAP",
                                            "state_dict_type": "FULL_STATE_DICT"}
     assert "activation checkpointing done by FSDP" in notes[1]
+
+
+def test_shipped_accelerate_configs_load_in_accelerate():
+    """configs/ is for GPU machines (not launched here): accelerate's own loader reads both files as meant."""
+    from accelerate.commands.config.config_args import load_config_from_file
+    from accelerate.utils import DistributedType
+
+    fsdp = load_config_from_file(str(ROOT / "configs" / "fsdp2.yaml"))
+    assert fsdp.distributed_type == DistributedType.FSDP and fsdp.fsdp_config["fsdp_version"] == 2
+    assert fsdp.fsdp_config["fsdp_state_dict_type"] == "FULL_STATE_DICT"  # the adapter saved whole on rank 0
+    zero3 = load_config_from_file(str(ROOT / "configs" / "zero3.yaml"))
+    assert zero3.distributed_type == DistributedType.DEEPSPEED and zero3.deepspeed_config["zero_stage"] == 3
+    assert zero3.deepspeed_config["zero3_save_16bit_model"] is True
