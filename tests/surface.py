@@ -161,6 +161,7 @@ class Watcher:
     def __init__(self, no_write: list[Path], no_read: list[Path], runs: Path, base: Path):
         self.no_write, self.no_read, self.runs, self.base = no_write, no_read, runs, base
         self.events: list[tuple[float, str]] = []  # (when, what happened)
+        self._lock = threading.Lock()
         self._files = self._snapshot()
         self._runs = {p.name for p in runs.iterdir() if not p.name.startswith(".")}
         for p in self.no_read:
@@ -195,6 +196,10 @@ class Watcher:
         return str(p)
 
     def look(self) -> None:
+        with self._lock:
+            self._look()
+
+    def _look(self) -> None:
         for p in self.no_read:
             try:
                 atime = p.stat().st_atime

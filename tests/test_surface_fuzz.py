@@ -314,7 +314,7 @@ def run_sweep(t: Target) -> tuple[list[Case], list[tuple], float]:
     a_run = t.runs / _a_run(t)
     weights = [p for p in (a_run.rglob("adapter_model.safetensors")) if p.is_file()]
     weights += [p for p in (t.runs / "owner-run").rglob("adapter_model.safetensors")]
-    no_read = weights + [Path(t.a_upload), Path(t.a_copy), t.owner_data]
+    no_read = list(dict.fromkeys(weights + [Path(t.a_upload), Path(t.a_copy), t.owner_data]))
     no_write = [t.runs / "owner-run", t.runs / "pairs" / "owners.jsonl"] + ([a_run] if t.a_run else [])
     cases = generate(t)
     started = time.time()
@@ -339,27 +339,50 @@ def run_sweep(t: Target) -> tuple[list[Case], list[tuple], float]:
         list(pool.map(one, order))
     time.sleep(1)
     watcher.close()
-    # effects, told to the calls in flight when they happened (a background job's: the last call before it)
+    # effects on disk, told to the call in flight when they happened: to the ones that named the file when some
+    # did; else, when several were in flight, each of those is made again alone to see which one it was
+    unsure = []
     for when, what in watcher.events:
         during = [c for c in cases if c.started - 0.02 <= when <= c.ended + 0.05]
-        # a read of a file is told to the calls in flight that named it, when there are some
         named = [c for c in during if any(s and Path(s).name in what for s in _payload_strings(c.payload))]
         during = named or during
-        if not during:
-            before = [c for c in cases if c.ended <= when]
-            during = [max(before, key=lambda c: c.ended)] if before else []
-            what += " (after the call, in the background)"
         if what.startswith("new run folder"):
             during = [c for c in during if c.answer and c.answer.refused]
             if not during:
                 continue  # made by a call that was not refused: checked by what it read and showed
             what += " for a refused start"
-        for c in during:
-            c.problems.append(what + ("" if len(during) == 1 else f" (one of {len(during)} calls in flight)"))
+        if len(during) == 1:
+            during[0].problems.append(what)
+        else:
+            unsure.append((when, what, during))
+    if unsure:
+        again = list({id(c): c for _w, _what, during in unsure for c in during}.values())
+        again.sort(key=lambda c: c.started)
+        watcher = Watcher(no_write, no_read, t.runs, t.tmp)
+        for c in again:
+            time.sleep(0.3)
+            watcher.look()
+            before = len(watcher.events)
+            t.api.call(c.endpoint, c.data, t.b_session)
+            time.sleep(0.3)
+            watcher.look()
+            for _when, what in watcher.events[before:]:
+                if not what.startswith("new run folder"):
+                    c.problems.append(what + " (seen again when made alone)")
+        watcher.close()
+        for when, what, during in unsure:
+            if not any(what in p for c in during for p in c.problems):
+                nearest = max((c for c in cases if c.started <= when), key=lambda c: c.started, default=None)
+                where = f"{nearest.endpoint}.{nearest.param}" if nearest else "?"
+                cases.append(Case("(background)", "-", "-", [], problems=[
+                    f"{what}, not seen again when the calls in flight were made alone (last call begun: {where})"]))
     for when, path in t.recorder.requests[seen_requests:]:
         tag = path.strip("/").split("/")[0]
         hit = [c for c in cases if c.tag == tag]
-        for c in hit or [Case("?", "?", "?", [])]:
+        if not hit:
+            hit = [Case("(unknown)", "-", "-", [])]
+            cases += hit
+        for c in hit:
             c.problems.append(f"FETCHED a visitor's URL ({path})")
     if not t.api.alive() or t.proc.poll() is not None:
         cases.append(Case("(app)", "-", "-", [], problems=["the app stopped answering"]))
