@@ -173,8 +173,7 @@ class Watcher:
     @staticmethod
     def _reset(p: Path) -> None:
         try:
-            st = p.stat()
-            os.utime(p, (0, st.st_mtime))
+            os.utime(p, ns=(0, p.stat().st_mtime_ns))  # the change time stays as it was, to the nanosecond
         except OSError:
             pass
 
@@ -242,6 +241,7 @@ class Case:
     payload: object = None
     variant: str = ""  # which choice of a selector the call was made with ("kind=Local path")
     tag: str = ""  # unique per call: names its canary file and its URL
+    session: str = ""  # the Gradio session (B's tab) it was sent from
     started: float = 0.0
     ended: float = 0.0
     answer: Answer | None = None

@@ -17,6 +17,7 @@ import re
 import shutil
 import subprocess
 import sys
+import threading
 import time
 import uuid
 import zlib
@@ -31,12 +32,15 @@ from surface import Api, Case, Recorder, Watcher, base_value, closed, components
 A_CANARY = "acanary5d1e7"  # in A's uploaded rows and its file name
 OWNER_CANARY = "ownercanary9b2c4"  # in the owner's own training data (a server file no visitor names)
 TOKEN = "hf_fuzzcanary" + "7" * 24  # planted as the app's HF_TOKEN
-WORKERS = 4
+WORKERS = 4  # calls in flight per app
+AGAIN_AT_MOST = 80  # calls made again alone to tell an effect to its call
+STARTED: list[float] = []  # when the set-up began (the wall time printed includes it)
 
 
 # ---- the owner's material, made from the command line before the app is shared ---------------------------------
 @pytest.fixture(scope="module")
 def owner(tmp_path_factory):
+    STARTED.append(time.time())
     tmp = tmp_path_factory.mktemp("fuzz-owner")
     data = tmp / "owner-private.jsonl"
     data.write_text("".join(json.dumps({"quote": f"{OWNER_CANARY} private row {i}", "author": "Owner"}) + "\n"
@@ -134,11 +138,21 @@ class Target:
         self.proc.wait(10)
 
 
-@pytest.fixture(scope="module", params=["shared", "demo"])
-def target(request, tmp_path_factory, owner, recorder):
-    t = Target(request.param, tmp_path_factory.mktemp(f"fuzz-{request.param}"), owner, recorder)
-    yield t
-    t.close()
+@pytest.fixture(scope="module")
+def targets(tmp_path_factory, owner, recorder):
+    """A --shared and a --demo app, set up side by side (each app's server is mostly one busy core)."""
+    with ThreadPoolExecutor(2) as pool:
+        made = [pool.submit(Target, mode, tmp_path_factory.mktemp(f"fuzz-{mode}"), owner, recorder)
+                for mode in ("shared", "demo")]
+    apps = []
+    try:
+        for f in made:
+            apps.append(f.result())
+        yield apps
+    finally:
+        for f in made:
+            if f.exception() is None:
+                f.result().close()
 
 
 # ---- payload classes -----------------------------------------------------------------------------------------------
@@ -223,7 +237,7 @@ def generate(t: Target) -> list[Case]:
                 if closed(shown[pos]) and cls not in CLOSED_CLASSES:
                     continue
                 n += 1
-                tag = f"c{n}"
+                tag = f"{t.mode[0]}{n}"
                 value = make(t, tag, pos)
                 if value is None:
                     continue
@@ -238,7 +252,7 @@ def generate(t: Target) -> list[Case]:
         for variant, fixed, choice in variants:
             for cls in TEXT_PAYLOADS:
                 n += 1
-                tag = f"c{n}"
+                tag = f"{t.mode[0]}{n}"
                 data = list(base)
                 data[fixed] = choice
                 values = []
@@ -265,7 +279,9 @@ def _payload_strings(payload) -> list[str]:
 def _shown(t: Target, case: Case) -> str:
     """B's answer less what B sent (B's own words may come back)."""
     text = case.answer.text
-    for s in sorted(_payload_strings(case.payload), key=len, reverse=True):
+    sent = _payload_strings(case.payload)
+    sent += [Path(s).name for s in sent if "/" in s]  # a refusal may name the file B named
+    for s in sorted(sent, key=len, reverse=True):
         text = text.replace(s, "<payload>")
     return text
 
@@ -321,9 +337,15 @@ def run_sweep(t: Target) -> tuple[list[Case], list[tuple], float]:
     watcher = Watcher(no_write, no_read, t.runs, t.tmp)
     seen_requests = len(t.recorder.requests)
 
+    tabs = threading.local()  # B's calls go from WORKERS tabs (sessions) of B's page, each one call at a time:
+    # Gradio's /call stream of one session may hand over another event's answer when one session has several
+
     def one(case: Case) -> Case:
+        if not hasattr(tabs, "session"):
+            tabs.session = f"{t.b_session}-{threading.get_ident() % 100000}"
+        case.session = tabs.session
         case.started = time.time()
-        case.answer = t.api.call(case.endpoint, case.data, t.b_session)
+        case.answer = t.api.call(case.endpoint, case.data, tabs.session)
         case.ended = time.time()
         if case.answer.kind == "down" and not t.api.alive():
             case.problems.append("the app stopped answering")
@@ -358,12 +380,13 @@ def run_sweep(t: Target) -> tuple[list[Case], list[tuple], float]:
     if unsure:
         again = list({id(c): c for _w, _what, during in unsure for c in during}.values())
         again.sort(key=lambda c: c.started)
+        again = again[:AGAIN_AT_MOST]
         watcher = Watcher(no_write, no_read, t.runs, t.tmp)
         for c in again:
             time.sleep(0.3)
             watcher.look()
             before = len(watcher.events)
-            t.api.call(c.endpoint, c.data, t.b_session)
+            t.api.call(c.endpoint, c.data, c.session)
             time.sleep(0.3)
             watcher.look()
             for _when, what in watcher.events[before:]:
@@ -378,6 +401,8 @@ def run_sweep(t: Target) -> tuple[list[Case], list[tuple], float]:
                     f"{what}, not seen again when the calls in flight were made alone (last call begun: {where})"]))
     for when, path in t.recorder.requests[seen_requests:]:
         tag = path.strip("/").split("/")[0]
+        if not tag.startswith(t.mode[0]):
+            continue  # the other app's call
         hit = [c for c in cases if c.tag == tag]
         if not hit:
             hit = [Case("(unknown)", "-", "-", [])]
@@ -395,36 +420,48 @@ def _table(rows: list[list[str]], head: list[str]) -> str:
     return "\n".join([line(head), "-+-".join("-" * w for w in widths), *map(line, rows)])
 
 
-def test_surface_fuzz(target):
-    t = target
-    begun = time.time()
-    cases, _events, took = run_sweep(t)
+def report(t: Target, cases: list[Case], took: float) -> tuple[str, list[Case]]:
+    """The summary (endpoints × classes tried, call time per endpoint) and the table of failing calls."""
     classes = list(dict.fromkeys(c.cls for c in cases))
     per = {}
     for c in cases:
         per.setdefault(c.endpoint, {}).setdefault(c.cls, [0, 0])
         per[c.endpoint][c.cls][0] += 1
         per[c.endpoint][c.cls][1] += bool(c.problems)
-    short = {cls: f"{i}" for i, cls in enumerate(classes)}
     rows = [[ep] + [(f"{v[0]}" + (f"!{v[1]}" if v[1] else "")) if (v := per[ep].get(cls)) else "·"
                     for cls in classes] for ep in per]
-    print(f"\n== surface fuzzer, --{t.mode}: {len(cases)} calls, {len(per)} endpoints, {len(classes)} payload classes, "
-          f"sweep {took:.0f} s, with set-up {time.time() - begun:.0f} s ==")
-    print("classes: " + "; ".join(f"{short[c]} = {c}" for c in classes))
-    print(_table(rows, ["endpoint"] + [short[c] for c in classes]))
-    print("(calls per endpoint and class; !n: n of them failed)")
-    slow = [c for c in cases if c.answer and c.answer.kind == "timeout"]
-    if slow:
-        print("no answer within the call timeout (noted, not failed): "
-              + ", ".join(sorted({f"{c.endpoint}.{c.param}" for c in slow})))
-    failed = [c for c in cases if c.problems]
-    report = _table([[c.endpoint, c.param + (f" [{c.variant}]" if c.variant else ""), c.cls, "; ".join(
-        dict.fromkeys(c.problems)), excerpt(t, c)] for c in failed],
-        ["endpoint", "parameter", "payload class", "what went wrong", "answer (B's own words as <payload>)"])
     spent = {}
     for c in cases:
         spent[c.endpoint] = spent.get(c.endpoint, 0) + (c.ended - c.started)
-    print("most call time: " + ", ".join(f"{ep} {s:.0f} s" for ep, s in sorted(spent.items(), key=lambda x: -x[1])[:8]))
+    out = [f"\n== surface fuzzer, --{t.mode}: {len(cases)} calls, {len(per)} endpoints, {len(classes)} payload "
+           f"classes, sweep {took:.0f} s ==",
+           "classes: " + "; ".join(f"{i} = {c}" for i, c in enumerate(classes)),
+           _table(rows, ["endpoint"] + [str(i) for i in range(len(classes))]),
+           "(calls per endpoint and payload class; !n: n of them failed)",
+           "most call time: " + ", ".join(f"{ep} {s:.0f} s" for ep, s in sorted(spent.items(), key=lambda x: -x[1])[:8])]
+    slow = [c for c in cases if c.answer and c.answer.kind == "timeout"]
+    if slow:
+        out.append("no answer within the call timeout (noted, not failed): "
+                   + ", ".join(sorted({f"{c.endpoint}.{c.param}" for c in slow})))
+    failed = [c for c in cases if c.problems]
     if failed:
-        print(f"\n{len(failed)} failing calls:\n{report}")
-    assert not failed, f"{len(failed)} of {len(cases)} calls on --{t.mode} failed:\n{report}"
+        out.append(f"\n{len(failed)} failing calls on --{t.mode}:\n" + _table(
+            [[c.endpoint, c.param + (f" [{c.variant}]" if c.variant else ""), c.cls,
+              "; ".join(dict.fromkeys(c.problems)), excerpt(t, c)] for c in failed],
+            ["endpoint", "parameter", "payload class", "what went wrong", "answer (B's own words as <payload>)"]))
+    return "\n".join(out), failed
+
+
+def test_surface_fuzz(targets):
+    begun = time.time()
+    with ThreadPoolExecutor(len(targets)) as pool:
+        swept = list(pool.map(run_sweep, targets))
+    texts, failed = [], 0
+    for t, (cases, _events, took) in zip(targets, swept):
+        text, bad = report(t, cases, took)
+        print(text)
+        texts.append(text)
+        failed += len(bad)
+    print(f"\nsurface fuzzer wall time: {time.time() - (STARTED or [begun])[0]:.0f} s in all (the owner's run, both "
+          f"apps, A's run), of which the two sweeps side by side {time.time() - begun:.0f} s")
+    assert not failed, "\n".join(text for text in texts if "failing calls" in text)
