@@ -283,7 +283,10 @@ def _shown(t: Target, case: Case) -> str:
     """B's answer less what B sent (B's own words may come back)."""
     text = case.answer.text
     sent = _payload_strings(case.payload)
-    sent += [Path(s).name for s in sent if "/" in s]  # a refusal may name the file B named
+    # a refusal may name B's path as pages show it (runs/…), cut (…), or only by its file name
+    sent += [s.replace(str(t.runs), "runs") for s in sent if str(t.runs) in s]
+    sent += [s[:k] + "…" for s in list(sent) for k in range(20, len(s))]
+    sent += [Path(s).name for s in sent if "/" in s and not s.endswith("…")]
     for s in sorted(sent, key=len, reverse=True):
         text = text.replace(s, "<payload>")
     return text
