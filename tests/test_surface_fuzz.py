@@ -392,7 +392,7 @@ def run_sweep(t: Target) -> tuple[list[Case], list[tuple], float]:
             time.sleep(0.3)
             watcher.look()
             before = len(watcher.events)
-            t.api.call(c.endpoint, c.data, c.session)
+            t.api.call(c.endpoint, c.data, f"{c.session}-again")  # a fresh tab: no copy or cache of the first
             time.sleep(0.3)
             watcher.look()
             for _when, what in watcher.events[before:]:
