@@ -417,7 +417,32 @@ def run_sweep(t: Target) -> tuple[list[Case], list[tuple], float]:
             c.problems.append(f"FETCHED a visitor's URL ({path})")
     if not t.api.alive() or t.proc.poll() is not None:
         cases.append(Case("(app)", "-", "-", [], problems=["the app stopped answering"]))
+    for pid in _app_pids(t.proc.pid):  # what code run in the server could read (/proc/self/environ)
+        try:
+            environ = Path(f"/proc/{pid}/environ").read_bytes()
+        except OSError:
+            continue
+        if TOKEN.encode() in environ:
+            cases.append(Case("(app)", "-", "-", [], problems=[
+                f"the owner's HF_TOKEN is in the server process's environment (/proc/{pid}/environ)"]))
     return cases, watcher.events, time.time() - started
+
+
+def _app_pids(root: int) -> list[int]:
+    """The app's process and every process below it."""
+    parents = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            parents[int(stat.parent.name)] = int(fields[1])
+        except (OSError, ValueError, IndexError):
+            continue
+    found, todo = [], [root]
+    while todo:
+        pid = todo.pop()
+        found.append(pid)
+        todo += [p for p, pp in parents.items() if pp == pid]
+    return found
 
 
 def _table(rows: list[list[str]], head: list[str]) -> str:
