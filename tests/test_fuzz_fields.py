@@ -258,7 +258,8 @@ def test_hostile_recipe_yaml(tmp_path):
             load_recipe(path)
         message = str(caught.value)
         assert "\n" not in message and len(message) < 600 and "Traceback" not in message, (name, message[:600])
-        assert time.time() - start < 30, name
+        # a hang guard (billion laughs would never finish), not a speed check: 59 s was seen at load average 20+
+        assert time.time() - start < 300, name
     assert "anchors and aliases" in str(pytest.raises(StudioError, load_recipe, tmp_path / "laughs.yaml").value)
 
 
