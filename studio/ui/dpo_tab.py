@@ -7,7 +7,7 @@ import json
 import gradio as gr
 
 from studio.ui.common import browser, error_html, job_log, ok_html, progress_html, safely
-from studio.ui.train_tab import arm_timer, queue_html, watch_slot
+from studio.ui.train_tab import _report_to_widget, arm_timer, queue_html, watch_slot
 
 BASE_START = "(base model: a fresh adapter)"
 LOSS_TYPES = ["sigmoid", "ipo", "hinge", "robust", "exo_pair", "nca_pair", "bco_pair", "sppo_hard", "aot",
@@ -21,6 +21,7 @@ FIELDS = [
     ("max_steps", lambda: gr.Number(label="Max steps (-1: use epochs)", precision=0)),
     ("lora_r", lambda: gr.Number(label="LoRA r", precision=0, minimum=1)),
     ("lora_alpha", lambda: gr.Number(label="LoRA alpha", precision=0, minimum=1)),
+    ("report_to", lambda: _report_to_widget()),
 ]
 TABLE_HEADERS = ["prompt", "chosen", "rejected", "reward margin", "moved towards chosen"]
 

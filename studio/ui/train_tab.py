@@ -56,6 +56,7 @@ ADVANCED = [
     ("use_rslora", lambda: gr.Checkbox(label="rsLoRA")),
     ("activation_checkpointing", lambda: gr.Checkbox(label="Gradient checkpointing")),
     ("studio.auto_batch", lambda: gr.Checkbox(label="Auto micro-batch (keeps the effective batch)")),
+    ("report_to", lambda: _report_to_widget()),
 ]
 TRAIN_KINDS = ("sft", "lapdog")  # what the Train tab starts; DPO runs belong to the DPO tab
 DOWNLOAD_JS = "() => { const a = document.querySelector('#train-recipe-file a[download]'); if (a) a.click(); }"
@@ -77,6 +78,14 @@ def shown_source(source: str) -> str:
     if any(Path(text).is_relative_to(d) for d in upload_dirs()):
         return f"upload: {Path(text).name}"
     return text
+
+
+def _report_to_widget():
+    """TRL's report_to: the trackers installed here (on a shared app, the ones that stay on this machine)."""
+    from studio.access import shared_mode
+    from studio.recipes import tracker_choices
+
+    return gr.Dropdown(tracker_choices(shared_mode()), multiselect=True, label="Report to (trackers)")
 
 
 def _recipe_names() -> list[str]:
@@ -119,6 +128,9 @@ def form_to_flat(keys: list[str], values: list, base: dict) -> dict:
             value = parts[0] if parts == ["all-linear"] else parts or None
         elif key == "eval_prompts" and isinstance(value, str):
             value = [line for line in value.splitlines() if line.strip()]
+        elif key == "report_to" and isinstance(value, list):
+            names = [v for v in value if v != "none"]
+            value = names[0] if len(names) == 1 else names or "none"
         elif key in INT_KEYS and isinstance(value, float):
             if not math.isfinite(value):  # NaN or Infinity, sent straight through the API
                 from studio.errors import StudioError
@@ -134,6 +146,10 @@ def _flat_to_widget(key: str, value):
         return ", ".join(value)
     if key == "eval_prompts":
         return "\n".join(value or [])
+    if key == "report_to":
+        from studio.recipes import report_targets
+
+        return report_targets(value) or ["none"]
     return value
 
 
