@@ -75,18 +75,12 @@ def browser_state():
 
     from studio.ownership import browser_state_secret
 
-    class BrowserId(gr.BrowserState):
-        def api_info(self):
-            return {"type": "string", "description": "the id this server issued to a browser page; API clients "
-                    "leave it empty (null): the server knows them by their session"}
-
-        def example_payload(self):
-            return None
-
-        def example_value(self):
-            return None
-
-    return BrowserId(None, storage_key="lora-studio-client", secret=browser_state_secret())
+    state = gr.BrowserState(None, storage_key="lora-studio-client", secret=browser_state_secret())
+    # per instance, not a subclass: Gradio's page renders a component by its class's name
+    state.api_info = lambda: {"type": "string", "description": "the id this server issued to a browser page; "
+                              "API clients leave it empty (null): the server knows them by their session"}
+    state.example_payload = state.example_value = lambda: None
+    return state
 
 
 def job_log(job, lines: int = 200) -> str:
