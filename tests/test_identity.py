@@ -260,3 +260,63 @@ def test_after_a_restart_the_page_still_reaches_its_labelling_session(tmp_path, 
             stranger.context.close()
     finally:
         context.close()
+
+
+# ---- the queue flood (issue 25, finding 2) --------------------------------------------------------------------
+def _fn_index(demo, api_name):
+    return next(i for i, fn in demo.fns.items() if fn.api_name == api_name)
+
+
+def test_a_flood_of_fresh_sessions_is_refused_before_gradios_cache_breaks(monkeypatch, tmp_path):
+    """Joins that wait (the queue is not processing here): one address gets `per_client` of them, everyone
+    together `max_size`, and a refused join leaves nothing in Gradio's pending-message cache."""
+    import asyncio
+    import uuid
+    from types import SimpleNamespace
+
+    from gradio.data_classes import PredictBodyInternal
+
+    from studio.ui import build_app, start_queue
+
+    monkeypatch.setenv("STUDIO_RUNS", str(tmp_path / "runs"))
+    monkeypatch.setenv("STUDIO_QUEUE_MAX", "12")
+    monkeypatch.setenv("STUDIO_QUEUE_PER_CLIENT", "5")
+    demo = start_queue(build_app())
+    queue, index = demo._queue, _fn_index(demo, "fill")
+
+    def join(host):
+        body = PredictBodyInternal(data=["tiny-quotes"], fn_index=index, session_hash=uuid.uuid4().hex)
+        request = SimpleNamespace(client=SimpleNamespace(host=host), headers={}, query_params={})
+        return asyncio.run(queue.push(body=body, request=request, username=None))
+
+    flood = [join("203.0.113.7") for _ in range(100)]
+    accepted = [ok for ok, _msg, _state in flood if ok]
+    refused = [(msg, state) for ok, msg, state in flood if not ok]
+    assert len(accepted) == 5 and all(state == "queue_full" for _msg, state in refused)
+    assert "from your address" in refused[0][0]
+    others = [join(f"198.51.100.{i}") for i in range(20)]  # other visitors still get in, up to max_size
+    assert sum(ok for ok, *_ in others) == 12 - 5 and len(queue) == 12
+    assert len(queue.pending_messages_per_session) == 12  # refused joins made no session in Gradio's cache
+    print(f"\nflood of 100 joins from one address: {len(accepted)} accepted, {len(refused)} refused; "
+          f"20 other addresses: {sum(ok for ok, *_ in others)} accepted (max_size 12)")
+
+
+def test_the_app_still_answers_a_visitor_after_a_flood_of_fresh_sessions(tmp_path):
+    """The scaled-down flood against the real app (limits set low by their variables); the full size (3,000
+    joins at the defaults) is benchmarks/queue_flood.py, run by hand."""
+    import sys
+
+    from gradio_client import Client
+
+    sys.path.insert(0, str(__import__("app_server").ROOT / "benchmarks"))
+    from queue_flood import flood
+
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    with running_app(runs, extra_args=["--shared"],
+                     env={"STUDIO_QUEUE_MAX": "20", "STUDIO_QUEUE_PER_CLIENT": "5"}) as url:
+        counts = flood(url, 300)
+        assert set(counts) <= {200, 503} and counts.get(200), counts  # joined, or refused as "queue full"
+        answer = Client(url, verbose=False).predict(None, api_name="/resume_latest_1")
+    assert answer is not None
+    print(f"\n300 fresh-session joins with max_size 20, 5 per address: {counts}; a visitor's call after: answered")
