@@ -101,8 +101,11 @@ def _connect(root: Path) -> sqlite3.Connection:
     if conn is None:
         root.mkdir(parents=True, exist_ok=True)
         conn = sqlite3.connect(path, timeout=30, isolation_level=None)  # autocommit; transactions by hand
-        conn.execute("PRAGMA journal_mode=WAL")
-        conn.execute("PRAGMA synchronous=NORMAL")
+        try:  # WAL: readers never wait for the writer. A folder that can't hold its shared-memory file (some
+            conn.execute("PRAGMA journal_mode=WAL")  # network mounts) keeps SQLite's default journal instead
+            conn.execute("PRAGMA synchronous=NORMAL")
+        except sqlite3.OperationalError:
+            pass
         conn.execute("CREATE TABLE IF NOT EXISTS owners (key TEXT PRIMARY KEY, marks TEXT NOT NULL) WITHOUT ROWID")
         conns[path] = conn
         if path not in _migrated:
