@@ -16,6 +16,7 @@ import argparse
 import collections
 import json
 import os
+import signal
 import sys
 import tempfile
 import time
@@ -49,11 +50,16 @@ def _join(url: str, index: int) -> int:
         return -1
 
 
-def flood(url: str, joins: int, api_name: str = "resume_latest_1", threads: int = 32) -> dict:
+def flood(url: str, joins: int, api_name: str = "resume_latest_1", threads: int = 32, say=None) -> dict:
     """`joins` fresh-session joins of one page-load event, `threads` at a time: {HTTP status: count}."""
     index = _fn_index(url, api_name)
+    counts = collections.Counter()
     with ThreadPoolExecutor(threads) as pool:
-        return dict(collections.Counter(pool.map(lambda _: _join(url, index), range(joins))))
+        for i, status in enumerate(pool.map(lambda _: _join(url, index), range(joins)), 1):
+            counts[status] += 1
+            if say and i % 500 == 0:
+                say(f"  {i} joins: {dict(counts)}")
+    return dict(counts)
 
 
 def _rss_mb(pid: int) -> float:
@@ -77,11 +83,12 @@ def main() -> None:
            "STUDIO_MAX_SESSIONS": "10000"} if args.no_limits else {}
     runs = Path(tempfile.mkdtemp()) / "runs"
     runs.mkdir()
-    proc, url = start_app(runs, extra_args=["--shared"], env=env)
+    proc, url = start_app(runs, extra_args=["--shared"], env=env, timeout=300)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))  # a timeout still stops the app (finally below)
     try:
         rss0 = _rss_mb(proc.pid)
         start = time.perf_counter()
-        counts = flood(url, args.joins)
+        counts = flood(url, args.joins, say=lambda line: print(line, flush=True))
         took = time.perf_counter() - start
         rss1 = _rss_mb(proc.pid)
         time.sleep(5)  # let what was accepted run
