@@ -227,6 +227,19 @@ def test_page_loads_stay_fast_after_5000_labelling_sessions(tmp_path):
     assert min(times) < 5  # generous (the figure is printed); it was 46 s
 
 
+def _listed_runs(page) -> str:
+    """The Train tab's run list after pressing Refresh (the choices, as the open dropdown shows them)."""
+    page.get_by_role("tab", name="Train").click()
+    if not page.get_by_role("button", name="Refresh").is_visible():
+        page.get_by_role("button", name="Runs history").click()
+    page.get_by_role("button", name="Refresh").click()
+    time.sleep(3)  # the refresh's answer; an empty list looks the same as a slow one, so wait, then read
+    page.get_by_label("Run", exact=True).click()
+    text = page.locator("ul[role=listbox]").all_inner_texts() if page.locator("ul[role=listbox]").count() else []
+    page.keyboard.press("Escape")
+    return " ".join(text) + " " + page.get_by_label("Run", exact=True).input_value()
+
+
 @needs_chromium
 def test_after_a_restart_the_page_still_reaches_its_labelling_session(tmp_path, browser):
     runs = tmp_path / "runs"
@@ -243,13 +256,24 @@ def test_after_a_restart_the_page_still_reaches_its_labelling_session(tmp_path, 
             page.get_by_label("Prompts (a blank line between prompts)").fill("kept: first\n\nkept: second")
             page.get_by_role("button", name="Start or resume labelling").click()
             page.locator("#label-status").get_by_text("prompt 1 of 2").wait_for(timeout=60000)
+        # a run this browser made (its marks, as a start from this page records them; training is not the point)
+        with sqlite3.connect(runs / ".owners.sqlite") as db:
+            marks = db.execute("SELECT marks FROM owners WHERE key = 'runs:pairs/before-restart.jsonl'").fetchone()[0]
+            db.execute("INSERT INTO owners (key, marks) VALUES ('runs:kept-run', ?)", (marks,))
+        (runs / "kept-run").mkdir()
+        (runs / "kept-run" / "events.jsonl").write_text("")
         with running_app(runs, extra_args=["--shared"], port=port) as url:
             page.goto(url)  # the same browser after the restart: the page load resumes its session
             page.get_by_role("tab", name="DPO").click()
-            page.wait_for_function("document.querySelector('#label-prompt textarea').value === 'kept: first'",
-                                   timeout=60000)
+            try:
+                page.wait_for_function("document.querySelector('#label-prompt textarea').value === 'kept: first'",
+                                       timeout=120000)
+            except Exception:
+                page.screenshot(path=str(tmp_path / "after-restart.png"))
+                raise
             assert "another visitor" not in page.locator("#label-message").inner_text()
-            stranger = browser.new_context().new_page()  # another browser: not its session
+            assert "kept-run" in _listed_runs(page)  # and its run
+            stranger = browser.new_context().new_page()  # another browser: not its session, not its run
             stranger.goto(url)
             stranger.get_by_role("tab", name="DPO").click()
             stranger.get_by_label("Pairs file name").fill("before-restart")
@@ -257,6 +281,7 @@ def test_after_a_restart_the_page_still_reaches_its_labelling_session(tmp_path, 
             stranger.get_by_label("Prompts (a blank line between prompts)").fill("x")
             stranger.get_by_role("button", name="Start or resume labelling").click()
             stranger.locator("#label-message").get_by_text("another visitor").wait_for(timeout=60000)
+            assert "kept-run" not in _listed_runs(stranger)
             stranger.context.close()
     finally:
         context.close()
