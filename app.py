@@ -133,6 +133,9 @@ def main(argv=None) -> None:
         keep_owner_token_out()  # visitors' Hub reads go with their own sign-in or none (studio.access)
     demo = build_app()
     runs_root().mkdir(parents=True, exist_ok=True)
+    from studio.ownership import prepare
+
+    prepare(runs_root())  # the server's secret and the ownership records, before the first visitor
     start_queue(demo).launch(  # queue limits: docs/budgets.md
         server_name=args.host, server_port=args.port, share=share_link,
         max_file_size=MAX_UPLOAD,  # a bigger upload is refused by Gradio before it reaches a handler

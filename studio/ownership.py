@@ -93,7 +93,7 @@ _migrated: set[str] = set()
 
 
 def _connect(root: Path) -> sqlite3.Connection:
-    path = str((root / DB_FILE).resolve())
+    path = os.path.abspath(root / DB_FILE)  # no resolve(): this runs at every check
     conns = getattr(_local, "conns", None)
     if conns is None:
         conns = _local.conns = {}
@@ -138,6 +138,13 @@ def _migrate(conn: sqlite3.Connection, root: Path) -> None:
         old.replace(root / (OLD_JSON + ".migrated"))
     except OSError:
         pass  # another process renamed it first
+
+
+def prepare(root: Path | None = None) -> None:
+    """Make the secret and the store now (the app's start), not at some visitor's first click."""
+    root = Path(root or _root())
+    server_secret(root)
+    _connect(root)
 
 
 def get_marks(key: str, root: Path | None = None) -> list[str] | None:
