@@ -195,7 +195,7 @@ def create_dpo_tab(client: gr.BrowserState) -> dict:
             from studio.errors import whole_number
             from studio.pairs import dataset_prompts, prompts_from_text, start_labelling
 
-            browser(client_id)
+            client_id = browser(client_id)
 
             def run():
                 require_work(profile, "labelling pairs")
@@ -237,7 +237,7 @@ def create_dpo_tab(client: gr.BrowserState) -> dict:
             """A reloaded page picks up this browser's session touched last, at the prompt where it stopped."""
             from studio.pairs import latest_session, open_labelling
 
-            browser(client_id)
+            client_id = browser(client_id)
             name = latest_session()
             if not name:
                 return [gr.update()] * (len(label_outputs) + 1)
@@ -290,7 +290,7 @@ def create_dpo_tab(client: gr.BrowserState) -> dict:
             from studio.pairs import load_pairs
             from studio.ui.train_tab import form_to_flat
 
-            browser(client_id)
+            client_id = browser(client_id)
 
             def run():
                 require_work(profile, "training")
@@ -312,7 +312,7 @@ def create_dpo_tab(client: gr.BrowserState) -> dict:
         def stop_run(client_id):
             from studio.jobs import stop_current
 
-            browser(client_id)
+            client_id = browser(client_id)
             job, err = safely(stop_current, client_id, "dpo", "DPO")
             if err:
                 return error_html(err)
@@ -330,6 +330,7 @@ def create_dpo_tab(client: gr.BrowserState) -> dict:
             if job is None:
                 return gr.update(), gr.update(), gr.update(), gr.update(), seen_state, gr.update(), watching
             s = job.snapshot()
+            client_id = browser(client_id)  # the verified browser id, else this session
             mine = (not job.owner or job.owner == client_id) and may_write(job.run_dir) and can_see_logs(profile)
             bar = progress_html(s) + (error_html(s["error"]) if s.get("error") else "")
             n, finished = len(job.history), job.summary is not None
