@@ -14,11 +14,11 @@ through here before it touches the disk. The person who started the app decides 
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import re
 import tempfile
 import threading
+from collections import OrderedDict
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -393,7 +393,8 @@ def require_work(profile, action: str) -> None:
 # - the app's owner: everything from the command line and the disk; on a demo Space, a signed-in owner
 #   (STUDIO_OWNERS / the Space's author) also reads every visitor's runs through the page.
 # - locally (not shared) the one person at the keyboard owns everything: nothing is checked or marked.
-# Marks are hashes of the visitor's keys, kept in <runs>/.owners.json (uploads: keyed by their path).
+# Marks are hashes of the visitor's keys, kept in <runs>/.owners.sqlite (studio.ownership; uploads: keyed by path).
+# A browser's key is the id the server issued it and verified (studio.ownership), an API client's its session.
 
 
 def _mark(key: str) -> str:
@@ -422,7 +423,16 @@ class Visitor:
 
 _visitor: ContextVar[Visitor | None] = ContextVar("studio_visitor", default=None)
 _visitor_source = None  # set by the UI: builds the Visitor of the event being handled (backend imports no gradio)
-_clients: dict[str, str] = {}  # gradio session → the browser id its page sent on load
+_clients: "OrderedDict[str, str]" = OrderedDict()  # gradio session → the verified browser id its page sent
+_clients_lock = threading.Lock()
+
+
+def max_visitors() -> int:
+    """How many sessions the visitor table remembers (the least recently seen go first)."""
+    try:
+        return max(1, int(os.environ.get("STUDIO_MAX_VISITORS", "10000")))
+    except ValueError:
+        return 10000
 
 
 def set_visitor_source(fn) -> None:
@@ -432,9 +442,16 @@ def set_visitor_source(fn) -> None:
 
 def make_visitor(client_id: str | None = None, session: str | None = None, username: str | None = None,
                  token: str | None = None) -> Visitor | None:
-    if session and client_id:
-        _clients[session] = str(client_id)
-    client_id = client_id or (_clients.get(session) if session else None)
+    """The visitor of one event. `client_id` is a browser id the server issued and has verified
+    (`studio.ownership.verify_browser_id`), never a string as a client sent it; `session` is Gradio's."""
+    with _clients_lock:
+        if session and client_id:
+            _clients[session] = str(client_id)
+        if session and session in _clients:
+            _clients.move_to_end(session)
+            client_id = client_id or _clients[session]
+        while len(_clients) > max_visitors():
+            _clients.popitem(last=False)
     keys = {f"client:{client_id}"} if client_id else set()
     if session:
         keys.add(f"session:{session}")
@@ -463,13 +480,6 @@ class acting_for:
         _visitor.reset(self._reset)
 
 
-_owners_lock = threading.Lock()
-
-
-def _owners_file() -> Path:
-    return runs_root() / ".owners.json"
-
-
 def _owner_key(path) -> str:
     p = Path(path).expanduser().resolve()
     try:
@@ -478,36 +488,27 @@ def _owner_key(path) -> str:
         return str(p)
 
 
-def _owners() -> dict:
-    try:
-        return json.loads(_owners_file().read_text("utf-8"))
-    except (OSError, ValueError):
-        return {}
-
-
 def owner_marks(path) -> list[str] | None:
     """The marks of whoever made `path` on a shared studio; None for the app owner's own things."""
-    return _owners().get(_owner_key(path))
+    from studio.ownership import get_marks
+
+    return get_marks(_owner_key(path), runs_root())
 
 
 def claim(path, visitor: Visitor | None = None) -> None:
     """Mark `path` as made by the current visitor (shared studio only; refused if it is someone else's)."""
+    from studio.ownership import add_marks
+
     visitor = visitor or current_visitor()
     if not shared_mode() or visitor is None or visitor.is_app_owner:
         return
     if owner_marks(path) is None:  # new: within this visitor's runs / pairs / results budget? (studio.budgets)
         budgets.check_new(Path(path), runs_root(), lambda p: bool(set(owner_marks(p) or ()) & set(visitor.marks())))
-    with _owners_lock:
-        table = _owners()
-        key = _owner_key(path)
-        marks = table.get(key)
-        if marks and not set(marks) & set(visitor.marks()):
-            raise StudioError(f"{Path(path).name} belongs to another visitor")
-        table[key] = sorted(set(marks or []) | set(visitor.marks()))
-        _owners_file().parent.mkdir(parents=True, exist_ok=True)
-        tmp = _owners_file().with_suffix(".tmp")
-        tmp.write_text(json.dumps(table, indent=0), encoding="utf-8")
-        tmp.replace(_owners_file())
+    mine = set(visitor.marks())
+    try:
+        add_marks(_owner_key(path), mine, lambda existing: bool(set(existing) & mine), runs_root())
+    except PermissionError:
+        raise StudioError(f"{Path(path).name} belongs to another visitor") from None
 
 
 def _is_upload(path) -> bool:

@@ -197,7 +197,7 @@ def create_dpo_tab(client: gr.BrowserState) -> dict:
             from studio.errors import whole_number
             from studio.pairs import dataset_prompts, prompts_from_text, start_labelling
 
-            browser(client_id)
+            client_id = browser(client_id)
 
             def run():
                 require_work(profile, "labelling pairs")
@@ -239,7 +239,7 @@ def create_dpo_tab(client: gr.BrowserState) -> dict:
             """A reloaded page picks up this browser's session touched last, at the prompt where it stopped."""
             from studio.pairs import latest_session, open_labelling
 
-            browser(client_id)
+            client_id = browser(client_id)
             name = latest_session()
             if not name:
                 return [gr.update()] * (len(label_outputs) + 1)
@@ -294,7 +294,7 @@ def create_dpo_tab(client: gr.BrowserState) -> dict:
             from studio.pairs import load_pairs
             from studio.ui.train_tab import form_to_flat
 
-            browser(client_id)
+            client_id = browser(client_id)
 
             def run():
                 require_work(profile, "training")
@@ -320,7 +320,7 @@ def create_dpo_tab(client: gr.BrowserState) -> dict:
         def stop_run(client_id):
             from studio.jobs import stop_current
 
-            browser(client_id)
+            client_id = browser(client_id)
             job, err = safely(stop_current, client_id, "dpo", "DPO")
             if err:
                 return error_html(err)

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import gradio as gr
 
-from studio.ui.common import browser, error_html, job_log, ok_html, progress_html, safely
+from studio.ui.common import browser, error_html, job_log, ok_html, page_browser_id, progress_html, safely
 
 
 def memory_line(recipe) -> str:
@@ -367,7 +367,7 @@ def create_train_tab(client: gr.BrowserState) -> dict:
             from studio.jobs import start_job
             from studio.recipes import recipe_from_flat
 
-            browser(client_id)
+            client_id = browser(client_id)
 
             def run():
                 require_work(profile, "training")
@@ -383,7 +383,7 @@ def create_train_tab(client: gr.BrowserState) -> dict:
         def stop_run(client_id):
             from studio.jobs import stop_current
 
-            browser(client_id)
+            client_id = browser(client_id)
             job, err = safely(stop_current, client_id, None, "training")
             if err:
                 return error_html(err)
@@ -487,7 +487,7 @@ def create_train_tab(client: gr.BrowserState) -> dict:
 
             if not run_id:
                 return error_html("Pick a stopped or interrupted run to resume."), -1, {}
-            browser(client_id)
+            client_id = browser(client_id)
 
             def run():
                 require_work(profile, "training")
@@ -506,7 +506,7 @@ def create_train_tab(client: gr.BrowserState) -> dict:
             _, err = safely(require_work, profile, "training")  # before anything about the runs is said
             if err:
                 return error_html(err), -1, {}
-            browser(client_id)
+            client_id = browser(client_id)
             run = next((j for j in list_runs() if resumable(j) and may_write(j.run_dir)), None)
             if run is None:
                 return error_html("No stopped or interrupted run with a checkpoint to resume."), -1, {}
@@ -531,10 +531,7 @@ def create_train_tab(client: gr.BrowserState) -> dict:
             lambda: gr.update(visible=True), None, recipe_file).then(None, None, None, js=DOWNLOAD_JS)
 
         def on_load(client_id, name):
-            import uuid
-
-            client_id = client_id or uuid.uuid4().hex
-            browser(client_id)
+            client_id = page_browser_id(client_id)  # the stored id if this server issued it, else a new one
             return [client_id] + fill(name)
 
         return {"on_load": (on_load, [client, recipe], [client] + comps + [base_flat, message]),
