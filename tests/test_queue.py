@@ -79,7 +79,7 @@ def _client(url):
     from gradio_client import Client
 
     client = Client(url, verbose=False, httpx_kwargs={"timeout": 180})  # a loaded machine answers slowly
-    client.predict("tiny-quotes", api_name="/fill")  # as a page does on load: the session keeps the recipe
+    client.predict("tiny-quotes", api_name="/pick_recipe")  # as a page does on load: the session keeps the recipe
     return client
 
 
@@ -154,7 +154,7 @@ def test_a_10m_step_job_is_capped_a_second_visitor_waits_then_runs_and_sees_only
 def test_dpo_live_view_and_held_out_pairs_are_the_job_owners(shared):
     url, runs = shared
     a, b = _client(url), _client(url)
-    a.predict("tiny-dpo", api_name="/fill_1")
+    a.predict("tiny-dpo", api_name="/fill")
     form = ["(base model: a fresh adapter)", "embedded/tiny-llama", "pairs", 0.1, "sigmoid", 5e-3, 128, 4, 8, 16]
     started = a.predict("visitor-a", *form, api_name="/start_dpo")
     assert "Started" in started, started
