@@ -280,7 +280,7 @@ def create_dpo_tab(client: gr.BrowserState) -> dict:
                 return [gr.update()] * len(comps) + [{}, error_html(err)]
             return [_flat_to_widget(k, flat.get(k)) for k in keys] + [flat, ""]
 
-        recipe.change(fill, recipe, comps + [base_flat, message])
+        recipe.change(fill, recipe, comps + [base_flat, message], api_name="fill_dpo")
 
         def start_run(profile: gr.OAuthProfile | None, client_id, base, start_from, *values):
             from studio.access import require_work
