@@ -20,7 +20,9 @@ QUESTIONS = ["What is the capital of France?", "Tell me about your dog.", "What 
              "How was your day?"]
 
 needs_llama = pytest.mark.skipif(
-    __import__("importlib").util.find_spec("llama_cpp") is None, reason="llama-cpp-python is not installed")
+    __import__("importlib").util.find_spec("llama_cpp") is None
+    or os.environ.get("STUDIO_CHAT_BACKEND", "").strip().lower() == "transformers",
+    reason="llama-cpp-python is not installed (or STUDIO_CHAT_BACKEND=transformers)")
 
 
 @pytest.fixture(scope="module")
@@ -297,3 +299,96 @@ def test_smollm2_adapter_over_q4_1_agrees_with_transformers_adapter_on_base(real
     base = load_setup(REAL, retrieval=False).engine
     ids = [loaded.tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
     assert any(list(base.tokens(i, 16)) != list(setup.engine.tokens(i, 16)) for i in ids)
+
+
+# ---- one model cache for the process ---------------------------------------------------------------------------
+def test_the_cache_is_bounded_by_bytes_least_recently_used_first():
+    import numpy as np
+
+    from studio.model_cache import ModelCache
+
+    cache = ModelCache(limit=3 << 20)
+    loads = []
+
+    def load(name):
+        loads.append(name)
+        return np.zeros(1 << 20, dtype=np.uint8)  # 1 MB each
+
+    for name in ("a", "b", "c"):
+        cache.get(("x", name), lambda name=name: load(name))
+    cache.get(("x", "a"), lambda: load("a"))  # a hit: a becomes the most recent
+    cache.get(("x", "d"), lambda: load("d"))  # over 3 MB: b (least recently used) goes
+    assert loads == ["a", "b", "c", "d"]
+    assert [h["label"] for h in cache.held()] == ["d", "a", "c"]
+    assert cache.total_bytes() == 3 << 20 and cache.evictions == 1
+    big = cache.get(("x", "huge"), lambda: np.zeros(5 << 20, dtype=np.uint8))  # alone over the limit: kept alone
+    assert big.nbytes == 5 << 20 and [h["label"] for h in cache.held()] == ["huge"]
+    assert "model cache:" in cache.describe() and "huge" in cache.describe()
+
+
+def test_the_default_limit_follows_the_machines_ram(monkeypatch):
+    from studio.model_cache import limit_bytes, machine_ram
+
+    monkeypatch.delenv("STUDIO_MODEL_CACHE_MB", raising=False)
+    assert limit_bytes() == max(1 << 30, machine_ram() // 4)
+    monkeypatch.setenv("STUDIO_MODEL_CACHE_MB", "1500")
+    assert limit_bytes() == 1500 << 20
+
+
+def test_two_names_of_one_run_share_one_cached_model(tiny_run, monkeypatch):
+    """The key is what the access check resolved (the run folder), not the text the page sent."""
+    from studio.inference import load_for_inference
+    from studio.model_cache import CACHE
+
+    a = load_for_inference(tiny_run.name, cached=True)
+    b = load_for_inference(str(tiny_run), cached=True)
+    assert a is b
+    assert load_for_inference(str(tiny_run), cached=True, adapter=False) is not a  # the base alone: its own entry
+    CACHE.drop()
+
+
+RSS_SCRIPT = r'''
+import json, os, sys, threading, time
+from studio.chat import load_setup, reply
+from studio.evaluate import compare
+from studio import pairs
+from studio.model_cache import CACHE
+
+run = sys.argv[1]
+peak = [0]
+def rss():
+    with open("/proc/self/status") as f:
+        return next(int(l.split()[1]) * 1024 for l in f if l.startswith("VmRSS"))
+def sample():
+    while True:
+        peak[0] = max(peak[0], rss()); time.sleep(0.05)
+threading.Thread(target=sample, daemon=True).start()
+steps = {}
+# Persona Chat: the base, the run, base vs tuned side by side
+for ref, adapter in (("HuggingFaceTB/SmolLM2-135M-Instruct", True), (run, True), (run, False)):
+    reply(load_setup(ref, adapter=adapter), "i love to ski.", [{"role": "user", "content": "hi"}], 3, max_new_tokens=16)
+steps["chat"] = rss()
+# DPO labelling on the run
+pairs.start_labelling("rss-labels", run, ["Quote: Be yourself;"], max_new_tokens=16)
+pairs.candidates("rss-labels")
+steps["labelling"] = rss()
+# Evaluate: the run against its base
+compare([run], suite="instruction", limit=2, max_new_tokens=8, save=False)
+steps["evaluation"] = rss()
+print(json.dumps({"rss": steps, "peak": max(peak[0], rss()), "cache": CACHE.describe()}))
+'''
+
+
+@needs_llama
+def test_chat_labelling_and_evaluation_on_smollm2_stay_under_3_gb(real_gguf, runs, tmp_path):
+    import subprocess
+
+    run = _random_adapter_run(runs, REAL, "smollm2-lora")
+    env = {**os.environ, "STUDIO_RUNS": str(runs), "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
+    out = subprocess.run([sys.executable, "-c", RSS_SCRIPT, str(run)], capture_output=True, text=True, env=env,
+                         timeout=1200, cwd=tmp_path)
+    assert out.returncode == 0, out.stderr[-2000:]
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    print("RSS after each tab (MB):", {k: v >> 20 for k, v in result["rss"].items()}, "peak", result["peak"] >> 20,
+          "MB;", result["cache"])
+    assert max(result["rss"].values()) < 3 << 30 and result["peak"] < 3 << 30, result
