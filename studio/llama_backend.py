@@ -315,24 +315,47 @@ class LlamaEngine:
 
     def stream_text(self, ids: list[int], max_new_tokens: int, **kwargs):
         """Yield (text so far, token count) at each token that adds visible text; a multi-byte character cut
-        between tokens is held back until it is whole (never a "\ufffd" on the page)."""
+        between tokens is held back until it is whole (never a "\ufffd" on the page).
+
+        llama.cpp decodes in a thread of its own (it releases the GIL), so the page's work on one token
+        overlaps the next token's decode, and a reader that goes away (a closed page) never holds the model:
+        the decode stops at the next token once this generator is closed, or at max_new_tokens."""
+        import queue
+
+        items: queue.SimpleQueue = queue.SimpleQueue()
+        stop = threading.Event()
+
+        def work():
+            try:
+                for token in self.tokens(ids, max_new_tokens, stop=stop, **kwargs):
+                    items.put(token)
+            except BaseException as e:  # noqa: BLE001 - re-raised in the reader's thread
+                items.put(e)
+            items.put(None)
+
+        threading.Thread(target=work, daemon=True, name="llama.cpp decode").start()
         decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
         text, n = "", 0
-        for token in self.tokens(ids, max_new_tokens, **kwargs):
-            n += 1
-            new = decoder.decode(self.piece(token))
-            if new:
-                text += new
-                yield text, n
+        try:
+            while (token := items.get()) is not None:
+                if isinstance(token, BaseException):
+                    raise token
+                n += 1
+                new = decoder.decode(self.piece(token))
+                if new:
+                    text += new
+                    yield text, n
+        finally:
+            stop.set()
         rest = decoder.decode(b"", final=True).rstrip("\ufffd")  # cut by max_new_tokens mid-character
         if rest:
             yield text + rest, n
 
     def complete(self, ids: list[int], max_new_tokens: int, **kwargs) -> str:
-        text = ""
-        for text, _ in self.stream_text(ids, max_new_tokens, **kwargs):
-            pass
-        return text
+        """The whole reply at once (labelling), decoded as `stream_text` decodes it."""
+        decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        text = "".join(decoder.decode(self.piece(t)) for t in self.tokens(ids, max_new_tokens, **kwargs))
+        return text + decoder.decode(b"", final=True).rstrip("\ufffd")
 
 
 def stop_ids_of(tokenizer, base: str) -> set[int]:

@@ -70,7 +70,8 @@ def _random_adapter_run(runs: Path, base: str, name: str, r: int = 8, alpha: int
                 p.mul_(0.02)
     (run / "adapter").mkdir(parents=True)
     peft.save_pretrained(str(run / "adapter"))
-    (run / "recipe.yaml").write_text(yaml.safe_dump({"name": name, "method": "sft", "model_name_or_path": base}))
+    (run / "recipe.yaml").write_text(yaml.safe_dump({"name": name, "method": "sft", "model_name_or_path": base,
+                                                       "dataset": {"source": "quotes", "format": "quotes"}}))
     (run / "events.jsonl").write_text(json.dumps({"event": "done"}) + "\n")
     return run
 
@@ -392,3 +393,18 @@ def test_chat_labelling_and_evaluation_on_smollm2_stay_under_3_gb(real_gguf, run
     print("RSS after each tab (MB):", {k: v >> 20 for k, v in result["rss"].items()}, "peak", result["peak"] >> 20,
           "MB;", result["cache"])
     assert max(result["rss"].values()) < 3 << 30 and result["peak"] < 3 << 30, result
+
+
+@needs_llama
+def test_a_reader_that_goes_away_frees_the_model(tiny_run):
+    """A closed page stops reading mid-reply: the decode stops and the next reply on that model can start."""
+    from studio.chat import load_setup
+
+    engine = load_setup(str(tiny_run), retrieval=False).engine
+    ids = engine.tokenizer("Quote: the", add_special_tokens=False)["input_ids"]
+    stream = engine.stream_text(ids, 1000, temperature=1.0, seed=5)
+    next(stream)
+    stream.close()
+    assert engine.lock.acquire(timeout=60)
+    engine.lock.release()
+    assert isinstance(engine.complete(ids, 8, seed=1), str)
