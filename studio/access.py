@@ -23,6 +23,7 @@ from contextvars import ContextVar
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from studio import budgets
 from studio.errors import StudioError
 
 _RUN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
@@ -317,6 +318,8 @@ def claim(path, visitor: Visitor | None = None) -> None:
     visitor = visitor or current_visitor()
     if not shared_mode() or visitor is None or visitor.is_app_owner:
         return
+    if owner_marks(path) is None:  # new: within this visitor's runs / pairs / results budget? (studio.budgets)
+        budgets.check_new(Path(path), runs_root(), lambda p: bool(set(owner_marks(p) or ()) & set(visitor.marks())))
     with _owners_lock:
         table = _owners()
         key = _owner_key(path)
@@ -391,11 +394,14 @@ def claim_upload(path) -> str:
     src = Path(path).expanduser().resolve()
     if _upload_mark(src) is not None:
         require_read(src, src.name)
+        os.utime(src)  # used now: kept for the upload TTL from here (studio.budgets)
         return str(src)
     dest = upload_dirs()[0] / f"visitor-{visitor.home}" / src.parent.name / src.name
     if not dest.exists():
+        budgets.check_upload(dest.parents[1], src)  # this visitor's uploads: count and bytes (studio.budgets)
         dest.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(src, dest)
+    os.utime(dest)  # used now: kept for the upload TTL from here
     return str(dest)
 
 

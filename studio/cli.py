@@ -4,20 +4,16 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import os
 import sys
-import warnings
 
 from studio.errors import StudioError
 
 
 def _quiet_libraries() -> None:
-    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
-    warnings.filterwarnings("ignore", category=FutureWarning)
-    logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
+    from studio.errors import quiet_libraries
+
+    quiet_libraries(progress_bars=True)  # a terminal keeps its bars; main() turns them off for a file
 
 
 def cmd_data(args) -> int:
@@ -260,12 +256,20 @@ def cmd_eval(args) -> int:
     if args.json:
         print(json.dumps(result, ensure_ascii=False))
         return 0
-    keys = list(next(iter(result["metrics"].values())))
-    print(f"{'model':32} " + " ".join(f"{k:>11}" for k in keys))
-    for label, m in result["metrics"].items():
-        print(f"{label[:32]:32} " + " ".join(f"{m[k]:11.2f}" if m[k] is not None else f"{'-':>11}" for k in keys))
+    print(metrics_table(result))
     print(result["path"])
     return 0
+
+
+def metrics_table(result: dict) -> str:
+    """One line per model, its whole name (two runs of one recipe differ only in their last characters)."""
+    keys = list(next(iter(result["metrics"].values())))
+    width = max(len("model"), *(len(label) for label in result["metrics"]))
+    lines = [f"{'model':{width}} " + " ".join(f"{k:>11}" for k in keys)]
+    for label, m in result["metrics"].items():
+        lines.append(f"{label:{width}} " + " ".join(f"{m[k]:11.2f}" if m.get(k) is not None else f"{'-':>11}"
+                                                    for k in keys))
+    return "\n".join(lines)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -9,10 +9,12 @@ inputs, so every machine builds the same model.
 
 from __future__ import annotations
 
+import contextvars
 import hashlib
 import os
 import shutil
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
 
 EMBEDDED_MODEL_ID = "embedded/tiny-llama"
@@ -51,6 +53,31 @@ def embedded_model_path() -> Path:
     return build_atomically(target, build_embedded_model)
 
 
+# One-time builds (this model, a GGUF file's conversion) take a minute once and are then cached. Whoever waits
+# for one (a page's handler with its progress bar, the CLI) passes a callback; the build reports
+# (fraction done, what it is doing) to it. A context variable, so no loader in between needs to know.
+_one_time = contextvars.ContextVar("studio_one_time_progress", default=None)
+
+
+@contextmanager
+def one_time_progress(report):
+    """Inside this block, one-time builds call `report(fraction, text)` as they go (`report` may be None)."""
+    token = _one_time.set(report)
+    try:
+        yield
+    finally:
+        _one_time.reset(token)
+
+
+def one_time_step(fraction: float, text: str) -> None:
+    report = _one_time.get()
+    if report is not None:
+        try:
+            report(max(0.0, min(1.0, fraction)), text)
+        except Exception:  # noqa: BLE001 - a closed page must not break the build
+            pass
+
+
 def build_atomically(target: Path, build) -> Path:
     """Run `build(tmp)` in a temporary folder beside `target`, then move it into place in one step.
 
@@ -81,7 +108,7 @@ def _training_lines() -> list[str]:
     return lines
 
 
-def build_embedded_model(out: Path) -> None:
+def build_embedded_model(out: Path, steps: int = 300) -> None:
     import torch
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
     from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
@@ -97,6 +124,8 @@ def build_embedded_model(out: Path) -> None:
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
+    what = "Building the embedded tiny model (once on this machine, then cached)"
+    one_time_step(0.02, f"{what}: training its tokenizer")
     tok.train_from_iterator(_training_lines(), trainer=trainer)
     hf_tok = PreTrainedTokenizerFast(
         tokenizer_object=tok,
@@ -124,7 +153,7 @@ def build_embedded_model(out: Path) -> None:
         tie_word_embeddings=True,
     )
     model = LlamaForCausalLM(config)
-    _pretrain(model, hf_tok)
+    _pretrain(model, hf_tok, steps)
     model.generation_config.pad_token_id = hf_tok.pad_token_id
     model.save_pretrained(out)
 
@@ -146,7 +175,10 @@ def _pretrain(model, tok, steps: int = 300, block: int = 64, batch: int = 16) ->
     opt = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=0.01)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=3e-3, total_steps=steps, pct_start=0.1)
     model.train()
-    for _ in range(steps):
+    for step in range(steps):
+        if step % 10 == 0:
+            one_time_step(0.1 + 0.85 * step / steps, "Building the embedded tiny model (once on this machine, then "
+                                                     f"cached): pretraining, step {step}/{steps}")
         starts = torch.randint(0, n_blocks * block - block, (batch,), generator=gen)
         x = torch.stack([data[s : s + block] for s in starts])
         loss = model(input_ids=x, labels=x).loss

@@ -8,6 +8,7 @@ Anything else that escapes is a bug and belongs in the log with its traceback.
 import logging
 import os
 import re
+import warnings
 
 _TOKEN = re.compile(r"hf_[A-Za-z0-9]{20,}")  # Hugging Face access tokens: hf_ + 34 letters/digits
 _LONG_WORD = re.compile(r"\S{200,}")
@@ -61,7 +62,46 @@ LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 
 def configure_logging(level: int = logging.INFO) -> None:
-    """The app's logging: one line per record, every handler redacting tokens."""
+    """The app's logging: one line per record, every handler redacting tokens, library noise off."""
     logging.basicConfig(level=level, format=LOG_FORMAT)
     for handler in logging.getLogger().handlers:
         handler.setFormatter(RedactingFormatter(LOG_FORMAT))
+    quiet_libraries()
+
+
+# Library lines that say nothing a user can act on, each named by its source (the app and the CLI both call
+# `quiet_libraries`, the one place): any other warning, FutureWarnings included, still shows.
+NOISY_WARNINGS = [
+    # peft and TRL read the old attribute on every model they wrap (40 lines a training run)
+    (FutureWarning, r"`is_gradient_checkpointing` is deprecated"),
+]
+NOISY_LOGGERS = {
+    "absl": logging.WARNING,  # rouge-score: "Using default tokenizer." at every scorer it builds
+    "faiss.loader": logging.WARNING,  # the AVX-512 build it tries first: a ModuleNotFoundError at INFO
+    "bitsandbytes": logging.ERROR,  # "no CPU 4-bit kernels package": not actionable
+    "httpx": logging.WARNING,  # one line per request Gradio makes to itself
+}
+
+
+def quiet_libraries(progress_bars: bool = False) -> None:
+    """Silence the lines above, and (unless `progress_bars`) the bars libraries draw into a log: a page shows
+    its own progress, and the CLI keeps bars for a terminal only."""
+    for category, message in NOISY_WARNINGS:
+        warnings.filterwarnings("ignore", message=message, category=category)
+    for name, level in NOISY_LOGGERS.items():
+        logging.getLogger(name).setLevel(level)
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
+    if not progress_bars:
+        import sys
+
+        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # transformers reads it when imported
+        if "transformers" in sys.modules:
+            from transformers.utils import logging as hf_logging
+
+            hf_logging.disable_progress_bar()
+        if "huggingface_hub" in sys.modules:
+            from huggingface_hub.utils import disable_progress_bars
+
+            disable_progress_bars()

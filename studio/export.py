@@ -238,41 +238,131 @@ def _base_licence(base: str) -> str | None:
         return None
 
 
-def _eval_results(run_dir: Path) -> list[tuple[str, dict]]:
-    rows = []
-    for path in sorted((run_dir / "eval").glob("*.json")):
-        try:
-            data = json.loads(path.read_text("utf-8"))
-        except (OSError, json.JSONDecodeError):
+def data_label(source) -> str:
+    """The run's data as a reader of its card knows it: a bundled sample, a Hub dataset or a file's name."""
+    from studio.data import SAMPLES
+
+    text = str(source or "").strip()
+    if text.removeprefix("sample:") in SAMPLES:
+        return f"the bundled `{text.removeprefix('sample:')}` sample"
+    if _HUB_ID.match(text) and not Path(text).exists():
+        return f"the Hub dataset [{text}](https://huggingface.co/datasets/{text})"
+    return f"a local file, `{Path(text).name}`" if text else "data not recorded by this run"
+
+
+def example_prompt(run_dir: Path, recipe: dict) -> tuple[str, bool]:
+    """(a prompt from the run's own data, whether it is a chat message): the first held-out row as training
+    split it, else the recipe's first sample prompt. The card's usage example asks what the model learned."""
+    ds = recipe.get("dataset") or {}
+    try:
+        from studio.evaluate.items import dataset_items
+
+        items, _ = dataset_items(str(ds.get("source") or ""), ds.get("format"), ds.get("template"),
+                                 ds.get("splits", "80/10/10"), int(recipe.get("seed", 42)), limit=1)
+        if items and items[0].turns and isinstance(items[0].turns[0], str) and items[0].turns[0].strip():
+            return items[0].turns[0], bool(items[0].chat)
+    except Exception:  # noqa: BLE001 - the data may be gone (a temp upload) or unreadable offline: fall back
+        pass
+    prompts = [str(p) for p in recipe.get("eval_prompts") or [] if str(p).strip()]
+    return (prompts[0] if prompts else "Hello"), False
+
+
+def _eval_results(run_dir: Path) -> list[dict]:
+    """The run's saved evaluations, read by `studio.evaluate.results` (the module that writes them): for each,
+    what it ran on, its columns and, per metric, each column's number; `own` is this run's column."""
+    from studio.evaluate.results import run_results
+
+    found = []
+    for result in run_results(run_dir):
+        labels = [lab for lab in result["labels"] if isinstance(result["metrics"].get(lab), dict)]
+        own = run_dir.name if run_dir.name in labels else (labels[-1] if labels and result.get("owner") == run_dir.name
+                                                            else None)
+        if own is None:
             continue
-        scores = data.get("scores", data) if isinstance(data, dict) else {}
-        numbers = {k: v for k, v in scores.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
-        if numbers:
-            rows.append((path.stem, numbers))
-    return rows
+        names = [k for k, v in result["metrics"][own].items() if isinstance(v, (int, float)) and not isinstance(v, bool)]
+        config = result.get("config") or {}
+        data = config.get("data") or {}
+        source = data.get("source") or (f"suite {config['suite']}" if config.get("suite") else "?")
+        found.append({"name": str(result.get("name")), "source": str(source), "split": data.get("split"),
+                      "chat": [lab for lab in config.get("chat_template_for") or [] if lab in labels],
+                      "rows": data.get("rows") or len(result.get("rows") or []), "labels": labels, "own": own,
+                      "metrics": {k: {lab: result["metrics"][lab].get(k) for lab in labels} for k in names}})
+    return found
 
 
-def _usage(kind: str, repo: str, base: str, gguf_files=()) -> str:
+def _eval_section(evals: list[dict]) -> list[str]:
+    lines = ["## Evaluation", "", "Greedy decoding, the same rows for every column; each base is loaded on its own, "
+             "each run is its adapter on that base (LoRA Studio's Evaluate tab or `python -m studio eval`).", ""]
+    for ev in evals:
+        rows = f", {ev['split']} split" if ev["split"] else ""
+        lines += [f"**{ev['name']}**: {_public(ev['source'])}{rows}, {ev['rows']} rows", "",
+                  "| metric | " + " | ".join("**this model**" if lab == ev["own"] else _public(lab)
+                                             for lab in ev["labels"]) + " |",
+                  "|---|" + "---:|" * len(ev["labels"])]
+        for metric, values in ev["metrics"].items():
+            cells = [f"{v:.4g}" if isinstance(v, (int, float)) and not isinstance(v, bool) else "–"
+                     for v in values.values()]
+            lines.append(f"| {metric} | " + " | ".join(cells) + " |")
+        if ev["chat"]:
+            lines += ["", f"{', '.join(_public(lab) for lab in ev['chat'])}: an instruct model, asked each row through "
+                          "its chat template (a raw prompt is a finished turn to it)."]
+        lines.append("")
+    return lines
+
+
+def _eval_index(evals: list[dict]) -> list:
+    """model-index entries (what the Hub shows as a model's results): this model's own column only."""
+    from huggingface_hub import EvalResult
+
+    out = []
+    for ev in evals:
+        source = _public(ev["source"])
+        dataset = source if _HUB_ID.match(source) else re.sub(r"[^\w.-]+", "-", Path(source).stem or source).strip("-")
+        for metric, values in ev["metrics"].items():
+            value = values.get(ev["own"])
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                out.append(EvalResult(task_type="text-generation", dataset_type=dataset or "data",
+                                      dataset_name=f"{dataset or 'data'} ({ev['name']})",
+                                      dataset_split=ev["split"], metric_type=metric, metric_name=metric,
+                                      metric_value=round(float(value), 4)))
+    return out
+
+
+def _usage(kind: str, repo: str, base: str, gguf_files=(), prompt: str = "Hello", chat: bool = False) -> str:
+    said = json.dumps(prompt, ensure_ascii=False)
+    if chat:
+        encode = (f"messages = [{{\"role\": \"user\", \"content\": {said}}}]\n"
+                  "inputs = tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors=\"pt\", "
+                  "return_dict=True)\n")
+    else:
+        encode = f"inputs = tokenizer({said}, return_tensors=\"pt\")\n"
+    decode = ("reply = model.generate(**inputs, max_new_tokens=40)[0][inputs[\"input_ids\"].shape[1]:]\n"
+              "print(tokenizer.decode(reply, skip_special_tokens=True))\n```")
     if kind == "adapter":
         return (f"```python\nfrom peft import AutoPeftModelForCausalLM\nfrom transformers import AutoTokenizer\n\n"
                 f"model = AutoPeftModelForCausalLM.from_pretrained(\"{repo}\")  # loads {base} and puts the adapter on\n"
-                f"tokenizer = AutoTokenizer.from_pretrained(\"{repo}\")\n"
-                f"inputs = tokenizer(\"Quote:\", return_tensors=\"pt\")\n"
-                f"print(tokenizer.decode(model.generate(**inputs, max_new_tokens=40)[0]))\n```")
+                f"tokenizer = AutoTokenizer.from_pretrained(\"{repo}\")\n" + encode + decode)
     if kind == "merged":
         return (f"```python\nfrom transformers import AutoModelForCausalLM, AutoTokenizer\n\n"
                 f"model = AutoModelForCausalLM.from_pretrained(\"{repo}\")\n"
-                f"tokenizer = AutoTokenizer.from_pretrained(\"{repo}\")\n"
-                f"inputs = tokenizer(\"Quote:\", return_tensors=\"pt\")\n"
-                f"print(tokenizer.decode(model.generate(**inputs, max_new_tokens=40)[0]))\n```")
+                f"tokenizer = AutoTokenizer.from_pretrained(\"{repo}\")\n" + encode + decode)
+    import shlex
+
     first = gguf_files[0] if gguf_files else "model.gguf"
     name = "my-model" if repo.startswith("path/to/") else Path(repo).name.lower()
+    if chat:
+        cli = f"llama-cli -m {first} -cnv"
+        python = (f"llm = Llama(model_path=\"{first}\")\n"
+                  f"out = llm.create_chat_completion(messages=[{{\"role\": \"user\", \"content\": {said}}}], max_tokens=40)\n"
+                  f"print(out[\"choices\"][0][\"message\"][\"content\"])\n```")
+    else:
+        cli = f"llama-cli -m {first} -p {shlex.quote(prompt)} -n 40"
+        python = (f"llm = Llama(model_path=\"{first}\")\n"
+                  f"print(llm({said}, max_tokens=40)[\"choices\"][0][\"text\"])\n```")
     return (f"With [llama.cpp](https://github.com/ggml-org/llama.cpp):\n\n"
-            f"```bash\nllama-cli -m {first} -p \"Quote:\" -n 40\n```\n\n"
+            f"```bash\n{cli}\n```\n\n"
             f"or from Python with llama-cpp-python:\n\n"
-            f"```python\nfrom llama_cpp import Llama\n\n"
-            f"llm = Llama(model_path=\"{first}\")\n"
-            f"print(llm(\"Quote:\", max_tokens=40)[\"choices\"][0][\"text\"])\n```\n\n"
+            f"```python\nfrom llama_cpp import Llama\n\n" + python + "\n\n"
             f"With [Ollama](https://ollama.com) (the `Modelfile` here carries the chat template and stop tokens):\n\n"
             f"```bash\nollama create {name} -f Modelfile\nollama run {name}\n```\n\n"
             f"With transformers (dequantized to full precision):\n\n"
@@ -302,7 +392,12 @@ def model_card(run_dir: Path, kind: str, repo_id: str | None = None, notes=(), g
     tags = ["lora-studio", "lora", "trl", method] + (["qlora"] if recipe.get("load_in_4bit") else [])
     if kind == "gguf":
         tags.append("gguf")
+    from studio.recipes import own_data
+
+    evals = _eval_results(run_dir)
     data = ModelCardData(
+        model_name=run_dir.name if evals else None,
+        eval_results=_eval_index(evals) or None,
         base_model=base_public,
         library_name={"adapter": "peft", "merged": "transformers", "gguf": "gguf"}[kind],
         pipeline_tag="text-generation",
@@ -315,9 +410,10 @@ def model_card(run_dir: Path, kind: str, repo_id: str | None = None, notes=(), g
             "merged": f"{base_label} with a LoRA adapter merged in (a standalone model)",
             "gguf": f"{base_label} with a LoRA adapter merged in, as GGUF for llama.cpp"}[kind]
     lines = [f"# {run_dir.name}", "", f"This is {what}, trained with LoRA Studio "
-             f"({method.upper()} with TRL and PEFT).", ""]
+             f"({method.upper()} with TRL and PEFT) on {_public(data_label(source))}.", ""]
     lines += [f"> {n}" for n in notes] + ([""] if notes else [])
-    lines += ["## Usage", "", _usage(kind, repo, base_label, gguf_files), "", "## Training", ""]
+    prompt, chat = example_prompt(run_dir, recipe)
+    lines += ["## Usage", "", _usage(kind, repo, base_label, gguf_files, prompt, chat), "", "## Training", ""]
     hardware = summary.get("hardware") or "not recorded by this run"
     facts = [("dataset", _public(source) or "?"), ("steps", summary.get("steps")),
              ("first loss", summary.get("first_loss")), ("final loss", summary.get("final_loss")),
@@ -326,11 +422,12 @@ def model_card(run_dir: Path, kind: str, repo_id: str | None = None, notes=(), g
              ("hardware", hardware)]
     lines += ["| | |", "|---|---|"] + [f"| {k} | {v:.4g} |" if isinstance(v, float) else f"| {k} | {v} |"
                                        for k, v in facts if v is not None] + [""]
-    evals = _eval_results(run_dir)
     if evals:
-        lines += ["## Evaluation", "", "| evaluation | metric | value |", "|---|---|---|"]
-        lines += [f"| {name} | {k} | {v:.4g} |" for name, numbers in evals for k, v in numbers.items()] + [""]
-    lines += ["## Recipe", "", "```yaml", yaml.safe_dump(_public(recipe), sort_keys=False, allow_unicode=True).strip(),
+        lines += _eval_section(evals)
+    shown = dict(recipe)
+    if not own_data(str(recipe.get("name") or ""), source):  # its description names the data it came with
+        shown = {k: v for k, v in shown.items() if k not in ("description", "source_notebook")}
+    lines += ["## Recipe", "", "```yaml", yaml.safe_dump(_public(shown), sort_keys=False, allow_unicode=True).strip(),
               "```", ""]
     return ModelCard.from_template(data, template_str="---\n{{ card_data }}\n---\n\n" + "\n".join(lines))
 

@@ -127,11 +127,12 @@ def _load(run: Path | None, base: str, device: str | None, adapter: bool) -> Loa
 
 def generate(model, tokenizer, prompts: list[str], max_new_tokens: int = 64, *, do_sample: bool = False,
              temperature: float = 1.0, top_p: float = 1.0, repetition_penalty: float = 1.0, seed: int = 0,
-             batch_size: int = 16, progress=None) -> list[str]:
+             batch_size: int = 16, progress=None, cut: set | None = None) -> list[str]:
     """Continuations of `prompts` (plain strings, already templated), batched with left padding.
 
     Greedy by default. Greedy outputs equal one-prompt-at-a-time generation (tested); with sampling the
-    seed makes a batch reproducible. `progress(done, total)` is called after each batch.
+    seed makes a batch reproducible. `progress(done, total)` is called after each batch. `cut`, when given,
+    receives the index of every prompt whose continuation stopped at `max_new_tokens`, not at its end token.
     """
     import torch
 
@@ -159,8 +160,11 @@ def generate(model, tokenizer, prompts: list[str], max_new_tokens: int = 64, *, 
             with torch.no_grad():
                 ids = model.generate(**enc, **kwargs)
             new = ids[:, enc["input_ids"].shape[1]:]
+            ends = {t for t in (tokenizer.eos_token_id, tokenizer.pad_token_id) if t is not None}
             for j, i in enumerate(idx):
                 outputs[i] = tokenizer.decode(new[j], skip_special_tokens=True)
+                if cut is not None and new.shape[1] >= max_new_tokens and not ends & set(new[j].tolist()):
+                    cut.add(i)
             if progress is not None:
                 progress(min(start + batch_size, len(order)), len(order))
     finally:

@@ -177,12 +177,18 @@ def _slug(text: str, limit: int = 28) -> str:
 
 
 def default_run_name(recipe) -> str:
-    """recipe-model-data: five runs of one recipe on different models or files can be told apart."""
+    """recipe-model-data: five runs of one recipe on different models or files can be told apart. When the
+    data is not the recipe's own (smollm2-quotes on an uploaded capitals.jsonl), the recipe's name, which names
+    its own data, gives way to the method: model-data-method (SmolLM2-135M-Instruct-capitals-sft)."""
     from pathlib import PurePath
+
+    from studio.recipes import own_data
 
     model = PurePath(str(recipe.model.get("model_name_or_path") or "model")).name
     source = str((recipe.dataset or {}).get("source") or "data")
     data = PurePath(source.removeprefix("sample:")).stem  # a file's stem, a sample's or a Hub dataset's name
+    if not own_data(recipe.name, source):
+        return "-".join([_slug(redact(model)), _slug(redact(data)), _slug(recipe.method, 12)])[:84]
     parts = [_slug(recipe.name, 40)]
     for part in (_slug(redact(model)), _slug(redact(data))):  # a token typed as a model name never names a folder
         if part.lower() not in parts[0].lower():  # tiny-quotes on quotes: no "-quotes" twice

@@ -133,9 +133,14 @@ def convert_gguf(path: Path, out: Path, arch: str = "?") -> None:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from studio.embedded import one_time_step
+
     folder, name = str(path.parent), path.name
+    what = f"Converting {name} to a safetensors folder (once, then cached; about a minute)"
     try:
+        one_time_step(0.05, f"{what}: reading its tokenizer (1/4)")
         tok = AutoTokenizer.from_pretrained(folder, gguf_file=name)
+        one_time_step(0.2, f"{what}: dequantizing its weights (2/4)")
         loaded = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32)
     except StudioError:
         raise
@@ -146,6 +151,7 @@ def convert_gguf(path: Path, out: Path, arch: str = "?") -> None:
     config = loaded.config
     if hasattr(config, "quantization_config"):
         del config.quantization_config
+    one_time_step(0.6, f"{what}: building the model (3/4)")
     model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     missing, unexpected = model.load_state_dict(loaded.state_dict(), strict=False)
     missing = [k for k in missing if not (k.endswith("lm_head.weight") and config.tie_word_embeddings)]
@@ -158,8 +164,10 @@ def convert_gguf(path: Path, out: Path, arch: str = "?") -> None:
         model.config.pad_token_id = model.generation_config.pad_token_id = tok.pad_token_id
     if tok.eos_token_id is not None:
         model.config.eos_token_id = model.generation_config.eos_token_id = tok.eos_token_id
+    one_time_step(0.8, f"{what}: saving (4/4)")
     model.save_pretrained(out, safe_serialization=True)
     tok.save_pretrained(out)
+    one_time_step(1.0, f"{what}: done")
     (out / "SOURCE.txt").write_text(f"converted from {path.name} (sha256 {file_sha256(path)}) by LoRA Studio\n",
                                     encoding="utf-8")
 

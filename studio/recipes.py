@@ -375,6 +375,20 @@ def _short(value, limit: int = 80) -> str:
     return text if len(text) <= limit else text[:limit] + f"… ({len(text):,} characters)"
 
 
+def own_data(name: str, source) -> bool:
+    """Whether `source` is the data the recipe `name` comes with (its file under recipes/ names it): False when
+    a run swapped another dataset in (an upload, a Hub id, --set dataset.source=…). A recipe with no file
+    there (made on the form) counts its data as its own."""
+    path = RECIPES_DIR / f"{name}.yaml"
+    try:
+        data = parse_yaml(path) if path.is_file() else None
+    except StudioError:
+        data = None
+    if not isinstance(data, dict) or not isinstance(data.get("dataset"), dict):
+        return True
+    return str(data["dataset"].get("source") or "").strip() == str(source or "").strip()
+
+
 def list_recipes(folder: Path = RECIPES_DIR) -> list[Recipe]:
     return [load_recipe(p) for p in sorted(folder.glob("*.yaml"))]
 

@@ -127,7 +127,7 @@ class Run:
     def describe(self) -> str:
         s = self.snapshot()
         pct = f", {100 * s['step'] / s['total']:.0f}%" if s["total"] else ""
-        return f"{self.id} ({s['status']}, step {s['step']}/{s['total'] or '?'}{pct})"
+        return f"{self.id} ({shown_status(s['status'])}, step {s['step']}/{s['total'] or '?'}{pct})"
 
     @property
     def has_adapter(self) -> bool:
@@ -169,9 +169,14 @@ def resumable(job: Run) -> bool:
         is_complete(c) for c in (job.run_dir / "checkpoints").glob("checkpoint-*"))
 
 
+def shown_status(status: str) -> str:
+    """A status as pages say it: a cancelled run "stopped" (the log's word; Resume goes on from there)."""
+    return "stopped" if status == CANCELLED else str(status)
+
+
 def run_label(run: Run) -> str:
     """A run as pickers show it: its name (recipe-model-data-time) and its status."""
-    return f"{run.id} · {run.status}"
+    return f"{run.id} · {shown_status(run.status)}"
 
 
 def list_runs(runs_dir=None) -> list[Run]:

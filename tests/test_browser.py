@@ -72,7 +72,7 @@ def test_train_from_the_browser_live_chart_stop_reload_reattach(app, browser):
     # Stop (the same browser still owns the job after a reload)
     page.get_by_role("button", name="Stop").click()
     page.locator("#train-message").get_by_text("Stopping").wait_for(timeout=10000)
-    wait_for(lambda: "cancelled" in page.locator("#train-progress").inner_text(), 60, "cancelled status")
+    wait_for(lambda: "stopped" in page.locator("#train-progress").inner_text(), 60, "cancelled status")
     page.screenshot(path=str(ARTIFACTS / "3-train-stopped.png"), full_page=True)
     stopped_at = _step(page)
 
@@ -82,7 +82,7 @@ def test_train_from_the_browser_live_chart_stop_reload_reattach(app, browser):
     wait_for(lambda: "running" in page.locator("#train-progress").inner_text() and _step(page) > stopped_at,
               90, "resumed progress")
     page.get_by_role("button", name="Stop").click()
-    wait_for(lambda: "cancelled" in page.locator("#train-progress").inner_text(), 60, "cancelled again")
+    wait_for(lambda: "stopped" in page.locator("#train-progress").inner_text(), 60, "cancelled again")
 
     for i, name in enumerate(TABS[2:], start=4):
         page.get_by_role("tab", name=name).click()
@@ -106,6 +106,6 @@ def test_second_visitor_sees_job_read_only(app, browser):
     p2.get_by_role("button", name="Stop").click()
     p2.locator("#train-message").get_by_text("another visitor").wait_for(timeout=10000)
     p1.get_by_role("button", name="Stop").click()
-    wait_for(lambda: "cancelled" in p1.locator("#train-progress").inner_text(), 60, "cancelled")
+    wait_for(lambda: "stopped" in p1.locator("#train-progress").inner_text(), 60, "cancelled")
     owner.close()
     other.close()

@@ -145,7 +145,10 @@ def test_model_cards_parse_and_hold_no_paths_or_tokens(run, exported, tmp_path):
     from huggingface_hub import ModelCard
 
     (run / "eval").mkdir(exist_ok=True)
-    (run / "eval" / "quotes-test.json").write_text(json.dumps({"scores": {"bleu": 12.5, "rougeL": 30.25}}))
+    from studio.evaluate.results import save_result  # what the Evaluate tab saves, as it saves it
+
+    save_result({"name": "quotes-test", "owner": run.name, "labels": ["base (x)", run.name], "config": {},
+                 "metrics": {"base (x)": {"bleu": 1.0}, run.name: {"bleu": 12.5, "rougeL": 30.25}}, "rows": []})
     export.write_card(tmp_path, run, "adapter", repo_id="me/quotes")
     card = ModelCard.load(tmp_path / "README.md")
     assert card.data.library_name == "peft" and card.data.pipeline_tag == "text-generation"

@@ -41,7 +41,7 @@ def test_small_data_trains_without_eval_and_says_so(small_run):  # finding 3
 
 def test_run_name_says_model_and_data_and_log_says_where_the_adapter_is(small_run):  # findings 5, 8
     run_dir, text, _ = small_run
-    assert run_dir.name.startswith("tiny-quotes-tiny-llama-five-"), run_dir.name
+    assert run_dir.name.startswith("tiny-llama-five-sft-"), run_dir.name  # not the recipe's own data (issue 27)
     assert "finished: 4 steps" in text and f"adapter saved in {run_dir / 'adapter'}" in text
 
 

@@ -135,6 +135,8 @@ def _renderer(fmt: Format, template: str | None, name: str, path: Path | None, p
     `pieces`: text rows come cut into the prompt and the answer (`formats.text_pieces`)."""
     columns = OUTPUT_COLUMNS["prompt_completion" if pieces and fmt.kind == "text" else fmt.kind]
     render_row = (lambda row, t: text_pieces(fmt, row, t)) if pieces and fmt.kind == "text" else fmt.render
+    if fmt.render_batch is not None and not template and not pieces:
+        return lambda batch, indices: fmt.render_batch(batch)
 
     def render(batch: dict, indices: list[int]) -> dict:
         out = {c: [] for c in columns}

@@ -32,6 +32,8 @@ class Format:
     kind: str  # text | prompt_completion | messages | preference
     template: str | None  # the default template (text, or the prompt of prompt/completion)
     render: Callable[[dict, str | None], dict | None]  # None = row has an empty target, drop it
+    # the same rendering over a whole batch of columns, when no template is given (the common big-file case)
+    render_batch: Callable[[dict], dict] | None = None
 
 
 MAX_TEMPLATE_CHARS = 4000  # a template is a line or two of text with {field} slots
@@ -148,6 +150,28 @@ def _dolly(row, template):
         return None
     prompt = _fill(template, row) if template else _instruction_prompt(_s(row, "instruction"), _s(row, "context"))
     return dict(zip(("prompt", "completion"), cut_prompt(prompt, _s(row, "response"))))
+
+
+def _instruction_columns(context_key: str, answer_key: str):
+    """`_dolly` / `_alpaca` without a template over a whole batch: the same rows, in one loop over the columns
+    (a row dict and five calls per row made a million rows render in ~13 s instead of ~2)."""
+    def render(batch: dict) -> dict:
+        none = [None] * len(next(iter(batch.values()), []))
+        prompts, completions = [], []
+        for ins, ctx, ans in zip(batch.get("instruction", none), batch.get(context_key, none),
+                                 batch.get(answer_key, none)):
+            ans = "" if ans is None else str(ans).strip()
+            if not ans:
+                continue
+            ins = "" if ins is None else str(ins).strip()
+            ctx = "" if ctx is None else str(ctx).strip()
+            # ends in a line end: cut_prompt leaves it as it is
+            prompts.append(f"### Instruction:\n{ins}\n\n" + (f"### Context:\n{ctx}\n\n" if ctx else "")
+                           + "### Response:\n")
+            completions.append(ans)
+        return {"prompt": prompts, "completion": completions}
+
+    return render
 
 
 def _alpaca(row, template):
@@ -271,8 +295,10 @@ FORMATS: dict[str, Format] = {f.name: f for f in [
     Format("preference", "Preference pairs (prompt / chosen / rejected)", "preference", None, _preference),
     Format("chat", "Chat (OpenAI messages or ShareGPT conversations)", "messages", None, _chat),
     Format("persona", "Persona dialogue (ConvAI2)", "messages", None, _persona),
-    Format("dolly", "Instructions (Dolly: instruction / context / response)", "prompt_completion", None, _dolly),
-    Format("alpaca", "Instructions (Alpaca: instruction / input / output)", "prompt_completion", None, _alpaca),
+    Format("dolly", "Instructions (Dolly: instruction / context / response)", "prompt_completion", None, _dolly,
+           _instruction_columns("context", "response")),
+    Format("alpaca", "Instructions (Alpaca: instruction / input / output)", "prompt_completion", None, _alpaca,
+           _instruction_columns("input", "output")),
     Format("quotes", "Quotes (quote / author)", "text", "Quote: {quote}\nAuthor: {author}", _quotes),
     Format("e2e", "Data-to-text (E2E: mr / ref)", "prompt_completion", "Data: {mr}\nText: ", _e2e),
     Format("prompt_completion", "Prompt / completion", "prompt_completion", None, _prompt_completion),

@@ -4,7 +4,9 @@ pyarrow's JSON, CSV and Parquet readers (and `datasets`' builders on top of them
 them with a signal (pyarrow 26 segfaults on a JSONL whose first line is `null`), which no `try` catches. So
 `run_isolated` parses in a child process, and a crash, a hang or an exception there comes back to the caller
 as one exception; the server process never runs the native reader on the visitor's bytes. The child hands
-its table back as an Arrow IPC file, which the parent reads without parsing the visitor's bytes again.
+its table back as an Arrow IPC file, which the parent memory-maps (no copy, no second parse). What a file may
+decode (rows, bytes: `studio.budgets`) is checked in the child, before anything reaches the caller: a 200 KB
+Parquet file can hold a million copies of one long string.
 
 Each child is forked by a small helper process (`python -m studio.data.isolate`, started once, kept idle,
 single-threaded, with pyarrow already imported): forking the server itself would copy gradio's and torch's
@@ -31,7 +33,9 @@ from studio.errors import StudioError
 
 # A parse of a file up to the upload limit takes seconds; a child still busy after this is stopped.
 PARSE_TIMEOUT_S = float(os.environ.get("STUDIO_PARSE_TIMEOUT", 300))
-_PRELOAD = ("numpy", "pyarrow", "pyarrow.json", "pyarrow.csv", "pyarrow.parquet", "pyarrow.ipc", "studio.data.sources")
+# `datasets` too: a large file is parsed by its builders in the child (its import costs seconds; a fork, nothing)
+_PRELOAD = ("numpy", "pyarrow", "pyarrow.json", "pyarrow.csv", "pyarrow.parquet", "pyarrow.ipc", "datasets",
+            "studio.data.sources")
 _MAX_IDLE = 2  # helpers kept for the next file; more start when several visitors parse at once
 _idle: list[subprocess.Popen] = []
 _idle_lock = threading.Lock()
@@ -42,14 +46,35 @@ class ReaderFailed(Exception):
 
 
 # ---- the child and the helper (run in other processes) ---------------------------------------------------------
-def _child(target: str, args: list, out: str) -> None:
-    """In the forked child: run target(*args); a table goes to `out` as Arrow IPC, an exception to `out`.err."""
+_limits = None  # in a parse child: the DecodeLimits of its request (studio.budgets)
+
+
+def decode_limits():
+    """What the current parse may decode (in a child: its request's limits; elsewhere: the budgets now)."""
+    from studio.budgets import DecodeLimits
+
+    return _limits or DecodeLimits.now()
+
+
+def _child(target: str, args: list, out: str, limits: dict | None = None, name: str = "file") -> None:
+    """In the forked child: run target(*args); a table goes to `out` as Arrow IPC, an exception to `out`.err.
+    A table over the decode limits is refused here, before anything reaches the caller."""
     code = 0
     try:
-        module, _, name = target.partition(":")
-        table = getattr(importlib.import_module(module), name)(*args)
-        if table is not None:
+        if limits:
+            from studio.budgets import DecodeLimits
+
+            # the helper runs this file as __main__: the readers ask the imported module
+            importlib.import_module("studio.data.isolate")._limits = DecodeLimits(**limits)
+        module, _, fn = target.partition(":")
+        table = getattr(importlib.import_module(module), fn)(*args)
+        if isinstance(table, (list, dict)):  # a plain answer (e.g. the cache files `datasets` wrote)
+            Path(out + ".json.tmp").write_text(json.dumps(table), encoding="utf-8")
+            os.replace(out + ".json.tmp", out + ".json")
+        elif table is not None:
             import pyarrow as pa
+
+            importlib.import_module("studio.data.isolate").decode_limits().check_table(name, table)
 
             with pa.OSFile(out + ".tmp", "wb") as f, pa.ipc.new_file(f, table.schema) as writer:
                 writer.write_table(table)
@@ -88,7 +113,7 @@ def _serve() -> None:
         pid = os.fork()
         if pid == 0:
             os.dup2(devnull, 1)  # the child never writes into the answer pipe
-            _child(req["target"], req["args"], req["out"])
+            _child(req["target"], req["args"], req["out"], req.get("limits"), req.get("name", "file"))
         status = _wait(pid, req["timeout"])
         if status == "timeout":
             answer = {"timeout": True}
@@ -140,18 +165,24 @@ def _ask(request: dict) -> dict | None:
     return json.loads(line)
 
 
-def run_isolated(fn, *args, name: str, timeout: float | None = None):
-    """fn(*args) in a child process: its pyarrow Table (or None), a StudioError it raised, or ReaderFailed
+def run_isolated(fn, *args, name: str, timeout: float | None = None, limits=None):
+    """fn(*args) in a child process: its pyarrow Table, list or dict (or None), a StudioError it raised, or ReaderFailed
     when it raised anything else, died by a signal or ran past `timeout` seconds. `fn` is a module-level
     function; its arguments are JSON values (absolute file paths, suffixes: the helper's working folder is
-    the one it started in)."""
+    the one it started in). A table over `limits` (studio.budgets.DecodeLimits; the budgets now by default)
+    is refused in the child; one within them is memory-mapped from the child's Arrow file, not copied."""
+    import dataclasses
+
     import pyarrow as pa
 
+    from studio.budgets import DecodeLimits
+
     timeout = PARSE_TIMEOUT_S if timeout is None else timeout
+    limits = DecodeLimits.now() if limits is None else limits
     with tempfile.TemporaryDirectory(prefix="studio-parse-") as tmp:
         out = os.path.join(tmp, "table.arrow")
         answer = _ask({"target": f"{fn.__module__}:{fn.__name__}", "args": list(args), "out": out,
-                       "timeout": timeout})
+                       "timeout": timeout, "limits": dataclasses.asdict(limits), "name": name})
         if answer is None:
             raise ReaderFailed("the file reader's helper process stopped")
         if answer.get("timeout"):
@@ -169,10 +200,13 @@ def run_isolated(fn, *args, name: str, timeout: float | None = None):
             raise ReaderFailed(f"{text or kind}")
         if answer.get("exit"):
             raise ReaderFailed(f"the file reader exited with status {answer['exit']}")
+        if os.path.exists(out + ".json"):
+            return json.loads(Path(out + ".json").read_text("utf-8"))
         if not os.path.exists(out):
             return None
-        with pa.OSFile(out, "rb") as f:
-            return pa.ipc.open_file(f).read_all()
+        # Mapped, not read: the table's buffers are the file's pages (the file is unlinked when the folder
+        # goes; its pages stay mapped until the table is freed), so the server holds no second copy.
+        return pa.ipc.open_file(pa.memory_map(out, "r")).read_all()
 
 
 if __name__ == "__main__":

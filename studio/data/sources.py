@@ -242,8 +242,7 @@ def _native_table(path: str, suffix: str):
     if suffix == ".parquet":
         import pyarrow.parquet as pq
 
-        _check_schema(pq.read_schema(path), path.name)  # before reading any data
-        table = pq.read_table(path)
+        table = _read_parquet(path)
     elif suffix == ".csv":
         import pyarrow.csv as pcsv
 
@@ -260,6 +259,29 @@ def _native_table(path: str, suffix: str):
     _check_schema(table.schema, path.name)
     table.validate(full=True)  # pyarrow's JSON reader lets invalid UTF-8 through
     return table
+
+
+def _read_parquet(path: Path, keep: bool = True):
+    """A Parquet file decoded batch by batch within the decode limits (studio.budgets), refused before its
+    rows are touched when its footer already says too many. `keep=False` only counts (a file `datasets`
+    reads next). Dictionary-encoded columns are decoded to plain values, which is what the limits count."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from studio.data.isolate import decode_limits
+
+    limits = decode_limits()
+    pf = pq.ParquetFile(path)
+    _check_schema(pf.schema_arrow, path.name)  # before reading any data
+    limits.check_rows(path.name, pf.metadata.num_rows, " in its footer")
+    batches, rows, nbytes = [], 0, 0
+    for batch in pf.iter_batches(batch_size=16_384):
+        rows, nbytes = rows + batch.num_rows, nbytes + batch.nbytes
+        limits.check_rows(path.name, rows)
+        limits.check_bytes(path.name, nbytes, rows)
+        if keep:
+            batches.append(batch)
+    return pa.Table.from_batches(batches, schema=pf.schema_arrow) if keep else None
 
 
 def _type_depth(t) -> int:
@@ -290,69 +312,170 @@ def _check_schema(schema, name: str) -> None:
 _JSON_STRING = re.compile(rb'"(?:[^"\\\n]|\\.)*"')
 
 
+_NOT_OPEN_OR_NEWLINE = bytes(b for b in range(256) if b not in b"{[\n")
+_TOO_MANY_OPENS = re.compile(rb"[{\[]{%d}" % (MAX_DEPTH + 1))
+
+
 def _check_json_depth(path: Path, per_line: bool) -> None:
     """Refuse JSON nested deeper than MAX_DEPTH before pyarrow sees it: its JSON reader takes time quadratic
     in the depth (a 9,000-level line of 18 KB: 45 s). Strings are blanked first, so brackets in text don't
-    count; JSON strings never span lines, so this reads line by line."""
+    count; JSON strings never span lines. Read in blocks of whole lines. In JSON Lines a line can only be too
+    deep if it holds more than MAX_DEPTH opening brackets: one C pass (`bytes.translate`) keeps only the
+    opening brackets and line ends of a block, a regex finds a line with that many, and only such a line gets
+    the exact check (honest data: none, so the check reads at memory speed). A JSON document
+    (`per_line=False`) carries its depth from line to line and is checked whole."""
+    line_no, depth = 1, 0
+    for buf, cut in _line_blocks(path):
+        if per_line:  # buf[:cut] is whole lines and nothing after it is a line end: translate all of it
+            brackets, checked = buf.translate(None, _NOT_OPEN_OR_NEWLINE), -1
+            brackets = brackets[:brackets.rfind(b"\n") + 1]
+            for m in _TOO_MANY_OPENS.finditer(brackets):
+                i = brackets.count(b"\n", 0, m.start())  # the block's i-th line
+                if i == checked:
+                    continue
+                checked = i
+                start = _nth_line_start(buf, i)
+                if _max_depth(bytes(buf[start:buf.find(b"\n", start)]), 0)[0] > MAX_DEPTH:
+                    raise StudioError(f"{path.name} line {line_no + i}: JSON nested too deeply "
+                                      f"(more than {MAX_DEPTH} levels)")
+            line_no += brackets.count(b"\n")  # the line ends are all kept: count them in the short copy
+        else:
+            block = bytes(buf[:cut])
+            deepest, at, depth = _max_depth(block, depth)
+            if deepest > MAX_DEPTH:
+                line = line_no + block.count(b"\n", 0, at)
+                raise StudioError(f"{path.name} line {line}: JSON nested too deeply (more than {MAX_DEPTH} levels)")
+            line_no += block.count(b"\n")
+
+
+def _nth_line_start(block, i: int) -> int:
     import numpy as np
 
-    depth = 0
-    with open(path, "rb") as f:
-        for n, line in enumerate(f, 1):
-            if per_line:
-                depth = 0
-            if not any(c in line for c in (b"[", b"{", b"]", b"}")):
-                continue
-            codes = np.frombuffer(_JSON_STRING.sub(b"", line), np.uint8)
-            steps = np.isin(codes, (91, 123)).astype(np.int64) - np.isin(codes, (93, 125))
-            if not len(steps):
-                continue
-            run = np.cumsum(steps) + depth
-            if run.max() > MAX_DEPTH:
-                raise StudioError(f"{path.name} line {n}: JSON nested too deeply (more than {MAX_DEPTH} levels)")
-            depth = int(run[-1])
+    return int(np.flatnonzero(np.frombuffer(block, np.uint8) == 10)[i - 1]) + 1 if i else 0
 
 
-def _native_large(path: str, suffix: str) -> None:
-    """A large file through `datasets` once in the child: a crash stays there; the parent's own
-    `load_dataset` then finds the Arrow cache this wrote."""
+def _max_depth(text: bytes, depth: int) -> tuple[int, int, int]:
+    """(deepest nesting, the first position past MAX_DEPTH (else the deepest), depth at the end) of JSON text
+    (whole lines) starting at `depth`, brackets inside strings not counted."""
+    import numpy as np
+
+    codes = np.frombuffer(_JSON_STRING.sub(lambda m: b"_" * len(m.group()), text), np.uint8)
+    steps = np.isin(codes, (91, 123)).astype(np.int64) - np.isin(codes, (93, 125))
+    if not len(steps):
+        return depth, 0, depth
+    run = np.cumsum(steps) + depth
+    at = int(np.argmax(run > MAX_DEPTH)) if run.max() > MAX_DEPTH else int(np.argmax(run))
+    return int(run.max()), at, int(run[-1])
+
+
+def _line_blocks(path: Path, size: int = 8 << 20):
+    """(buffer, cut) for the file in blocks of about `size` bytes: buffer[:cut] is whole lines (the last one
+    may lack its line end at the end of the file) and buffer[cut:] holds no line end. One buffer is reused
+    (a fresh 8 MB per block costs more in page faults than the scan itself); a longer line grows it."""
+    buf, held = bytearray(size), 0
+    with open(path, "rb", buffering=0) as f:
+        while True:
+            view = memoryview(buf)
+            n = f.readinto(view[held:])
+            view.release()
+            if not n:
+                break
+            end = held + n
+            if end < len(buf):  # short read (the end of the file, or a pipe): nothing stale may follow
+                del buf[end:]
+            cut = buf.rfind(b"\n", 0, end) + 1
+            if not cut:  # no line end yet: a line longer than the buffer
+                held = end
+                if end == len(buf):
+                    buf.extend(bytes(len(buf)))
+                continue
+            yield buf, cut
+            rest = bytes(buf[cut:end])
+            buf[:len(rest)] = rest
+            held = len(rest)
+            if len(buf) < size:
+                buf.extend(bytes(size - len(buf)))
+    if held:
+        del buf[held:]
+        buf.extend(b"\n")
+        yield buf, held + 1
+
+
+def _native_large(path: str, suffix: str) -> list[str]:
+    """A large file through `datasets` in the child: a crash stays there. Returns the Arrow cache files it
+    wrote, which the caller memory-maps (no second parse, no second `load_dataset`)."""
+    from studio.data.isolate import decode_limits
+
     if suffix in (".json", ".jsonl"):
         _check_json_depth(Path(path), per_line=suffix == ".jsonl")
     if suffix == ".parquet":
-        import pyarrow.parquet as pq
+        _read_parquet(Path(path), keep=False)
+    ds = _load_large(Path(path), suffix)
+    decode_limits().check_table(Path(path).name, ds.data)  # on disk already, but nothing reached the server
+    return [f["filename"] for f in ds.cache_files]
 
-        _check_schema(pq.read_schema(path), Path(path).name)
-    _arrow_read(Path(path), suffix, True, isolated=False)
+
+def _load_large(path: Path, suffix: str):
+    import datasets
+
+    if suffix == ".csv":
+        features = datasets.Features({h: datasets.Value("string") for h in _csv_header(path)})
+        return _load_with_datasets("csv", path, features=features, keep_default_na=False)
+    return _load_with_datasets("parquet" if suffix == ".parquet" else "json", path)
 
 
-def _arrow_read(path: Path, suffix: str, large: bool, isolated: bool = True):
+def _from_cache_files(files: list[str], path: Path, suffix: str):
+    """The dataset over the Arrow files the child's `load_dataset` wrote, memory-mapped; if there are none
+    (or they are gone), `load_dataset` here, which finds the child's cache or parses again."""
+    import datasets
+
+    if files and all(str(f).endswith(".arrow") and Path(f).is_file() for f in files):
+        parts = [datasets.Dataset.from_file(str(f)) for f in files]
+        return parts[0] if len(parts) == 1 else datasets.concatenate_datasets(parts)
+    return _load_large(path, suffix)
+
+
+def _arrow_read(path: Path, suffix: str, large: bool):
     """pyarrow (small) or datasets (large) parse; raises whatever they raise. Native parsing of the file's
-    bytes happens in a child process first (`isolated`), so a reader that crashes can't take this one down."""
+    bytes happens in a child process, so a reader that crashes can't take this one down."""
     import datasets
 
     from studio.data.isolate import run_isolated
 
-    if large and isolated and suffix != ".txt":
-        run_isolated(_native_large, str(path.absolute()), suffix, name=path.name)
     if suffix == ".txt":
         ds = _load_with_datasets("text", path) if large else datasets.Dataset(_text_table(path))
         return ds.filter(lambda b: [bool(t.strip()) for t in b["text"]], batched=True, batch_size=10_000)
-    if suffix == ".json" and not large:  # a JSON array, or {"data": [...]}: one document, parsed whole
-        return datasets.Dataset.from_list(_scan_json(path))
-    if suffix == ".parquet":
-        return _load_with_datasets("parquet", path) if large else datasets.Dataset(
-            run_isolated(_native_table, str(path.absolute()), suffix, name=path.name))
-    if suffix == ".csv":
-        if large:
-            features = datasets.Features({h: datasets.Value("string") for h in _csv_header(path)})
-            return _load_with_datasets("csv", path, features=features, keep_default_na=False)
-        return datasets.Dataset(run_isolated(_native_table, str(path.absolute()), suffix, name=path.name))
     if large:
-        return _without_meta(_load_with_datasets("json", path))
+        from studio.access import shared_mode
+        from studio.budgets import DecodeLimits
+
+        # a large file goes to `datasets`' memory-mapped cache, not into memory: locally its size is the owner's
+        # business; on a shared studio the decode limits bound the disk it takes too
+        limits = None if shared_mode() else DecodeLimits(rows=2**62, bytes=2**62)
+        files = run_isolated(_native_large, str(path.absolute()), suffix, name=path.name, limits=limits)
+        ds = _from_cache_files(files, path, suffix)
+        return _without_meta(ds) if suffix in (".json", ".jsonl") else ds
+    if suffix == ".json":  # a JSON array, or {"data": [...]}: one document, parsed whole
+        return datasets.Dataset.from_list(_scan_json(path))
     table = run_isolated(_native_table, str(path.absolute()), suffix, name=path.name)
+    if suffix in (".parquet", ".csv"):
+        return _in_memory(table, path)
     if table.num_rows and not table.num_columns:
         raise StudioError(f"{path.name}: the records have no fields (every line is {{}})")
-    return _without_meta(datasets.Dataset(table))
+    return _without_meta(_in_memory(table, path))
+
+
+def _in_memory(table, path: Path):
+    """A `datasets.Dataset` over a table the child handed back, fingerprinted by the file's bytes (xxh3, GB/s):
+    left to itself `datasets` fingerprints an in-memory table by pickling all of it, a full copy."""
+    import datasets
+    import xxhash
+
+    h = xxhash.xxh3_128(path.suffix.lower().encode())
+    with open(path, "rb") as f:
+        while chunk := f.read(8 << 20):
+            h.update(chunk)
+    return datasets.Dataset(table, fingerprint=h.hexdigest())
 
 
 def _without_meta(ds):
@@ -385,6 +508,9 @@ def read_file(path: str | os.PathLike) -> RawData:
         raise StudioError(f"{path.name}: unsupported file type '{suffix}'; use one of {', '.join(sorted(FILE_TYPES))}")
     if path.stat().st_size == 0:
         raise StudioError(f"{path.name}: the file is empty")
+    from studio.data.isolate import warm
+
+    warm()  # the parse helper starts its imports now, beside this process's own
     raw = RawData(dataset=None, name=path.name, path=path)
     if suffix == ".parquet":
         try:

@@ -43,8 +43,9 @@ def _cut(text: str, stop: str | None) -> str:
 
 
 def generate_items(model, tokenizer, items: list[Item], max_new_tokens: int = 48, stop: str | None = None,
-                   batch_size: int = 16, progress=None, **sampling) -> list[list[str]]:
-    """Every item's answers, turn by turn, batched; turn k+1 sees the model's own answer to turn k."""
+                   batch_size: int = 16, progress=None, cut: set | None = None, **sampling) -> list[list[str]]:
+    """Every item's answers, turn by turn, batched; turn k+1 sees the model's own answer to turn k. `cut`
+    receives the index of each item whose last answer stopped at the token limit (not cut short by `stop`)."""
     from studio.inference import chat_prompt, generate
 
     answers: list[list[str]] = [[] for _ in items]
@@ -62,9 +63,13 @@ def generate_items(model, tokenizer, items: list[Item], max_new_tokens: int = 48
             if it.turns[k] is not None:
                 messages.append({"role": "user", "content": it.turns[k]})
             prompts.append(chat_prompt(tokenizer, messages))
-        outs = generate(model, tokenizer, prompts, max_new_tokens, batch_size=batch_size, progress=progress, **sampling)
-        for i, out in zip(idx, outs):
+        limit: set = set()
+        outs = generate(model, tokenizer, prompts, max_new_tokens, batch_size=batch_size, progress=progress,
+                        cut=limit, **sampling)
+        for n, (i, out) in enumerate(zip(idx, outs)):
             answers[i].append(_cut(out, stop))
+            if cut is not None and k == len(items[i].turns) - 1 and n in limit and not (stop and stop in out):
+                cut.add(i)
     return answers
 
 
@@ -83,6 +88,35 @@ def _loss_inputs(tokenizer, items: list[Item]) -> tuple[list, list]:
             prompts.append(it.turns[0])
             completions.append(target if target.endswith(eos) else target + eos)
     return prompts, completions
+
+
+def is_instruct(tokenizer) -> bool:
+    """An instruct model: its end-of-sequence token is its chat template's end of turn (SmolLM2's <|im_end|>),
+    so to it a raw prompt is a finished turn and its first token is that end: an empty reply."""
+    template, eos = getattr(tokenizer, "chat_template", None), getattr(tokenizer, "eos_token", None)
+    return isinstance(template, str) and bool(eos) and eos in template
+
+
+def as_chat(items: list[Item]) -> list[Item]:
+    """Plain items as one user message each: how an instruct base is asked fairly (see docs/evaluation.md)."""
+    return [it if it.chat else Item(list(it.turns), it.reference, chat=True, context=list(it.context), target=it.target)
+            for it in items]
+
+
+def _check_same_data(columns: list[dict]) -> None:
+    """"The run's own" test split is one dataset: runs trained on different data are refused, never scored
+    silently on the first run's."""
+    sources = {}
+    for col in columns:
+        if col["adapter"]:
+            ds = _run_recipe(col["ref"]).dataset or {}
+            sources.setdefault(str(ds.get("source") or "?"), col["ref"])
+    if len(sources) > 1:
+        from studio.access import shown_path
+
+        named = ", ".join(f"{run} on {shown_path(src)}" for src, run in sources.items())
+        raise StudioError(f"the runs were trained on different data ({named}): name one dataset for all of them, "
+                          "pick a suite, or evaluate them apart")
 
 
 def _run_recipe(run_name: str):
@@ -106,6 +140,8 @@ def compare(refs: list[str], data: str | None = None, suite: str | None = None, 
         sentence_scores, text_stats
 
     columns = plan_models(refs)
+    if not suite and not data:
+        _check_same_data(columns)
     first_run = next((c["ref"] for c in columns if c["adapter"]), None)
     recipe = _run_recipe(first_run) if first_run else None
     config = {"models": columns, "data": None, "suite": suite or None, "limit": limit,
@@ -129,13 +165,19 @@ def compare(refs: list[str], data: str | None = None, suite: str | None = None, 
     # single-line references: answers are cut at the first newline, as lm-eval's `until` does
     stop = "\n" if has_refs and not any("\n" in it.reference.strip() for it in items) else None
     config["stop"] = stop
-    outputs, metrics = {}, {}
+    outputs, metrics, cut_rows = {}, {}, {}
     for n, col in enumerate(columns):
         loaded = load_for_inference(col["ref"], adapter=col["adapter"], cached=True)  # shared, read-only
         step = (lambda done, total, n=n: progress((n + done / total) / len(columns),
                                                   f"{columns[n]['label']}: {done}/{total}")) if progress else None
-        answers = generate_items(loaded.model, loaded.tokenizer, items, max_new_tokens, stop, batch_size, step)
+        asked = items
+        if not col["adapter"] and is_instruct(loaded.tokenizer) and not all(it.chat for it in items):
+            asked = as_chat(items)  # an instruct base gets its chat template; the runs see the rows as trained
+            config.setdefault("chat_template_for", []).append(col["label"])
+        limit: set = set()
+        answers = generate_items(loaded.model, loaded.tokenizer, asked, max_new_tokens, stop, batch_size, step, limit)
         outputs[col["label"]] = answers
+        cut_rows[col["label"]] = limit
         finals = [a[-1] for a in answers]
         m = text_stats(finals)
         if has_refs:
@@ -150,6 +192,9 @@ def compare(refs: list[str], data: str | None = None, suite: str | None = None, 
     for i, it in enumerate(items):
         row = {"id": i, "prompt": it.shown(), "reference": it.reference,
                "outputs": {lab: (outputs[lab][i] if len(it.turns) > 1 else outputs[lab][i][-1]) for lab in labels}}
+        cut = [lab for lab in labels if i in cut_rows[lab]]
+        if cut:
+            row["cut"] = cut  # these replies stopped at max_new_tokens: the page marks them
         if has_refs:
             row["scores"] = {lab: sentence_scores(outputs[lab][i][-1], it.reference) for lab in labels}
             row["delta"] = row["scores"][labels[-1]][SCORE_KEY] - row["scores"][labels[0]][SCORE_KEY]

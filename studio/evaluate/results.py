@@ -54,13 +54,45 @@ def load_result(ref: str) -> dict:
     if owner != "evals":
         resolve_run(owner)  # a run's results go with the run
     require_read(path, f"result {ref}")
-    result = json.loads(path.read_text("utf-8"))
+    return read_result(path)
+
+
+def read_result(path: Path) -> dict:
+    """One saved result as `save_result` wrote it (with its "path"): the one reader of the file format."""
+    result = json.loads(Path(path).read_text("utf-8"))
     result["path"] = str(path)
     return result
 
 
+def run_results(run_dir: Path) -> list[dict]:
+    """Every result saved with the run folder `run_dir` (its eval/ folder), oldest first; files that are not
+    saved results (unreadable, or without metrics) are skipped. The caller has checked access to the run."""
+    found = []
+    for path in sorted(Path(run_dir, "eval").glob("*.json"), key=lambda p: p.stat().st_mtime):
+        try:
+            result = read_result(path)
+        except (OSError, ValueError):
+            continue
+        if isinstance(result, dict) and isinstance(result.get("metrics"), dict) and result.get("labels"):
+            found.append(result)
+    return found
+
+
+def export_metrics(result: dict, folder: str | Path) -> Path:
+    """The summary as CSV: one line per model, one column per metric (the rows CSV holds the rows)."""
+    path = Path(folder) / f"{result['name']}-metrics.csv"
+    keys = list(dict.fromkeys(k for m in result["metrics"].values() for k in m))
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        w = csv.writer(f)
+        w.writerow(["model", *keys])
+        for label, m in result["metrics"].items():
+            w.writerow([label, *[m.get(k) if m.get(k) is None else round(m[k], 4) for k in keys]])
+    return path
+
+
 def export_result(result: dict, folder: str | Path | None = None) -> tuple[Path, Path]:
-    """(CSV, JSON) copies in a temp folder: one CSV line per row with each model's output and score."""
+    """(CSV, JSON) copies in a temp folder: one CSV line per row with each model's output and score; beside
+    them `<name>-metrics.csv`, the summary (`export_metrics`)."""
     folder = Path(folder or tempfile.mkdtemp(prefix="studio-eval-"))
     folder.mkdir(parents=True, exist_ok=True)
     labels, key = result["labels"], result.get("score_key")
@@ -75,4 +107,5 @@ def export_result(result: dict, folder: str | Path | None = None) -> tuple[Path,
             outs = [o if isinstance(o, str) else "\n— next turn —\n".join(o) for o in row["outputs"].values()]
             scores = [round(row["scores"][lab][key], 2) for lab in labels] + [round(row["delta"], 2)] if key else []
             w.writerow([row["id"], row["prompt"], row["reference"], *outs, *scores])
+    export_metrics(result, folder)
     return csv_path, json_path

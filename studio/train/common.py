@@ -162,7 +162,8 @@ def write_summary(job, trainer, status: str, started: float, start_step: int, ex
         "steps": state.global_step, "planned_steps": state.max_steps,
         "first_loss": losses[0] if losses else None, "final_loss": losses[-1] if losses else None,
         "best_eval_loss": min(evals) if evals else None, "final_eval_loss": evals[-1] if evals else None,
-        "runtime_s": round(runtime, 2), "steps_per_s": round(steps / train_runtime, 3) if train_runtime else None,
+        # the whole job: what earlier processes spent before a resume, plus this one
+        "runtime_s": round(runtime + float(getattr(job, "elapsed_before", 0.0) or 0.0), 2), "steps_per_s": round(steps / train_runtime, 3) if train_runtime else None,
         "tokens_seen": int(state.num_input_tokens_seen or 0),
         "tokens_per_s": round(tokens_now / train_runtime, 1) if train_runtime else None,
         "trainable_params": (job.params or {}).get("trainable"), "total_params": (job.params or {}).get("total"),

@@ -14,11 +14,15 @@ from studio.ui.train_tab import create_train_tab
 
 
 def build_app() -> gr.Blocks:
-    from studio.access import set_visitor_source
+    from studio.access import set_visitor_source, shared_mode, upload_dirs
+    from studio.budgets import cache_schedule, start_sweeper
     from studio.ui.common import event_visitor, plain_input_errors
 
     set_visitor_source(event_visitor)  # studio.access asks who the current event's visitor is
-    with gr.Blocks(title="LoRA Studio", analytics_enabled=False) as demo:
+    if shared_mode():  # uploads (visitors' copies, and Gradio's own files) leave after the upload TTL (budgets)
+        start_sweeper(upload_dirs()[0])
+    with gr.Blocks(title="LoRA Studio", analytics_enabled=False,
+                   delete_cache=cache_schedule() if shared_mode() else None) as demo:
         gr.Markdown("# LoRA Studio\nFine-tune small language models with LoRA / QLoRA — "
                     "pick a recipe, watch it train, compare before and after.")
         # Top level, not inside a tab: tabs mount lazily, and the id must be read before any tab is shown.

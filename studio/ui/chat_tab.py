@@ -8,7 +8,7 @@ import logging
 import gradio as gr
 
 from studio.errors import StudioError
-from studio.ui.common import error_html, ok_html, safely
+from studio.ui.common import error_html, ok_html, page_progress, safely
 
 log = logging.getLogger("studio.ui")
 COMPARE = ["off", "base vs tuned (a run)", "with vs without retrieval", "another model"]
@@ -54,7 +54,7 @@ def _setups(model: str, model_b: str, compare: str, stories: str, k: int):
 
 
 def send(persona, message, chat_a, chat_b, model, model_b, compare, stories, k, with_turn, temperature, top_p,
-         repetition_penalty, max_new_tokens):
+         repetition_penalty, max_new_tokens, progress=gr.Progress()):
     """Generator: stream column A's reply, then column B's; the stories and loaded models beside them."""
     from studio.chat import stream_reply
 
@@ -81,9 +81,16 @@ def send(persona, message, chat_a, chat_b, model, model_b, compare, stories, k, 
     for chat in chats[:len(setups)]:
         chat.append({"role": "user", "content": message})
     panels, described, backends = [], [], []
-    yield chat_a, chat_b, gr.update(), gr.update(), "", ok_html("loading…")
+    yield chat_a, chat_b, gr.update(), gr.update(), "", ok_html(f"{setups[0][0]}: loading… (a model's first use loads it; a GGUF file is converted once, about a minute)")
+    from studio.embedded import one_time_progress
+
     for col, (label, load, col_k) in enumerate(setups):
-        setup, err = safely(load)
+        if col:  # column A has replied: say that B is loading, not "A: replying…"
+            yield (chat_a, chat_b, "".join(panels), _loaded_html(described), "",
+                   ok_html(f"{label}: loading… (a model's first use loads it; a GGUF file is converted once, "
+                           "about a minute)"))
+        with one_time_progress(page_progress(progress)):
+            setup, err = safely(load)
         if err:
             chats[col].pop()
             yield chat_a, chat_b, gr.update(), gr.update(), message, error_html(f"{label}: {err}")

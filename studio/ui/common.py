@@ -135,9 +135,12 @@ def progress_html(s: dict) -> str:
     if s.get("loss") is not None:
         parts.append(f"loss {s['loss']:.4f}")
     status = html.escape(s.get("status", ""))
+    from studio.runs import shown_status
+
+    shown = html.escape(shown_status(s.get("status", "")))
     return (f'<div class="studio-progress" data-status="{status}" data-step="{step}">'
             f'<div class="bar"><div class="fill" style="width:{pct:.1f}%"></div></div>'
-            f'<div class="label"><b>{status}</b> · {" · ".join(parts)}</div></div>')
+            f'<div class="label"><b>{shown}</b> · {" · ".join(parts)}</div></div>')
 
 
 CSS = """
@@ -156,3 +159,12 @@ CSS = """
   #chat-main {order:-1;}
 }
 """
+
+
+def page_progress(progress):
+    """A `gr.Progress` as the backend's one-time-build callback (`studio.embedded.one_time_progress`)."""
+    def report(fraction: float, text: str) -> None:
+        progress(fraction, desc=text)
+
+    return report
+

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import gradio as gr
 
-from studio.ui.common import error_html, ok_html, safely
+from studio.ui.common import error_html, ok_html, page_progress, safely
 
 SOURCES = ["Bundled sample", "Upload", "Local path", "Hub dataset"]
 
 
-def inspect(kind, sample, upload, path, hub_id, hub_config, hub_split, fmt, template, tokenizer_name):
-    """Thin handler: one backend call, shaped for the components."""
+def inspect(kind, sample, upload, path, hub_id, hub_config, hub_split, fmt, template, tokenizer_name,
+            progress=gr.Progress()):
+    """Thin handler: one backend call, shaped for the components. A first use that builds or converts a
+    model (the embedded one, SmolLM2's offline copy) says so on the progress bar, step by step."""
     from studio.charts import length_histogram
     from studio.data import prepare_dataset
 
@@ -30,7 +32,10 @@ def inspect(kind, sample, upload, path, hub_id, hub_config, hub_split, fmt, temp
         return prepare_dataset(source, None if fmt == "auto" else fmt, template or None, config=hub_config or None,
                                split=hub_split or None, tokenizer=tok), tok
 
-    result, err = safely(run)
+    from studio.embedded import one_time_progress
+
+    with one_time_progress(page_progress(progress)):
+        result, err = safely(run)
     if err:
         return error_html(err), "", None, None
     data, tok = result
@@ -51,6 +56,14 @@ def inspect(kind, sample, upload, path, hub_id, hub_config, hub_split, fmt, temp
     return ok_html("Loaded."), info + "\n\n" + preview, fig, {"source": source, "format": data.format.name,
                                                                "template": template or None,
                                                                "prompts": sample_prompts(data, tok)}
+
+
+NOT_LOADED = "Changed: press <b>Load dataset</b> to read it."
+
+
+def stale():
+    """What the preview shows once a field changed: nothing of the old data, and nothing to hand over."""
+    return f'<div class="studio-note">{NOT_LOADED}</div>', "", None, None
 
 
 def _fence(text: str) -> str:
@@ -117,7 +130,7 @@ def create_data_tab() -> dict:
                 tokenizer_name = gr.Textbox(value=EMBEDDED_MODEL_ID, label="Tokenizer for length statistics")
                 load = gr.Button("Load dataset", variant="primary")
             with gr.Column(scale=2):
-                status = gr.HTML()
+                status = gr.HTML(elem_id="data-status")
                 info = gr.Markdown(elem_id="data-info")
                 hist = gr.Plot(label="Token lengths")
                 use = gr.Button("Use this dataset on the Train tab")
@@ -128,20 +141,28 @@ def create_data_tab() -> dict:
                     gr.update(visible=k == "Local path"), gr.update(visible=k == "Hub dataset"))
 
         kind.change(show, kind, [sample, upload, path, hub_group])
-        load.click(inspect, [kind, sample, upload, path, hub_id, hub_config, hub_split, fmt, template, tokenizer_name],
-                   [status, info, hist, chosen], api_name="inspect_data")
+        fields = [kind, sample, upload, path, hub_id, hub_config, hub_split, fmt, template, tokenizer_name]
+        load.click(inspect, fields, [status, info, hist, chosen], api_name="inspect_data")
+        # A new file or sample is read at once; any other change empties the preview, so what is shown
+        # (and what "Use this dataset" hands over) is always what the fields say.
+        upload.upload(inspect, fields, [status, info, hist, chosen], api_name=False)
+        sample.input(inspect, fields, [status, info, hist, chosen], api_name=False)
+        for field in (kind, path, hub_id, hub_config, hub_split, fmt, template, tokenizer_name):
+            field.change(stale, None, [status, info, hist, chosen], api_name=False)
+        upload.clear(stale, None, [status, info, hist, chosen], api_name=False)
 
         def send(choice):
             if not choice:
-                return gr.update(), gr.update(), gr.update(), gr.update(), error_html("Load a dataset first.")
+                return gr.update(), gr.update(), gr.update(), gr.update(), error_html("Load a dataset first."), gr.update()
             prompts = choice.get("prompts") or []
             return (choice["source"], choice["format"], choice["template"] or "",
                     "\n".join(prompts) if prompts else gr.update(),
-                    ok_html("Dataset set on the Train tab" + (", with sample prompts from this data." if prompts else ".")))
+                    ok_html("Dataset set on the Train tab" + (", with sample prompts from this data" if prompts else "")
+                            + "; it stays when you pick another recipe there."), choice)
 
         def connect(train: dict) -> None:
             """Wire 'use this dataset' to the Train tab's fields (built after this tab)."""
             use.click(send, chosen, [train["dataset_source"], train["dataset_format"], train["dataset_template"],
-                                     train["eval_prompts"], status])
+                                     train["eval_prompts"], status, train["handed"]])
 
         return {"connect": connect}

@@ -66,6 +66,19 @@ def heldout_rows(run_dir) -> list[list]:
     return rows
 
 
+HELDOUT_LABEL = ("Held-out pairs after training. Reward margin: how much DPO raised the chosen reply over the "
+                 "rejected one against the reference, β·Δ[log p(chosen) − log p(rejected)]; positive = moved "
+                 "towards chosen")
+HELDOUT_NONE = ("Held-out pairs after training: none. The pairs were too few to hold any out (10 or more make a "
+                "test split), so every pair trained the model; label more pairs for this table.")
+
+
+def heldout_update(run_dir):
+    """The held-out table of a finished run, or, when the run held none out, a label that says why."""
+    rows = heldout_rows(run_dir)
+    return gr.update(value=rows, label=HELDOUT_LABEL) if rows else gr.update(value=[], label=HELDOUT_NONE)
+
+
 def _label_status(s: dict) -> str:
     from studio.access import shown_path
     from studio.pairs import describe, read_meta
@@ -81,7 +94,7 @@ def _label_status(s: dict) -> str:
 def create_dpo_tab(client: gr.BrowserState) -> dict:
     from studio.models import PRESETS, REAL_MODEL_ID
 
-    with gr.Tab("DPO", id="dpo"):
+    with gr.Tab("DPO", id="dpo") as dpo_tab:
         gr.Markdown("Align a model with **Direct Preference Optimization** on prompt / chosen / rejected pairs. "
                     "No pairs yet? Label some below, or build them from an SFT dataset.")
 
@@ -149,9 +162,7 @@ def create_dpo_tab(client: gr.BrowserState) -> dict:
         message = gr.HTML(elem_id="dpo-message")
         progress = gr.HTML(elem_id="dpo-progress")
         chart = gr.Plot(label="Loss and rewards (train solid, eval dashed)", elem_id="dpo-chart")
-        table = gr.Dataframe(headers=TABLE_HEADERS, label="Held-out pairs after training. Reward margin: how much "
-                             "DPO raised the chosen reply over the rejected one against the reference, "
-                             "β·Δ[log p(chosen) − log p(rejected)]; positive = moved towards chosen",
+        table = gr.Dataframe(headers=TABLE_HEADERS, label=HELDOUT_LABEL,
                              wrap=True, elem_id="dpo-heldout", interactive=False,
                              column_widths=["26%", "26%", "24%", "12%", "12%"])
         logs = gr.Textbox(label="Log", lines=6, max_lines=10, autoscroll=True, elem_id="dpo-log")
@@ -321,7 +332,7 @@ def create_dpo_tab(client: gr.BrowserState) -> dict:
                 fig = dpo_chart(job.history, f"DPO run<br><sup>{job.id}</sup>") if n else None
             else:
                 fig = gr.update()
-            rows = heldout_rows(job.run_dir) if finished and not seen_state[1] else gr.update()
+            rows = heldout_update(job.run_dir) if finished and not seen_state[1] else gr.update()
             log_text = job_log(job) if mine else "(the log is shown only to the visitor who started it)"
             banner = gr.update()
             if watching.get("banner") and watching.get("id") == job.id and not job.active:
@@ -337,6 +348,9 @@ def create_dpo_tab(client: gr.BrowserState) -> dict:
             return gr.update(choices=[BASE_START, *(ids or [])])
 
         refresh.click(list_starts, None, init_adapter)
+        # runs finished elsewhere (an SFT run on the Train tab, this tab's own) show up without Refresh
+        dpo_tab.select(list_starts, None, init_adapter, api_name=False)
+        table.change(list_starts, None, init_adapter, api_name=False, show_progress="hidden")
 
         def on_load(name):
             return fill(name) + [list_starts()]

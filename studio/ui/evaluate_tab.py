@@ -7,7 +7,7 @@ import html
 import gradio as gr
 
 from studio.runs import adapter_runs
-from studio.ui.common import error_html, ok_html, safely
+from studio.ui.common import error_html, ok_html, page_progress, safely
 
 TEST_SPLIT = "test split"
 SORTS = ["Δ descending", "Δ ascending", "row order"]
@@ -37,11 +37,21 @@ def side_by_side(result: dict, order: str) -> tuple[list[str], list[list]]:
     rows = list(result["rows"])
     if key and order != "row order":
         rows.sort(key=lambda r: r["delta"], reverse=order == "Δ descending")
-    show = lambda o: o if isinstance(o, str) else "\n— next turn —\n".join(o)  # noqa: E731
+    limit = result.get("config", {}).get("max_new_tokens")
     headers = ["#", *([f"Δ {key}"] if key else []), "prompt", "reference", *labels]
     out = [[r["id"], *([round(r["delta"], 2)] if key else []), r["prompt"], r["reference"],
-            *[show(r["outputs"][lab]) for lab in labels]] for r in rows]
+            *[shown_reply(r["outputs"][lab], lab in r.get("cut", ()), limit) for lab in labels]] for r in rows]
     return headers, out
+
+
+EMPTY_REPLY = "(empty reply)"
+
+
+def shown_reply(output, cut: bool = False, limit=None) -> str:
+    """A reply as the table shows it: an empty one named, one stopped by the token limit marked."""
+    turns = [output] if isinstance(output, str) else list(output)
+    text = "\n— next turn —\n".join(t if str(t).strip() else EMPTY_REPLY for t in turns)
+    return text + (f" … [stopped at the {limit}-token limit]" if cut else "")
 
 
 def side_by_side_update(result: dict, order: str):
@@ -59,6 +69,14 @@ def definitions_markdown(result: dict) -> str:
                              if cfg.get("data") else "")
     note = f"Greedy decoding, at most {cfg['max_new_tokens']} new tokens" + (
         ", answers cut at the first newline (single-line references)" if cfg.get("stop") else "")
+    if cfg.get("chat_template_for"):
+        note += (f". {', '.join(cfg['chat_template_for'])}: an instruct model, asked each row as a chat message "
+                 "through its chat template (a raw prompt is a finished turn to it: it would reply nothing)")
+    empty = {lab: sum(1 for r in result["rows"] if not any(str(t).strip() for t in (
+        [r["outputs"][lab]] if isinstance(r["outputs"][lab], str) else r["outputs"][lab]))) for lab in result["labels"]}
+    if any(empty.values()):
+        note += ". Empty replies (scored 0): " + ", ".join(f"{lab} {n}/{len(result['rows'])}"
+                                                           for lab, n in empty.items() if n)
     from studio.access import shown_path
 
     return (f"**{result['name']}** · {where} · {note}. Saved to `{shown_path(result.get('path', ''))}`\n\n"
@@ -76,7 +94,8 @@ def show_result(result: dict, order: str):
     labels = result["labels"]
     return (gr.update(value=m_rows, headers=h1), metrics_bar_chart(result["metrics"], keys),
             side_by_side_update(result, order), definitions_markdown(result), gr.update(value=str(csv_path)),
-            gr.update(value=str(json_path)), gr.update(choices=labels, value=labels[-1]),
+            gr.update(value=str(json_path)), gr.update(value=str(csv_path.with_name(f"{result['name']}-metrics.csv"))),
+            gr.update(choices=labels, value=labels[-1]),
             gr.update(choices=labels, value=labels[0]))
 
 
@@ -115,7 +134,8 @@ def create_evaluate_tab(client: gr.BrowserState) -> dict:
                                   elem_id="eval-rows")
         definitions = gr.Markdown(elem_id="eval-definitions")
         with gr.Row():
-            csv_dl = gr.DownloadButton("Download CSV", elem_id="eval-csv")
+            csv_dl = gr.DownloadButton("Download rows (CSV)", elem_id="eval-csv")
+            metrics_dl = gr.DownloadButton("Download metrics (CSV)", elem_id="eval-metrics-csv")
             json_dl = gr.DownloadButton("Download JSON", elem_id="eval-json")
         with gr.Accordion("Saved results", open=True):
             with gr.Row():
@@ -174,7 +194,7 @@ def create_evaluate_tab(client: gr.BrowserState) -> dict:
         refresh.click(refresh_lists, None, [runs, saved, lvf_ref])
         list_btn.click(refresh_lists, None, [runs, saved, lvf_ref])
 
-        outputs = [metrics_table, chart, rows_table, definitions, csv_dl, json_dl, judge_a, judge_b]
+        outputs = [metrics_table, chart, rows_table, definitions, csv_dl, json_dl, metrics_dl, judge_a, judge_b]
         nothing = [gr.update()] * len(outputs)
 
         def evaluate(run_names, extra_model, rows_from, dataset, n, n_new, result_name, suite_file, sort,
@@ -200,7 +220,10 @@ def create_evaluate_tab(client: gr.BrowserState) -> dict:
                                max_new_tokens=whole_number(n_new or 32, "max new tokens", 1, 1024),
                                name=result_name or None, progress=lambda f, text: progress(f, desc=text))
 
-            result, err = safely(run)
+            from studio.embedded import one_time_progress
+
+            with one_time_progress(page_progress(progress)):  # a model's one-time conversion says so
+                result, err = safely(run)
             if err:
                 return [None, error_html(err), *nothing, gr.update()]
             from studio.evaluate import list_results

@@ -102,12 +102,13 @@ def create_export_tab(client: gr.BrowserState) -> dict:
         push_msg = gr.HTML(elem_id="push-message")
 
         def refresh_runs(current):
+            # "none yet" is the list's own note: it goes when the list fills (opening the tab, Refresh),
+            # and the message box below keeps what an export said
             names, err = safely(adapter_runs)
             if err:
                 return gr.update(choices=[]), error_html(err)
             value = current if current in names else (names[0] if names else None)
-            return gr.update(choices=names, value=value), "" if names else ok_html(
-                "No finished runs yet: train one in the Train tab, then refresh.")
+            return gr.update(choices=names, value=value, info="" if names else NO_RUNS), gr.update()
 
         def pick(run_id):
             if not run_id:
@@ -173,6 +174,9 @@ def create_export_tab(client: gr.BrowserState) -> dict:
         push_btn.click(do_push, [run, push_parts, repo, private, message, token], push_msg, api_name="push_run",
                        show_progress_on=[push_msg])
     return {"on_load": [(refresh_runs, run, [run, export_msg])]}
+
+
+NO_RUNS = "No finished runs yet: train one in the Train tab; this list fills when you come back."
 
 
 def raise_missing():

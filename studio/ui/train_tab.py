@@ -48,6 +48,22 @@ INT_KEYS = {"lora_r", "lora_alpha", "max_steps", "per_device_train_batch_size", 
             "max_length", "seed", "logging_steps", "eval_steps", "save_steps"}
 
 
+RECIPE_INFO = ("tiny-… recipes: the embedded toy model, under a minute. smollm2-… recipes: a real model, "
+               "SmolLM2-135M-Instruct, minutes on a CPU. DPO recipes: start them on the DPO tab.")
+
+
+def shown_source(source: str) -> str:
+    """A data source as the page names it: an upload by its file name, not the server's temp folder."""
+    from pathlib import Path
+
+    from studio.access import upload_dirs
+
+    text = str(source or "")
+    if any(Path(text).is_relative_to(d) for d in upload_dirs()):
+        return f"upload: {Path(text).name}"
+    return text
+
+
 def _recipe_names() -> list[str]:
     from studio.recipes import RECIPES_DIR
 
@@ -128,7 +144,8 @@ def create_train_tab(client: gr.BrowserState) -> dict:
     with gr.Tab("Train", id="train"):
         base_flat = gr.State({})  # the recipe's keys the form does not show (header, other TRL fields)
         with gr.Row():
-            recipe = gr.Dropdown(_recipe_names(), value="tiny-quotes", label="Recipe", scale=2)
+            recipe = gr.Dropdown(_recipe_names(), value="tiny-quotes", label="Recipe", scale=2, info=RECIPE_INFO,
+                                 elem_id="train-recipe")
             model = gr.Dropdown(list(PRESETS), label="Base model (preset, Hub id or local folder)",
                                 allow_custom_value=True, scale=3)
         with gr.Row():
@@ -163,9 +180,9 @@ def create_train_tab(client: gr.BrowserState) -> dict:
         chart = gr.Plot(label="Loss, eval loss and learning rate", elem_id="train-chart")
         samples = gr.Markdown(elem_id="train-samples")
         logs = gr.Textbox(label="Log", lines=8, max_lines=12, autoscroll=True, elem_id="train-log")
-        with gr.Accordion("Runs history", open=False):
+        with gr.Accordion("Runs history", open=False) as history:
             with gr.Row():
-                run_pick = gr.Dropdown([], label="Run", scale=3)
+                run_pick = gr.Dropdown([], label="Run", scale=3, elem_id="train-run-pick")
                 run_other = gr.Dropdown([], label="Compare with", scale=3)
                 refresh = gr.Button("Refresh", scale=1)
             with gr.Row():
@@ -192,7 +209,29 @@ def create_train_tab(client: gr.BrowserState) -> dict:
                     out.append(value)
             return out + [flat, ""]
 
-        recipe.change(fill, recipe, comps + [base_flat, message])
+        handed = gr.State(None)  # the dataset the Data tab handed over, kept when another recipe is picked
+
+        def pick_recipe(name, given):
+            out = fill(name)
+            flat, notes = out[-2], []
+            if isinstance(flat, dict) and flat.get("method") == "dpo":
+                notes.append(f"{name} is a DPO recipe: it trains on preference pairs. The DPO tab labels "
+                             "pairs and shows its rewards; start it there.")
+            if given and isinstance(flat, dict) and flat.get("method") != "dpo":
+                fmt = keys.index("dataset.format")
+                out[keys.index("dataset.source")] = given["source"]
+                out[keys.index("dataset.template")] = given["template"] or ""
+                out[fmt] = {**out[fmt], "value": given["format"] or "auto"} if isinstance(out[fmt], dict) else (
+                    given["format"] or "auto")
+                notes.append(f"Kept your dataset from the Data tab ({shown_source(given['source'])}); "
+                             f"the recipe's own is {flat.get('dataset.source')}: type it in the "
+                             "Dataset field to use that instead.")
+            if notes and not out[-1]:
+                out[-1] = ok_html(" ".join(notes))
+            return out
+
+        recipe.change(pick_recipe, [recipe, handed], comps + [base_flat, message])
+        ds_source.input(lambda: None, None, handed, api_name=False)  # typed over: the recipe's data wins again
 
         def check_params(base, *values):
             from studio.models import estimate_parameters, format_parameter_report
@@ -274,6 +313,18 @@ def create_train_tab(client: gr.BrowserState) -> dict:
                     gr.update(choices=choices, value=None))
 
         refresh.click(list_run_ids, None, [run_pick, run_other])
+
+        def relist_runs(picked, other):  # the list as it is now, the picks kept while they still exist
+            pick, compare = list_run_ids()
+            ids = [v for _, v in pick["choices"]]
+            return ({**pick, "value": picked if picked in ids else pick["value"]},
+                    {**compare, "value": other if other in ids else None})
+
+        # what changes the list: a run starting or ending (the samples show at the end, clear at a start),
+        # and opening the list
+        samples.change(relist_runs, [run_pick, run_other], [run_pick, run_other], api_name=False,
+                       show_progress="hidden")
+        history.expand(relist_runs, [run_pick, run_other], [run_pick, run_other], api_name=False)
 
         def open_selected(run_id, other_id):
             from studio.charts import loss_chart, overlay_chart
@@ -358,5 +409,5 @@ def create_train_tab(client: gr.BrowserState) -> dict:
 
         return {"on_load": (on_load, [client, recipe], [client] + comps + [base_flat, message]),
                 "eval_prompts": widgets["eval_prompts"],
-                "dataset_source": ds_source, "dataset_format": ds_format, "dataset_template": ds_template,
+                "dataset_source": ds_source, "handed": handed, "dataset_format": ds_format, "dataset_template": ds_template,
                 "run_history": (list_run_ids, None, [run_pick, run_other])}
