@@ -402,7 +402,7 @@ def test_a_reader_that_goes_away_frees_the_model(tiny_run):
 
     engine = load_setup(str(tiny_run), retrieval=False).engine
     ids = engine.tokenizer("Quote: the", add_special_tokens=False)["input_ids"]
-    stream = engine.stream_text(ids, 1000, temperature=1.0, seed=5)
+    stream = engine.stream_text(ids, 400, temperature=1.0, seed=5)
     next(stream)
     stream.close()
     assert engine.lock.acquire(timeout=60)
