@@ -46,6 +46,31 @@ def resolve_share(flag: bool | None) -> tuple[bool, str | None]:
     return True, None
 
 
+OWNER_TOKEN_VARS = ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "HUGGINGFACEHUB_API_TOKEN")
+_TRUE = {"1", "true", "yes", "on"}
+
+
+def will_be_shared(args) -> bool:
+    """The same decision main() takes below, made before any import: strangers will reach this app."""
+    flag = lambda name: os.environ.get(name, "").strip().lower() in _TRUE  # noqa: E731
+    return bool(args.shared or args.demo or want_share(args.share) or on_space() or flag("STUDIO_SHARED")
+                or flag("STUDIO_DEMO"))
+
+
+def drop_owner_token() -> None:
+    """A shared app keeps no owner token in its process: os.environ can be cleaned, but /proc/<pid>/environ
+    keeps what the process started with, so the app starts itself again (same pid, same arguments) without
+    the token variables. Nothing in a shared app pushes with the owner's token (a page's push takes the
+    visitor's sign-in or a typed token; studio.hub), so the token is dropped, not handed over."""
+    if not any(name in os.environ for name in OWNER_TOKEN_VARS):
+        return
+    env = {k: v for k, v in os.environ.items() if k not in OWNER_TOKEN_VARS}
+    env["HF_HUB_DISABLE_IMPLICIT_TOKEN"] = "1"  # nor the cached `hf auth login` token, sent by itself
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execve(sys.executable, [sys.executable, *sys.orig_argv[1:]], env)
+
+
 def _warm_imports() -> None:
     try:
         from studio.data.isolate import warm
@@ -73,6 +98,8 @@ def main(argv=None) -> None:
     p.add_argument("--allow-remote-code", action="store_true",
                    help="let recipes from the page set trust_remote_code (off by default; never for a public app)")
     args = p.parse_args(argv)
+    if argv is None and will_be_shared(args):
+        drop_owner_token()  # before anything reads it: re-executes this very command without HF_TOKEN
     from studio.errors import configure_logging
 
     configure_logging()  # tokens redacted in every log line, tracebacks included
@@ -84,7 +111,7 @@ def main(argv=None) -> None:
         os.environ["STUDIO_RUNS"] = args.runs_dir
 
     from studio.access import runs_root
-    from studio.ui import build_app, launch_kwargs  # gradio only: torch & co. load on first use
+    from studio.ui import build_app, launch_kwargs, start_queue  # gradio only: torch & co. load on first use
 
     # Serve first; warm the ML stack in the background so the first click doesn't wait for imports.
     threading.Thread(target=_warm_imports, name="warm-imports", daemon=True).start()
@@ -106,7 +133,10 @@ def main(argv=None) -> None:
         keep_owner_token_out()  # visitors' Hub reads go with their own sign-in or none (studio.access)
     demo = build_app()
     runs_root().mkdir(parents=True, exist_ok=True)
-    demo.queue(default_concurrency_limit=8).launch(
+    from studio.ownership import prepare
+
+    prepare(runs_root())  # the server's secret and the ownership records, before the first visitor
+    start_queue(demo).launch(  # queue limits: docs/budgets.md
         server_name=args.host, server_port=args.port, share=share_link,
         max_file_size=MAX_UPLOAD,  # a bigger upload is refused by Gradio before it reaches a handler
         **launch_kwargs())  # no allowed_paths: files reach the browser only through the temp dir

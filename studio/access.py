@@ -14,11 +14,11 @@ through here before it touches the disk. The person who started the app decides 
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import re
 import tempfile
 import threading
+from collections import OrderedDict
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -67,17 +67,93 @@ def _inside(path: Path, folder: Path) -> bool:
         return False
 
 
-def resolve_run(ref: str | os.PathLike, runs_dir=None, must_exist: bool = True) -> Path:
-    """A run named by a visitor (its name, or a path to it) → its folder inside the runs folder."""
+# ---- the closed surface: one door from a visitor's handle to a path ---------------------------------------
+# On a shared studio a visitor names things only by handles the server handed them (docs/security.md "Closed
+# surface"); `resolve(kind, handle)` is the one place that turns such a handle into a path (or a Hub id),
+# after deciding who may have it. Locally (not shared) the owner's paths keep working as they always did.
+#   run      a run's name (its folder in the runs folder): the visitor's own, or the owner's (unmarked)
+#   adapter  a run's name → its final adapter folder (never runs/<run>/adapter or a checkpoint folder)
+#   model    the embedded model, a Hub id (owner/name), or a run's name
+#   data     a bundled sample, a pairs file (runs/pairs/NAME.jsonl as pages show it), the visitor's own
+#            upload (the path Gradio handed them, copied into their own upload folder), or a Hub dataset id
+#   pairs    a pairs file's name (NAME, NAME.jsonl or runs/pairs/NAME.jsonl)
+#   upload   a file this visitor uploaded
+#   task     an lm-eval task: the studio's bundled task or a name in lm-eval's own task index, never a path
+#   hub      a Hub id, owner/name: no URL, no path, nothing that exists on the server's disk
+#   recipe   a bundled recipe's name (recipes/NAME.yaml), in every mode: the page lists only those
+
+_PAIRS_HANDLE = re.compile(r"^(?:runs/pairs/)?([A-Za-z0-9][A-Za-z0-9._-]{0,99}?)(?:\.jsonl)?$")
+_RUN_ALIAS = re.compile(r"^runs/([A-Za-z0-9][A-Za-z0-9._-]{0,99})$")  # `runs/<run>` as docs and recipes write it
+_TASK_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,199}$")
+BUNDLED_MODELS = ("embedded", "embedded/tiny-llama")
+BUNDLED_TASKS_DIR = Path(__file__).resolve().parent.parent / "assets" / "lm_eval"
+
+
+BUNDLED_RECIPES_DIR = Path(__file__).resolve().parent.parent / "recipes"
+
+
+def _resolve_recipe(text: str) -> Path:
+    """A bundled recipe's name (what the page's recipe lists offer) → its file; never a path."""
+    path = BUNDLED_RECIPES_DIR / f"{text}.yaml"
+    if not (_RUN_NAME.match(text) and ".." not in text and path.is_file()):
+        raise StudioError(f"{_echo(text)}: no such recipe; pick one from the list "
+                          f"({', '.join(sorted(p.stem for p in BUNDLED_RECIPES_DIR.glob('*.yaml'))[:6])}, …)")
+    return path
+
+
+def bundled_tasks() -> dict[str, Path]:
+    """The studio's own lm-eval tasks (assets/lm_eval/*.yaml) by name."""
+    return {p.stem: p for p in sorted(BUNDLED_TASKS_DIR.glob("*.yaml"))}
+
+
+_task_index: frozenset | None = None
+_task_index_lock = threading.Lock()
+
+
+def lm_eval_task_index() -> frozenset:
+    """Every task, group and tag name lm-eval ships (its own index: ~15k names, read once per process)."""
+    global _task_index
+    with _task_index_lock:
+        if _task_index is None:
+            from lm_eval.tasks import TaskManager
+
+            _task_index = frozenset(TaskManager().all_tasks)
+        return _task_index
+
+
+def _echo(handle: str) -> str:
+    """A refused handle as an error line shows it: a path is not echoed (it may name a server folder or another
+    visitor's run), a long one neither."""
+    return repr(handle) if len(handle) <= 80 and not any(c in handle for c in "/\\~") else "that path"
+
+
+def _refuse(kind: str, handle: str, what: str) -> StudioError:
+    """One line saying what was refused (see `_echo`)."""
+    shown = _echo(handle)
+    article = "an" if kind[0] in "aeiou" or kind.startswith("lm-") else "a"
+    return StudioError(f"{shown}: on a shared studio {article} {kind} is {what}")
+
+
+def _run_name(text: str) -> str | None:
+    """The run name a handle names (NAME, or runs/NAME), or None."""
+    alias = _RUN_ALIAS.match(text)
+    name = alias.group(1) if alias else text
+    return name if _RUN_NAME.match(name) and ".." not in name else None
+
+
+def _resolve_run(text: str, runs_dir=None, must_exist: bool = True) -> Path:
     root = runs_root(runs_dir)
-    text = str(ref or "").strip()
     if not text:
         raise StudioError("no run given: pick a run from the runs folder")
     path = Path(text).expanduser()
-    if len(path.parts) == 1:
+    if shared_mode():
+        name = _run_name(text)
+        if name is None:
+            raise _refuse("run", text, "named by its name from your run list (no paths, no folders inside a run)")
+        path = root / name
+    elif len(path.parts) == 1:
         path = root / check_run_name(text)
-    elif not _inside(path, root) and (shared_mode() or not path.is_dir()):
-        # locally the owner may point at a run folder anywhere; a visitor only inside the runs folder
+    elif not _inside(path, root) and not path.is_dir():
         raise StudioError(f"{shown_path(text)}: not a run in the runs folder")
     if path.resolve() == root.resolve():
         raise StudioError("that is the runs folder itself: pick one run in it")
@@ -87,6 +163,113 @@ def resolve_run(ref: str | os.PathLike, runs_dir=None, must_exist: bool = True) 
     return path
 
 
+def _resolve_adapter(text: str) -> Path:
+    run = _resolve_run(text)
+    adapter = run / "adapter"
+    if not (adapter / "adapter_config.json").exists():
+        raise StudioError(f"{run.name}: this run has no adapter (it has not finished training)")
+    return adapter
+
+
+def _resolve_hub(text: str, what: str = "Hub id") -> str:
+    if not shared_mode():
+        return text
+    first = text.split("/", 1)[0]
+    if (not _HUB_ID.match(text) or ".." in text or "://" in text or Path(text).expanduser().exists()
+            or first in ("runs", runs_root().name, "embedded")):
+        raise _refuse(what, text, "a Hub id: owner/name (no URL, no path)")
+    return text
+
+
+def _resolve_model(text: str) -> str:
+    if not shared_mode() or not text:
+        return text
+    if text in BUNDLED_MODELS:
+        return text
+    if _RUN_NAME.match(text) and ".." not in text and (runs_root() / text).is_dir():
+        _resolve_run(text)
+        return text
+    if _HUB_ID.match(text):
+        return _resolve_hub(text, "model")
+    raise _refuse("model", text, "a Hub id (owner/name), the embedded model or one of your runs by its name "
+                                 "(never a folder or a path inside a run)")
+
+
+def _resolve_pairs(text: str, must_exist: bool = True) -> Path:
+    match = _PAIRS_HANDLE.match(text)
+    if not match or ".." in text:
+        raise _refuse("pairs file", text, "named by its name (runs/pairs/NAME.jsonl as the page shows it)")
+    path = runs_root() / "pairs" / f"{match.group(1)}.jsonl"
+    if must_exist and not path.is_file():
+        raise StudioError(f"runs/pairs/{path.name}: no such pairs file")
+    require_read(path, path.name)
+    return path
+
+
+def _resolve_upload(text: str) -> str:
+    path = Path(text).expanduser()
+    if not shared_mode():
+        return text
+    if not (_is_upload(path) and path.is_file()):
+        raise _refuse("file", text, "one you uploaded here")
+    require_read(path, path.name)
+    return text
+
+
+def _resolve_data(text: str) -> str:
+    given, text = text, in_runs(text)
+    if not shared_mode() or not text:
+        return text
+    if given.startswith("sample:") or (_RUN_NAME.match(given) and ".." not in given and not Path(given).exists()):
+        return given  # a bundled sample's name (or nothing): the data layer reads no path from it
+    if given.startswith("runs/pairs/"):
+        return str(_resolve_pairs(given))
+    path = Path(given).expanduser()
+    if path.is_absolute() and _is_upload(path):
+        return _resolve_upload(given)
+    if _HUB_ID.match(given) and not given.startswith("runs/"):
+        return _resolve_hub(given, "data source")
+    raise StudioError(
+        f"{_echo(given)}: on a shared studio only bundled samples, your uploads, pairs files (runs/pairs/NAME.jsonl) "
+        "and Hub dataset ids (owner/name) can be read"
+    )
+
+
+def _resolve_task(text: str) -> str:
+    if text in bundled_tasks() or not shared_mode():
+        return text
+    if not _TASK_NAME.match(text) or text not in lm_eval_task_index():
+        raise _refuse("lm-eval task", text, f"a name from lm-eval's task list or the studio's own "
+                                            f"({', '.join(bundled_tasks())}); never a file")
+    return text
+
+
+def resolve(kind: str, handle, *, must_exist: bool = True, runs_dir=None):
+    """The one door: a visitor's handle of `kind` (see above) → a path or id, or one line saying why not.
+
+    run/adapter/pairs/recipe give a Path; model/data/upload/task/hub give the text to load (a Hub id, a bundled name,
+    the visitor's own upload, or for data a pairs file's real path). Locally every path is the owner's."""
+    text = str(handle or "").strip()
+    if kind == "run":
+        return _resolve_run(text, runs_dir, must_exist)
+    if kind == "adapter":
+        return _resolve_adapter(text)
+    if kind == "pairs":
+        return _resolve_pairs(text, must_exist)
+    if kind == "recipe":
+        return _resolve_recipe(text)
+    resolvers = {"model": _resolve_model, "data": _resolve_data, "upload": _resolve_upload, "task": _resolve_task,
+                 "hub": _resolve_hub}
+    if kind not in resolvers:
+        raise ValueError(f"unknown handle kind {kind!r}")
+    return resolvers[kind](text)
+
+
+def resolve_run(ref: str | os.PathLike, runs_dir=None, must_exist: bool = True) -> Path:
+    """A run named by a visitor (its name; locally also a path to it) → its folder: `resolve("run", …)`."""
+    return resolve("run", ref, runs_dir=runs_dir, must_exist=must_exist)
+
+
 def shown_path(text: str) -> str:
     """Text for the page (an error line, a job's log): on a shared studio never the server's absolute runs
     path, which becomes `runs`; locally the owner sees the real path."""
@@ -94,7 +277,28 @@ def shown_path(text: str) -> str:
     text = str(text)
     if shared_mode():
         text = text.replace(root, "runs").replace(str(runs_root()), "runs")
+        text = _VISITOR_PATH.sub("your folder/", text)  # a visitor's mark is nobody's business either
+        for folder in upload_dirs():
+            text = re.sub(re.escape(str(folder.resolve())) + r"/visitor-[0-9a-f]+/", "your uploads/", text)
+        cwd = os.getcwd()
+        if len(cwd) > 1:  # the server's working folder (the checkout) is nobody's business either
+            text = text.replace(cwd + os.sep, "")
     return text
+
+
+VISITORS_DIR = ".visitors"  # <runs>/.visitors/<mark>/: what a visitor writes that goes with no run of theirs
+
+
+def visitor_folder(visitor: "Visitor | None" = None) -> Path | None:
+    """The current visitor's own folder on a shared studio (their saved results live there, never in the
+    owner's run); None locally, outside the app and for the app's owner."""
+    visitor = visitor or current_visitor()
+    if not shared_mode() or visitor is None or visitor.is_app_owner:
+        return None
+    return runs_root() / VISITORS_DIR / visitor.home
+
+
+_VISITOR_PATH = re.compile(r"runs/\.visitors/[0-9a-f]+/")
 
 
 def in_runs(source: str) -> str:
@@ -113,40 +317,13 @@ def upload_dirs() -> list[Path]:
 
 
 def check_data_source(source: str) -> str:
-    """A data source named from the page: in shared mode no arbitrary server path."""
-    given = str(source or "").strip()
-    source = in_runs(given)
-    if not shared_mode() or not source:
-        return source
-    if source.startswith("sample:") or (_RUN_NAME.match(source) and ".." not in source
-                                        and not Path(source).exists()):
-        return source  # a bare name is a bundled sample's (or nothing): the data layer reads no path from it
-    path = Path(source).expanduser()
-    allowed = [*upload_dirs(), runs_root() / "pairs"]
-    if any(_inside(path, folder) for folder in allowed) and path.is_file():
-        require_read(path, f"{path.name}")
-        return source
-    if _HUB_ID.match(source) and not path.exists():
-        return source
-    raise StudioError(
-        f"{given}: on a shared studio only bundled samples, your uploads, files under runs/pairs and Hub "
-        "dataset ids can be read"
-    )
+    """A data source named from the page: `resolve("data", …)`."""
+    return resolve("data", source)
 
 
 def check_model_source(name: str) -> str:
-    """A model named from the page: embedded, a Hub id, or (shared mode) a run; no server folder."""
-    name = str(name or "").strip()
-    if not shared_mode() or not name:
-        return name
-    if name in ("embedded", "embedded/tiny-llama"):
-        return name
-    path = Path(name).expanduser()
-    if _inside(path, runs_root()) and path.exists():
-        return name
-    if _HUB_ID.match(name) and not path.exists():
-        return name
-    raise StudioError(f"{name}: on a shared studio models come from the Hub, the embedded model or the runs folder")
+    """A model named from the page: `resolve("model", …)`."""
+    return resolve("model", name)
 
 
 def check_remote_code(trust_remote_code, where: str = "form") -> None:
@@ -216,7 +393,8 @@ def require_work(profile, action: str) -> None:
 # - the app's owner: everything from the command line and the disk; on a demo Space, a signed-in owner
 #   (STUDIO_OWNERS / the Space's author) also reads every visitor's runs through the page.
 # - locally (not shared) the one person at the keyboard owns everything: nothing is checked or marked.
-# Marks are hashes of the visitor's keys, kept in <runs>/.owners.json (uploads: keyed by their path).
+# Marks are hashes of the visitor's keys, kept in <runs>/.owners.sqlite (studio.ownership; uploads: keyed by path).
+# A browser's key is the id the server issued it and verified (studio.ownership), an API client's its session.
 
 
 def _mark(key: str) -> str:
@@ -245,7 +423,16 @@ class Visitor:
 
 _visitor: ContextVar[Visitor | None] = ContextVar("studio_visitor", default=None)
 _visitor_source = None  # set by the UI: builds the Visitor of the event being handled (backend imports no gradio)
-_clients: dict[str, str] = {}  # gradio session → the browser id its page sent on load
+_clients: "OrderedDict[str, str]" = OrderedDict()  # gradio session → the verified browser id its page sent
+_clients_lock = threading.Lock()
+
+
+def max_visitors() -> int:
+    """How many sessions the visitor table remembers (the least recently seen go first)."""
+    try:
+        return max(1, int(os.environ.get("STUDIO_MAX_VISITORS", "10000")))
+    except ValueError:
+        return 10000
 
 
 def set_visitor_source(fn) -> None:
@@ -255,9 +442,16 @@ def set_visitor_source(fn) -> None:
 
 def make_visitor(client_id: str | None = None, session: str | None = None, username: str | None = None,
                  token: str | None = None) -> Visitor | None:
-    if session and client_id:
-        _clients[session] = str(client_id)
-    client_id = client_id or (_clients.get(session) if session else None)
+    """The visitor of one event. `client_id` is a browser id the server issued and has verified
+    (`studio.ownership.verify_browser_id`), never a string as a client sent it; `session` is Gradio's."""
+    with _clients_lock:
+        if session and client_id:
+            _clients[session] = str(client_id)
+        if session and session in _clients:
+            _clients.move_to_end(session)
+            client_id = client_id or _clients[session]
+        while len(_clients) > max_visitors():
+            _clients.popitem(last=False)
     keys = {f"client:{client_id}"} if client_id else set()
     if session:
         keys.add(f"session:{session}")
@@ -286,13 +480,6 @@ class acting_for:
         _visitor.reset(self._reset)
 
 
-_owners_lock = threading.Lock()
-
-
-def _owners_file() -> Path:
-    return runs_root() / ".owners.json"
-
-
 def _owner_key(path) -> str:
     p = Path(path).expanduser().resolve()
     try:
@@ -301,36 +488,27 @@ def _owner_key(path) -> str:
         return str(p)
 
 
-def _owners() -> dict:
-    try:
-        return json.loads(_owners_file().read_text("utf-8"))
-    except (OSError, ValueError):
-        return {}
-
-
 def owner_marks(path) -> list[str] | None:
     """The marks of whoever made `path` on a shared studio; None for the app owner's own things."""
-    return _owners().get(_owner_key(path))
+    from studio.ownership import get_marks
+
+    return get_marks(_owner_key(path), runs_root())
 
 
 def claim(path, visitor: Visitor | None = None) -> None:
     """Mark `path` as made by the current visitor (shared studio only; refused if it is someone else's)."""
+    from studio.ownership import add_marks
+
     visitor = visitor or current_visitor()
     if not shared_mode() or visitor is None or visitor.is_app_owner:
         return
     if owner_marks(path) is None:  # new: within this visitor's runs / pairs / results budget? (studio.budgets)
         budgets.check_new(Path(path), runs_root(), lambda p: bool(set(owner_marks(p) or ()) & set(visitor.marks())))
-    with _owners_lock:
-        table = _owners()
-        key = _owner_key(path)
-        marks = table.get(key)
-        if marks and not set(marks) & set(visitor.marks()):
-            raise StudioError(f"{Path(path).name} belongs to another visitor")
-        table[key] = sorted(set(marks or []) | set(visitor.marks()))
-        _owners_file().parent.mkdir(parents=True, exist_ok=True)
-        tmp = _owners_file().with_suffix(".tmp")
-        tmp.write_text(json.dumps(table, indent=0), encoding="utf-8")
-        tmp.replace(_owners_file())
+    mine = set(visitor.marks())
+    try:
+        add_marks(_owner_key(path), mine, lambda existing: bool(set(existing) & mine), runs_root())
+    except PermissionError:
+        raise StudioError(f"{Path(path).name} belongs to another visitor") from None
 
 
 def _is_upload(path) -> bool:
@@ -396,6 +574,13 @@ def claim_upload(path) -> str:
         require_read(src, src.name)
         os.utime(src)  # used now: kept for the upload TTL from here (studio.budgets)
         return str(src)
+    # Gradio's upload route takes files from anyone and names them by content: the first visitor to hand a raw
+    # upload to the studio is its only one; another who names that path (told it, or guessing) is refused.
+    try:
+        claim(src, visitor)
+    except StudioError:
+        raise StudioError(f"{src.name} was handed to the studio by another visitor: rename your file and upload it "
+                          "again") from None
     dest = upload_dirs()[0] / f"visitor-{visitor.home}" / src.parent.name / src.name
     if not dest.exists():
         budgets.check_upload(dest.parents[1], src)  # this visitor's uploads: count and bytes (studio.budgets)

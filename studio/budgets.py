@@ -154,8 +154,9 @@ def kind_of(path: Path, runs_root: Path) -> str | None:
         return "runs"
     if len(rel) == 2 and rel[0] == "pairs" and path.suffix == ".jsonl":
         return "labelling"
-    if path.suffix == ".json" and ((len(rel) == 2 and rel[0] == "evals") or (len(rel) == 3 and rel[1] == "eval")):
-        return "results"
+    if path.suffix == ".json" and ((len(rel) == 2 and rel[0] == "evals") or (len(rel) == 3 and rel[1] == "eval")
+                                   or (len(rel) == 5 and rel[0] == ".visitors" and rel[2] == "results")):
+        return "results"  # the last: a visitor's own results folder (studio.access.visitor_folder)
     return None
 
 
@@ -165,7 +166,7 @@ def _candidates(kind: str, root: Path) -> list[Path]:
                 and not p.name.startswith(".")] if root.is_dir() else []
     if kind == "labelling":
         return sorted((root / "pairs").glob("*.jsonl"))
-    return [*root.glob("*/eval/*.json"), *root.glob("evals/*.json")]
+    return [*root.glob("*/eval/*.json"), *root.glob("evals/*.json"), *root.glob(".visitors/*/results/*/*.json")]
 
 
 def check_new(path: Path, runs_root: Path, owned) -> None:

@@ -51,11 +51,13 @@ def run_adapter(run_dir: str | Path) -> Path:
 
 def is_run_ref(ref: str) -> bool:
     """A run name in the runs folder, or a path to a run folder (vs. a model id or model folder)."""
-    from studio.access import runs_root
+    from studio.access import runs_root, shared_mode
 
     ref = str(ref or "").strip()
     if not ref:
         return False
+    if shared_mode():  # a visitor names a run by its name only (studio.access.resolve)
+        return "/" not in ref and ".." not in ref and (runs_root() / ref / "recipe.yaml").exists()
     path = Path(ref).expanduser()
     if (path / "recipe.yaml").exists() and (path / "events.jsonl").exists():
         return True

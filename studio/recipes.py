@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import math
+import os
 import re
 import tempfile
 from dataclasses import dataclass, field
@@ -25,7 +26,8 @@ RECIPES_DIR = Path(__file__).resolve().parent.parent / "recipes"
 HEADER_KEYS = ["name", "description", "source_notebook", "method", "init_adapter", "dataset", "eval_prompts", "export",
                "studio", "retrieval"]
 DATASET_KEYS = {"source", "format", "template", "config", "split", "splits", "max_length", "max_rows", "streaming"}
-STUDIO_KEYS = {"auto_batch", "max_micro_batch", "sample_max_new_tokens"}
+STUDIO_KEYS = {"auto_batch", "max_micro_batch", "sample_max_new_tokens",
+               "split_across"}  # split_across: written by the studio, the processes the batch was split across
 EXPORT_KEYS = {"hub_model_id", "private", "merge"}
 # `retrieval:` (method lapdog): the story corpus, the retriever and LAPDOG's stage-2 settings
 RETRIEVAL_KEYS = {"corpus", "embedder", "k", "tau_score", "tau_gold", "candidate_random", "query",
@@ -116,7 +118,8 @@ class Recipe:
         Building a TrainingArguments resets accelerate's process-wide state, which kills a job that is
         training in another thread. `validate_only` reuses the configured state instead.
         """
-        values = {k: v for k, v in self.train.items() if k != "hub_token"}  # pickled into checkpoints: HF_TOKEN only
+        # pickled into checkpoints: HF_TOKEN only; mappings copied (transformers fills defaults into fsdp_config)
+        values = {k: dict(v) if isinstance(v, dict) else v for k, v in self.train.items() if k != "hub_token"}
         notes = adapt_to_hardware(values) if adapt else []
         if validate_only:
             from accelerate.state import PartialState
@@ -268,6 +271,70 @@ def check_ranges(recipe: "Recipe") -> None:
             raise StudioError(f"{where}: '{key}' must be at most {UPPER[key]:,}, got {_short(value)}")
 
 
+# ---- scale-out and trackers: combinations that cannot work are refused here, in one line --------------------------
+TRACKERS = ("trackio", "tensorboard", "wandb", "mlflow")  # TRL's report_to names the studio offers
+LOCAL_TRACKERS = ("trackio", "tensorboard")  # write to this machine's disk only (Trackio without a Space)
+FSDP_KEYS = {"version", "transformer_layer_cls_to_wrap", "auto_wrap_policy", "min_num_params", "cpu_offload",
+             "reshard_after_forward", "state_dict_type", "activation_checkpointing", "cpu_ram_efficient_loading",
+             "sync_module_states"}
+
+
+def report_targets(value) -> list[str]:
+    """report_to as TRL takes it (a name, "a,b" or a list) → the tracker names, 'none' dropped."""
+    if value is None:
+        return []
+    items = value if isinstance(value, (list, tuple)) else str(value).replace(",", " ").split()
+    return [n for n in (str(v).strip().lower() for v in items) if n and n != "none"]
+
+
+def installed_trackers() -> list[str]:
+    import importlib.util
+
+    return [t for t in TRACKERS if importlib.util.find_spec(t) is not None]
+
+
+def tracker_choices(shared: bool) -> list[str]:
+    """The Train/DPO forms' report_to dropdown: none, then what is installed (on a shared app, local ones only)."""
+    return ["none", *(t for t in installed_trackers() if not shared or t in LOCAL_TRACKERS)]
+
+
+def check_scale_out(recipe: Recipe, where: str) -> None:
+    train, model = recipe.train, recipe.model
+    for name in report_targets(train.get("report_to")):
+        if name not in TRACKERS:
+            raise StudioError(f"{where}: report_to {_short(name, 40)} is not one of none, {', '.join(TRACKERS)}")
+        if name not in installed_trackers():
+            raise StudioError(f"{where}: report_to {name}: not installed here (pip install {name})")
+    fsdp = train.get("fsdp")
+    if not fsdp or str(fsdp).strip().lower() in ("false", "no", "none", "0"):
+        return
+    config = train.get("fsdp_config") or {}
+    if not isinstance(config, dict):  # TRL also takes a JSON file's path: a recipe names no files on the server
+        raise StudioError(f"{where}: fsdp_config must be a mapping of FSDP settings (version: 2, …)")
+    config = {str(k).removeprefix("fsdp_"): v for k, v in config.items()}
+    for key in config:
+        if key not in FSDP_KEYS:
+            raise StudioError(f"{where}: unknown key 'fsdp_config.{key}'{_suggest(key, FSDP_KEYS)}")
+    if recipe.method != "sft":  # DPO's frozen reference copy and LAPDOG's retriever are not sharded (yet)
+        raise StudioError(f"{where}: fsdp: the studio shards SFT runs; drop fsdp for method {recipe.method} "
+                          "(it runs as data parallel under torchrun)")
+    if train.get("deepspeed"):
+        raise StudioError(f"{where}: fsdp and deepspeed are both set; shard with one of them")
+    if str(config.get("version", 2)) != "2":
+        raise StudioError(f"{where}: fsdp_config.version must be 2 (FSDP2; FSDP1 is deprecated in transformers)")
+    if str(config.get("state_dict_type", "FULL_STATE_DICT")).split(".")[-1] != "FULL_STATE_DICT":
+        raise StudioError(f"{where}: fsdp_config.state_dict_type must be FULL_STATE_DICT: the adapter is saved "
+                          "whole, gathered on rank 0")
+    if model.get("load_in_8bit"):
+        raise StudioError(f"{where}: load_in_8bit can't be sharded by FSDP; use load_in_4bit (QLoRA) or neither")
+    storage = model.get("bnb_4bit_quant_storage")
+    if model.get("load_in_4bit") and storage not in (None, "bfloat16", "float16", "float32"):
+        raise StudioError(f"{where}: bnb_4bit_quant_storage must be the compute dtype (bfloat16, float16 or "
+                          f"float32) for FSDP to shard 4-bit weights, got {_short(storage, 40)}")
+    if not model.get("use_peft"):
+        raise StudioError(f"{where}: fsdp: the studio shards LoRA runs (use_peft: true)")
+
+
 def validate(recipe: Recipe) -> Recipe:
     where = recipe.path or recipe.name
     for group, allowed in (("dataset", DATASET_KEYS), ("studio", STUDIO_KEYS), ("export", EXPORT_KEYS),
@@ -311,6 +378,7 @@ def validate(recipe: Recipe) -> Recipe:
         raise StudioError(f"{where}: eval_prompts: at most {MAX_EVAL_PROMPTS} prompts of at most "
                           f"{MAX_PROMPT_CHARS:,} characters each")
     check_ranges(recipe)
+    check_scale_out(recipe, where)
     try:
         recipe.model_config()
     except (ValueError, TypeError) as e:
@@ -431,6 +499,26 @@ def recipe_to_flat(recipe: Recipe) -> dict:
     return flat
 
 
+def check_visitor_trackers(flat: dict, where: str = "form") -> None:
+    """On a shared app the page and its API may report only to this machine's disk: W&B and MLflow (and Trackio's
+    Space or bucket sync) would send a visitor's run off the server under the owner's credentials. The owner's
+    own recipe files and CLI are not visitors' and may name any tracker."""
+    from studio.access import shared_mode
+
+    if not shared_mode():
+        return
+    for name in report_targets(flat.get("report_to")):
+        if name not in LOCAL_TRACKERS:
+            raise StudioError(f"{where}: report_to {_short(name, 40)} sends the run off this server; on a shared "
+                              f"app the page offers {', '.join(LOCAL_TRACKERS)} (local files) or none")
+    for key in ("trackio_space_id", "trackio_bucket_id", "trackio_static_space_id"):
+        if flat.get(key):
+            raise StudioError(f"{where}: {key} publishes from the server; on a shared app only its owner sets it")
+    if "trackio" in report_targets(flat.get("report_to")) and os.environ.get("TRACKIO_SPACE_ID"):
+        raise StudioError(f"{where}: this app's Trackio syncs to a Space (TRACKIO_SPACE_ID); on a shared app "
+                          "the page offers tensorboard or none")
+
+
 def recipe_from_flat(flat: dict, where: str = "form") -> Recipe:
     """Flat keys → a validated Recipe; empty values mean 'not set'.
 
@@ -442,6 +530,7 @@ def recipe_from_flat(flat: dict, where: str = "form") -> Recipe:
     from studio.access import check_data_source, check_model_source
 
     check_remote_code(flat.get("trust_remote_code"), where)
+    check_visitor_trackers(flat, where)
     if flat.get("name"):
         check_run_name(flat["name"], "recipe name")
     check_data_source(flat.get("dataset.source") or "")

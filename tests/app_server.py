@@ -21,9 +21,10 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_app(runs_dir: Path, timeout: float = 90, extra_args=(), env=None):
-    """The real app in a subprocess; `extra_args` go to app.py (e.g. --shared), `env` adds variables."""
-    port = free_port()
+def start_app(runs_dir: Path, timeout: float = 90, extra_args=(), env=None, port: int | None = None):
+    """The real app in a subprocess; `extra_args` go to app.py (e.g. --shared), `env` adds variables; `port`
+    names the port (a restart on the same one keeps a browser's storage), else a free one."""
+    port = port or free_port()
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "STUDIO_RUNS": str(runs_dir), "PYTHONPATH": str(ROOT),
            "GRADIO_ANALYTICS_ENABLED": "False", **(env or {})}
     log = open(runs_dir.parent / f"app-{port}.log", "w")

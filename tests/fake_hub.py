@@ -20,6 +20,7 @@ class FakeHub:
         self.good, self.foreign = set(good), set(foreign)
         self.requests: list[dict] = []
         self.repos: dict[str, dict] = {}  # repo id → {"private": bool, "files": {path: bytes}, "commits": [msg]}
+        self.datasets: dict[str, dict] = {}  # dataset id → {"private": bool, "cardData": {...}}: GET /api/datasets/…
         hub = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -41,6 +42,8 @@ class FakeHub:
                 auth = self.headers.get("Authorization", "")
                 hub.requests.append({"method": self.command, "path": self.path, "auth": auth, "body": body})
                 token = auth.removeprefix("Bearer ").strip()
+                if hub.public_dataset_read(self):  # a public dataset: anyone reads its card and files
+                    return None
                 if token not in hub.good:
                     return self._reply(401, {"error": "Invalid credentials in Authorization header"})
                 return hub.route(self, body)
@@ -50,6 +53,63 @@ class FakeHub:
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    def public_dataset_read(self, h) -> bool:
+        """Answer a read of a public dataset (its info, file tree or a file) without a token; False if not one."""
+        path = h.path.split("?")[0]
+        info = self.dataset_info(path)
+        if info is not None:
+            if info["private"]:
+                return False
+            h._reply(200, info)
+            return True
+        for prefix in ("/api/datasets/", "/datasets/"):
+            if path.startswith(prefix):
+                parts = path[len(prefix):].split("/")
+                repo = "/".join(parts[:2])
+                d = self.datasets.get(repo)
+                if d is None or d.get("private"):
+                    return False
+                files = {"README.md": self.readme(repo), **d.get("files", {})}
+                if prefix == "/api/datasets/" and parts[2:3] == ["tree"]:
+                    h._reply(200, [{"type": "file", "path": f, "size": len(b), "oid": "1" * 40} for f, b in files.items()])
+                    return True
+                if prefix == "/datasets/" and parts[2:3] == ["resolve"]:
+                    name = "/".join(parts[4:])
+                    if name not in files:
+                        h.send_response(404)
+                        h.send_header("X-Error-Code", "EntryNotFound")
+                        h.send_header("Content-Length", "0")
+                        h.end_headers()
+                        return True
+                    body = files[name]
+                    h.send_response(200)
+                    h.send_header("Content-Length", str(len(body)))
+                    h.send_header("ETag", '"' + "2" * 40 + '"')
+                    h.send_header("X-Repo-Commit", "0" * 40)
+                    h.end_headers()
+                    if h.command != "HEAD":
+                        h.wfile.write(body)
+                    return True
+        return False
+
+    def readme(self, repo: str) -> bytes:
+        import yaml
+
+        card = self.datasets[repo].get("cardData", {})
+        return ("---\n" + yaml.safe_dump(card) + "---\n# " + repo + "\n").encode()
+
+    def dataset_info(self, path: str) -> dict | None:
+        """GET /api/datasets/<id>[/revision/<rev>] for a dataset added to `datasets`."""
+        if not path.startswith("/api/datasets/"):
+            return None
+        repo = "/".join(path[len("/api/datasets/"):].split("/")[:2])
+        if repo not in self.datasets:
+            return None
+        d = self.datasets[repo]
+        return {"id": repo, "_id": repo, "sha": "0" * 40, "private": d.get("private", False),
+                "cardData": d.get("cardData", {}), "tags": [],
+                "siblings": [{"rfilename": f} for f in ["README.md", *d.get("files", {})]]}
 
     def route(self, h, body: bytes):
         path = h.path.split("?")[0]
@@ -64,6 +124,9 @@ class FakeHub:
             return h._reply(200, {"url": f"{self.url}/{repo}", "name": repo})
         if path == "/api/validate-yaml":  # the client checks a README's metadata before committing it
             return h._reply(200, {"errors": [], "warnings": []})
+        info = self.dataset_info(path)
+        if info is not None:
+            return h._reply(200, info)
         if path.startswith("/api/models/") and "/preupload/" in path:
             files = json.loads(body).get("files", [])
             return h._reply(200, {"files": [{"path": f["path"], "uploadMode": "regular", "shouldIgnore": False}

@@ -136,8 +136,12 @@ def test_shared_mode_reads_only_samples_uploads_pairs_and_hub(shared, write):
     upload.write_text('{"text": "hi"}\n')
     pairs = shared / "runs" / "pairs" / "p.jsonl"
     pairs.write_text("{}\n")
-    for source in ["quotes", "sample:dolly", str(upload), str(pairs), "Abirate/english_quotes"]:
+    for source in ["quotes", "sample:dolly", str(upload), "Abirate/english_quotes"]:
         assert access.check_data_source(source) == source
+    # a pairs file by its handle (as the page shows it), never by the server's path to it
+    assert access.check_data_source("runs/pairs/p.jsonl") == str(pairs)
+    with pytest.raises(StudioError, match="on a shared studio"):
+        access.check_data_source(str(pairs))
 
 
 def test_runs_paths_as_pages_show_them_read_from_the_runs_folder(shared, write):
@@ -151,7 +155,7 @@ def test_runs_paths_as_pages_show_them_read_from_the_runs_folder(shared, write):
     assert next(iter(read_source("runs/pairs/mine.jsonl").records()))["chosen"] == "a"
     for escape in ["runs/pairs/../../secret.jsonl", "runs/../../etc/passwd"]:
         write("secret.jsonl", [{"text": "server secret"}])
-        with pytest.raises(StudioError, match="on a shared studio only bundled samples"):
+        with pytest.raises(StudioError, match="on a shared studio"):
             access.check_data_source(escape)
 
 
@@ -159,7 +163,7 @@ def test_shared_mode_models_and_runs(shared):
     assert access.check_model_source("embedded/tiny-llama") == "embedded/tiny-llama"
     assert access.check_model_source("gpt2/x") == "gpt2/x"
     for name in [str(ROOT), "/root/.cache", str(shared)]:
-        with pytest.raises(StudioError, match="on a shared studio models come from"):
+        with pytest.raises(StudioError, match="on a shared studio a model is"):
             access.check_model_source(name)
     (shared / "runs" / "r1").mkdir()
     assert access.resolve_run("r1") == shared / "runs" / "r1"
@@ -172,7 +176,7 @@ def test_form_in_shared_mode_refuses_server_paths_and_remote_code(shared):
     flat = recipe_to_flat(load_recipe(ROOT / "recipes" / "tiny-quotes.yaml"))
     with pytest.raises(StudioError, match="only bundled samples"):
         recipe_from_flat({**flat, "dataset.source": "/etc/hostname"})
-    with pytest.raises(StudioError, match="models come from"):
+    with pytest.raises(StudioError, match="a model is a Hub id"):
         recipe_from_flat({**flat, "model_name_or_path": str(ROOT)})
 
 

@@ -78,7 +78,8 @@ def _cases():
                             ("dolly", 5, "../../x"), ("dolly", 10**6, "x"), ("http://evil/x", 5, "x"), ("dolly", 5, "a" * 10_000)]:
         out.append((f"build {src:.20} {rows!r} {name:.10}", "/build_pairs", [src, "embedded/tiny-llama", name, rows],
                     True))
-    dpo = ["v", "(base model: a fresh adapter)", "embedded/tiny-llama", "pairs", 0.1, "sigmoid", 1e-4, 64, 2, 4, 8]
+    dpo = ["v", "(base model: a fresh adapter)", "embedded/tiny-llama", "pairs", 0.1, "sigmoid", 1e-4, 64, 2, 4, 8,
+           ["none"]]  # the last: report_to
     for index, value in [(4, NAN), (4, -1), (4, "x"), (5, "nonsense"), (6, INF), (7, 10**12), (8, 10**12),
                          (9, 10**9), (3, "/etc/passwd"), (3, "runs/pairs/../../x.jsonl"), (2, "http://evil/m")]:
         args = list(dpo)
@@ -257,7 +258,8 @@ def test_hostile_recipe_yaml(tmp_path):
             load_recipe(path)
         message = str(caught.value)
         assert "\n" not in message and len(message) < 600 and "Traceback" not in message, (name, message[:600])
-        assert time.time() - start < 30, name
+        # a hang guard (billion laughs would never finish), not a speed check: 59 s was seen at load average 20+
+        assert time.time() - start < 300, name
     assert "anchors and aliases" in str(pytest.raises(StudioError, load_recipe, tmp_path / "laughs.yaml").value)
 
 

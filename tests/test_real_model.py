@@ -165,7 +165,9 @@ def test_unsupported_gguf_architecture_is_one_line(tmp_path):
     assert "\n" not in str(e.value) and "'clip'" in str(e.value)
 
 
-def test_shared_mode_reads_a_gguf_path_only_where_it_reads_model_folders(monkeypatch, tmp_path, small_gguf):
+def test_shared_mode_reads_no_gguf_path(monkeypatch, tmp_path, small_gguf):
+    """A shared app takes models by handle (studio.access.resolve): a GGUF path is refused anywhere, the runs
+    folder included (a path inside a run was a way into another visitor's weights, issue 24)."""
     import shutil
 
     from studio.access import check_model_source
@@ -175,6 +177,8 @@ def test_shared_mode_reads_a_gguf_path_only_where_it_reads_model_folders(monkeyp
     inside = shutil.copy(small_gguf, runs / "mine" / "model.gguf")
     monkeypatch.setenv("STUDIO_SHARED", "1")
     monkeypatch.setenv("STUDIO_RUNS", str(runs))
-    with pytest.raises(StudioError, match="shared studio"):
-        check_model_source(str(small_gguf))
-    assert check_model_source(str(inside)) == str(inside)
+    for path in (str(small_gguf), str(inside), "runs/mine/model.gguf"):
+        with pytest.raises(StudioError, match="shared studio"):
+            check_model_source(path)
+    monkeypatch.delenv("STUDIO_SHARED")
+    assert check_model_source(str(inside)) == str(inside)  # locally the owner's paths work as before

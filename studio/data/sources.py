@@ -555,29 +555,65 @@ def _hub_error(name: str, e: Exception) -> StudioError:
                            "use a local file or a bundled sample")
     if "gated" in msg.lower() or "401" in msg or "403" in msg:
         return StudioError(f"{name}: access refused; accept the dataset's terms on the Hub and set HF_TOKEN")
+    from studio.access import shared_mode
+
+    if shared_mode():  # the library's own words may carry addresses, ports or the server's folders
+        return StudioError(f"{name}: could not load ({type(e).__name__})")
     return StudioError(f"{name}: could not load ({msg})")
 
 
-def hub_dataset_preflight(dataset_id: str, name: str) -> None:
+def _outside_repo(value) -> bool:
+    """A card's data_files/data_dir entry that is not a file of the repo itself: a URL (http://, hf://, s3://…),
+    an fsspec chain (zip://…::…), an absolute or home path, or one that climbs out with '..'."""
+    if isinstance(value, dict):
+        return any(_outside_repo(v) for k, v in value.items() if k != "split")
+    if isinstance(value, (list, tuple)):
+        return any(_outside_repo(v) for v in value)
+    text = str(value).strip()
+    return ("://" in text or "::" in text or text.startswith(("/", "~", "\\")) or ":" in text.split("/")[0]
+            or ".." in Path(text).parts)
+
+
+def check_card_files(card: dict | None, name: str) -> None:
+    """Refuse a dataset card whose configs read anything but the repo's own files: `load_dataset` would fetch a
+    URL in `data_files` from this server (an internal address, say). The line names no address or folder."""
+    for config in (card or {}).get("configs") or []:
+        if not isinstance(config, dict):
+            continue
+        if any(_outside_repo(config[k]) for k in ("data_files", "data_dir") if k in config):
+            raise StudioError(f"{name}: its dataset card reads data from outside the repository (a URL or a path); "
+                              "on a shared studio only the repository's own files are read")
+
+
+def hub_dataset_preflight(dataset_id: str, name: str) -> str | None:
     """One bounded request (HF_HUB_ETAG_TIMEOUT, 10 s by default) before loading a Hub dataset, as for models.
 
     Left to itself `load_dataset` on a stalled Hub retries for minutes; here a Hub that stalls, fails or
-    refuses gives one line within the timeout. A dataset already in the local Hub cache is left to
+    refuses gives one line within the timeout. Locally a dataset already in the local Hub cache is left to
     `load_dataset` (it can still load it while the Hub is down); so are folders and offline mode.
+
+    On a shared studio the Hub itself decides, every time, with the visitor's own token (or none): a cached copy
+    (the owner's private dataset, read once with HF_TOKEN) is no answer, offline is a refusal, and the card may
+    read only the repo's own files. Returns the commit the Hub confirmed (load exactly that), or None.
     """
     import httpx2  # huggingface_hub's HTTP client
     from huggingface_hub import HfApi, constants
     from huggingface_hub.errors import GatedRepoError, HfHubHTTPError, RepositoryNotFoundError
 
-    from studio.access import hub_token
+    from studio.access import hub_token, shared_mode
 
-    if Path(dataset_id).exists() or constants.HF_HUB_OFFLINE or os.environ.get("HF_DATASETS_OFFLINE") == "1":
-        return
-    if (Path(constants.HF_HUB_CACHE) / f"datasets--{dataset_id.replace('/', '--')}").is_dir():
-        return
+    shared = shared_mode()
+    offline = constants.HF_HUB_OFFLINE or os.environ.get("HF_DATASETS_OFFLINE") == "1"
+    if not shared:
+        if Path(dataset_id).exists() or offline:
+            return None
+        if (Path(constants.HF_HUB_CACHE) / f"datasets--{dataset_id.replace('/', '--')}").is_dir():
+            return None
+    elif offline:
+        raise StudioError(f"{name}: the Hub is out of reach, and on a shared studio a Hub dataset is read only when "
+                          "the Hub confirms you may; use a bundled sample or upload a file")
     try:
-        HfApi().dataset_info(dataset_id, timeout=constants.HF_HUB_ETAG_TIMEOUT, token=hub_token())
-        return
+        info = HfApi().dataset_info(dataset_id, timeout=constants.HF_HUB_ETAG_TIMEOUT, token=hub_token())
     except GatedRepoError:
         raise StudioError(f"{name}: access refused; accept the dataset's terms on the Hub and set HF_TOKEN") from None
     except RepositoryNotFoundError:
@@ -590,6 +626,12 @@ def hub_dataset_preflight(dataset_id: str, name: str) -> None:
     except (httpx2.HTTPError, OSError) as e:
         why = (f"no answer from the Hub within {constants.HF_HUB_ETAG_TIMEOUT:g} s"
                if isinstance(e, httpx2.TimeoutException) else "the Hub can't be reached")
+    else:
+        if not shared:
+            return None
+        card = info.card_data.to_dict() if info.card_data is not None else {}
+        check_card_files(card, name)
+        return info.sha
     raise StudioError(f"{name}: {why} and the dataset is not in the local cache; try again later, "
                       "or use a local file or a bundled sample")
 
@@ -606,10 +648,10 @@ def read_hub(dataset_id: str, config: str | None = None, split: str | None = Non
     from studio.access import hub_token
 
     name = dataset_id + (f" ({config})" if config else "")
-    hub_dataset_preflight(dataset_id, name)
+    revision = hub_dataset_preflight(dataset_id, name)  # on a shared studio: the commit the Hub just confirmed
     try:
         ds = datasets.load_dataset(dataset_id, config, split=split or None, streaming=bool(streaming_rows),
-                                   token=hub_token())
+                                   token=hub_token(), revision=revision)
         if isinstance(ds, (datasets.DatasetDict, datasets.IterableDatasetDict)):
             split = "train" if "train" in ds else next(iter(ds))
             ds = ds[split]
@@ -638,9 +680,11 @@ def read_source(source: str, config: str | None = None, split: str | None = None
         raw = read_file(SAMPLES[key])
         raw.kind = "sample"
         return raw
-    from studio.access import in_runs
+    from studio.access import in_runs, shared_mode, shown_path
 
     path = Path(in_runs(source)).expanduser()  # runs/pairs/NAME.jsonl as a shared page shows it
+    if shared_mode() and path.is_dir():  # a visitor names no server folder (studio.access.resolve("data"))
+        raise StudioError(f"{shown_path(source)}: on a shared studio a folder is not a data source")
     if path.is_file():
         return read_file(path)
     if path.is_dir():

@@ -16,7 +16,7 @@ SCORE_KEY = "rougeL"  # the per-row score whose difference sorts the side-by-sid
 
 def plan_models(refs: list[str]) -> list[dict]:
     """Columns: each distinct base of the runs (loaded on its own), each run, then each other model."""
-    from studio.access import resolve_run
+    from studio.access import check_model_source, resolve_run
     from studio.inference import is_run_ref, run_adapter, run_base_model
 
     refs = [str(r).strip() for r in refs if str(r or "").strip()]
@@ -31,6 +31,7 @@ def plan_models(refs: list[str]) -> list[dict]:
             bases.setdefault(base, run.name)
             runs.append({"label": run.name, "ref": run.name, "adapter": True, "base": base})
         elif ref not in others:
+            check_model_source(ref)  # a Hub id, the embedded model or a run: checked before anything loads
             others.append(ref)
     columns = [{"label": f"base ({b})", "ref": run, "adapter": False, "base": b} for b, run in bases.items()]
     columns += runs

@@ -11,6 +11,17 @@ LM_EVAL_DIR = ASSETS / "lm_eval"
 LOCAL_TASKS = {p.stem: p for p in sorted(LM_EVAL_DIR.glob("*.yaml"))}
 
 
+def check_tasks(tasks: list[str]) -> list[str]:
+    """Task names through studio.access: on a shared studio only the bundled task and names in lm-eval's own
+    index pass (lm-eval reads a name it does not know as a YAML path, whose `!function` imports code)."""
+    from studio.access import resolve
+
+    tasks = [resolve("task", t) for t in tasks if t and str(t).strip()]
+    if not tasks:
+        raise StudioError("lm-eval: name at least one task")
+    return tasks
+
+
 def _lm_eval_task(task: str):
     """A shipped local task as a config dict (its data file resolved here), or a harness task name."""
     import yaml
@@ -35,9 +46,7 @@ def run_lm_eval(ref: str, tasks: list[str], limit: int | None = None, batch_size
     from studio.inference import is_run_ref, run_adapter, run_base_model
     from studio.models import resolve_model_path
 
-    tasks = [t.strip() for t in tasks if t and t.strip()]
-    if not tasks:
-        raise StudioError("lm-eval: name at least one task")
+    tasks = check_tasks(tasks)
     if is_run_ref(ref):
         run = resolve_run(ref)
         model_args = {"pretrained": resolve_model_path(run_base_model(run))}
@@ -61,6 +70,7 @@ def run_lm_eval(ref: str, tasks: list[str], limit: int | None = None, batch_size
 
 def lm_eval_compare(refs: list[str], tasks: list[str], limit: int | None = None) -> dict:
     """The same tasks on the base (alone) and on each run: a table with one line per model and task."""
+    tasks = check_tasks(tasks)  # before any model is loaded
     columns = plan_models(refs)
     headers, rows, results = ["model", "task"], [], {}
     for col in columns:

@@ -1,9 +1,10 @@
-"""Pieces every training path shares: fast defaults, seeds, samples, the summary."""
+"""Pieces every training path shares: fast defaults, sharding and trackers, seeds, samples, the summary."""
 
 from __future__ import annotations
 
 import json
 import math
+import os
 import time
 from pathlib import Path
 
@@ -50,8 +51,16 @@ def resolve_fast_defaults(recipe, on_gpu: bool, fits=None) -> list[str]:
         train["gradient_checkpointing"] = ckpt
     micro = int(train.get("per_device_train_batch_size", 8))
     accum = int(train.get("gradient_accumulation_steps", 1))
-    effective, world = micro * accum, world_size()
-    if studio.get("auto_batch", True) and (accum > 1 or world > 1):
+    # A resumed run's recipe is already split across `split_across` processes: on as many it stays as it is; on
+    # another number the split is undone first. Either way the effective batch is kept, never split twice.
+    split, world = int(studio.get("split_across") or 1), world_size()
+    if split > 1 and split != world:
+        accum *= split
+        train["gradient_accumulation_steps"] = accum
+        recipe.header["studio"].pop("split_across", None)
+    effective = micro * accum
+    already_split = split > 1 and split == world
+    if studio.get("auto_batch", True) and not already_split and (accum > 1 or world > 1):
         if effective % world:
             notes.append(f"auto batch: effective batch {effective} does not split across {world} processes; each "
                          f"keeps {micro}×{accum} (global batch {effective * world})")
@@ -61,6 +70,8 @@ def resolve_fast_defaults(recipe, on_gpu: bool, fits=None) -> list[str]:
             best = largest_divisor_at_most(per_process, cap)
             while fits is not None and best > 1 and not fits(best, ckpt):
                 best = largest_divisor_at_most(per_process, best - 1)
+            if world > 1:
+                recipe.header.setdefault("studio", {})["split_across"] = world
             if (best, per_process // best) != (micro, accum):
                 train["per_device_train_batch_size"] = best
                 train["gradient_accumulation_steps"] = per_process // best
@@ -83,6 +94,133 @@ def resolve_fast_defaults(recipe, on_gpu: bool, fits=None) -> list[str]:
             train["use_liger_kernel"] = True
             notes.append("Liger kernels on (installed)")
     return notes
+
+
+# ---- several processes: FSDP2 through accelerate ------------------------------------------------------------
+# A recipe asks with TRL's own fields: `fsdp: true` (or the legacy "full_shard auto_wrap") and an optional
+# `fsdp_config` mapping (or an `accelerate launch --config_file configs/fsdp2.yaml`, which sets the same plugin).
+
+def _sharding_asked(train: dict) -> bool:
+    fsdp = train.get("fsdp")
+    return bool(fsdp) and str(fsdp).strip().lower() not in ("false", "no", "none", "0")
+
+
+def prepare_sharded_load(recipe) -> list[str]:
+    """Before the model loads: QLoRA under FSDP stores its 4-bit weights in the compute dtype
+    (`bnb_4bit_quant_storage`), so FSDP can shard them beside the other weights (Answer.AI's FSDP-QLoRA)."""
+    if not (_sharding_asked(recipe.train) and recipe.model.get("load_in_4bit")):
+        return []
+    from studio.models import pick_dtype
+
+    dtype = recipe.model.get("dtype")
+    storage = dtype if dtype not in (None, "auto") else str(pick_dtype()).removeprefix("torch.")
+    if recipe.model.get("bnb_4bit_quant_storage") in (None, storage):
+        recipe.model["bnb_4bit_quant_storage"] = storage
+        return [f"QLoRA under FSDP: 4-bit weights stored as {storage} (bnb_4bit_quant_storage) so they shard"]
+    return []
+
+
+def resolve_sharding(recipe, model) -> list[str]:
+    """Fill `fsdp_config` for FSDP2 on `model`: wrap each decoder layer, the adapter's weights trainable and the
+    frozen base sharded beside them (FSDP2 shards per parameter: frozen and trainable mix freely, which FSDP1
+    needed `use_orig_params` for), and a full state dict gathered on rank 0 so the adapter is saved whole.
+    One process has nothing to shard: the keys are dropped and the log says so. Mutates `recipe.train`."""
+    train = recipe.train
+    if not _sharding_asked(train):
+        train.pop("fsdp", None)
+        train.pop("fsdp_config", None)
+        return []
+    if world_size() < 2:
+        train.pop("fsdp", None)
+        train.pop("fsdp_config", None)
+        return ["fsdp off: one process has nothing to shard (launch with torchrun --nproc_per_node N or "
+                "accelerate launch --config_file configs/fsdp2.yaml)"]
+    config = {k.removeprefix("fsdp_"): v for k, v in dict(train.get("fsdp_config") or {}).items()}
+    legacy = str(train["fsdp"]).lower().split() if isinstance(train["fsdp"], str) else []
+    if "offload" in legacy:
+        config.setdefault("cpu_offload", True)
+    if "shard_grad_op" in legacy:
+        config.setdefault("reshard_after_forward", False)
+    config["version"] = 2
+    layers = list(getattr(model, "_no_split_modules", None) or [])
+    if layers:
+        config.setdefault("transformer_layer_cls_to_wrap", layers)
+        config.setdefault("auto_wrap_policy", "TRANSFORMER_BASED_WRAP")
+    config.setdefault("state_dict_type", "FULL_STATE_DICT")
+    notes = []
+    if train.get("activation_checkpointing") or train.get("gradient_checkpointing"):
+        # the Trainer's checkpointing under FSDP gathers every layer twice; FSDP's own does it once
+        config["activation_checkpointing"] = True
+        train["activation_checkpointing"] = train["gradient_checkpointing"] = False
+        notes.append("activation checkpointing done by FSDP (fsdp_config.activation_checkpointing), not the Trainer")
+    train["fsdp"], train["fsdp_config"] = True, config
+    wrap = ", ".join(config.get("transformer_layer_cls_to_wrap") or []) or "each module FSDP picks"
+    notes.insert(0, f"FSDP2: weights sharded across {world_size()} processes, wrapped per {wrap}; "
+                    "the adapter is gathered whole on rank 0")
+    return notes
+
+
+def shard_on_cpu(trainer) -> None:
+    """accelerate turns FSDP on for GPU processes only; torch's FSDP2 (`fully_shard`) also runs on CPU with gloo.
+    Under CPU processes, hand the Trainer's FSDP plugin to accelerate's state as a GPU launch would."""
+    from accelerate.utils import DistributedType, FullyShardedDataParallelPlugin
+
+    from_env = os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true"  # accelerate launch --config_file
+    if not (trainer.args.fsdp_plugin_args or from_env):
+        return
+    from accelerate.state import PartialState
+
+    state = trainer.accelerator.state
+    if state.distributed_type == DistributedType.MULTI_CPU:
+        # both shared states: each new AcceleratorState() copies PartialState's distributed type over its own
+        PartialState._shared_state["distributed_type"] = state.distributed_type = DistributedType.FSDP
+        state.fsdp_plugin = FullyShardedDataParallelPlugin(**(trainer.args.fsdp_plugin_args or {}))
+        trainer.is_fsdp_enabled = True
+
+
+def parallel_summary(trainer) -> dict:
+    """How the run was spread, as accelerate actually ran it (not as asked): fsdp2 / ddp / one process."""
+    from accelerate.utils import DistributedType
+
+    state = trainer.accelerator.state
+    world = int(state.num_processes)
+    local = int(os.environ.get("LOCAL_WORLD_SIZE", world))
+    if state.distributed_type == DistributedType.FSDP:
+        mode = f"fsdp{getattr(state.fsdp_plugin, 'fsdp_version', 1)}"
+    elif state.distributed_type == DistributedType.DEEPSPEED:
+        mode = f"deepspeed-zero{state.deepspeed_plugin.zero_stage}"
+    else:
+        mode = "ddp" if world > 1 else "single"
+    return {"mode": mode, "world_size": world, "nodes": max(1, world // max(local, 1)),
+            "backend": str(getattr(state, "backend", None) or "none")}
+
+
+# ---- experiment trackers: TRL's own `report_to` ----------------------------------------------------------------
+
+def use_trackers(recipe, run_dir: Path) -> list[str]:
+    """The trackers a recipe names get the run as TRL logs it (its name, its settings, every logged metric),
+    beside the studio's own charts. The run's name is the tracker's run name; Trackio's project is the studio's."""
+    from studio.recipes import report_targets
+
+    targets = report_targets(recipe.train.get("report_to"))
+    if not targets:
+        return []
+    recipe.train.setdefault("run_name", Path(run_dir).name)
+    if "trackio" in targets and recipe.train.get("project") in (None, "huggingface"):
+        recipe.train["project"] = "lora-studio"
+    where = {"trackio": f"Trackio project {recipe.train.get('project')} (trackio show)",
+             "tensorboard": f"TensorBoard events in {Path(run_dir) / 'tensorboard'}",
+             "wandb": "Weights & Biases", "mlflow": "MLflow"}
+    return [f"report_to: run {recipe.train['run_name']} → " + "; ".join(where[t] for t in targets)]
+
+
+def keep_trackers_in_run(trainer, run_dir: Path) -> None:
+    """TensorBoard's event files go in the run's own folder (not under checkpoints/, which resumes prune)."""
+    from transformers.integrations import TensorBoardCallback
+
+    for callback in trainer.callback_handler.callbacks:
+        if isinstance(callback, TensorBoardCallback) and callback.logging_dir is None:
+            callback.logging_dir = str(Path(run_dir) / "tensorboard")
 
 
 def memory_probe(model, tokenizer, data, max_length: int | None):

@@ -15,8 +15,8 @@ from pathlib import Path
 from studio.inference import init_adapter_run
 from studio.metrics import margin_table
 from studio.pairs import load_pairs
-from studio.train.common import (eval_split, memory_probe, quiet_trainer, resolve_fast_defaults, stopped_summary,
-                                 train_job, write_summary)
+from studio.train.common import (eval_split, keep_trackers_in_run, memory_probe, parallel_summary, quiet_trainer,
+                                 resolve_fast_defaults, stopped_summary, train_job, use_trackers, write_summary)
 from studio.train.progress import make_callback, save_adapter
 from studio.runs import DONE
 
@@ -60,13 +60,14 @@ def build_dpo_trainer(recipe, run_dir: Path, log=print, callbacks=()):
         recipe.train["train_sampling_strategy"] = "random"
     on_gpu = torch.cuda.is_available()
     fits = memory_probe(model, tokenizer, data, recipe.train.get("max_length")) if on_gpu else None
-    for note in resolve_fast_defaults(recipe, on_gpu=on_gpu, fits=fits):
+    for note in [*resolve_fast_defaults(recipe, on_gpu=on_gpu, fits=fits), *use_trackers(recipe, run_dir)]:
         log(note)
     args, notes = recipe.training_config(run_dir / "checkpoints")
     for note in notes:
         log(note)
     trainer = DPOTrainer(model=model, args=args, train_dataset=data.splits["train"], eval_dataset=eval_ds,
                          processing_class=tokenizer, peft_config=peft_config, callbacks=list(callbacks))
+    keep_trackers_in_run(trainer, run_dir)
     quiet_trainer(trainer)
     return trainer, tokenizer, data
 
@@ -93,7 +94,8 @@ def run_dpo(job, resume: bool = False) -> dict:
     output, start_step = train_job(job, trainer, resume)
     extra = {"train_runtime_s": round(output.metrics.get("train_runtime", 0.0), 3),
              "beta": trainer.args.beta, "loss_type": list(trainer.args.loss_type),
-             "init_adapter": recipe.header.get("init_adapter"), **reward_summary(trainer.state.log_history)}
+             "init_adapter": recipe.header.get("init_adapter"), "parallel": parallel_summary(trainer),
+             **reward_summary(trainer.state.log_history)}
     stopped = stopped_summary(job, trainer, started, start_step, extra)
     if stopped is not None:
         return stopped

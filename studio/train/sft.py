@@ -7,8 +7,9 @@ from pathlib import Path
 
 from studio.train.progress import is_main_process, make_callback, save_adapter
 from studio.runs import DONE
-from studio.train.common import (eval_split, generate_samples, memory_probe, quiet_trainer, resolve_fast_defaults,
-                                 stopped_summary, train_job, write_summary)
+from studio.train.common import (eval_split, generate_samples, keep_trackers_in_run, memory_probe, parallel_summary,
+                                 prepare_sharded_load, quiet_trainer, resolve_fast_defaults, resolve_sharding,
+                                 shard_on_cpu, stopped_summary, train_job, use_trackers, write_summary)
 
 
 def build_sft_trainer(recipe, run_dir: Path, log=print, callbacks=()):
@@ -38,17 +39,23 @@ def build_sft_trainer(recipe, run_dir: Path, log=print, callbacks=()):
         f"splits {', '.join(f'{k} {len(v)}' for k, v in data.splits.items())}")
     eval_ds = eval_split(recipe, data, log)
 
+    for note in prepare_sharded_load(recipe):
+        log(note)
+    model_args = recipe.model_config()
     log(f"loading {model_args.model_name_or_path}{source_note(model_args.model_name_or_path)}")
     model = load_model(model_args, trust_remote_code=bool(recipe.train.get("trust_remote_code")))
     on_gpu = torch.cuda.is_available()
     fits = memory_probe(model, tokenizer, data, recipe.train.get("max_length")) if on_gpu else None
-    for note in resolve_fast_defaults(recipe, on_gpu=on_gpu, fits=fits):
+    for note in [*resolve_fast_defaults(recipe, on_gpu=on_gpu, fits=fits), *resolve_sharding(recipe, model),
+                 *use_trackers(recipe, run_dir)]:
         log(note)
     args, notes = recipe.training_config(run_dir / "checkpoints")
     for note in notes:
         log(note)
     trainer = SFTTrainer(model=model, args=args, train_dataset=data.splits["train"], eval_dataset=eval_ds,
                          processing_class=tokenizer, peft_config=get_peft_config(model_args), callbacks=list(callbacks))
+    shard_on_cpu(trainer)
+    keep_trackers_in_run(trainer, run_dir)
     quiet_trainer(trainer)
     return trainer, tokenizer, data
 
@@ -61,7 +68,7 @@ def run_sft(job, resume: bool = False) -> dict:
     trainer, tokenizer, _data = build_sft_trainer(recipe, run_dir, job.log, [make_callback(job)])
     main = is_main_process()  # under torchrun / accelerate launch the other processes only train
     output, start_step = train_job(job, trainer, resume)
-    extra = {"train_runtime_s": round(output.metrics.get("train_runtime", 0.0), 3)}
+    extra = {"train_runtime_s": round(output.metrics.get("train_runtime", 0.0), 3), "parallel": parallel_summary(trainer)}
     stopped = stopped_summary(job, trainer, started, start_step, extra)
     if stopped is not None:
         return stopped
@@ -70,7 +77,8 @@ def run_sft(job, resume: bool = False) -> dict:
     save_adapter(trainer, tokenizer, adapter_dir)  # atomic; only the main process writes
     if main:
         extra.update(adapter_dir=str(adapter_dir), adapter_bytes=folder_size(adapter_dir))
-    prompts = (recipe.header.get("eval_prompts") or []) if main else []
+    # sharded weights are gathered layer by layer as generation runs: every process generates, the main one keeps it
+    prompts = (recipe.header.get("eval_prompts") or []) if main or trainer.is_fsdp_enabled else []
     if prompts:
         n = int(recipe.studio.get("sample_max_new_tokens", 32))
         peft_model = trainer.model

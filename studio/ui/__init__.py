@@ -16,7 +16,7 @@ from studio.ui.train_tab import create_train_tab
 def build_app() -> gr.Blocks:
     from studio.access import set_visitor_source, shared_mode, upload_dirs
     from studio.budgets import cache_schedule, start_sweeper
-    from studio.ui.common import event_visitor, plain_input_errors
+    from studio.ui.common import browser_state, event_visitor, plain_input_errors
 
     set_visitor_source(event_visitor)  # studio.access asks who the current event's visitor is
     if shared_mode():  # uploads (visitors' copies, and Gradio's own files) leave after the upload TTL (budgets)
@@ -26,7 +26,7 @@ def build_app() -> gr.Blocks:
         gr.Markdown("# LoRA Studio\nFine-tune small language models with LoRA / QLoRA — "
                     "pick a recipe, watch it train, compare before and after.")
         # Top level, not inside a tab: tabs mount lazily, and the id must be read before any tab is shown.
-        client = gr.BrowserState(None, storage_key="lora-studio-client")
+        client = browser_state()  # the browser id the server issued this browser (signed; survives restarts)
         with gr.Tabs():
             data = create_data_tab()
             train = create_train_tab(client)
@@ -46,5 +46,52 @@ def build_app() -> gr.Blocks:
     return demo
 
 
+def _limit(name: str, default: int) -> int:
+    import os
+
+    try:
+        return max(1, int(os.environ.get(name, default)))
+    except ValueError:
+        return default
+
+
+def queue_limits() -> dict:
+    """The queue's limits (docs/budgets.md "Sessions and the queue"): Gradio 6.31 keeps pending messages for at
+    most 2,000 sessions and stops its queue for good when it has to drop one that still waits, so the studio
+    refuses joins well before that: in all, and from one address."""
+    return {"max_size": _limit("STUDIO_QUEUE_MAX", 1000),            # events waiting, all visitors together
+            "per_client": _limit("STUDIO_QUEUE_PER_CLIENT", 20),      # events waiting from one address
+            "sessions": _limit("STUDIO_MAX_SESSIONS", 2000)}          # sessions whose state Gradio keeps
+
+
+def _address(request) -> str | None:
+    client = getattr(request, "client", None)
+    return getattr(client, "host", None)
+
+
+def start_queue(demo: gr.Blocks) -> gr.Blocks:
+    """Turn on the queue with its limits: past `max_size` waiting events Gradio answers "Queue is full"; past
+    `per_client` waiting events from one address the studio answers the same way, before Gradio sees the join
+    (a stranger makes fresh sessions for free, so a cap per session would stop nothing)."""
+    limits = queue_limits()
+    demo.queue(default_concurrency_limit=8, max_size=limits["max_size"])
+    queue = demo._queue
+    push = queue.push
+
+    async def capped_push(body, request, username):
+        host = _address(request)
+        if host is not None:
+            waiting = sum(1 for q in list(queue.event_queue_per_concurrency_id.values()) for e in list(q.queue)
+                          if _address(e.request) == host)
+            if waiting >= limits["per_client"]:
+                return (False, f"Too many waiting requests from your address ({waiting}; at most "
+                        f"{limits['per_client']}): wait for them to finish", "queue_full")
+        return await push(body, request, username)
+
+    queue.push = capped_push
+    return demo
+
+
 def launch_kwargs() -> dict:
-    return {"css": CSS, "theme": gr.themes.Soft(primary_hue="orange")}
+    return {"css": CSS, "theme": gr.themes.Soft(primary_hue="orange"),
+            "state_session_capacity": queue_limits()["sessions"]}

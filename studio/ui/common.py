@@ -39,14 +39,48 @@ def event_visitor():
     return make_visitor(None, getattr(request, "session_hash", None), user, info.get("access_token"))
 
 
-def browser(client_id) -> None:
-    """A handler that is sent the page's browser id ties this event's session to it: what the browser made
-    before a reload stays its own."""
+def browser(client_id) -> str | None:
+    """Who this event acts for, as a job's owner: the page's browser id if the server issued it (see
+    `page_browser_id`), else this event's Gradio session (an API client, or a value that does not verify,
+    which is then ignored). A verified id also ties the session to the browser: what it made before a reload
+    or a restart stays its own."""
     from studio.access import make_visitor
+    from studio.ownership import verify_browser_id
 
     request = _request()
-    if client_id and request is not None:
-        make_visitor(str(client_id), getattr(request, "session_hash", None))
+    session = getattr(request, "session_hash", None) if request is not None else None
+    verified = verify_browser_id(client_id)
+    if verified and session:
+        make_visitor(verified, session)
+    if verified:
+        return f"client:{verified}"
+    return f"session:{session}" if session else None
+
+
+def page_browser_id(client_id) -> str:
+    """On page load: the browser's stored id if it verifies, else a new one the server issues (and the page
+    stores, sealed, in its BrowserState)."""
+    from studio.ownership import issue_browser_id, verify_browser_id
+
+    if not verify_browser_id(client_id):
+        client_id = issue_browser_id()
+    browser(client_id)
+    return client_id
+
+
+def browser_state():
+    """The page's BrowserState holding its browser id, sealed with a key that outlives restarts (derived from
+    the runs folder's secret), and shown in the API docs with no example to copy: API clients send nothing."""
+    import gradio as gr
+
+    from studio.ownership import browser_state_secret
+
+    state = gr.BrowserState(None, storage_key="lora-studio-client", secret=browser_state_secret())
+    # per instance, not a subclass: Gradio's page renders a component by its class's name
+    state.api_info = lambda: {"type": "string", "description": "the id this server issued to a browser page; "
+                              "API clients leave it empty (null): the server knows them by their session"}
+    state.example_payload = state.example_value = lambda: None
+    return state
 
 
 def job_log(job, lines: int = 200) -> str:
@@ -72,7 +106,9 @@ def safely(fn, *args, **kwargs):
         import_ml_stack()  # waits for the warm-up import instead of racing it
         return fn(*args, **kwargs), None
     except StudioError as e:
-        return None, str(e)
+        from studio.access import shown_path
+
+        return None, shown_path(str(e))  # a shared page is told `runs/…`, never the server's folders
     except Exception as e:  # noqa: BLE001 - a bug: full traceback in the log, one line on the page
         log.exception("unexpected error in %s", getattr(fn, "__name__", fn))
         return None, f"unexpected error ({type(e).__name__}); details are in the server log"

@@ -7,6 +7,7 @@ import json
 import gradio as gr
 
 from studio.ui.common import browser, error_html, job_log, ok_html, progress_html, safely
+from studio.ui.train_tab import _report_to_widget
 
 BASE_START = "(base model: a fresh adapter)"
 LOSS_TYPES = ["sigmoid", "ipo", "hinge", "robust", "exo_pair", "nca_pair", "bco_pair", "sppo_hard", "aot",
@@ -20,6 +21,7 @@ FIELDS = [
     ("max_steps", lambda: gr.Number(label="Max steps (-1: use epochs)", precision=0)),
     ("lora_r", lambda: gr.Number(label="LoRA r", precision=0, minimum=1)),
     ("lora_alpha", lambda: gr.Number(label="LoRA alpha", precision=0, minimum=1)),
+    ("report_to", lambda: _report_to_widget()),
 ]
 TABLE_HEADERS = ["prompt", "chosen", "rejected", "reward margin", "moved towards chosen"]
 
@@ -43,9 +45,11 @@ def _runs_with_adapter() -> list[str]:
 
 
 def load_dpo_form(name: str) -> dict:
-    from studio.recipes import RECIPES_DIR, load_recipe, recipe_to_flat
+    from studio.recipes import load_recipe, recipe_to_flat
 
-    flat = recipe_to_flat(load_recipe(RECIPES_DIR / f"{name}.yaml"))
+    from studio.access import resolve
+
+    flat = recipe_to_flat(load_recipe(resolve("recipe", name)))
     if isinstance(flat.get("loss_type"), list):
         flat["loss_type"] = flat["loss_type"][0]
     return flat
@@ -172,12 +176,13 @@ def create_dpo_tab(client: gr.BrowserState) -> dict:
         # ---- labelling handlers ------------------------------------------------------------------------------
         def show_session(s: dict, note: str = ""):
             """Status, the current prompt and its two candidates (generated here), and what was shown."""
+            from studio.access import shown_path
             from studio.pairs import candidates
 
             if s["done"]:
                 return (_label_status(s), note or ok_html("All prompts labelled. Train on the file below, or see it "
                                                           "on the Data tab."), "", "", "", None,
-                        gr.update(value=s["file"]))
+                        gr.update(value=shown_path(s["file"])))  # the pairs file's handle, never the server's path
             pair, err = safely(candidates, s["name"])
             if err:
                 return _label_status(s), error_html(err), s["prompt"], "", "", None, gr.update()
@@ -190,7 +195,7 @@ def create_dpo_tab(client: gr.BrowserState) -> dict:
             from studio.errors import whole_number
             from studio.pairs import dataset_prompts, prompts_from_text, start_labelling
 
-            browser(client_id)
+            client_id = browser(client_id)
 
             def run():
                 require_work(profile, "labelling pairs")
@@ -232,7 +237,7 @@ def create_dpo_tab(client: gr.BrowserState) -> dict:
             """A reloaded page picks up this browser's session touched last, at the prompt where it stopped."""
             from studio.pairs import latest_session, open_labelling
 
-            browser(client_id)
+            client_id = browser(client_id)
             name = latest_session()
             if not name:
                 return [gr.update()] * (len(label_outputs) + 1)
@@ -285,7 +290,7 @@ def create_dpo_tab(client: gr.BrowserState) -> dict:
             from studio.pairs import load_pairs
             from studio.ui.train_tab import form_to_flat
 
-            browser(client_id)
+            client_id = browser(client_id)
 
             def run():
                 require_work(profile, "training")
@@ -307,7 +312,7 @@ def create_dpo_tab(client: gr.BrowserState) -> dict:
         def stop_run(client_id):
             from studio.jobs import stop_current
 
-            browser(client_id)
+            client_id = browser(client_id)
             job, err = safely(stop_current, client_id, "dpo", "DPO")
             if err:
                 return error_html(err)
@@ -325,6 +330,7 @@ def create_dpo_tab(client: gr.BrowserState) -> dict:
             if job is None:
                 return gr.update(), gr.update(), gr.update(), gr.update(), seen_state, gr.update(), watching
             s = job.snapshot()
+            client_id = browser(client_id)  # the verified browser id, else this session
             mine = (not job.owner or job.owner == client_id) and may_write(job.run_dir) and can_see_logs(profile)
             bar = progress_html(s) + (error_html(s["error"]) if s.get("error") else "")
             n, finished = len(job.history), job.summary is not None

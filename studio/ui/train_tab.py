@@ -10,7 +10,7 @@ from pathlib import Path
 
 import gradio as gr
 
-from studio.ui.common import browser, error_html, job_log, ok_html, progress_html, safely
+from studio.ui.common import browser, error_html, job_log, ok_html, page_browser_id, progress_html, safely
 
 SCRATCH = "(start from scratch)"
 # (recipe key, widget factory). Keys are the recipe's own (TRL) field names: one name per setting, everywhere.
@@ -41,6 +41,7 @@ ADVANCED = [
     ("use_rslora", lambda: gr.Checkbox(label="rsLoRA")),
     ("activation_checkpointing", lambda: gr.Checkbox(label="Gradient checkpointing")),
     ("studio.auto_batch", lambda: gr.Checkbox(label="Auto micro-batch (keeps the effective batch)")),
+    ("report_to", lambda: _report_to_widget()),
 ]
 TRAIN_KINDS = ("sft", "lapdog")  # what the Train tab starts; DPO runs belong to the DPO tab
 DOWNLOAD_JS = "() => { const a = document.querySelector('#train-recipe-file a[download]'); if (a) a.click(); }"
@@ -64,6 +65,14 @@ def shown_source(source: str) -> str:
     return text
 
 
+def _report_to_widget():
+    """TRL's report_to: the trackers installed here (on a shared app, the ones that stay on this machine)."""
+    from studio.access import shared_mode
+    from studio.recipes import tracker_choices
+
+    return gr.Dropdown(tracker_choices(shared_mode()), multiselect=True, label="Report to (trackers)")
+
+
 def _recipe_names() -> list[str]:
     from studio.recipes import RECIPES_DIR
 
@@ -75,7 +84,9 @@ def load_form(name: str) -> dict:
     from studio.models import default_model
     from studio.recipes import RECIPES_DIR, load_recipe, recipe_to_flat
 
-    recipe = load_recipe(RECIPES_DIR / "tiny-quotes.yaml" if name in (SCRATCH, None) else RECIPES_DIR / f"{name}.yaml")
+    from studio.access import resolve
+
+    recipe = load_recipe(RECIPES_DIR / "tiny-quotes.yaml" if name in (SCRATCH, None) else resolve("recipe", name))
     flat = recipe_to_flat(recipe)
     # Show TRL's defaults for what the recipe leaves unset, so every field says what will happen.
     import tempfile as _tempfile
@@ -102,6 +113,9 @@ def form_to_flat(keys: list[str], values: list, base: dict) -> dict:
             value = parts[0] if parts == ["all-linear"] else parts or None
         elif key == "eval_prompts" and isinstance(value, str):
             value = [line for line in value.splitlines() if line.strip()]
+        elif key == "report_to" and isinstance(value, list):
+            names = [v for v in value if v != "none"]
+            value = names[0] if len(names) == 1 else names or "none"
         elif key in INT_KEYS and isinstance(value, float):
             if not math.isfinite(value):  # NaN or Infinity, sent straight through the API
                 from studio.errors import StudioError
@@ -117,6 +131,10 @@ def _flat_to_widget(key: str, value):
         return ", ".join(value)
     if key == "eval_prompts":
         return "\n".join(value or [])
+    if key == "report_to":
+        from studio.recipes import report_targets
+
+        return report_targets(value) or ["none"]
     return value
 
 
@@ -250,7 +268,7 @@ def create_train_tab(client: gr.BrowserState) -> dict:
             from studio.jobs import start_job
             from studio.recipes import recipe_from_flat
 
-            browser(client_id)
+            client_id = browser(client_id)
 
             def run():
                 require_work(profile, "training")
@@ -267,7 +285,7 @@ def create_train_tab(client: gr.BrowserState) -> dict:
         def stop_run(client_id):
             from studio.jobs import stop_current
 
-            browser(client_id)
+            client_id = browser(client_id)
             job, err = safely(stop_current, client_id, None, "training")
             if err:
                 return error_html(err)
@@ -285,6 +303,7 @@ def create_train_tab(client: gr.BrowserState) -> dict:
             if job is None:
                 return gr.update(), gr.update(), gr.update(), gr.update(), gr.update(), seen_rows, watching
             s = job.snapshot()
+            client_id = browser(client_id)  # the verified browser id, else this session
             mine = (not job.owner or job.owner == client_id) and may_write(job.run_dir) and can_see_logs(profile)
             note = "" if mine else ('<p class="studio-note">Another visitor started this run: '
                                     "you are watching it read-only.</p>")
@@ -357,7 +376,7 @@ def create_train_tab(client: gr.BrowserState) -> dict:
 
             if not run_id:
                 return error_html("Pick a stopped or interrupted run to resume."), -1
-            browser(client_id)
+            client_id = browser(client_id)
 
             def run():
                 require_work(profile, "training")
@@ -377,7 +396,7 @@ def create_train_tab(client: gr.BrowserState) -> dict:
             _, err = safely(require_work, profile, "training")  # before anything about the runs is said
             if err:
                 return error_html(err), -1, {}
-            browser(client_id)
+            client_id = browser(client_id)
             run = next((j for j in list_runs() if resumable(j) and may_write(j.run_dir)), None)
             if run is None:
                 return error_html("No stopped or interrupted run with a checkpoint to resume."), -1, {}
@@ -401,10 +420,7 @@ def create_train_tab(client: gr.BrowserState) -> dict:
             lambda: gr.update(visible=True), None, recipe_file).then(None, None, None, js=DOWNLOAD_JS)
 
         def on_load(client_id, name):
-            import uuid
-
-            client_id = client_id or uuid.uuid4().hex
-            browser(client_id)
+            client_id = page_browser_id(client_id)  # the stored id if this server issued it, else a new one
             return [client_id] + fill(name)
 
         return {"on_load": (on_load, [client, recipe], [client] + comps + [base_flat, message]),

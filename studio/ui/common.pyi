@@ -1,0 +1,199 @@
+"""Widgets and helpers the tabs share."""
+
+from __future__ import annotations
+
+import html
+import logging
+
+from studio.errors import StudioError
+
+log = logging.getLogger("studio.ui")
+
+
+def _request():
+    from gradio.context import LocalContext
+
+    return LocalContext.request.get(None)
+
+
+def _oauth(request) -> dict:
+    try:  # only a Space with hf_oauth (or gradio's mock login) has a session middleware
+        info = request.session.get("oauth_info") or {}
+    except Exception:  # noqa: BLE001 - no session: not signed in
+        return {}
+    return info if isinstance(info, dict) else {}
+
+
+def event_visitor():
+    """The visitor of the event being handled: every handler, page or API, acts for one (studio.access).
+
+    Gradio keeps the event's request in a context variable for the handler's thread; its session hash names
+    one page load or one API client, and a page's browser id (see `browser`) joins it across reloads."""
+    from studio.access import make_visitor
+
+    request = _request()
+    if request is None:
+        return None
+    info = _oauth(request)
+    user = (info.get("userinfo") or {}).get("preferred_username") or getattr(request, "username", None)
+    return make_visitor(None, getattr(request, "session_hash", None), user, info.get("access_token"))
+
+
+def browser(client_id) -> str | None:
+    """Who this event acts for, as a job's owner: the page's browser id if the server issued it (see
+    `page_browser_id`), else this event's Gradio session (an API client, or a value that does not verify,
+    which is then ignored). A verified id also ties the session to the browser: what it made before a reload
+    or a restart stays its own."""
+    from studio.access import make_visitor
+    from studio.ownership import verify_browser_id
+
+    request = _request()
+    session = getattr(request, "session_hash", None) if request is not None else None
+    verified = verify_browser_id(client_id)
+    if verified and session:
+        make_visitor(verified, session)
+    if verified:
+        return f"client:{verified}"
+    return f"session:{session}" if session else None
+
+
+def page_browser_id(client_id) -> str:
+    """On page load: the browser's stored id if it verifies, else a new one the server issues (and the page
+    stores, sealed, in its BrowserState)."""
+    from studio.ownership import issue_browser_id, verify_browser_id
+
+    if not verify_browser_id(client_id):
+        client_id = issue_browser_id()
+    browser(client_id)
+    return client_id
+
+
+def browser_state():
+    """The page's BrowserState holding its browser id, sealed with a key that outlives restarts (derived from
+    the runs folder's secret), and shown in the API docs with no example to copy: API clients send nothing."""
+    import gradio as gr
+
+    from studio.ownership import browser_state_secret
+from gradio.events import Dependency
+
+    class BrowserId(gr.BrowserState):
+        def api_info(self):
+            return {"type": "string", "description": "the id this server issued to a browser page; API clients "
+                    "leave it empty (null): the server knows them by their session"}
+
+        def example_payload(self):
+            return None
+
+        def example_value(self):
+            return None
+
+    return BrowserId(None, storage_key="lora-studio-client", secret=browser_state_secret())
+
+
+def job_log(job, lines: int = 200) -> str:
+    """A job's last log lines for the page (the log ends with where the adapter was saved)."""
+    from studio.access import shown_path
+
+    return shown_path("\n".join(job.logs[-lines:]))
+
+
+def error_html(message: str) -> str:
+    return f'<div class="studio-error" role="alert">⚠️ {html.escape(message)}</div>'
+
+
+def ok_html(message: str) -> str:
+    return f'<div class="studio-ok">{html.escape(message)}</div>'
+
+
+def safely(fn, *args, **kwargs):
+    """Run a backend call: (result, None) or (None, one-line message). Never a traceback on the page."""
+    try:
+        from studio.stack import import_ml_stack
+
+        import_ml_stack()  # waits for the warm-up import instead of racing it
+        return fn(*args, **kwargs), None
+    except StudioError as e:
+        return None, str(e)
+    except Exception as e:  # noqa: BLE001 - a bug: full traceback in the log, one line on the page
+        log.exception("unexpected error in %s", getattr(fn, "__name__", fn))
+        return None, f"unexpected error ({type(e).__name__}); details are in the server log"
+
+
+def plain_input_errors(block) -> None:
+    """A value Gradio's component can't read (a word in a number box, a chat that is not a list of messages,
+    sent straight through the API) is refused with one line naming the field, not Gradio's generic
+    "the app raised an exception". Installed on every input component once the page is built."""
+    import gradio as gr
+    from pydantic import ValidationError
+
+    label = getattr(block, "label", None) or type(block).__name__
+    kind = {"Number": "a number", "Slider": "a number", "Chatbot": "a list of {role, content} messages",
+            "Checkbox": "true or false"}.get(type(block).__name__, "a value of another kind")
+
+    def refuse(payload, why: str = ""):
+        return gr.Error(f"{label}: expected {kind}, got {type(payload).__name__}{why}", print_exception=False)
+
+    preprocess = getattr(block, "preprocess", None)
+    if callable(preprocess):
+        def checked_preprocess(payload):
+            try:
+                return preprocess(payload)
+            except gr.Error as e:  # Gradio's own check (a choice not offered, out of range): name the field
+                said = " ".join(str(e.message).split())
+                raise gr.Error(f"{label}: {said if len(said) <= 200 else said[:200] + '…'}",
+                               print_exception=False) from None
+            except Exception:  # noqa: BLE001 - Gradio could not read the value: say which field
+                raise refuse(payload) from None
+
+        block.preprocess = checked_preprocess
+    model = getattr(block, "data_model", None)
+    if isinstance(model, type) and hasattr(model, "model_validate"):
+        class Checked(model):
+            @classmethod
+            def model_validate(cls, obj, *args, **kwargs):
+                try:
+                    return model.model_validate(obj, *args, **kwargs)
+                except ValidationError as e:
+                    first = e.errors()[0]
+                    where = ".".join(str(part) for part in first.get("loc", ())) or "value"
+                    raise refuse(obj, f" ({where}: {first.get('msg', 'invalid')})"[:200]) from None
+
+        Checked.__name__ = model.__name__
+        block.data_model = Checked
+
+
+def progress_html(s: dict) -> str:
+    total, step = s.get("total") or 0, s.get("step") or 0
+    pct = 100 * step / total if total else 0
+    parts = [f"step {step}/{total or '?'}"]
+    if s.get("epoch"):
+        parts.append(f"epoch {s['epoch']:.2f}")
+    parts.append(f"elapsed {s.get('elapsed', 0):.0f}s")
+    if s.get("eta") is not None:
+        parts.append(f"ETA {s['eta']:.0f}s")
+    if s.get("tokens_per_s"):
+        parts.append(f"{s['tokens_per_s']:,.0f} tokens/s")
+    if s.get("loss") is not None:
+        parts.append(f"loss {s['loss']:.4f}")
+    status = html.escape(s.get("status", ""))
+    return (f'<div class="studio-progress" data-status="{status}" data-step="{step}">'
+            f'<div class="bar"><div class="fill" style="width:{pct:.1f}%"></div></div>'
+            f'<div class="label"><b>{status}</b> · {" · ".join(parts)}</div></div>')
+
+
+CSS = """
+.studio-error {background:#fdecea;color:#8a1c1c;border:1px solid #f5c2c0;border-radius:6px;padding:8px 12px;}
+.studio-ok {background:#e8f5e9;color:#1b5e20;border:1px solid #c8e6c9;border-radius:6px;padding:8px 12px;}
+.studio-progress .bar {height:14px;background:#eee;border-radius:7px;overflow:hidden;}
+.studio-progress .fill {height:100%;background:linear-gradient(90deg,#ff9d00,#ffcc4d);transition:width .5s;}
+.studio-progress .label {font-size:0.9em;margin-top:4px;}
+.studio-note {color:#555;font-style:italic;}
+#data-info pre, #data-info code {white-space:pre-wrap;overflow-wrap:anywhere;}
+/* Narrow screens (phones, a split window): every tab named, one field per line, the chat above its settings. */
+@media (max-width: 640px) {
+  .tab-container button {padding-left:6px !important;padding-right:6px !important;font-size:13px !important;}
+  .overflow-menu > button::after {content:"More tabs";margin-left:4px;font-size:13px;}
+  .row > .form > .block, .row > .block, .row > .form {min-width:100% !important;}
+  #chat-main {order:-1;}
+}
+"""
