@@ -124,6 +124,7 @@ def test_without_llama_cpp_the_transformers_backend_answers(monkeypatch, embedde
     from studio.chat import load_setup, reply
     from studio.llama_backend import llama_cpp_installed
 
+    monkeypatch.delenv("STUDIO_CHAT_BACKEND", raising=False)
     monkeypatch.setitem(sys.modules, "llama_cpp", None)
     assert not llama_cpp_installed()
     setup = load_setup("embedded/tiny-llama", retrieval=False)
