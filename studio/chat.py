@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import math
 import threading
-from collections import OrderedDict
 from dataclasses import dataclass
 
 from studio.errors import StudioError
@@ -22,9 +21,6 @@ EXAMPLE_PERSONAS = [
     "i play guitar in a band. music is my whole life. i love old movies.",
     "i grew up on a farm. i raise chickens. i love to go fishing.",
 ]
-_setups: OrderedDict = OrderedDict()  # loaded models are read-only at inference: reused across sessions
-_setups_lock = threading.Lock()
-_MAX_SETUPS = 3
 MAX_PERSONA_CHARS = 4000  # a persona is a few sentences; a message a paragraph or two
 MAX_MESSAGE_CHARS = 4000
 MAX_TURNS = 64  # only the latest turns of a conversation reach the prompt (older ones would be cut anyway)
@@ -38,15 +34,22 @@ def check_length(what: str, text: str, limit: int) -> str:
 
 @dataclass
 class ChatSetup:
-    loaded: object  # studio.inference.Loaded
+    loaded: object  # studio.inference.Loaded (on llama.cpp: its tokenizer, base and adapter; model None)
     retriever: object | None  # studio.retrieval.Retriever
+    engine: object | None = None  # studio.llama_backend.LlamaEngine when llama.cpp answers
+    backend: str = "transformers"  # the status line's words: which backend answers and why
+
+    @property
+    def tokenizer(self):
+        return self.loaded.tokenizer
 
     def describe(self) -> str:
         from studio.offline import source_note
 
         lo = self.loaded
-        where = source_note(lo.base).split(" (")[0]  # e.g. ", the Hub is out of reach: from the offline copy"
-        parts = [f"base {lo.base}{where}", f"adapter {lo.adapter.parent.name + '/adapter' if lo.adapter else 'none'}"]
+        where = source_note(lo.base).split(" (")[0] if self.engine is None else ""
+        parts = [f"base {lo.base}{where}", f"adapter {lo.adapter.parent.name + '/adapter' if lo.adapter else 'none'}",
+                 self.backend]
         if self.retriever is not None:
             enc = self.retriever.query_encoder
             trained = "LAPDOG-trained query encoder" if self.retriever.info else enc
@@ -62,32 +65,33 @@ def load_setup(model: str | None = None, stories: str | None = None, retrieval: 
     """A model (run: its adapter on its base, and its trained retriever if any; or a model id) + retriever.
 
     `adapter=False` with a run: its base model alone, with the untrained retriever (the "base" set-up).
+    llama.cpp answers when it can (studio.llama_backend.choose), transformers otherwise.
 
-    Every name passes through studio.access (via load_for_inference / check_data_source).
+    Every name passes through studio.access first (resolve_ref / check_data_source); the models and the
+    retriever then come from the process-wide cache (studio.model_cache), keyed by what that check resolved.
     """
-    from studio.access import check_data_source, check_model_source, resolve_run
-    from studio.inference import is_run_ref, load_for_inference
-    from studio.retrieval import load_retriever
+    from studio.access import check_data_source
+    from studio.inference import resolve_ref
+    from studio.llama_backend import load_generation
 
     model = str(model or DEFAULT_MODEL).strip()
+    run, _ = resolve_ref(model)
     stories = check_data_source(stories or "") or None
-    # who may have it is decided before the cache is asked: a set-up another visitor loaded is no shortcut
-    run_dir = resolve_run(model) if is_run_ref(model) else None
-    key = (str(run_dir) if run_dir is not None else check_model_source(model), stories, retrieval, embedder, adapter)
-    with _setups_lock:
-        if key in _setups:
-            _setups.move_to_end(key)
-            return _setups[key]
-    loaded = load_for_inference(model, adapter=adapter)
-    retriever = None
+    loaded, engine, line = load_generation(model, adapter=adapter)
+    setup = ChatSetup(loaded, None, engine, line)
     if retrieval:
-        retriever = load_retriever(stories, embedder, run_dir if adapter else None, progress=progress)
-    setup = ChatSetup(loaded, retriever)
-    with _setups_lock:
-        _setups[key] = setup
-        while len(_setups) > _MAX_SETUPS:
-            _setups.popitem(last=False)
+        setup.retriever = _retriever(stories, embedder, run if adapter else None, progress)
     return setup
+
+
+def _retriever(stories, embedder, run_dir, progress):
+    from studio.model_cache import cached
+    from studio.retrieval import load_retriever
+
+    key = ("retriever", stories or "", embedder or "", str(run_dir.resolve()) if run_dir is not None else "")
+    return cached(key, lambda: load_retriever(stories, embedder, run_dir, progress=progress),
+                  size=lambda r: r.index.index.ntotal * r.index.index.d * 4 if hasattr(r.index, "index") else 0,
+                  label=f"stories {stories or 'bundled'}" + (f" for {run_dir.name}" if run_dir else ""), kind="retriever")
 
 
 def flatten(content) -> str:
@@ -174,8 +178,6 @@ def stream_reply(setup: ChatSetup, persona: str, history: list[dict], k: int = 3
     `seed=None` draws a fresh seed per reply (so two turns are not sampled alike); give one to repeat a reply."""
     import random
 
-    import torch
-
     from studio.inference import chat_prompt
 
     checked = check_sampling(k=k, temperature=temperature, top_p=top_p, repetition_penalty=repetition_penalty,
@@ -189,16 +191,31 @@ def stream_reply(setup: ChatSetup, persona: str, history: list[dict], k: int = 3
         check_length(f"{m['role']} message", m["content"], MAX_MESSAGE_CHARS)
     tok, model = setup.loaded.tokenizer, setup.loaded.model
     found = retrieve(setup, persona, history, k, with_turn)
-    messages, used, _ = persona_messages(tok, persona, found, history, context_budget(tok, model, max_new_tokens))
-    enc = tok(chat_prompt(tok, messages), return_tensors="pt", add_special_tokens=False).to(model.device)
+    budget = context_budget(tok, model, max_new_tokens)
+    if setup.engine is not None:
+        budget = min(budget, setup.engine.n_ctx - max_new_tokens)
+    messages, used, _ = persona_messages(tok, persona, found, history, budget)
+    ids = tok(chat_prompt(tok, messages), add_special_tokens=False)["input_ids"]
+    seed = random.randrange(2**31) if seed is None else int(seed)
+    sampled = bool(temperature and float(temperature) > 0)
+    if setup.engine is not None:
+        yield "", used
+        for text, _ in setup.engine.stream_text(ids, max_new_tokens, temperature=float(temperature) if sampled else 0.0,
+                                                top_p=float(top_p), repetition_penalty=float(repetition_penalty),
+                                                seed=seed):
+            yield text, used
+        return
+    import torch
+
     streamer = TokenStream(tok)
-    kwargs = dict(**enc, max_new_tokens=int(max_new_tokens), streamer=streamer, pad_token_id=tok.pad_token_id,
+    kwargs = dict(input_ids=torch.tensor([ids], device=model.device),
+                  attention_mask=torch.ones(1, len(ids), dtype=torch.long, device=model.device),
+                  max_new_tokens=int(max_new_tokens), streamer=streamer, pad_token_id=tok.pad_token_id,
                   repetition_penalty=float(repetition_penalty))
-    if temperature and float(temperature) > 0:
+    if sampled:
         kwargs.update(do_sample=True, temperature=float(temperature), top_p=float(top_p))
     else:
         kwargs.update(do_sample=False)
-    seed = random.randrange(2**31) if seed is None else int(seed)
     errors: list[BaseException] = []
 
     def work():

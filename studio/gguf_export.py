@@ -324,6 +324,83 @@ def _adds_space_prefix(spec: dict) -> bool:
     return '"Prepend"' in text or re.search(r'"prepend_scheme": "(first|always)"', text) is not None
 
 
+# ---- LoRA adapters as llama.cpp reads them ------------------------------------------------------
+def lora_unsupported(adapter_dir: Path) -> str | None:
+    """None when this PEFT adapter can be written as a GGUF LoRA adapter; otherwise the line saying why not."""
+    cfg = json.loads((Path(adapter_dir) / "adapter_config.json").read_text("utf-8"))
+    if cfg.get("peft_type", "LORA") != "LORA":
+        return f"a {cfg.get('peft_type')} adapter (llama.cpp applies LoRA only)"
+    if cfg.get("use_dora"):
+        return "a DoRA adapter (llama.cpp applies plain LoRA only)"
+    if cfg.get("modules_to_save"):
+        return f"the adapter also saves whole modules ({', '.join(cfg['modules_to_save'])})"
+    if not (Path(adapter_dir) / "adapter_model.safetensors").exists():
+        return "no adapter_model.safetensors"
+    return None
+
+
+def write_lora_gguf(adapter_dir: Path, config, path: Path) -> Path:
+    """A PEFT LoRA adapter → a GGUF LoRA adapter in the layout llama.cpp's `convert_lora_to_gguf.py` writes:
+    `general.type = adapter`, `adapter.type = lora`, `adapter.lora.alpha`, and per base tensor
+    `<gguf name>.weight.lora_a` (rank × in) and `.lora_b` (out × rank), f32, with the base's own row layout
+    (q/k rows of Llama permuted for llama.cpp's rope, as the base file has them).
+
+    llama.cpp scales each delta by alpha / rank; a PEFT scale that differs (rsLoRA, per-module rank or alpha
+    patterns) is folded into `lora_b`, so the delta it adds equals PEFT's."""
+    import gguf
+    import numpy as np
+    from safetensors.numpy import load_file
+
+    adapter_dir, path = Path(adapter_dir), Path(path)
+    why = lora_unsupported(adapter_dir)
+    if why:
+        raise StudioError(f"GGUF LoRA adapter: {why}")
+    if config.model_type not in ARCHITECTURES:
+        raise StudioError(f"GGUF LoRA adapter: llama.cpp architecture for {config.model_type!r} is not written here")
+    arch = ARCHITECTURES[config.model_type]
+    cfg = json.loads((adapter_dir / "adapter_config.json").read_text("utf-8"))
+    alpha, rank = float(cfg.get("lora_alpha") or cfg.get("r") or 8), int(cfg.get("r") or 8)
+    rslora = bool(cfg.get("use_rslora"))
+    alpha_out = alpha * math.sqrt(rank) if rslora else alpha  # llama.cpp: alpha_out / r == PEFT's alpha / sqrt(r)
+    layers = config.n_layer if arch == "gpt2" else config.num_hidden_layers
+    names = gguf.get_tensor_name_map({v: k for k, v in gguf.MODEL_ARCH_NAMES.items()}[arch], layers)
+    pairs: dict[str, dict] = {}
+    for key, value in load_file(str(adapter_dir / "adapter_model.safetensors")).items():
+        m = re.fullmatch(r"(?:base_model\.model\.)?(.+)\.lora_([AB])(?:\.[^.]+)?\.weight", key)
+        if m is None:
+            raise StudioError(f"GGUF LoRA adapter: {key} is not a LoRA A/B matrix; llama.cpp can't apply it")
+        pairs.setdefault(m.group(1), {})[m.group(2)] = value.astype(np.float32)
+    w = gguf.GGUFWriter(str(path), arch)
+    w.add_type(gguf.GGUFType.ADAPTER)
+    w.add_string(gguf.Keys.Adapter.TYPE, "lora")
+    w.add_float32(gguf.Keys.Adapter.LORA_ALPHA, alpha_out)
+    for stem, ab in sorted(pairs.items()):
+        if set(ab) != {"A", "B"}:
+            raise StudioError(f"GGUF LoRA adapter: {stem} has lora_{'A' if 'A' in ab else 'B'} only")
+        new = names.get_name(stem)
+        if new is None or new.startswith(("token_embd", "output")):
+            raise StudioError(f"GGUF LoRA adapter: no llama.cpp tensor for {stem}")
+        a, b = ab["A"], ab["B"]
+        short = stem.rsplit(".", 1)[-1]
+        r_m = a.shape[0]
+        a_m = float(cfg.get("alpha_pattern", {}).get(short, alpha))
+        peft_scale = a_m / math.sqrt(r_m) if rslora else a_m / r_m
+        factor = peft_scale / (alpha_out / r_m)
+        if not math.isclose(factor, 1.0, rel_tol=1e-9):
+            b = b * np.float32(factor)
+        if arch == "llama" and short == "q_proj":
+            b = _permute(b, config.num_attention_heads, config.num_attention_heads)
+        elif arch == "llama" and short == "k_proj":
+            b = _permute(b, config.num_attention_heads, config.num_key_value_heads)
+        w.add_tensor(f"{new}.weight.lora_a", np.ascontiguousarray(a))
+        w.add_tensor(f"{new}.weight.lora_b", np.ascontiguousarray(b))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return path
+
+
 # ---- quantizing with llama.cpp ------------------------------------------------------------------
 def llama_cpp_version() -> str | None:
     """llama-cpp-python's version when it is installed (found without importing it: the page asks at start-up)."""

@@ -64,26 +64,48 @@ def is_run_ref(ref: str) -> bool:
     return "/" not in ref and (runs_root() / ref / "recipe.yaml").exists()
 
 
-def load_for_inference(ref: str, device: str | None = None, adapter: bool = True) -> Loaded:
+def resolve_ref(ref: str) -> tuple[Path | None, str]:
+    """(run folder or None, base model name) of a run or model named by the page: the access check
+    (studio.access) happens here, before anything is looked up or loaded."""
+    from studio.access import check_model_source, resolve_run
+
+    if is_run_ref(ref):
+        run = resolve_run(ref)
+        return run, run_base_model(run)
+    base = check_model_source(ref)
+    if not base:
+        raise StudioError("no model given: pick a run, a preset, a Hub id or a local folder")
+    return None, base
+
+
+def load_for_inference(ref: str, device: str | None = None, adapter: bool = True, cached: bool = False) -> Loaded:
     """`ref` is a run (name or folder: its adapter on its base) or a model (embedded, Hub id, folder).
 
     With `adapter=False` a run loads its base alone: the "base" column of a comparison is really the
     base, never the adapter switched off on a shared model object.
+
+    `cached=True` shares the loaded model through the process-wide cache (studio.model_cache), keyed by
+    what the access check resolved; callers that change the model (load another adapter, switch
+    adapters) load their own copy.
     """
+    run, base = resolve_ref(ref)
+    if not cached:
+        return _load(run, base, device, adapter)
+    from studio.model_cache import cached as from_cache
+    from studio.models import resolve_model_path
+
+    where = str(run.resolve()) if run is not None else resolve_model_path(base)
+    label = (run.name if adapter else f"{run.name} (base)") if run is not None else base
+    return from_cache(("transformers", where, bool(adapter and run is not None), device),
+                      lambda: _load(run, base, device, adapter), label=label, kind="transformers")
+
+
+def _load(run: Path | None, base: str, device: str | None, adapter: bool) -> Loaded:
     import torch
     from trl import ModelConfig
 
-    from studio.access import check_model_source, resolve_run
     from studio.models import load_model, load_tokenizer
 
-    run = None
-    if is_run_ref(ref):
-        run = resolve_run(ref)
-        base = run_base_model(run)
-    else:
-        base = check_model_source(ref)
-        if not base:
-            raise StudioError("no model given: pick a run, a preset, a Hub id or a local folder")
     tok_source = str(run_adapter(run)) if run is not None and adapter else base
     tokenizer = load_tokenizer(tok_source) if run is None or not adapter else load_tokenizer(base)
     model = load_model(ModelConfig(model_name_or_path=base))

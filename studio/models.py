@@ -132,6 +132,11 @@ def load_tokenizer(name: str):
         tok = AutoTokenizer.from_pretrained(resolve_model_path(name), token=_hub_token(), local_files_only=offline)
     except Exception as e:  # noqa: BLE001 - every loading failure becomes one clear line
         raise _load_error(name, e) from None
+    return finish_tokenizer(tok)
+
+
+def finish_tokenizer(tok):
+    """A pad token and a chat template where the tokenizer lacks them (every loader applies the same)."""
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token if tok.eos_token is not None else tok.unk_token
     if not getattr(tok, "chat_template", None):

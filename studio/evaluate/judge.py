@@ -33,7 +33,7 @@ def judge(result: dict, judge_ref: str, a: str, b: str) -> dict:
 
     if a not in result["labels"] or b not in result["labels"] or a == b:
         raise StudioError(f"judge: pick two different models of this result ({', '.join(result['labels'])})")
-    loaded = load_for_inference(judge_ref)
+    loaded = load_for_inference(judge_ref, cached=True)
     verdicts = []
     for row in result["rows"]:
         ans = {k: row["outputs"][k] if isinstance(row["outputs"][k], str) else row["outputs"][k][-1] for k in (a, b)}

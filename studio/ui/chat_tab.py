@@ -80,13 +80,13 @@ def send(persona, message, chat_a, chat_b, model, model_b, compare, stories, k, 
     chats = [chat_a, chat_b]
     for chat in chats[:len(setups)]:
         chat.append({"role": "user", "content": message})
-    panels, described = [], []
+    panels, described, backends = [], [], []
     yield chat_a, chat_b, gr.update(), gr.update(), "", ok_html(f"{setups[0][0]}: loading… (a model's first use loads it; a GGUF file is converted once, about a minute)")
     from studio.embedded import one_time_progress
 
     for col, (label, load, col_k) in enumerate(setups):
         if col:  # column A has replied: say that B is loading, not "A: replying…"
-            yield (chat_a, chat_b, "".join(panels), "<ul>" + "".join(described) + "</ul>", "",
+            yield (chat_a, chat_b, "".join(panels), _loaded_html(described), "",
                    ok_html(f"{label}: loading… (a model's first use loads it; a GGUF file is converted once, "
                            "about a minute)"))
         with one_time_progress(page_progress(progress)):
@@ -96,6 +96,7 @@ def send(persona, message, chat_a, chat_b, model, model_b, compare, stories, k, 
             yield chat_a, chat_b, gr.update(), gr.update(), message, error_html(f"{label}: {err}")
             return
         described.append(f"<li><b>{html.escape(label)}</b>: {html.escape(setup.describe())}</li>")
+        backends.append(f"{label.split(' · ')[0]}: {setup.backend}")
         history = chats[col][:]
         chats[col].append({"role": "assistant", "content": ""})
         try:
@@ -104,8 +105,8 @@ def send(persona, message, chat_a, chat_b, model, model_b, compare, stories, k, 
                                            repetition_penalty=float(repetition_penalty),
                                            max_new_tokens=int(max_new_tokens), seed=seed):
                 chats[col][-1] = {"role": "assistant", "content": text}
-                yield (chat_a, chat_b, "".join(panels) + stories_html(label, used), "<ul>" + "".join(described) + "</ul>",
-                       "", ok_html(f"{label}: replying…"))
+                yield (chat_a, chat_b, "".join(panels) + stories_html(label, used), _loaded_html(described),
+                       "", ok_html(f"{label}: replying… ({setup.backend})"))
         except Exception as e:  # noqa: BLE001 - one line on the page; a bug's traceback goes to the log
             chats[col].pop()
             chats[col].pop()
@@ -113,7 +114,15 @@ def send(persona, message, chat_a, chat_b, model, model_b, compare, stories, k, 
             return
         panels.append(stories_html(label, used))
     sampled = f"sampled with seed {seed}" if float(temperature) > 0 else "greedy"
-    yield chat_a, chat_b, "".join(panels), "<ul>" + "".join(described) + "</ul>", "", ok_html(f"done ({sampled})")
+    yield (chat_a, chat_b, "".join(panels), _loaded_html(described), "",
+           ok_html(f"done ({sampled}) · {' · '.join(backends)}"))
+
+
+def _loaded_html(described: list[str]) -> str:
+    """The set-ups that answered, and what the process-wide model cache holds (shared by every tab)."""
+    from studio.model_cache import CACHE
+
+    return f'<ul>{"".join(described)}</ul><div id="chat-cache">{html.escape(CACHE.describe())}</div>'
 
 
 def show_run(run: str):

@@ -282,7 +282,7 @@ def create_dpo_tab(client: gr.BrowserState) -> dict:
                 return [gr.update()] * len(comps) + [{}, error_html(err)]
             return [_flat_to_widget(k, flat.get(k)) for k in keys] + [flat, ""]
 
-        recipe.change(fill, recipe, comps + [base_flat, message])
+        recipe.change(fill, recipe, comps + [base_flat, message], api_name="fill_dpo")
 
         timer = gr.Timer(1.0)  # polls while this page's DPO job runs or waits; a first tick re-attaches after a load
 

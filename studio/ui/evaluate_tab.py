@@ -72,10 +72,12 @@ def definitions_markdown(result: dict) -> str:
     if cfg.get("chat_template_for"):
         note += (f". {', '.join(cfg['chat_template_for'])}: an instruct model, asked each row as a chat message "
                  "through its chat template (a raw prompt is a finished turn to it: it would reply nothing)")
-    empty = {lab: sum(1 for r in result["rows"] if not any(str(t).strip() for t in (
-        [r["outputs"][lab]] if isinstance(r["outputs"][lab], str) else r["outputs"][lab]))) for lab in result["labels"]}
+    rows = result.get("rows") or []  # a result saved before rows were kept has none
+    empty = {lab: sum(1 for r in rows if not any(str(t).strip() for t in (
+        [r["outputs"][lab]] if isinstance(r["outputs"][lab], str) else r["outputs"][lab])))
+        for lab in result.get("labels") or []}
     if any(empty.values()):
-        note += ". Empty replies (scored 0): " + ", ".join(f"{lab} {n}/{len(result['rows'])}"
+        note += ". Empty replies (scored 0): " + ", ".join(f"{lab} {n}/{len(rows)}"
                                                            for lab, n in empty.items() if n)
     from studio.access import shown_path
 

@@ -330,7 +330,7 @@ def create_train_tab(client: gr.BrowserState) -> dict:
                 out[-1] = ok_html(" ".join(notes))
             return out
 
-        recipe.change(pick_recipe, [recipe, handed], comps + [base_flat, message])
+        recipe.change(pick_recipe, [recipe, handed], comps + [base_flat, message], api_name="fill")
         ds_source.input(lambda: None, None, handed, api_name=False)  # typed over: the recipe's data wins again
 
         def check_params(base, *values):
