@@ -548,6 +548,18 @@ def may_write(path, visitor: Visitor | None = None) -> bool:
     return bool(set(marks) & set(visitor.marks()))
 
 
+def may_watch(path, visitor: Visitor | None = None) -> bool:
+    """May this visitor see a job's live view (its run name, progress, chart, log, samples, error, held-out
+    rows)? Locally yes: every browser is the one person at the keyboard. On a shared studio only the visitor
+    who started the job (the run's marks), or a demo's signed-in owner; others learn only that the slot is busy.
+    Unlike `may_read`, the app owner's own unmarked runs are not every visitor's to watch."""
+    visitor = visitor or current_visitor()
+    if not shared_mode() or visitor is None or visitor.is_app_owner:
+        return True
+    marks = owner_marks(path)
+    return bool(marks) and bool(set(marks) & set(visitor.marks()))
+
+
 def require_read(path, what: str) -> None:
     if not may_read(path):
         raise StudioError(f"{what} belongs to another visitor: you can only open what you made here")

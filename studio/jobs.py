@@ -17,10 +17,11 @@ import re
 import threading
 import time
 import traceback
+import uuid
 from pathlib import Path
 
-from studio.access import (check_run_name, claim, may_write, require_write,  # noqa: F401
-                           runs_root)  # runs_root is re-exported
+from studio.access import (acting_for, check_run_name, claim, current_visitor, may_watch, may_write,  # noqa: F401
+                           require_write, runs_root, shared_mode)  # runs_root is re-exported
 from studio.errors import StudioError, redact
 
 from studio.runs import CANCELLED, DONE, FAILED, LIVE, QUEUED, RUNNING, STOPPING, Run
@@ -42,6 +43,9 @@ class Job(Run):
         self._lock = threading.Lock()
         self._events_file = None
         self.writer = is_main_process()  # under several processes, only the main one writes the run's files
+        self.deadline: float | None = None  # a shared app's wall-clock cap (job_time_limit)
+        self.time_limit: float | None = None
+        self.memory: int | None = None  # its memory estimate, while it holds the slot
 
     # ---- events -------------------------------------------------------------------------------
     def emit(self, type: str, **data) -> None:
@@ -108,67 +112,313 @@ def get_job(job_id: str) -> Job | None:
     return _jobs.get(job_id)
 
 
-def latest_job(kinds, started_here: str | None = None) -> Job | None:
-    """What a tab shows after a (re)load: the newest job of this process of the kinds the tab starts.
-    A start that failed before its first step is shown only to the page that started it (`started_here`)."""
+def latest_job(kinds, started_here: str | None = None, visible=None) -> Job | None:
+    """What a tab shows after a (re)load: the newest job of this process of the kinds the tab starts that
+    `visible(job)` allows (the page's visitor may watch it). A start that failed before its first step is shown
+    only to the page that started it (`started_here`)."""
     for job in reversed(list(_jobs.values())):
-        if job.kind in kinds and (not job.failed_start or job.id == started_here):
+        if job.kind in kinds and (not job.failed_start or job.id == started_here) and (
+                visible is None or visible(job)):
             return job
     return None
 
 
 def start_job(recipe, runs_dir=None, resume: str | os.PathLike | None = None, run_name: str | None = None,
-              owner: str | None = None) -> Job:
+              owner: str | None = None, wait: bool = False) -> "Job | Ticket":
     """Start `recipe` in a background thread, or resume the run folder `resume`.
 
-    `owner` identifies the browser that started it: only it may stop the job; others watch read-only.
+    `owner` identifies the browser that started it: on a shared app only it may stop or watch the job.
+    The slot is one: while it is busy, `wait=True` (a shared app's page) puts the job in the waiting list and
+    returns its `Ticket` (one waiting job per owner); otherwise the start is refused. A job that can't fit
+    in memory is refused before it waits or starts (studio.memory).
     """
-    global _current
+    est = check_memory(recipe) if recipe is not None else None  # before the lock: reading a config takes a while
     with _registry_lock:
-        if _current is not None and _current.active:
-            raise StudioError(
-                f"a training job is already running: {_current.describe()}; stop it or wait for it to finish"
-            )
-        if resume:
-            run_dir = Path(resume)
-            require_write(run_dir, f"run {run_dir.name!r}")  # nobody resumes (and so takes over) another's run
-            if not (run_dir / "recipe.yaml").exists():
-                raise StudioError(f"{run_dir.name}: not a run folder (no recipe.yaml)")
-            if (run_dir / "events.jsonl").exists():
-                before = Job.from_run_dir(run_dir)
-                if before.status == DONE:
-                    raise StudioError(f"{run_dir.name} already finished ({before.step}/{before.total} steps); "
-                                      "nothing to resume, the run is left as it was")
-        else:
-            stamp = time.strftime("%Y%m%d-%H%M%S")
-            check_run_name(recipe.name, "recipe name")
-            base = check_run_name(run_name) if run_name else f"{default_run_name(recipe)}-{stamp}"
-            run_dir = runs_root(runs_dir) / base
-            n = 1
-            if run_name and (run_dir / "summary.json").exists():
-                raise StudioError(f"{run_dir.name}: a finished run already has this name; pick another, or --resume it")
-            while run_dir.exists() and not run_name:  # a given name is shared on purpose (multi-GPU ranks)
-                n += 1
-                run_dir = runs_root(runs_dir) / f"{base}-{n}"
-        job = Job.from_run_dir(run_dir) if resume and (run_dir / "events.jsonl").exists() else Job(run_dir)
-        if resume:
-            from studio.recipes import load_recipe
+        if _busy() or (_waiting and wait):  # a fresh start never jumps the line
+            if not wait:
+                if shared_mode():
+                    raise StudioError("the training slot is busy with another job; wait for it to finish")
+                raise StudioError(
+                    f"a training job is already running: {_current.describe()}; stop it or wait for it to finish"
+                )
+            return _join_queue(recipe, runs_dir, resume, run_name, owner)
+        return _start_now(recipe, runs_dir, resume, run_name, owner, est)
 
-            recipe = load_recipe(run_dir / "recipe.yaml")
-            job.elapsed_before = job.elapsed()
-        job.recipe, job.kind, job.owner = recipe, recipe.method, owner
-        job.new_folder = not resume and not run_dir.exists()  # only a folder this start made is removed on failure
-        run_dir.mkdir(parents=True, exist_ok=True)
-        if not resume:
-            claim(run_dir)  # a shared studio's run is its visitor's (studio.access)
-        if not resume and job.writer:
-            (run_dir / "recipe.yaml").write_text(recipe.to_yaml(), encoding="utf-8")
-        job.emit("status", status=QUEUED, resume=bool(resume), elapsed_before=job.elapsed_before)
-        job.thread = threading.Thread(target=_run, args=(job, bool(resume)), name=f"train-{job.id}", daemon=True)
-        _jobs[job.id] = job
-        _current = job
-        job.thread.start()
-        return job
+
+def _busy() -> bool:
+    return _current is not None and _current.active
+
+
+def _start_now(recipe, runs_dir, resume, run_name, owner, est=None) -> Job:
+    global _current
+    if resume:
+        run_dir = Path(resume)
+        require_write(run_dir, f"run {run_dir.name!r}")  # nobody resumes (and so takes over) another's run
+        if not (run_dir / "recipe.yaml").exists():
+            raise StudioError(f"{run_dir.name}: not a run folder (no recipe.yaml)")
+        if (run_dir / "events.jsonl").exists():
+            before = Job.from_run_dir(run_dir)
+            if before.status == DONE:
+                raise StudioError(f"{run_dir.name} already finished ({before.step}/{before.total} steps); "
+                                  "nothing to resume, the run is left as it was")
+    else:
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        check_run_name(recipe.name, "recipe name")
+        base = check_run_name(run_name) if run_name else f"{default_run_name(recipe)}-{stamp}"
+        run_dir = runs_root(runs_dir) / base
+        n = 1
+        if run_name and (run_dir / "summary.json").exists():
+            raise StudioError(f"{run_dir.name}: a finished run already has this name; pick another, or --resume it")
+        while run_dir.exists() and not run_name:  # a given name is shared on purpose (multi-GPU ranks)
+            n += 1
+            run_dir = runs_root(runs_dir) / f"{base}-{n}"
+    job = Job.from_run_dir(run_dir) if resume and (run_dir / "events.jsonl").exists() else Job(run_dir)
+    if resume:
+        from studio.recipes import load_recipe
+
+        recipe = load_recipe(run_dir / "recipe.yaml")
+        est = check_memory(recipe)
+        job.elapsed_before = job.elapsed()
+    job.recipe, job.kind, job.owner = recipe, recipe.method, owner
+    job.memory = est.total if est is not None else None
+    job.new_folder = not resume and not run_dir.exists()  # only a folder this start made is removed on failure
+    run_dir.mkdir(parents=True, exist_ok=True)
+    if not resume:
+        claim(run_dir)  # a shared studio's run is its visitor's (studio.access)
+    if not resume and job.writer:
+        (run_dir / "recipe.yaml").write_text(recipe.to_yaml(), encoding="utf-8")
+    job.emit("status", status=QUEUED, resume=bool(resume), elapsed_before=job.elapsed_before)
+    limit = job_time_limit()
+    if limit:
+        job.deadline, job.time_limit = time.time() + limit, limit
+        job.log(f"time limit: this shared studio stops a job after {limit / 60:g} min "
+                "(STUDIO_MAX_JOB_MINUTES); it is checkpointed then, and can be resumed")
+    job.thread = threading.Thread(target=_run, args=(job, bool(resume)), name=f"train-{job.id}", daemon=True)
+    _jobs[job.id] = job
+    _current = job
+    job.thread.start()
+    if limit:
+        _watch_deadline(job)
+    return job
+
+
+# ---- memory: a job that can't fit is refused before it starts (studio.memory) -------------------------
+def check_memory(recipe):
+    """Refuse (StudioError) a recipe whose memory estimate is over what this machine has free; else its
+    estimate (studio.memory.MemoryEstimate). A job holding the slot gives its share back when it ends, so a job
+    that waits is measured against what is free plus what the running one holds. A model whose config can't
+    be read is let through (None): the job itself says why it fails."""
+    if os.environ.get("STUDIO_MEMORY_CHECK", "1").strip().lower() in ("0", "false", "no", "off"):
+        return None
+    from studio.memory import available_memory, check_fits, estimate_for_recipe, recipe_settings
+
+    try:
+        est = estimate_for_recipe(recipe)
+    except StudioError:
+        return None
+    except Exception:  # noqa: BLE001 - an architecture the estimate can't read: the job itself will tell
+        log.debug("memory estimate failed", exc_info=True)
+        return None
+    free, what = available_memory()
+    running = _current if _busy() else None
+    if running is not None and running.memory:
+        free += running.memory
+    check_fits(est, recipe_settings(recipe), (free, what))
+    return est
+
+
+# ---- the wall-clock cap (shared apps) ---------------------------------------------------------------
+DEFAULT_MAX_JOB_MINUTES = 30
+
+
+def job_time_limit() -> float | None:
+    """Seconds a visitor's job may train on a shared app (STUDIO_MAX_JOB_MINUTES, default 30; 0: no limit).
+    The app's owner is exempt: jobs from the command line, a local app, and a demo's signed-in owners."""
+    visitor = current_visitor()
+    if visitor is None or visitor.is_app_owner:
+        return None
+    return shared_time_limit()
+
+
+def shared_time_limit() -> float | None:
+    """The time limit of a visitor's job on a shared app, in seconds; None locally or when set to 0."""
+    if not shared_mode():
+        return None
+    raw = os.environ.get("STUDIO_MAX_JOB_MINUTES", "").strip()
+    try:
+        minutes = float(raw) if raw else DEFAULT_MAX_JOB_MINUTES
+    except ValueError:
+        minutes = DEFAULT_MAX_JOB_MINUTES
+    return minutes * 60 if minutes > 0 else None
+
+
+def _watch_deadline(job: Job) -> None:
+    def expire():
+        if job.active and not job.stop_event.is_set():
+            job.log(f"time limit reached ({job.time_limit / 60:g} min on this shared studio): "
+                    "stopping after the current step; the checkpoint is kept and the run can be resumed")
+            job.request_stop()
+
+    timer = threading.Timer(max(0.0, job.deadline - time.time()), expire)
+    timer.daemon = True
+    timer.name = f"deadline-{job.id}"
+    timer.start()
+
+
+# ---- the waiting list ----------------------------------------------------------------------------------
+class Ticket:
+    """A job waiting for the slot: it starts by itself when the slot frees, whoever is watching."""
+
+    def __init__(self, recipe, runs_dir, resume, run_name, owner, visitor, kind):
+        self.id = uuid.uuid4().hex
+        self.recipe, self.runs_dir, self.resume, self.run_name = recipe, runs_dir, resume, run_name
+        self.owner, self.visitor, self.kind = owner, visitor, kind
+        self.joined = time.time()
+        self.job: Job | None = None  # once started
+        self.error: str | None = None  # a start that failed when its turn came
+        self.left = False
+
+    @property
+    def waiting(self) -> bool:
+        return self.job is None and self.error is None and not self.left
+
+
+_waiting: list[Ticket] = []
+_tickets: dict[str, Ticket] = {}
+
+
+def _owner_key(owner) -> str | None:
+    if owner:
+        return f"client:{owner}"
+    visitor = current_visitor()
+    return visitor.home if visitor is not None else None
+
+
+def _join_queue(recipe, runs_dir, resume, run_name, owner) -> Ticket:
+    key = _owner_key(owner)
+    mine = next((t for t in _waiting if _owner_key_of(t) == key), None) if key else None
+    if mine is not None:
+        raise StudioError(f"you already have a job waiting (position {_waiting.index(mine) + 1}); leave the queue "
+                          "first to wait with another")
+    limit = queue_limit()
+    if len(_waiting) >= limit:
+        raise StudioError(f"the waiting list is full ({limit} jobs); try again later")
+    if resume:
+        require_write(Path(resume), f"run {Path(resume).name!r}")
+    kind = recipe.method if recipe is not None else _resume_kind(resume)
+    ticket = Ticket(recipe, runs_dir, resume, run_name, owner, current_visitor(), kind)
+    ticket.key = key
+    _waiting.append(ticket)
+    _tickets[ticket.id] = ticket
+    log.info("a %s job joined the waiting list (position %d)", kind, len(_waiting))
+    return ticket
+
+
+def _owner_key_of(ticket: Ticket) -> str | None:
+    return getattr(ticket, "key", None)
+
+
+def _resume_kind(resume) -> str:
+    try:
+        from studio.recipes import load_recipe
+
+        return load_recipe(Path(resume) / "recipe.yaml").method
+    except Exception:  # noqa: BLE001 - the start will say what is wrong
+        return "sft"
+
+
+def queue_limit() -> int:
+    """STUDIO_MAX_WAITING: how many jobs may wait for the slot at once (one per visitor)."""
+    try:
+        return max(1, int(os.environ.get("STUDIO_MAX_WAITING", "20")))
+    except ValueError:
+        return 20
+
+
+def get_ticket(ticket_id: str | None) -> Ticket | None:
+    return _tickets.get(ticket_id) if ticket_id else None
+
+
+def waiting_ticket(owner, kinds=None) -> Ticket | None:
+    """This owner's job in the waiting list (of `kinds`), if any."""
+    key = _owner_key(owner)
+    with _registry_lock:
+        return next((t for t in _waiting if key and _owner_key_of(t) == key
+                     and (kinds is None or t.kind in kinds)), None)
+
+
+def queue_position(ticket: Ticket) -> int | None:
+    with _registry_lock:
+        return _waiting.index(ticket) + 1 if ticket in _waiting else None
+
+
+def wait_estimate(ticket: Ticket) -> float | None:
+    """Seconds until `ticket` should start, roughly: what the running job has left (its ETA, at most what its
+    time limit leaves), plus, for each job ahead in line, its time limit. None: no way to tell."""
+    with _registry_lock:
+        ahead = _waiting.index(ticket) if ticket in _waiting else 0
+        job = _current if _busy() else None
+    left = slot_time_left(job) if job is not None else 0.0
+    limit = shared_time_limit()
+    if left is None:
+        return None
+    if ahead and not limit:
+        return None
+    return left + ahead * (limit or 0)
+
+
+def slot_time_left(job: Job | None = None) -> float | None:
+    """Roughly how long the slot stays busy with `job` (the current one): its ETA, capped by its time limit."""
+    job = job or (_current if _busy() else None)
+    if job is None:
+        return 0.0
+    eta = job.snapshot().get("eta")
+    cap = job.deadline - time.time() if job.deadline else None
+    if eta is None:
+        return None if cap is None else max(0.0, cap)
+    return max(0.0, min(eta, cap) if cap is not None else eta)
+
+
+def slot_busy() -> bool:
+    return _busy()
+
+
+def leave_queue(owner, ticket_id: str | None = None) -> Ticket:
+    """Take this owner's waiting job out of the line (only its owner may)."""
+    key = _owner_key(owner)
+    with _registry_lock:
+        ticket = next((t for t in _waiting if key and _owner_key_of(t) == key
+                       and (ticket_id is None or t.id == ticket_id)), None)
+        if ticket is None:
+            raise StudioError("You have no job waiting in line.")
+        _waiting.remove(ticket)
+        ticket.left = True
+        return ticket
+
+
+def _start_next() -> None:
+    """The slot is free: start the first waiting job, as its visitor (their run, their time limit). A job
+    that can't start now (its memory no longer fits, its run was removed) says why on its ticket."""
+    while True:
+        with _registry_lock:
+            if _busy() or not _waiting:
+                return
+            ticket = _waiting.pop(0)
+        try:
+            with acting_for(ticket.visitor):
+                est = check_memory(ticket.recipe) if ticket.recipe is not None else None
+                with _registry_lock:
+                    if _busy():  # someone else got there first (a local start): back to the front
+                        _waiting.insert(0, ticket)
+                        return
+                    ticket.job = _start_now(ticket.recipe, ticket.runs_dir, ticket.resume, ticket.run_name,
+                                            ticket.owner, est)
+            return
+        except StudioError as e:
+            ticket.error = str(e)
+        except Exception as e:  # noqa: BLE001 - one bad ticket must not stop the line
+            log.exception("could not start a waiting job")
+            ticket.error = f"unexpected error ({type(e).__name__}) when its turn came; details are in the server log"
 
 
 def _slug(text: str, limit: int = 28) -> str:
@@ -211,6 +461,13 @@ def _fail(job: Job, msg: str, resume: bool) -> None:
 
 
 def _run(job: Job, resume: bool) -> None:
+    try:
+        _train(job, resume)
+    finally:
+        _start_next()  # the slot is free: the first job in line starts, whether or not its page is open
+
+
+def _train(job: Job, resume: bool) -> None:
     from studio.train import run_method
 
     try:
@@ -243,7 +500,8 @@ def stop_current(client_id: str | None, kind: str | None = None, what: str = "tr
     job = current_job()
     if job is None or not job.active or (kind is not None and job.kind != kind):
         raise StudioError(f"No {what} job is running.")
-    if (job.owner and job.owner != client_id) or not may_write(job.run_dir):
-        raise StudioError("This job was started by another visitor: you can watch it, not stop it.")
+    if not may_watch(job.run_dir) or (shared_mode() and job.owner and job.owner != client_id):
+        # locally every browser is the one person at the keyboard; on a shared app only the job's own visitor
+        raise StudioError("The running job was started by another visitor: only they can stop it.")
     job.request_stop()
     return job

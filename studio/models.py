@@ -210,19 +210,26 @@ def folder_size(path) -> int:
     return sum(f.stat().st_size for f in Path(path).rglob("*") if f.is_file())
 
 
+def model_config(name: str):
+    """A model's transformers config (its sizes), read without loading any weights."""
+    from transformers import AutoConfig
+
+    offline = hub_preflight(name)
+    try:
+        return AutoConfig.from_pretrained(resolve_model_path(name), token=_hub_token(), local_files_only=offline)
+    except Exception as e:  # noqa: BLE001
+        raise _load_error(name, e) from None
+
+
 def estimate_parameters(model_args) -> dict:
     """Trainable / total parameters for a LoRA setup without loading weights (config only)."""
     from accelerate import init_empty_weights
     from peft import get_peft_model
-    from transformers import AutoConfig, AutoModelForCausalLM
+    from transformers import AutoModelForCausalLM
     from trl import get_peft_config
 
     name = model_args.model_name_or_path
-    offline = hub_preflight(name)
-    try:
-        config = AutoConfig.from_pretrained(resolve_model_path(name), token=_hub_token(), local_files_only=offline)
-    except Exception as e:  # noqa: BLE001
-        raise _load_error(name, e) from None
+    config = model_config(name)
     with init_empty_weights():
         model = AutoModelForCausalLM.from_config(config)
     # Empty-weight models are not tied for us (and the context re-creates assigned parameters): tie here,

@@ -75,11 +75,11 @@ def test_start_second_start_and_stop_from_another_visitor(client, app):
     assert "Started" in msg
     from gradio_client import Client
 
-    other = Client(app[0], verbose=False)  # another visitor: another session (a client id as text proves nothing)
+    other = Client(app[0], verbose=False)  # another browser: another session (a client id as text proves nothing)
     msg = other.predict("visitor-b", *values, api_name="/start_training")
-    assert "already running" in msg
-    assert "another visitor" in other.predict("visitor-a", api_name="/stop_training")
-    assert "Stopping" in client.predict(None, api_name="/stop_training")
+    assert "already running" in msg  # a local app: one person, no waiting list
+    # locally a second browser is the same person at the keyboard (issue 27): it may stop the job
+    assert "Stopping" in other.predict(None, api_name="/stop_training")
     runs = app[1]
     deadline = time.time() + 60
     while time.time() < deadline and not list(runs.glob("*/summary.json")):

@@ -91,7 +91,9 @@ def test_train_from_the_browser_live_chart_stop_reload_reattach(app, browser):
     context.close()
 
 
-def test_second_visitor_sees_job_read_only(app, browser):
+def test_second_local_browser_is_the_same_person(app, browser):
+    """A local app has one person at the keyboard (issue 27): a second browser sees the run's log and chart,
+    finished or not, and may stop it. A shared app hides them (tests/test_queue.py)."""
     owner = browser.new_context()
     other = browser.new_context()
     p1, p2 = owner.new_page(), other.new_page()
@@ -100,12 +102,19 @@ def test_second_visitor_sees_job_read_only(app, browser):
     wait_for(lambda: _step(p1) >= 3, 60, "owner progress")
     p2.goto(app)
     p2.get_by_role("tab", name="Train").click()
-    wait_for(lambda: _step(p2) >= 3, 30, "visitor sees progress")
-    assert "read-only" in p2.locator("#train-progress").inner_text()
-    assert "shown only to the visitor" in p2.locator("#train-log textarea").input_value()
+    wait_for(lambda: _step(p2) >= 3, 30, "the second browser sees progress")
+    assert "read-only" not in p2.locator("#train-progress").inner_text()
+    wait_for(lambda: "loading" in p2.locator("#train-log textarea").input_value(), 30, "the log")
     p2.get_by_role("button", name="Stop").click()
-    p2.locator("#train-message").get_by_text("another visitor").wait_for(timeout=10000)
-    p1.get_by_role("button", name="Stop").click()
-    wait_for(lambda: "stopped" in p1.locator("#train-progress").inner_text(), 60, "cancelled")
-    owner.close()
-    other.close()
+    p2.locator("#train-message").get_by_text("Stopping").wait_for(timeout=10000)
+    wait_for(lambda: "stopped" in p2.locator("#train-progress").inner_text(), 60, "cancelled")
+    # a third browser opened after the run ended still sees its log and chart
+    third = browser.new_context()
+    p3 = third.new_page()
+    p3.goto(app)
+    p3.get_by_role("tab", name="Train").click()
+    wait_for(lambda: "stopped" in p3.locator("#train-progress").inner_text(), 30, "the finished run")
+    assert "stopped at step" in p3.locator("#train-log textarea").input_value()
+    wait_for(lambda: p3.locator("#train-chart .js-plotly-plot").count() == 1, 30, "the finished run's chart")
+    for context in (owner, other, third):
+        context.close()

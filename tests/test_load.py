@@ -2,7 +2,7 @@
 
 One visitor trains; the others load their own uploads, check parameters, try to train and try to stop
 the running job, in a bounded loop. Nothing crashes, nothing leaks between sessions, the second
-training request gets a "busy" line naming the job and its progress, and latency is recorded (printed,
+training request joins the waiting list (and leaves it), and latency is recorded (printed,
 and put in the README; only a hang fails the test, never a slow call).
 """
 
@@ -63,8 +63,9 @@ def _visitor(url, n, tmp_path, results, errors, deadline):
             lat.append(time.time() - t)
             assert "trainable params" in report
             busy = client.predict(f"visitor-{n}", *values, api_name="/start_training")
-            assert "already running" in busy and "step" in busy, busy
+            assert "Waiting in line: position" in busy, busy  # a shared app: the start joins the waiting list
             assert "another visitor" in client.predict(f"visitor-{n}", api_name="/stop_training")
+            assert "left the queue" in client.predict(f"visitor-{n}", api_name="/leave_queue")[0]
     except Exception as e:  # noqa: BLE001 - reported by the main thread
         errors.append(f"visitor {n}: {type(e).__name__}: {e}")
 

@@ -7,7 +7,7 @@ import json
 import gradio as gr
 
 from studio.ui.common import browser, error_html, job_log, ok_html, progress_html, safely
-from studio.ui.train_tab import _report_to_widget
+from studio.ui.train_tab import _report_to_widget, arm_timer, queue_html, watch_slot
 
 BASE_START = "(base model: a fresh adapter)"
 LOSS_TYPES = ["sigmoid", "ipo", "hinge", "robust", "exo_pair", "nca_pair", "bco_pair", "sppo_hard", "aot",
@@ -162,8 +162,10 @@ def create_dpo_tab(client: gr.BrowserState) -> dict:
         with gr.Row():
             start = gr.Button("Start DPO", variant="primary")
             stop = gr.Button("Stop", variant="stop")
+            leave = gr.Button("Leave the queue", visible=False, elem_id="dpo-leave")
             refresh = gr.Button("Refresh runs")
         message = gr.HTML(elem_id="dpo-message")
+        queue_line = gr.HTML(elem_id="dpo-queue")
         progress = gr.HTML(elem_id="dpo-progress")
         chart = gr.Plot(label="Loss and rewards (train solid, eval dashed)", elem_id="dpo-chart")
         table = gr.Dataframe(headers=TABLE_HEADERS, label=HELDOUT_LABEL,
@@ -282,8 +284,10 @@ def create_dpo_tab(client: gr.BrowserState) -> dict:
 
         recipe.change(fill, recipe, comps + [base_flat, message], api_name="fill_dpo")
 
+        timer = gr.Timer(1.0)  # polls while this page's DPO job runs or waits; a first tick re-attaches after a load
+
         def start_run(profile: gr.OAuthProfile | None, client_id, base, start_from, *values):
-            from studio.access import require_work
+            from studio.access import require_work, shared_mode
             from studio.jobs import start_job
             from studio.recipes import recipe_from_flat
             from studio.inference import init_adapter_run
@@ -299,15 +303,19 @@ def create_dpo_tab(client: gr.BrowserState) -> dict:
                 recipe_obj = recipe_from_flat(flat)
                 init_adapter_run(recipe_obj)  # one line now, not a failed job later
                 load_pairs(recipe_obj)
-                return start_job(recipe_obj, owner=client_id)
+                return start_job(recipe_obj, owner=client_id, wait=shared_mode())
 
             job, err = safely(run)
             if err:
                 return error_html(err), (-1, False), {}
+            if not hasattr(job, "run_dir"):  # a Ticket: the slot is busy, the job waits in line
+                return (queue_html(job) or ok_html("Your job is waiting in line."), (-1, False),
+                        {"ticket": job.id, "polling": True})
             return (ok_html(f"Started {job.id}. Closing the browser does not stop it; reload to re-attach."), (-1, False),
-                    {"id": job.id, "banner": True})
+                    {"id": job.id, "banner": True, "polling": True})
 
-        start.click(start_run, [client, base_flat, init_adapter, *comps], [message, seen, watch], api_name="start_dpo")
+        start.click(start_run, [client, base_flat, init_adapter, *comps], [message, seen, watch],
+                    api_name="start_dpo").then(arm_timer, watch, [timer, leave], api_visibility="private")
 
         def stop_run(client_id):
             from studio.jobs import stop_current
@@ -321,17 +329,23 @@ def create_dpo_tab(client: gr.BrowserState) -> dict:
         stop.click(stop_run, client, message, api_name="stop_dpo")
 
         def poll(profile: gr.OAuthProfile | None, client_id, seen_state, watching):
-            from studio.access import can_see_logs, may_write
+            from studio.access import can_see_logs
             from studio.charts import dpo_chart
-            from studio.jobs import latest_job
 
-            watching = watching or {}
-            job = latest_job(("dpo",), watching.get("id"))  # this tab's own last run, never another tab's
+            client_id = browser(client_id) or client_id  # the verified browser id where the app issues one
+            was_polling = (watching or {}).get("polling", True)
+            # this tab's own last run, never another tab's, and never another visitor's (studio.access.may_watch)
+            job, note, polling, watching = watch_slot(("dpo",), client_id, dict(watching or {}))
+            if job is not None and not can_see_logs(profile):
+                job, polling = None, False
+            timer_update = gr.update() if polling == was_polling else gr.Timer(active=polling)
+            watching["polling"] = polling
+            queued = "data-position" in (note or "")
             if job is None:
-                return gr.update(), gr.update(), gr.update(), gr.update(), seen_state, gr.update(), watching
+                cleared = seen_state[0] == -1 and not seen_state[1]
+                return ("", gr.update() if cleared else None, gr.update() if cleared else [], "", (-1, False),
+                        "" if queued else gr.update(), watching, note or "", timer_update, gr.update(visible=queued))
             s = job.snapshot()
-            client_id = browser(client_id)  # the verified browser id, else this session
-            mine = (not job.owner or job.owner == client_id) and may_write(job.run_dir) and can_see_logs(profile)
             bar = progress_html(s) + (error_html(s["error"]) if s.get("error") else "")
             n, finished = len(job.history), job.summary is not None
             if n != seen_state[0]:
@@ -339,15 +353,26 @@ def create_dpo_tab(client: gr.BrowserState) -> dict:
             else:
                 fig = gr.update()
             rows = heldout_update(job.run_dir) if finished and not seen_state[1] else gr.update()
-            log_text = job_log(job) if mine else "(the log is shown only to the visitor who started it)"
             banner = gr.update()
             if watching.get("banner") and watching.get("id") == job.id and not job.active:
                 banner, watching = "", {**watching, "banner": False}
-            return bar, fig, rows, log_text, (n, finished), banner, watching
+            return (bar, fig, rows, job_log(job), (n, finished), banner, watching, note or "", timer_update,
+                    gr.update(visible=False))
 
-        timer = gr.Timer(1.0)
-        timer.tick(poll, [client, seen, watch], [progress, chart, table, logs, seen, message, watch],
-                   show_progress="hidden")
+        timer.tick(poll, [client, seen, watch], [progress, chart, table, logs, seen, message, watch, queue_line,
+                                                 timer, leave], show_progress="hidden")
+
+        def leave_line(client_id, watching):
+            from studio.jobs import leave_queue
+
+            client_id = browser(client_id) or client_id
+            _, err = safely(leave_queue, client_id, (watching or {}).get("ticket"))
+            if err:
+                return error_html(err), "", gr.update(visible=False), watching
+            return ok_html("You left the queue; your job will not start."), "", gr.update(visible=False), \
+                {**(watching or {}), "ticket": None}
+
+        leave.click(leave_line, [client, watch], [message, queue_line, leave, watch], api_name="leave_dpo_queue")
 
         def list_starts():
             ids, _ = safely(_runs_with_adapter)

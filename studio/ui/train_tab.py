@@ -12,6 +12,21 @@ import gradio as gr
 
 from studio.ui.common import browser, error_html, job_log, ok_html, page_browser_id, progress_html, safely
 
+
+def memory_line(recipe) -> str:
+    """The parameter check's memory line: the estimate against what this machine has (studio.memory)."""
+    from studio.errors import StudioError
+    from studio.memory import check_fits, estimate_for_recipe, recipe_settings
+
+    try:
+        est = estimate_for_recipe(recipe)
+    except Exception:  # noqa: BLE001 - an architecture the estimate can't read: the parameters still show
+        return ""
+    try:
+        return "**Memory:** " + check_fits(est, recipe_settings(recipe)).removeprefix("memory: ")
+    except StudioError as e:
+        return f"**Memory:** ⚠️ {e}"
+
 SCRATCH = "(start from scratch)"
 # (recipe key, widget factory). Keys are the recipe's own (TRL) field names: one name per setting, everywhere.
 BASIC = [
@@ -155,6 +170,71 @@ def samples_markdown(summary: dict | None) -> str:
     return "**Before / after on the sample prompts**\n\n" + "\n".join(rows)
 
 
+def _rough(seconds) -> str:
+    if seconds is None:
+        return "an unknown time"
+    minutes = round(seconds / 60)
+    if minutes < 1:
+        return "under a minute"
+    return f"about {minutes} min" if minutes < 90 else f"about {minutes // 60} h {minutes % 60} min"
+
+
+def queue_html(ticket) -> str:
+    """A waiting job as its owner sees it: its place in line and roughly when it starts (no one else's run)."""
+    from studio.jobs import queue_position, wait_estimate
+
+    position = queue_position(ticket)
+    if position is None:
+        return ""
+    ahead = "the running job" if position == 1 else f"the running job and {position - 1} waiting ahead of yours"
+    return (f'<div class="studio-queue" data-position="{position}"><b>Waiting in line: position {position}.</b> '
+            f"It starts in {_rough(wait_estimate(ticket))} ({ahead}); it starts by itself when the slot frees, "
+            "even if you close this page.</div>")
+
+
+def busy_html() -> str:
+    """What a visitor learns of a job that is not theirs: only that the slot is busy, and roughly how long."""
+    from studio.jobs import slot_time_left
+
+    return (f'<div class="studio-queue" data-busy="1">The training slot is busy with another visitor\'s job '
+            f"({_rough(slot_time_left())} left). Start puts your job in the waiting list.</div>")
+
+
+def arm_timer(watching):
+    """After a start: the page polls again while its job runs or waits, and offers to leave the line."""
+    watching = watching or {}
+    if watching.get("ticket") or watching.get("id"):
+        return gr.Timer(active=True), gr.update(visible=bool(watching.get("ticket")))
+    return gr.update(), gr.update()
+
+
+def watch_slot(kinds, client_id, watching: dict):
+    """What this page may show of the one training slot: (its job or None, a queue/busy line or None, whether
+    to keep polling, the updated `watching`). Only the job's own visitor sees the job (studio.access.may_watch);
+    locally that is every browser."""
+    from studio.access import may_watch
+    from studio.jobs import get_ticket, latest_job, slot_busy, waiting_ticket
+
+    ticket = get_ticket(watching.get("ticket")) or waiting_ticket(client_id, kinds)
+    note = None
+    if ticket is not None:
+        if ticket.job is not None:
+            watching = {**watching, "id": ticket.job.id, "ticket": None}
+        elif ticket.error is not None:
+            note = error_html(f"your waiting job could not start: {ticket.error}")
+            watching = {**watching, "ticket": None}
+        elif ticket.waiting:
+            return None, queue_html(ticket), True, {**watching, "ticket": ticket.id}
+        else:
+            watching = {**watching, "ticket": None}
+    job = latest_job(kinds, watching.get("id"), visible=lambda j: may_watch(j.run_dir))
+    if job is not None:
+        return job, note, job.active, watching
+    if note is None and slot_busy():
+        note = busy_html()
+    return None, note, False, watching
+
+
 def create_train_tab(client: gr.BrowserState) -> dict:
     """`client` is this browser's id (kept in localStorage): who may stop the job it started."""
     from studio.models import PRESETS
@@ -189,11 +269,13 @@ def create_train_tab(client: gr.BrowserState) -> dict:
             start = gr.Button("Start", variant="primary")
             stop = gr.Button("Stop", variant="stop")
             resume_last = gr.Button("Resume")
+            leave = gr.Button("Leave the queue", visible=False, elem_id="train-leave")
             save = gr.Button("Save as recipe", elem_id="train-save")
         recipe_file = gr.File(label="Saved recipe (the form at the click)", visible=False, interactive=False,
                               elem_id="train-recipe-file")
         params = gr.Markdown(elem_id="param-report")
         message = gr.HTML(elem_id="train-message")
+        queue_line = gr.HTML(elem_id="train-queue")
         progress = gr.HTML(elem_id="train-progress")
         chart = gr.Plot(label="Loss, eval loss and learning rate", elem_id="train-chart")
         samples = gr.Markdown(elem_id="train-samples")
@@ -256,15 +338,32 @@ def create_train_tab(client: gr.BrowserState) -> dict:
             from studio.recipes import recipe_from_flat
 
             def run():
-                return estimate_parameters(recipe_from_flat(form_to_flat(keys, values, base)).model_config())
+                recipe_obj = recipe_from_flat(form_to_flat(keys, values, base))
+                report = estimate_parameters(recipe_obj.model_config())
+                return report, memory_line(recipe_obj)
 
-            report, err = safely(run)
-            return error_html(err) if err else f"**Parameters:** `{format_parameter_report(report)}`"
+            result, err = safely(run)
+            if err:
+                return error_html(err)
+            report, memory = result
+            return f"**Parameters:** `{format_parameter_report(report)}`  \n{memory}"
 
         check.click(check_params, [base_flat, *comps], params, api_name="check_parameters")
 
+        timer = gr.Timer(1.0)  # polls while this page's job runs or waits; a first tick re-attaches after a load
+
+        def started(job, err, verb, what=""):
+            """A start's answer: (message, seen, watch) for a started or a waiting job."""
+            if err:
+                return error_html(err), -1, {}
+            if not hasattr(job, "run_dir"):  # a Ticket: the slot is busy, the job waits in line
+                return (queue_html(job) or ok_html("Your job is waiting in line."), -1,
+                        {"ticket": job.id, "banner": False, "polling": True})
+            return (ok_html(f"{verb} {job.id}{what}. Closing the browser does not stop it; reload to re-attach."), -1,
+                    {"id": job.id, "banner": True, "polling": True})
+
         def start_run(profile: gr.OAuthProfile | None, client_id, base, *values):
-            from studio.access import require_work
+            from studio.access import require_work, shared_mode
             from studio.jobs import start_job
             from studio.recipes import recipe_from_flat
 
@@ -272,15 +371,14 @@ def create_train_tab(client: gr.BrowserState) -> dict:
 
             def run():
                 require_work(profile, "training")
-                return start_job(recipe_from_flat(form_to_flat(keys, values, base)), owner=client_id)
+                return start_job(recipe_from_flat(form_to_flat(keys, values, base)), owner=client_id,
+                                 wait=shared_mode())
 
             job, err = safely(run)
-            if err:
-                return error_html(err), -1, {}
-            return (ok_html(f"Started {job.id}. Closing the browser does not stop it; reload to re-attach."), -1,
-                    {"id": job.id, "banner": True})
+            return started(job, err, "Started")
 
-        start.click(start_run, [client, base_flat, *comps], [message, seen, watch], api_name="start_training")
+        start.click(start_run, [client, base_flat, *comps], [message, seen, watch], api_name="start_training").then(
+            arm_timer, watch, [timer, leave], api_visibility="private")
 
         def stop_run(client_id):
             from studio.jobs import stop_current
@@ -294,34 +392,47 @@ def create_train_tab(client: gr.BrowserState) -> dict:
         stop.click(stop_run, client, message, api_name="stop_training")
 
         def poll(profile: gr.OAuthProfile | None, client_id, seen_rows, watching):
-            from studio.access import can_see_logs, may_write
+            from studio.access import can_see_logs
             from studio.charts import loss_chart
-            from studio.jobs import latest_job
 
-            watching = watching or {}
-            job = latest_job(TRAIN_KINDS, watching.get("id"))
+            client_id = browser(client_id) or client_id  # the verified browser id where the app issues one
+            was_polling = (watching or {}).get("polling", True)
+            job, note, polling, watching = watch_slot(TRAIN_KINDS, client_id, dict(watching or {}))
+            if job is not None and not can_see_logs(profile):  # a demo's visitor: no one's live view
+                job, polling = None, False
+            timer_update = gr.update() if polling == was_polling else gr.Timer(active=polling)
+            watching["polling"] = polling
+            queued = "data-position" in (note or "")
             if job is None:
-                return gr.update(), gr.update(), gr.update(), gr.update(), gr.update(), seen_rows, watching
+                return ("", None if seen_rows != -1 else gr.update(), "", "", "" if queued else gr.update(), -1,
+                        watching, note or "", timer_update, gr.update(visible=queued))  # the line, not twice
             s = job.snapshot()
-            client_id = browser(client_id)  # the verified browser id, else this session
-            mine = (not job.owner or job.owner == client_id) and may_write(job.run_dir) and can_see_logs(profile)
-            note = "" if mine else ('<p class="studio-note">Another visitor started this run: '
-                                    "you are watching it read-only.</p>")
-            bar = progress_html(s) + note + (error_html(s["error"]) if s.get("error") else "")
+            bar = progress_html(s) + (error_html(s["error"]) if s.get("error") else "")
             n = len(job.history)
             if n != seen_rows:  # no metrics yet (or a failed start): no chart, not an empty one
                 fig = loss_chart(job.history, f"{job.kind.upper()} run<br><sup>{job.id}</sup>") if n else None
             else:
                 fig = gr.update()
-            log_text = job_log(job) if mine else "(the log is shown only to the visitor who started the run)"
             banner = gr.update()
             if watching.get("banner") and watching.get("id") == job.id and not job.active:
                 banner, watching = "", {**watching, "banner": False}  # "Started …" goes once the run has ended
-            return bar, fig, log_text, samples_markdown(job.summary), banner, n, watching
+            return (bar, fig, job_log(job), samples_markdown(job.summary), banner, n, watching, note or "",
+                    timer_update, gr.update(visible=False))
 
-        timer = gr.Timer(1.0)
-        timer.tick(poll, [client, seen, watch], [progress, chart, logs, samples, message, seen, watch],
-                   show_progress="hidden")
+        timer.tick(poll, [client, seen, watch], [progress, chart, logs, samples, message, seen, watch, queue_line,
+                                                 timer, leave], show_progress="hidden")
+
+        def leave_line(client_id, watching):
+            from studio.jobs import leave_queue
+
+            client_id = browser(client_id) or client_id
+            _, err = safely(leave_queue, client_id, (watching or {}).get("ticket"))
+            if err:
+                return error_html(err), "", gr.update(visible=False), watching
+            return ok_html("You left the queue; your job will not start."), "", gr.update(visible=False), \
+                {**(watching or {}), "ticket": None}
+
+        leave.click(leave_line, [client, watch], [message, queue_line, leave, watch], api_name="leave_queue")
 
         def list_run_ids():
             from studio.runs import list_runs, run_label
@@ -371,23 +482,22 @@ def create_train_tab(client: gr.BrowserState) -> dict:
         open_run.click(open_selected, [run_pick, run_other], [run_summary, run_chart, message])
 
         def resume_selected(profile: gr.OAuthProfile | None, client_id, run_id):
-            from studio.access import require_work, resolve_run
+            from studio.access import require_work, resolve_run, shared_mode
             from studio.jobs import start_job
 
             if not run_id:
-                return error_html("Pick a stopped or interrupted run to resume."), -1
+                return error_html("Pick a stopped or interrupted run to resume."), -1, {}
             client_id = browser(client_id)
 
             def run():
                 require_work(profile, "training")
-                return start_job(None, resume=resolve_run(run_id), owner=client_id)
+                return start_job(None, resume=resolve_run(run_id), owner=client_id, wait=shared_mode())
 
             job, err = safely(run)
-            if err:
-                return error_html(err), -1, {}
-            return ok_html(f"Resuming {job.id} from its last checkpoint."), -1, {"id": job.id, "banner": True}
+            return started(job, err, "Resuming", " from its last checkpoint")
 
-        resume.click(resume_selected, [client, run_pick], [message, seen, watch], api_name="resume_training")
+        resume.click(resume_selected, [client, run_pick], [message, seen, watch], api_name="resume_training").then(
+            arm_timer, watch, [timer, leave], api_visibility="private")
 
         def resume_latest(profile: gr.OAuthProfile | None, client_id):
             from studio.access import may_write, require_work
@@ -402,7 +512,8 @@ def create_train_tab(client: gr.BrowserState) -> dict:
                 return error_html("No stopped or interrupted run with a checkpoint to resume."), -1, {}
             return resume_selected(profile, client_id, run.id)
 
-        resume_last.click(resume_latest, client, [message, seen, watch], api_name="resume_latest")
+        resume_last.click(resume_latest, client, [message, seen, watch], api_name="resume_latest").then(
+            arm_timer, watch, [timer, leave], api_visibility="private")
 
         def save_recipe(base, *values):
             from studio.recipes import recipe_from_flat
