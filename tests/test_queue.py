@@ -79,7 +79,7 @@ def _client(url):
     from gradio_client import Client
 
     client = Client(url, verbose=False, httpx_kwargs={"timeout": 180})  # a loaded machine answers slowly
-    client.predict("tiny-quotes", api_name="/pick_recipe")  # as a page does on load: the session keeps the recipe
+    client.predict("tiny-quotes", api_name="/fill")  # as a page does on load: the session keeps the recipe
     return client
 
 
