@@ -297,6 +297,7 @@ def test_a_flood_of_fresh_sessions_is_refused_before_gradios_cache_breaks(monkey
     together `max_size`, and a refused join leaves nothing in Gradio's pending-message cache."""
     import asyncio
     import uuid
+    from concurrent.futures import ThreadPoolExecutor
     from types import SimpleNamespace
 
     from gradio.data_classes import PredictBodyInternal
@@ -312,7 +313,9 @@ def test_a_flood_of_fresh_sessions_is_refused_before_gradios_cache_breaks(monkey
     def join(host):
         body = PredictBodyInternal(data=["tiny-quotes"], fn_index=index, session_hash=uuid.uuid4().hex)
         request = SimpleNamespace(client=SimpleNamespace(host=host), headers={}, query_params={})
-        return asyncio.run(queue.push(body=body, request=request, username=None))
+        # a thread of its own: an earlier test in this process may have left an event loop running in this one
+        with ThreadPoolExecutor(1) as pool:
+            return pool.submit(asyncio.run, queue.push(body=body, request=request, username=None)).result()
 
     flood = [join("203.0.113.7") for _ in range(100)]
     accepted = [ok for ok, _msg, _state in flood if ok]

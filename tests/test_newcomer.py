@@ -166,6 +166,8 @@ def test_chat_turns_are_sampled_with_fresh_seeds(monkeypatch):  # finding 10
         yield "hi", []
 
     class Setup:
+        backend = "fake backend"
+
         def describe(self):
             return "fake"
 

@@ -143,5 +143,6 @@ def export_result(result: dict, folder: str | Path | None = None) -> tuple[Path,
             outs = [o if isinstance(o, str) else "\n— next turn —\n".join(o) for o in row["outputs"].values()]
             scores = [round(row["scores"][lab][key], 2) for lab in labels] + [round(row["delta"], 2)] if key else []
             w.writerow([safe_cell(c) for c in (row["id"], row["prompt"], row["reference"], *outs, *scores)])
-    export_metrics(result, folder)
+    if result.get("metrics"):  # the summary, beside the rows
+        export_metrics(result, folder)
     return csv_path, json_path
