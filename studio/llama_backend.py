@@ -334,7 +334,9 @@ class LlamaEngine:
             items.put(None)
 
         threading.Thread(target=work, daemon=True, name="llama.cpp decode").start()
-        decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        # bytes that can never be UTF-8 (a toy model samples lone continuation bytes) are dropped, not shown as
+        # "\ufffd"; a character cut between tokens is still held back until it is whole
+        decoder = codecs.getincrementaldecoder("utf-8")(errors="ignore")
         text, n = "", 0
         try:
             while (token := items.get()) is not None:
@@ -347,15 +349,15 @@ class LlamaEngine:
                     yield text, n
         finally:
             stop.set()
-        rest = decoder.decode(b"", final=True).rstrip("\ufffd")  # cut by max_new_tokens mid-character
+        rest = decoder.decode(b"", final=True)  # a character cut by max_new_tokens is dropped
         if rest:
             yield text + rest, n
 
     def complete(self, ids: list[int], max_new_tokens: int, **kwargs) -> str:
         """The whole reply at once (labelling), decoded as `stream_text` decodes it."""
-        decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        decoder = codecs.getincrementaldecoder("utf-8")(errors="ignore")
         text = "".join(decoder.decode(self.piece(t)) for t in self.tokens(ids, max_new_tokens, **kwargs))
-        return text + decoder.decode(b"", final=True).rstrip("\ufffd")
+        return text + decoder.decode(b"", final=True)
 
 
 def stop_ids_of(tokenizer, base: str) -> set[int]:
