@@ -256,9 +256,11 @@ def latest_session() -> str | None:
     never another visitor's."""
     folder = pairs_dir()
     sessions = sorted(folder.glob("*.session.json"), key=lambda p: p.stat().st_mtime) if folder.is_dir() else []
-    for path in reversed(sessions):
-        name = path.name.removesuffix(".session.json")
-        if _mine(name):
+    from studio.access import may_write_each
+
+    names = [path.name.removesuffix(".session.json") for path in reversed(sessions)]
+    for name, mine in zip(names, may_write_each(pairs_path(name) for name in names)):  # _mine, for all at once
+        if mine:
             return name
     return None
 

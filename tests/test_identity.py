@@ -145,6 +145,21 @@ def test_a_check_costs_the_same_at_10_and_100000_records(shared):
     assert times[100_000] < 20 * times[10] + 0.01  # generous: the old file took ≈ 1000× longer at 100,000
 
 
+def test_many_checks_at_once_agree_with_one_at_a_time(shared):
+    """may_write_each (one store look-up for a page load's listing) answers what may_write answers per path: the
+    visitor's own, another's, the owner's existing file and a free name."""
+    from studio import access, ownership
+
+    runs = shared / "runs"
+    (runs / "pairs").mkdir(parents=True)
+    me, other = access.make_visitor("a" * 32, "s-a"), access.make_visitor("b" * 32, "s-b")
+    paths = [runs / "pairs" / f"{name}.jsonl" for name in ("mine", "theirs", "owners", "free")]
+    ownership.add_marks("runs:pairs/mine.jsonl", me.marks(), root=runs)
+    ownership.add_marks("runs:pairs/theirs.jsonl", other.marks(), root=runs)
+    paths[2].write_text("{}\n")  # made by the owner: nobody's marks, exists
+    assert access.may_write_each(paths, me) == [access.may_write(p, me) for p in paths] == [True, False, False, True]
+
+
 # ---- against the app ------------------------------------------------------------------------------------------
 def _labelling(client, name, client_id="test"):
     return client.predict(client_id, name, "embedded/tiny-llama", 0, 8, "one prompt\n\nanother prompt", "",
