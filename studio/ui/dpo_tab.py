@@ -362,17 +362,9 @@ def create_dpo_tab(client: gr.BrowserState) -> dict:
         timer.tick(poll, [client, seen, watch], [progress, chart, table, logs, seen, message, watch, queue_line,
                                                  timer, leave], show_progress="hidden")
 
-        def leave_line(client_id, watching):
-            from studio.jobs import leave_queue
+        from studio.ui.train_tab import leave_queue_line  # one button, two tabs
 
-            client_id = browser(client_id) or client_id
-            _, err = safely(leave_queue, client_id, (watching or {}).get("ticket"))
-            if err:
-                return error_html(err), "", gr.update(visible=False), watching
-            return ok_html("You left the queue; your job will not start."), "", gr.update(visible=False), \
-                {**(watching or {}), "ticket": None}
-
-        leave.click(leave_line, [client, watch], [message, queue_line, leave, watch], api_name="leave_dpo_queue")
+        leave.click(leave_queue_line, [client, watch], [message, queue_line, leave, watch], api_name="leave_dpo_queue")
 
         def list_starts():
             ids, _ = safely(_runs_with_adapter)

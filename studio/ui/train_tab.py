@@ -80,6 +80,20 @@ def shown_source(source: str) -> str:
     return text
 
 
+def leave_queue_line(client_id, watching):
+    """The Leave-the-queue button of the Train and DPO tabs: (message, queue line, button, watch state)."""
+    import gradio as gr
+
+    from studio.jobs import leave_queue
+
+    client_id = browser(client_id) or client_id
+    _, err = safely(leave_queue, client_id, (watching or {}).get("ticket"))
+    if err:
+        return error_html(err), "", gr.update(visible=False), watching
+    return (ok_html("You left the queue; your job will not start."), "", gr.update(visible=False),
+            {**(watching or {}), "ticket": None})
+
+
 def _report_to_widget():
     """TRL's report_to: the trackers installed here (on a shared app, the ones that stay on this machine)."""
     from studio.access import shared_mode
@@ -422,17 +436,7 @@ def create_train_tab(client: gr.BrowserState) -> dict:
         timer.tick(poll, [client, seen, watch], [progress, chart, logs, samples, message, seen, watch, queue_line,
                                                  timer, leave], show_progress="hidden")
 
-        def leave_line(client_id, watching):
-            from studio.jobs import leave_queue
-
-            client_id = browser(client_id) or client_id
-            _, err = safely(leave_queue, client_id, (watching or {}).get("ticket"))
-            if err:
-                return error_html(err), "", gr.update(visible=False), watching
-            return ok_html("You left the queue; your job will not start."), "", gr.update(visible=False), \
-                {**(watching or {}), "ticket": None}
-
-        leave.click(leave_line, [client, watch], [message, queue_line, leave, watch], api_name="leave_queue")
+        leave.click(leave_queue_line, [client, watch], [message, queue_line, leave, watch], api_name="leave_queue")
 
         def list_run_ids():
             from studio.runs import list_runs, run_label
