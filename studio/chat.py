@@ -104,13 +104,16 @@ def flatten(content) -> str:
 def clean_history(history: list[dict]) -> list[dict]:
     if not isinstance(history, list):
         raise StudioError(f"chat history: expected a list of messages, got {type(history).__name__}")
-    return [{"role": m["role"], "content": flatten(m.get("content"))} for m in history
+    from studio.inference import unmarked_reply
+
+    return [{"role": m["role"], "content": unmarked_reply(flatten(m.get("content"))) if m["role"] == "assistant"
+             else flatten(m.get("content"))} for m in history
             if isinstance(m, dict) and m.get("role") in ("user", "assistant")]
 
 
 SAMPLING = {"k": (0, 10**9),  # more than the corpus holds is refused where the corpus is known
             "temperature": (0, 5), "top_p": (0, 1), "repetition_penalty": (0.01, 10),
-            "max_new_tokens": (1, 1024)}
+            "max_new_tokens": (1, 1024), "seed": (0, 2**31 - 1)}
 
 
 def check_sampling(**values) -> dict:
@@ -124,7 +127,7 @@ def check_sampling(**values) -> dict:
             raise StudioError(f"{name}: expected a number, got {type(value).__name__}") from None
         if not math.isfinite(number) or not low <= number <= high:
             raise StudioError(f"{name}: must be from {low} to {high}, got {value!r}")
-        out[name] = int(number) if name in ("k", "max_new_tokens") else number
+        out[name] = int(number) if name in ("k", "max_new_tokens", "seed") else number
     return out
 
 
@@ -173,9 +176,10 @@ class TokenStream:
 
 def stream_reply(setup: ChatSetup, persona: str, history: list[dict], k: int = 3, *, with_turn: bool = False,
                  temperature: float = 0.7, top_p: float = 0.9, repetition_penalty: float = 1.1,
-                 max_new_tokens: int = 64, seed: int | None = None):
+                 max_new_tokens: int = 64, seed: int | None = None, info: dict | None = None):
     """Yield (reply so far, stories used) token by token. `history` ends with the user's message.
-    `seed=None` draws a fresh seed per reply (so two turns are not sampled alike); give one to repeat a reply."""
+    `seed=None` draws a fresh seed per reply (so two turns are not sampled alike); give one to repeat a reply.
+    When done, `info` (if given) holds "tokens" (generated) and "cut" (stopped by max_new_tokens, not by an end token)."""
     import random
 
     from studio.inference import chat_prompt
@@ -200,10 +204,13 @@ def stream_reply(setup: ChatSetup, persona: str, history: list[dict], k: int = 3
     sampled = bool(temperature and float(temperature) > 0)
     if setup.engine is not None:
         yield "", used
-        for text, _ in setup.engine.stream_text(ids, max_new_tokens, temperature=float(temperature) if sampled else 0.0,
+        n = 0
+        for text, n in setup.engine.stream_text(ids, max_new_tokens, temperature=float(temperature) if sampled else 0.0,
                                                 top_p=float(top_p), repetition_penalty=float(repetition_penalty),
                                                 seed=seed):
             yield text, used
+        if info is not None:  # the engine never yields its end token: max_new_tokens of them means it was cut
+            info.update(tokens=n, cut=n >= int(max_new_tokens))
         return
     import torch
 
@@ -236,6 +243,16 @@ def stream_reply(setup: ChatSetup, persona: str, history: list[dict], k: int = 3
     thread.join()
     if errors:
         raise errors[0]
+    if info is not None:  # generate puts its end token in the stream: a full budget without one was cut
+        ended = bool(streamer.ids) and streamer.ids[-1] in _end_ids(tok, model)
+        info.update(tokens=len(streamer.ids), cut=len(streamer.ids) >= int(max_new_tokens) and not ended)
+
+
+def _end_ids(tok, model) -> set[int]:
+    """The ids generate stops on: the generation config's eos (an int or a list) and the tokenizer's."""
+    eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    ids = set(eos if isinstance(eos, (list, tuple)) else [eos] if eos is not None else [])
+    return ids | ({tok.eos_token_id} if tok.eos_token_id is not None else set())
 
 
 def reply(setup: ChatSetup, persona: str, history: list[dict], k: int = 3, **kwargs) -> tuple[str, list[dict]]:

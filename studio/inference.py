@@ -181,6 +181,26 @@ def _has_bos(tokenizer, prompts: list[str]) -> bool:
     return bool(bos) and all(p.startswith(bos) for p in prompts)
 
 
+EMPTY_REPLY = "(empty reply)"
+_LIMIT_MARK = " … [stopped at the {}-token limit]"
+
+
+def marked_reply(text: str, cut: bool = False, limit: int | None = None) -> str:
+    """A reply as a page shows it: an empty one named, one stopped by the token limit marked (chat, Evaluate)."""
+    if not str(text).strip():
+        return EMPTY_REPLY
+    return str(text).rstrip() + (_LIMIT_MARK.format(limit) if cut else "")
+
+
+def unmarked_reply(text: str) -> str:
+    """The model's own words of a reply `marked_reply` showed: what goes back into the next turn's prompt."""
+    if text == EMPTY_REPLY:
+        return ""
+    import re
+
+    return re.sub(r" … \[stopped at the \d+-token limit\]$", "", text)
+
+
 def chat_prompt(tokenizer, messages: list[dict]) -> str:
     """Messages → the prompt string the model continues (its chat template, generation prompt on)."""
     return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)

@@ -337,7 +337,7 @@ class LlamaEngine:
         # bytes that can never be UTF-8 (a toy model samples lone continuation bytes) are dropped, not shown as
         # "\ufffd"; a character cut between tokens is still held back until it is whole
         decoder = codecs.getincrementaldecoder("utf-8")(errors="ignore")
-        text, n = "", 0
+        text, n, shown_n = "", 0, 0
         try:
             while (token := items.get()) is not None:
                 if isinstance(token, BaseException):
@@ -346,11 +346,12 @@ class LlamaEngine:
                 new = decoder.decode(self.piece(token))
                 if new:
                     text += new
+                    shown_n = n
                     yield text, n
         finally:
             stop.set()
         rest = decoder.decode(b"", final=True)  # a character cut by max_new_tokens is dropped
-        if rest:
+        if rest or n != shown_n:  # the last item always carries the whole count (tokens that showed nothing too)
             yield text + rest, n
 
     def complete(self, ids: list[int], max_new_tokens: int, **kwargs) -> str:

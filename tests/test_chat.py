@@ -81,3 +81,35 @@ def test_chat_cli_prints_one_json_line_with_stories_best_first(capsys, embedded_
     code = main(["chat", "--model", "embedded/tiny-llama", "--persona", PERSONA, "--message", "hi", "--k", "100000",
                  "--json"])
     assert code == 2 and "larger than the story corpus" in json.loads(capsys.readouterr().out)["error"]
+
+
+def test_a_reply_stopped_by_the_token_limit_is_marked_and_goes_back_unmarked(embedded_path):
+    """Both backends (CI runs this file again with STUDIO_CHAT_BACKEND=transformers) say when a reply was cut."""
+    from studio.chat import clean_history, load_setup, stream_reply
+    from studio.inference import EMPTY_REPLY, marked_reply
+
+    setup = load_setup("embedded/tiny-llama", retrieval=False)
+    history = [{"role": "user", "content": "what do you do in winter?"}]
+    short, long = {}, {}
+    cut_text = [t for t, _ in stream_reply(setup, PERSONA, history, 0, max_new_tokens=3, seed=7, info=short)][-1]
+    assert short == {"tokens": 3, "cut": True}
+    whole = [t for t, _ in stream_reply(setup, PERSONA, history, 0, max_new_tokens=200, seed=7, info=long)][-1]
+    assert long["cut"] is (long["tokens"] >= 200)
+    assert whole.startswith(cut_text.rstrip())  # the same seed: the cut reply is the start of the longer one
+
+    shown = marked_reply(cut_text, short["cut"], 3)
+    assert shown.endswith(" … [stopped at the 3-token limit]")
+    assert marked_reply("  ", False, 3) == EMPTY_REPLY
+    # the next turn's prompt gets the model's own words, not the page's marks
+    again = clean_history([*history, {"role": "assistant", "content": shown}, {"role": "user", "content": "and?"},
+                           {"role": "assistant", "content": EMPTY_REPLY}])
+    assert again[1]["content"] == cut_text.rstrip() and again[3]["content"] == ""
+
+
+def test_a_seed_repeats_a_reply_and_a_bad_one_is_one_line():
+    from studio.chat import check_sampling
+
+    assert check_sampling(seed=42.0) == {"seed": 42}
+    for bad, word in ((-1, "must be from"), (2**31, "must be from"), ("x", "expected a number")):
+        with pytest.raises(StudioError, match=f"seed: {word}"):
+            check_sampling(seed=bad)

@@ -36,6 +36,8 @@ def test_reply_streams_with_stories_side_by_side_and_bad_input_is_one_line(app, 
     assert page.locator("#chat-model input").input_value() == "HuggingFaceTB/SmolLM2-135M-Instruct"  # the real default
     page.locator("#chat-model input").fill("embedded/tiny-llama")  # the toy keeps this test fast
     page.locator("#chat-model input").press("Enter")
+    page.get_by_text("Sampling").click()  # a fixed seed: the same sampled reply every run
+    page.locator("#chat-seed input").fill("3")
     page.evaluate(WATCH)
     page.locator("#chat-message textarea").fill("what do you do in winter?")
     page.locator("#chat-send").click()
@@ -45,6 +47,10 @@ def test_reply_streams_with_stories_side_by_side_and_bad_input_is_one_line(app, 
     replies = [r for r in page.evaluate("window.__replies") if r != "Loading content"]  # Gradio's placeholder
     assert len(replies) >= 3, f"the reply did not stream: {replies}"
     assert all(replies[-1].startswith(r.rstrip()) for r in replies[:-1]), replies  # each update extends the last
+    status = page.locator("#chat-status").inner_text()
+    assert "sampled with seed 3" in status, status
+    if "stopped at the 64-token limit" not in replies[-1]:  # the toy rarely ends on its own; when it does, it said so
+        assert page.evaluate("window.__replies").count(replies[-1]) == 1
     rows = page.locator("#chat-stories tbody tr")
     assert rows.count() == 3
     scores = [float(rows.nth(i).locator("td").nth(1).inner_text()) for i in range(3)]

@@ -186,7 +186,8 @@ def test_runs_on_different_data_are_refused_not_scored_on_the_first(capitals_run
 
 def test_empty_and_cut_replies_are_marked_and_counted(capitals_run):  # finding 5
     from studio.evaluate import compare
-    from studio.ui.evaluate_tab import EMPTY_REPLY, definitions_markdown, side_by_side
+    from studio.inference import EMPTY_REPLY
+    from studio.ui.evaluate_tab import definitions_markdown, side_by_side
 
     run_dir, _ = capitals_run
     result = compare([run_dir.name], limit=2, max_new_tokens=3, loss=False, save=False)

@@ -54,9 +54,10 @@ def _setups(model: str, model_b: str, compare: str, stories: str, k: int):
 
 
 def send(persona, message, chat_a, chat_b, model, model_b, compare, stories, k, with_turn, temperature, top_p,
-         repetition_penalty, max_new_tokens, progress=gr.Progress()):
+         repetition_penalty, max_new_tokens, seed=None, progress=gr.Progress()):
     """Generator: stream column A's reply, then column B's; the stories and loaded models beside them."""
     from studio.chat import stream_reply
+    from studio.inference import marked_reply
 
     chat_a, chat_b = list(chat_a or []), list(chat_b or [])
     message = (message or "").strip()
@@ -65,8 +66,10 @@ def send(persona, message, chat_a, chat_b, model, model_b, compare, stories, k, 
         return
     from studio.chat import check_sampling
 
-    _, err = safely(check_sampling, k=k, temperature=temperature, top_p=top_p, repetition_penalty=repetition_penalty,
-                    max_new_tokens=max_new_tokens)
+    fixed = seed not in (None, "")
+    checked, err = safely(check_sampling, k=k, temperature=temperature, top_p=top_p,
+                          repetition_penalty=repetition_penalty, max_new_tokens=max_new_tokens,
+                          **({"seed": seed} if fixed else {}))
     if err:
         yield chat_a, chat_b, gr.update(), gr.update(), message, error_html(err)
         return
@@ -76,7 +79,8 @@ def send(persona, message, chat_a, chat_b, model, model_b, compare, stories, k, 
         return
     import random
 
-    seed = random.randrange(2**31)  # a fresh draw per turn (both columns share it), shown with the reply
+    # the visitor's seed repeats a reply; none: a fresh draw per turn (both columns share it), shown with the reply
+    seed = checked["seed"] if fixed else random.randrange(2**31)
     chats = [chat_a, chat_b]
     for chat in chats[:len(setups)]:
         chat.append({"role": "user", "content": message})
@@ -99,14 +103,18 @@ def send(persona, message, chat_a, chat_b, model, model_b, compare, stories, k, 
         backends.append(f"{label.split(' · ')[0]}: {setup.backend}")
         history = chats[col][:]
         chats[col].append({"role": "assistant", "content": ""})
+        info: dict = {}
         try:
             for text, used in stream_reply(setup, persona, history, int(col_k), with_turn=bool(with_turn),
                                            temperature=float(temperature), top_p=float(top_p),
                                            repetition_penalty=float(repetition_penalty),
-                                           max_new_tokens=int(max_new_tokens), seed=seed):
+                                           max_new_tokens=int(max_new_tokens), seed=seed, info=info):
                 chats[col][-1] = {"role": "assistant", "content": text}
                 yield (chat_a, chat_b, "".join(panels) + stories_html(label, used), _loaded_html(described),
                        "", ok_html(f"{label}: replying… ({setup.backend})"))
+            # marked as Evaluate marks it (the next turn's prompt gets the model's own words back: clean_history)
+            chats[col][-1] = {"role": "assistant", "content": marked_reply(chats[col][-1]["content"],
+                                                                           info.get("cut", False), int(max_new_tokens))}
         except Exception as e:  # noqa: BLE001 - one line on the page; a bug's traceback goes to the log
             chats[col].pop()
             chats[col].pop()
@@ -176,6 +184,8 @@ def create_chat_tab(client: gr.BrowserState) -> dict:
                     top_p = gr.Slider(0.05, 1, value=0.9, step=0.05, label="Top-p")
                     repetition_penalty = gr.Slider(1, 2, value=1.1, step=0.05, label="Repetition penalty")
                     max_new_tokens = gr.Slider(8, 256, value=64, step=8, label="Max new tokens")
+                    seed_box = gr.Number(None, precision=0, minimum=0, label="Seed (empty: a new draw each turn; "
+                                         "the seed used is shown with each reply)", elem_id="chat-seed")
                 compare = gr.Radio(COMPARE, value=COMPARE[0], label="Side by side", elem_id="chat-compare")
                 model_b = gr.Dropdown([DEFAULT_MODEL], value=None, allow_custom_value=True,
                                       label="Second model (for 'another model')", visible=False)
@@ -202,7 +212,7 @@ def create_chat_tab(client: gr.BrowserState) -> dict:
                                   gr.update(visible=c != COMPARE[0]), gr.update(visible=c == COMPARE[3])),
                        [compare], [chat_a, chat_b, model_b])
         inputs = [persona, message, chat_a, chat_b, model, model_b, compare, stories, k, with_turn, temperature, top_p,
-                  repetition_penalty, max_new_tokens]
+                  repetition_penalty, max_new_tokens, seed_box]
         outputs = [chat_a, chat_b, used, loaded, message, status]
         send_btn.click(send, inputs, outputs)
         message.submit(send, inputs, outputs)

@@ -44,14 +44,12 @@ def side_by_side(result: dict, order: str) -> tuple[list[str], list[list]]:
     return headers, out
 
 
-EMPTY_REPLY = "(empty reply)"
-
-
 def shown_reply(output, cut: bool = False, limit=None) -> str:
     """A reply as the table shows it: an empty one named, one stopped by the token limit marked."""
+    from studio.inference import marked_reply
+
     turns = [output] if isinstance(output, str) else list(output)
-    text = "\n— next turn —\n".join(t if str(t).strip() else EMPTY_REPLY for t in turns)
-    return text + (f" … [stopped at the {limit}-token limit]" if cut else "")
+    return "\n— next turn —\n".join(marked_reply(t, cut and i == len(turns) - 1, limit) for i, t in enumerate(turns))
 
 
 def side_by_side_update(result: dict, order: str):
