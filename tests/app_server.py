@@ -68,11 +68,11 @@ CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 needs_chromium = pytest.mark.skipif(not os.path.exists(CHROMIUM), reason="Debian chromium not installed")
 
 
-def wait_for(cond, timeout: float = 60, what: str = "condition", every: float = 0.25) -> None:
-    """Poll `cond` until it is true; fail the test naming `what` after `timeout` seconds."""
+def wait_for(cond, timeout: float = 60, what="condition", every: float = 0.25) -> None:
+    """Poll `cond` until it is true; fail the test naming `what` (or what `what()` says then) after `timeout` s."""
     deadline = time.time() + timeout
     while time.time() < deadline:
         if cond():
             return
         time.sleep(every)
-    raise AssertionError(f"timed out waiting for {what}")
+    raise AssertionError(f"timed out waiting for {what() if callable(what) else what}")

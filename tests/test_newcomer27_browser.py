@@ -56,19 +56,20 @@ def test_recipe_keeps_the_handed_dataset_and_points_to_the_real_model_and_dpo(ap
     page.get_by_role("button", name="Use this dataset on the Train tab").click()
     page.get_by_role("tab", name="Train").click()
     source = page.get_by_label("Dataset (sample name, file path or Hub id)")
-    wait_for(lambda: source.input_value().endswith("capitals.jsonl"), 30, "the handed dataset")
+    # named by its file, not the server's temp path; the job still reads the upload (the next test trains on it)
+    wait_for(lambda: source.input_value() == "upload: capitals.jsonl", 30, "the handed dataset")
     assert "smollm2-" in page.locator("#train-recipe").inner_text()  # the real recipes named beside the toy
     recipe = page.get_by_label("Recipe")
     recipe.click()
     page.get_by_role("option", name="smollm2-quotes").click()
     wait_for(lambda: "Kept your dataset" in page.locator("#train-message").inner_text(), 60, "the kept note")
-    assert source.input_value().endswith("capitals.jsonl")
+    assert source.input_value() == "upload: capitals.jsonl"
     recipe.click()
     page.get_by_role("option", name="tiny-dpo").click()
     wait_for(lambda: "DPO tab" in page.locator("#train-message").inner_text(), 60, "the pointer to the DPO tab")
     recipe.click()
     page.get_by_role("option", name="tiny-quotes", exact=True).click()
-    wait_for(lambda: source.input_value().endswith("capitals.jsonl"), 60, "the handed dataset, kept")
+    wait_for(lambda: source.input_value() == "upload: capitals.jsonl", 60, "the handed dataset, kept")
 
 
 def test_lists_fill_when_a_run_finishes_without_refresh(app, page):  # finding 3
@@ -81,7 +82,8 @@ def test_lists_fill_when_a_run_finishes_without_refresh(app, page):  # finding 3
     steps.press("Tab")
     page.get_by_role("button", name="Start", exact=True).click()
     wait_for(lambda: page.locator("#train-progress .studio-progress").get_attribute("data-status") == "done"
-             if page.locator("#train-progress .studio-progress").count() else False, 240, "the run to finish")
+             if page.locator("#train-progress .studio-progress").count() else False, 240,
+             lambda: f"the run to finish ({page.locator('#train-message').inner_text()})")
     run_id = next(p.name for p in app[1].iterdir() if p.is_dir() and p.name.startswith("tiny-llama-capitals-sft-"))
     page.get_by_text("Runs history").click()
     wait_for(lambda: run_id in page.locator("#train-run-pick input").input_value(), 30, "the run in Runs history")

@@ -100,6 +100,18 @@ def quiet_when_idle(demo) -> None:
         queue.progress_update_sleep_when_free = max(queue.progress_update_sleep_when_free, 0.1)
 
 
+def shown_source(source: str) -> str:
+    """A data source as the page names it: an upload by its file name, not the server's temp folder."""
+    from pathlib import Path
+
+    from studio.access import upload_dirs
+
+    text = str(source or "")
+    if any(Path(text).is_relative_to(d) for d in upload_dirs()):
+        return f"upload: {Path(text).name}"
+    return text
+
+
 def error_html(message: str) -> str:
     return f'<div class="studio-error" role="alert">⚠️ {html.escape(message)}</div>'
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import gradio as gr
 
-from studio.ui.common import error_html, ok_html, page_progress, safely
+from studio.ui.common import error_html, ok_html, page_progress, safely, shown_source
 
 SOURCES = ["Bundled sample", "Upload", "Local path", "Hub dataset"]
 
@@ -53,7 +53,7 @@ def inspect(kind, sample, upload, path, hub_id, hub_config, hub_split, fmt, temp
     train = data.splits["train"]
     preview = "\n\n".join(preview_example(i, train[i], tok) for i in range(min(4, len(train))))
     fig = length_histogram(data.lengths) if data.lengths else None
-    return ok_html("Loaded."), info + "\n\n" + preview, fig, {"source": source, "format": data.format.name,
+    return ok_html("Loaded."), info + "\n\n" + preview, fig, {"source": str(source), "format": data.format.name,
                                                                "template": template or None,
                                                                "prompts": sample_prompts(data, tok)}
 
@@ -155,7 +155,7 @@ def create_data_tab() -> dict:
             if not choice:
                 return gr.update(), gr.update(), gr.update(), gr.update(), error_html("Load a dataset first."), gr.update()
             prompts = choice.get("prompts") or []
-            return (choice["source"], choice["format"], choice["template"] or "",
+            return (shown_source(choice["source"]), choice["format"], choice["template"] or "",
                     "\n".join(prompts) if prompts else gr.update(),
                     ok_html("Dataset set on the Train tab" + (", with sample prompts from this data" if prompts else "")
                             + "; it stays when you pick another recipe there."), choice)

@@ -10,7 +10,8 @@ from pathlib import Path
 
 import gradio as gr
 
-from studio.ui.common import browser, error_html, job_log, ok_html, page_browser_id, progress_html, safely
+from studio.ui.common import (browser, error_html, job_log, ok_html, page_browser_id, progress_html, safely,
+                              shown_source)
 
 
 def memory_line(recipe) -> str:
@@ -68,16 +69,12 @@ RECIPE_INFO = ("tiny-… recipes: the embedded toy model, under a minute. smollm
                "SmolLM2-135M-Instruct, minutes on a CPU. DPO recipes: start them on the DPO tab.")
 
 
-def shown_source(source: str) -> str:
-    """A data source as the page names it: an upload by its file name, not the server's temp folder."""
-    from pathlib import Path
-
-    from studio.access import upload_dirs
-
-    text = str(source or "")
-    if any(Path(text).is_relative_to(d) for d in upload_dirs()):
-        return f"upload: {Path(text).name}"
-    return text
+def handed_source(flat: dict, given: dict | None, saving: bool = False) -> dict:
+    """The Dataset field names an upload the Data tab handed over as "upload: <name>"; the job reads the file
+    the server kept for this page (never a path the page sent). A saved recipe names the file by its name."""
+    if given and flat.get("dataset.source") == shown_source(given["source"]):
+        flat["dataset.source"] = Path(given["source"]).name if saving else str(given["source"])
+    return flat
 
 
 def leave_queue_line(client_id, watching):
@@ -333,7 +330,7 @@ def create_train_tab(client: gr.BrowserState) -> dict:
                              "pairs and shows its rewards; start it there.")
             if given and isinstance(flat, dict) and flat.get("method") != "dpo":
                 fmt = keys.index("dataset.format")
-                out[keys.index("dataset.source")] = given["source"]
+                out[keys.index("dataset.source")] = shown_source(given["source"])
                 out[keys.index("dataset.template")] = given["template"] or ""
                 out[fmt] = {**out[fmt], "value": given["format"] or "auto"} if isinstance(out[fmt], dict) else (
                     given["format"] or "auto")
@@ -376,7 +373,7 @@ def create_train_tab(client: gr.BrowserState) -> dict:
             return (ok_html(f"{verb} {job.id}{what}. Closing the browser does not stop it; reload to re-attach."), -1,
                     {"id": job.id, "banner": True, "polling": True})
 
-        def start_run(profile: gr.OAuthProfile | None, client_id, base, *values):
+        def start_run(profile: gr.OAuthProfile | None, client_id, given, base, *values):
             from studio.access import require_work, shared_mode
             from studio.jobs import start_job
             from studio.recipes import recipe_from_flat
@@ -385,13 +382,13 @@ def create_train_tab(client: gr.BrowserState) -> dict:
 
             def run():
                 require_work(profile, "training")
-                return start_job(recipe_from_flat(form_to_flat(keys, values, base)), owner=client_id,
+                return start_job(recipe_from_flat(handed_source(form_to_flat(keys, values, base), given)), owner=client_id,
                                  wait=shared_mode())
 
             job, err = safely(run)
             return started(job, err, "Started")
 
-        start.click(start_run, [client, base_flat, *comps], [message, seen, watch], api_name="start_training").then(
+        start.click(start_run, [client, handed, base_flat, *comps], [message, seen, watch], api_name="start_training").then(
             arm_timer, watch, [timer, leave], api_visibility="private")
 
         def stop_run(client_id):
@@ -519,10 +516,11 @@ def create_train_tab(client: gr.BrowserState) -> dict:
         resume_last.click(resume_latest, client, [message, seen, watch], api_name="resume_latest").then(
             arm_timer, watch, [timer, leave], api_visibility="private")
 
-        def save_recipe(base, *values):
+        def save_recipe(given, base, *values):
             from studio.recipes import recipe_from_flat
 
-            recipe_obj, err = safely(lambda: recipe_from_flat(form_to_flat(keys, values, base)))
+            recipe_obj, err = safely(lambda: recipe_from_flat(handed_source(form_to_flat(keys, values, base), given,
+                                                                            saving=True)))
             if err:
                 raise gr.Error(err)
             folder = Path(tempfile.mkdtemp(prefix="recipe-"))
@@ -531,7 +529,7 @@ def create_train_tab(client: gr.BrowserState) -> dict:
             return str(path)
 
         # One event: the file is written from the values at the click, shown, and the browser downloads it.
-        save.click(save_recipe, [base_flat, *comps], recipe_file, api_name="save_recipe").then(
+        save.click(save_recipe, [handed, base_flat, *comps], recipe_file, api_name="save_recipe").then(
             lambda: gr.update(visible=True), None, recipe_file).then(None, None, None, js=DOWNLOAD_JS)
 
         def on_load(client_id, name):
