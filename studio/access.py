@@ -551,24 +551,28 @@ def may_write(path, visitor: Visitor | None = None) -> bool:
 def may_write_each(paths, visitor: Visitor | None = None) -> list[bool]:
     """`may_write` for each of many paths, with one look-up in the ownership store: a page load that looks
     for the visitor's own labelling session among thousands stays fast (issue 25, finding 6)."""
-    from studio.ownership import get_marks_many
+    from studio.ownership import shares_marks
 
     paths = [Path(p) for p in paths]
     visitor = visitor or current_visitor()
     if not shared_mode() or visitor is None or visitor.is_app_owner:
         return [True] * len(paths)
-    root, folders = runs_root().resolve(), {}
+    root, prefixes = runs_root().resolve(), {}
 
-    def key(path: Path) -> str:  # _owner_key, with each folder resolved once (the files are the studio's listing)
-        folder = folders.get(path.parent) or folders.setdefault(path.parent, path.parent.expanduser().resolve())
+    def prefix(parent: Path) -> str:  # _owner_key's folder part, worked out once per folder
+        folder = parent.expanduser().resolve()
         try:
-            return "runs:" + (folder / path.name).relative_to(root).as_posix()
+            return "runs:" + (folder / "x").relative_to(root).as_posix()[:-1]
         except ValueError:
-            return str(folder / path.name)
+            return str(folder / "x")[:-1]
+
+    def key(path: Path) -> str:  # _owner_key (the files are the studio's own listing: no link to follow)
+        parent = path.parent
+        return (prefixes.get(parent) or prefixes.setdefault(parent, prefix(parent))) + path.name
 
     keys = [key(p) for p in paths]
-    table, mine = get_marks_many(set(keys), runs_root()), set(visitor.marks())
-    return [bool(set(table[k]) & mine) if k in table else not p.exists() for k, p in zip(keys, paths)]
+    table = shares_marks(set(keys), visitor.marks(), runs_root())
+    return [table[k] if k in table else not p.exists() for k, p in zip(keys, paths)]
 
 
 def may_watch(path, visitor: Visitor | None = None) -> bool:

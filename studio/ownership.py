@@ -164,6 +164,21 @@ def get_marks_many(keys, root: Path | None = None) -> dict[str, list[str]]:
     return found
 
 
+def shares_marks(keys, marks, root: Path | None = None) -> dict[str, bool]:
+    """For each of `keys` somebody made: does its record hold one of `marks`? The match runs in SQLite
+    (json_each), so a page load that weighs thousands of other visitors' records decodes none of them."""
+    conn, keys, marks, found = _connect(Path(root or _root())), list(keys), list(marks), {}
+    if not marks:
+        marks = [""]  # no mark matches
+    held = ",".join("?" * len(marks))
+    for i in range(0, len(keys), 500):
+        chunk = keys[i:i + 500]
+        rows = conn.execute(f"SELECT key, EXISTS (SELECT 1 FROM json_each(marks) WHERE value IN ({held})) "
+                            f"FROM owners WHERE key IN ({','.join('?' * len(chunk))})", [*marks, *chunk])
+        found.update((key, bool(hit)) for key, hit in rows)
+    return found
+
+
 def add_marks(key: str, marks, may_join=lambda existing: True, root: Path | None = None) -> list[str]:
     """Add `marks` to `key`'s record in one transaction; `may_join(existing marks)` false → PermissionError."""
     conn = _connect(Path(root or _root()))

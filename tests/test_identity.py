@@ -231,13 +231,14 @@ def test_page_loads_stay_fast_after_5000_labelling_sessions(tmp_path):
         client = Client(url, verbose=False)
         client.predict(None, api_name="/resume_latest_1")  # the first: migrates the 5,000 records
         times = []
-        for _ in range(3):
+        for _ in range(5):
             start = time.perf_counter()
             out = client.predict(None, api_name="/resume_latest_1")
             times.append(time.perf_counter() - start)
     assert "belongs to another visitor" not in json.dumps(out)
-    print(f"\npage load (/resume_latest_1) after 5,000 sessions: best {min(times):.2f} s, worst {max(times):.2f} s "
-          f"(load {os.getloadavg()[0]:.1f})")
+    print(f"\npage load (/resume_latest_1) after 5,000 sessions: best {min(times):.2f} s, median "
+          f"{sorted(times)[2]:.2f} s, worst {max(times):.2f} s (load {os.getloadavg()[0]:.1f}; the app's first "
+          "seconds, while it imports the ML stack in the background)")
     assert (runs / ".owners.json.migrated").exists()
     assert min(times) < 5  # generous (the figure is printed); it was 46 s
 
