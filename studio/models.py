@@ -70,13 +70,26 @@ def hub_preflight(name: str) -> bool:
     Left to itself a failed lookup is retried per file with a 60 s timeout: minutes of silence. Here a
     Hub that stalls, fails or is offline gives one line within the timeout, and a model already in the
     local cache loads from it. Returns True when the load must stay offline (local_files_only).
+
+    On a shared studio the Hub decides, every time, with the visitor's own token (or none), as for Hub
+    datasets: a cached copy (the owner's private model, downloaded once with HF_TOKEN) is no answer, and
+    offline is a refusal. The studio's own models (the embedded one, SmolLM2's offline copy) are folders.
     """
     import httpx2  # huggingface_hub's HTTP client
     from huggingface_hub import constants, get_hf_file_metadata, hf_hub_url, try_to_load_from_cache
     from huggingface_hub.errors import EntryNotFoundError, HfHubHTTPError
 
-    if Path(resolve_model_path(name)).exists() or constants.HF_HUB_OFFLINE:
-        return False  # a folder, or huggingface_hub is offline already and reads its cache
+    from studio.access import shared_mode
+
+    if Path(resolve_model_path(name)).exists():
+        return False  # a folder
+    shared = shared_mode()
+    if constants.HF_HUB_OFFLINE:
+        if shared:
+            raise StudioError(f"model {name}: the Hub is out of reach, and on a shared studio a Hub model is loaded "
+                              f"only when the Hub confirms you may; use {EMBEDDED_MODEL_ID}, "
+                              "HuggingFaceTB/SmolLM2-135M-Instruct or one of your runs")
+        return False  # huggingface_hub is offline already and reads its cache
     try:
         get_hf_file_metadata(hf_hub_url(name, "config.json"), token=_hub_token(), timeout=constants.HF_HUB_ETAG_TIMEOUT)
         return False
@@ -90,6 +103,9 @@ def hub_preflight(name: str) -> bool:
     except (httpx2.HTTPError, OSError) as e:
         why = (f"no answer from the Hub within {constants.HF_HUB_ETAG_TIMEOUT:g} s"
                if isinstance(e, httpx2.TimeoutException) else "the Hub can't be reached")
+    if shared:  # the Hub did not say this visitor may read it: a copy in the server's cache is no answer
+        raise StudioError(f"model {name}: {why}, and on a shared studio a Hub model is loaded only when the Hub "
+                          f"confirms you may; try again later, or use {EMBEDDED_MODEL_ID}")
     if isinstance(try_to_load_from_cache(name, "config.json"), str):
         return True  # cached earlier: go on offline
     raise StudioError(f"model {name}: {why} and it is not in the local cache; try again later, "

@@ -123,6 +123,35 @@ def test_stalling_failing_and_refusing_hub_each_give_one_line_in_bounded_time(fa
     assert len([h for h in hits if "error500" in h[1]]) == 1  # one bounded request each, no retry storm
 
 
+SHARED_CHILD = TIMED_LOADS + """
+from studio.models import load_tokenizer
+
+load_tokenizer("embedded/tiny-llama")  # the imports, outside the timings
+timed_loads(load_tokenizer, sys.argv[1:])
+"""
+
+
+@pytest.mark.parametrize("hub", ["stalls", "offline"])
+def test_on_a_shared_studio_a_cached_hub_model_is_no_answer(fake_hub, tmp_path, embedded_path, hub):
+    """The owner's private model, downloaded once with HF_TOKEN, sits in the server's cache: a visitor gets it
+    only when the Hub says this visitor may (as for Hub datasets). The studio's own models still load offline."""
+    url, _ = fake_hub
+    _cache_model(tmp_path / "hf", "org/cached", embedded_path)
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1" if hub == "offline" else "0",
+           "HF_ENDPOINT": url, "HF_HOME": str(tmp_path / "hf"), "HF_HUB_ETAG_TIMEOUT": str(TIMEOUT),
+           "STUDIO_SHARED": "1"}
+    for var in ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "HF_HUB_CACHE", "TRANSFORMERS_CACHE"):
+        env.pop(var, None)
+    names = ["org/cached", "embedded/tiny-llama"] + (["HuggingFaceTB/SmolLM2-135M-Instruct"] if hub == "offline" else [])
+    out = subprocess.run([sys.executable, "-c", SHARED_CHILD, *names], env=env, capture_output=True, text=True,
+                         timeout=240)
+    assert out.returncode == 0, out.stderr[-3000:]
+    got = {r["name"]: r["line"] for r in map(json.loads, out.stdout.splitlines())}
+    assert "only when the Hub confirms you may" in got["org/cached"] and "\n" not in got["org/cached"], got
+    assert ("out of reach" if hub == "offline" else f"no answer from the Hub within {TIMEOUT} s") in got["org/cached"]
+    assert all(got[name] == "ok" for name in names[1:]), got
+
+
 def test_offline_falls_back_without_waiting():
     from studio.errors import StudioError
     from studio.models import default_model, hub_reachable, load_tokenizer
