@@ -198,7 +198,10 @@ def load_model(model_args, trust_remote_code: bool = False):
     if model_args.attn_implementation:
         kwargs["attn_implementation"] = model_args.attn_implementation
     if quant is not None and torch.cuda.is_available():
-        kwargs["device_map"] = {"": torch.cuda.current_device()}
+        # bitsandbytes places the weights at load: each torchrun/accelerate process on its own GPU (LOCAL_RANK),
+        # not every process on GPU 0 (current_device() before the trainer sets the device)
+        local = os.environ.get("LOCAL_RANK", "").strip()
+        kwargs["device_map"] = {"": int(local) if local.isdigit() else torch.cuda.current_device()}
     try:
         model = AutoModelForCausalLM.from_pretrained(resolve_model_path(name), **kwargs)
     except StudioError:

@@ -75,3 +75,33 @@ def test_qlora_4bit_nf4_loads_and_trains_on_cpu(tmp_path):
     job.wait(240)
     assert job.status == "done", job.error
     assert (job.run_dir / "adapter" / "adapter_config.json").exists()
+
+
+@pytest.mark.parametrize("local_rank, expected", [("1", 1), (None, 0)])
+def test_4bit_weights_go_to_this_processs_gpu_under_torchrun(monkeypatch, embedded_path, local_rank, expected):
+    """Under torchrun each process loads its 4-bit copy on its own GPU (LOCAL_RANK), not all of them on GPU 0.
+    No GPU here: CUDA is said to be there and the load is caught at from_pretrained."""
+    import torch
+    import transformers
+    from trl import ModelConfig, SFTTrainer, get_quantization_config  # noqa: F401 - imported before CUDA "appears"
+
+    from studio.models import load_model
+
+    get_quantization_config(ModelConfig(load_in_4bit=True))
+
+    seen = {}
+
+    def fake_load(path, **kwargs):
+        seen.update(kwargs)
+        raise RuntimeError("caught")
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained", fake_load)
+    if local_rank is None:
+        monkeypatch.delenv("LOCAL_RANK", raising=False)
+    else:
+        monkeypatch.setenv("LOCAL_RANK", local_rank)
+    with pytest.raises(Exception, match="caught"):
+        load_model(ModelConfig(model_name_or_path="embedded/tiny-llama", load_in_4bit=True))
+    assert seen["device_map"] == {"": expected}
