@@ -36,8 +36,10 @@ def test_reply_streams_with_stories_side_by_side_and_bad_input_is_one_line(app, 
     assert page.locator("#chat-model input").input_value() == "HuggingFaceTB/SmolLM2-135M-Instruct"  # the real default
     page.locator("#chat-model input").fill("embedded/tiny-llama")  # the toy keeps this test fast
     page.locator("#chat-model input").press("Enter")
-    page.get_by_text("Sampling").click()  # a fixed seed: the same sampled reply every run
-    page.locator("#chat-seed input").fill("3")
+    page.get_by_text("Sampling").click()
+    page.wait_for_timeout(500)
+    assert page.locator("#chat-seed textarea").input_value() == ""  # empty: a new draw each turn (it read 0 once)
+    page.locator("#chat-seed textarea").fill("3")  # a fixed seed: the same sampled reply every run
     page.evaluate(WATCH)
     page.locator("#chat-message textarea").fill("what do you do in winter?")
     page.locator("#chat-send").click()

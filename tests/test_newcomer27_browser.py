@@ -64,6 +64,9 @@ def test_recipe_keeps_the_handed_dataset_and_points_to_the_real_model_and_dpo(ap
     page.get_by_role("option", name="smollm2-quotes").click()
     wait_for(lambda: "Kept your dataset" in page.locator("#train-message").inner_text(), 60, "the kept note")
     assert source.input_value() == "upload: capitals.jsonl"
+    page.get_by_text("Advanced", exact=True).click()
+    prompts = page.get_by_label("Sample prompts (one per line), generated before and after")
+    assert "capital of country" in prompts.input_value() and "Quote:" not in prompts.input_value()  # the data's own
     recipe.click()
     page.get_by_role("option", name="tiny-dpo").click()
     wait_for(lambda: "DPO tab" in page.locator("#train-message").inner_text(), 60, "the pointer to the DPO tab")
@@ -117,3 +120,12 @@ def test_metrics_table_shows_or_scrolls_to_its_last_column(app, page):  # findin
         }
         return false; }""")
     assert reachable, "the metrics table's last column is cut with no scrollbar"
+    from app_server import ROOT
+
+    shots = ROOT / "artifacts" / "screenshots"
+    shots.mkdir(parents=True, exist_ok=True)
+    page.locator("#eval-metrics").screenshot(path=str(shots / "eval-metrics-1400.png"))
+    page.set_viewport_size({"width": 420, "height": 1000})
+    page.wait_for_timeout(500)
+    page.locator("#eval-metrics").screenshot(path=str(shots / "eval-metrics-420.png"))
+    page.set_viewport_size({"width": 1400, "height": 1000})

@@ -66,6 +66,7 @@ def send(persona, message, chat_a, chat_b, model, model_b, compare, stories, k, 
         return
     from studio.chat import check_sampling
 
+    seed = seed.strip() if isinstance(seed, str) else seed
     fixed = seed not in (None, "")
     checked, err = safely(check_sampling, k=k, temperature=temperature, top_p=top_p,
                           repetition_penalty=repetition_penalty, max_new_tokens=max_new_tokens,
@@ -184,8 +185,9 @@ def create_chat_tab(client: gr.BrowserState) -> dict:
                     top_p = gr.Slider(0.05, 1, value=0.9, step=0.05, label="Top-p")
                     repetition_penalty = gr.Slider(1, 2, value=1.1, step=0.05, label="Repetition penalty")
                     max_new_tokens = gr.Slider(8, 256, value=64, step=8, label="Max new tokens")
-                    seed_box = gr.Number(None, precision=0, minimum=0, label="Seed (empty: a new draw each turn; "
-                                         "the seed used is shown with each reply)", elem_id="chat-seed")
+                    # a text box: Gradio's Number shows (and sends) 0 for "no value" once it is drawn
+                    seed_box = gr.Textbox("", label="Seed (the seed used is shown with each reply)",
+                                          placeholder="empty: a new draw each turn", elem_id="chat-seed")
                 compare = gr.Radio(COMPARE, value=COMPARE[0], label="Side by side", elem_id="chat-compare")
                 model_b = gr.Dropdown([DEFAULT_MODEL], value=None, allow_custom_value=True,
                                       label="Second model (for 'another model')", visible=False)

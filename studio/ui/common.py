@@ -210,12 +210,17 @@ CSS = """
 .studio-note {color:#555;font-style:italic;}
 .studio-queue {background:#fff8e1;color:#5d4200;border:1px solid #ffe082;border-radius:6px;padding:8px 12px;}
 #data-info pre, #data-info code {white-space:pre-wrap;overflow-wrap:anywhere;}
+/* Result tables: a scrollbar that shows when columns are off-screen (Gradio's is hidden or hair-thin), and run
+   names that wrap instead of pushing the metrics out of view. */
+#eval-metrics *, #eval-rows *, #eval-lmeval * {scrollbar-width:auto !important;scrollbar-color:#9aa0a6 #eef0f2;}
+#eval-metrics td:first-child, #eval-metrics th:first-child {max-width:16em;min-width:8em;}
 /* Narrow screens (phones, a split window): every tab named, one field per line, the chat above its settings. */
 @media (max-width: 640px) {
   .tab-container button {padding-left:6px !important;padding-right:6px !important;font-size:13px !important;}
   .overflow-menu > button::after {content:"More tabs";margin-left:4px;font-size:13px;}
   .row > .form > .block, .row > .block, .row > .form {min-width:100% !important;}
   #chat-main {order:-1;}
+  #eval-metrics td:first-child, #eval-metrics th:first-child {max-width:11em;}
 }
 """
 

@@ -334,7 +334,10 @@ def create_train_tab(client: gr.BrowserState) -> dict:
                 out[keys.index("dataset.template")] = given["template"] or ""
                 out[fmt] = {**out[fmt], "value": given["format"] or "auto"} if isinstance(out[fmt], dict) else (
                     given["format"] or "auto")
-                notes.append(f"Kept your dataset from the Data tab ({shown_source(given['source'])}); "
+                if given.get("prompts") and "eval_prompts" in keys:  # the before/after samples ask this data's prompts
+                    out[keys.index("eval_prompts")] = "\n".join(given["prompts"])
+                notes.append(f"Kept your dataset from the Data tab ({shown_source(given['source'])}) and its sample "
+                             f"prompts; "
                              f"the recipe's own is {flat.get('dataset.source')}: type it in the "
                              "Dataset field to use that instead.")
             if notes and not out[-1]:
