@@ -60,9 +60,14 @@ def test_label_pairs_reload_resumes_and_the_file_is_a_dataset(app, browser, runs
     _replies_shown(page)
     assert "2 pairs saved, 1 skipped" in status.inner_text()
     assert page.get_by_label("Pairs file name").input_value() == "browser-pairs"
+    # the form shows the session it resumed, not the defaults (a press of Start would go on with this session)
+    assert page.get_by_label("Model or run that writes the candidates").input_value() == "embedded/tiny-llama"
+    assert page.get_by_label("Prompts (a blank line between prompts)").input_value().count("Question:") == 6
     assert page.locator("#label-prompt textarea").input_value().startswith("Question: What is rain?")
     page.get_by_role("button", name="A is better").click()
     status.get_by_text("prompt 5 of 6").wait_for(timeout=60000)
+    # Train with DPO now names the file being labelled (on a page load the recipe's own pairs stay)
+    assert page.get_by_label("Preference pairs").input_value().endswith("pairs/browser-pairs.jsonl")
     page.screenshot(path=str(ARTIFACTS / "dpo-1-labelling.png"), full_page=True)
 
     lines = [json.loads(line) for line in (runs / "pairs" / "browser-pairs.jsonl").read_text().splitlines()]

@@ -176,8 +176,10 @@ def create_dpo_tab(client: gr.BrowserState) -> dict:
         watch = gr.State({})  # the job this page started, and whether its "Started" banner is still up
 
         # ---- labelling handlers ------------------------------------------------------------------------------
-        def show_session(s: dict, note: str = ""):
-            """Status, the current prompt and its two candidates (generated here), and what was shown."""
+        def show_session(s: dict, note: str = "", point_train: bool = True):
+            """Status, the current prompt and its two candidates (generated here), and what was shown; with
+            `point_train`, Train with DPO's pairs field names this file once it holds a pair (not on a page load,
+            where the recipe fills that field)."""
             from studio.access import shown_path
             from studio.pairs import candidates
 
@@ -189,8 +191,10 @@ def create_dpo_tab(client: gr.BrowserState) -> dict:
             if err:
                 return _label_status(s), error_html(err), s["prompt"], "", "", None, gr.update()
             a, b = pair
+            # Train with DPO's pairs: this file, once it holds a pair (the handle, never the server's path)
+            pairs_file = gr.update(value=shown_path(s["file"])) if s["pairs"] and point_train else gr.update()
             return (_label_status(s), note, s["prompt"], a, b,
-                    {"name": s["name"], "index": s["position"], "a": a, "b": b}, gr.update())
+                    {"name": s["name"], "index": s["position"], "a": a, "b": b}, pairs_file)
 
         def begin(profile: gr.OAuthProfile | None, client_id, name, model_ref, seed, tokens, text, source):
             from studio.access import require_work
@@ -235,18 +239,23 @@ def create_dpo_tab(client: gr.BrowserState) -> dict:
         pick_b.click(decide("B"), [shown, reply_a, reply_b], label_outputs, api_name="label_b")
         skip.click(decide("skip"), [shown, reply_a, reply_b], label_outputs, api_name="label_skip")
 
+        session_form = [pairs_name, label_model, label_seed, label_tokens, typed, prompt_source]
+
         def resume_latest(client_id):
-            """A reloaded page picks up this browser's session touched last, at the prompt where it stopped."""
+            """A reloaded page picks up this browser's session touched last, at the prompt where it stopped, with
+            the form showing that session (its model, seed, token limit and prompts), not the defaults."""
             from studio.pairs import latest_session, open_labelling
 
             client_id = browser(client_id)
             name = latest_session()
             if not name:
-                return [gr.update()] * (len(label_outputs) + 1)
+                return [gr.update()] * (len(session_form) + len(label_outputs))
             s, err = safely(open_labelling, name)
             if err:
-                return [gr.update(), "", error_html(err)] + [gr.update()] * (len(label_outputs) - 2)
-            return [name, *show_session(s)]
+                return [gr.update()] * len(session_form) + ["", error_html(err)] + [gr.update()] * (
+                    len(label_outputs) - 2)
+            form = [name, s["model"], s.get("seed", 0), s.get("max_new_tokens", 48), "\n\n".join(s["prompts"]), ""]
+            return [*form, *show_session(s, point_train=False)]
 
         # ---- pair builder -------------------------------------------------------------------------------------
         def build_from_sft(profile: gr.OAuthProfile | None, source, model_ref, name, rows, progress=gr.Progress()):
@@ -379,4 +388,4 @@ def create_dpo_tab(client: gr.BrowserState) -> dict:
             return fill(name) + [list_starts()]
 
     return {"on_load": [(on_load, [recipe], comps + [base_flat, message, init_adapter]),
-                        (resume_latest, client, [pairs_name, *label_outputs])]}
+                        (resume_latest, client, [*session_form, *label_outputs])]}
