@@ -47,13 +47,14 @@ class Run:
         self.error: str | None = None
         self.summary: dict | None = None
         self.params: dict | None = None
+        self.phase: str | None = None  # what a running job does between steps (saving, writing samples)
         self._events_path = self.run_dir / "events.jsonl"
 
     def _apply(self, e: dict) -> None:
         kind = e["type"]
         self.last_event_at = e["t"]
         if kind == "status":
-            self.status = e["status"]
+            self.status, self.phase = e["status"], None
             if "elapsed_before" in e:  # a resumed run: time spent by earlier processes
                 self.elapsed_before = e["elapsed_before"]
             if e["status"] == RUNNING:
@@ -73,6 +74,8 @@ class Run:
             self.history.append({k: v for k, v in e.items() if k not in ("t", "type")})
         elif kind == "log":
             self.logs.append(e["line"])
+        elif kind == "phase":
+            self.phase = e.get("phase")
         elif kind == "params":
             self.params = e["params"]
         elif kind == "summary":
@@ -121,7 +124,7 @@ class Run:
             "epoch": round(self.epoch or 0.0, 3), "elapsed": round(self.elapsed(), 1),
             "eta": None if eta is None else round(eta, 1), "steps_per_s": round(rate, 3),
             "tokens_per_s": round(tokens_per_s, 1), "loss": last.get("loss"), "eval_loss": last.get("eval_loss"),
-            "error": self.error,
+            "error": self.error, "phase": self.phase if self.active else None,
         }
 
     def describe(self) -> str:

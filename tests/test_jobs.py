@@ -35,6 +35,15 @@ def test_tiny_sft_trains_and_adapter_loads_with_plain_peft(runs, embedded_path):
     assert (job.run_dir / "recipe.yaml").exists() and (job.run_dir / "adapter" / "adapter_config.json").exists()
     events = [json.loads(l) for l in (job.run_dir / "events.jsonl").read_text().splitlines()]
     assert {e["type"] for e in events} >= {"status", "progress", "metrics", "log", "params", "summary", "checkpoint"}
+    # after the last step the page says what the job still does (it sat at "step 40/40" saying nothing)
+    phases = [e["phase"] for e in events if e["type"] == "phase"]
+    assert phases[0] == "saving the adapter" and phases[1].startswith("writing the before/after samples (2 prompts")
+    from studio.ui.common import progress_html
+
+    at_work = jobs.Job.from_run_dir(job.run_dir)
+    at_work.status, at_work.phase = "running", phases[1]
+    assert "writing the before/after samples" in progress_html(at_work.snapshot())
+    assert job.snapshot()["phase"] is None  # done: no phase shown
     # the adapter loads with plain PEFT on the base model
     from peft import PeftModel
     from transformers import AutoModelForCausalLM

@@ -101,6 +101,7 @@ def run_dpo(job, resume: bool = False) -> dict:
         return stopped
 
     adapter_dir = run_dir / "adapter"
+    job.emit("phase", phase="saving the adapter")
     save_adapter(trainer, tokenizer, adapter_dir, adapters=["default"])  # not TRL's frozen `ref` copy
     extra.update(adapter_dir=str(adapter_dir), adapter_bytes=folder_size(adapter_dir))
     heldout_name = "test" if "test" in data.splits else "validation" if "validation" in data.splits else None
@@ -114,6 +115,7 @@ def run_dpo(job, resume: bool = False) -> dict:
             if len(rows) == HELDOUT_ROWS:
                 break
         reference = "ref" if "ref" in trainer.model.peft_config else None
+        job.emit("phase", phase=f"scoring {len(rows)} held-out pairs")
         table = margin_table(trainer.model, tokenizer, rows, reference, beta=trainer.args.beta)
         (run_dir / "heldout_margins.json").write_text(json.dumps(table, indent=1, ensure_ascii=False), encoding="utf-8")
         extra["heldout"] = {"split": heldout_name, "rows": len(table),

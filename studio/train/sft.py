@@ -74,6 +74,7 @@ def run_sft(job, resume: bool = False) -> dict:
         return stopped
 
     adapter_dir = run_dir / "adapter"
+    job.emit("phase", phase="saving the adapter")
     save_adapter(trainer, tokenizer, adapter_dir)  # atomic; only the main process writes
     if main:
         extra.update(adapter_dir=str(adapter_dir), adapter_bytes=folder_size(adapter_dir))
@@ -81,6 +82,7 @@ def run_sft(job, resume: bool = False) -> dict:
     prompts = (recipe.header.get("eval_prompts") or []) if main or trainer.is_fsdp_enabled else []
     if prompts:
         n = int(recipe.studio.get("sample_max_new_tokens", 32))
+        job.emit("phase", phase=f"writing the before/after samples ({len(prompts)} prompts, up to {n} tokens each)")
         peft_model = trainer.model
         with peft_model.disable_adapter():
             before = generate_samples(peft_model, tokenizer, prompts, n)

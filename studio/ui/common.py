@@ -183,6 +183,8 @@ def progress_html(s: dict) -> str:
     total, step = s.get("total") or 0, s.get("step") or 0
     pct = 100 * step / total if total else 0
     parts = [f"step {step}/{total or '?'}"]
+    if s.get("phase"):  # the steps are done and the job is still at work: say at what
+        parts.append(f"<i>{html.escape(str(s['phase']))}…</i>")
     if s.get("epoch"):
         parts.append(f"epoch {s['epoch']:.2f}")
     parts.append(f"elapsed {s.get('elapsed', 0):.0f}s")
