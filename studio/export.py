@@ -509,7 +509,7 @@ def export_run(run: str | os.PathLike, out: str | os.PathLike | None = None, *, 
         for qtype in gguf:
             path = out / "gguf" / f"{run_dir.name}-{qtype}.gguf"
             log(f"checking {path.name} (prompt ids and {GGUF_CHECK_TOKENS} greedy tokens against the merged model)")
-            result.checks[path.name] = check_gguf(path, prompts, want_gguf, tokenizer)
+            result.checks[path.name] = check_gguf(path, prompts, want_gguf, tokenizer, qtype)
     return result
 
 

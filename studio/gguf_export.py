@@ -506,9 +506,9 @@ def load_gguf(path: Path):
 NEAR_TIE = 0.05  # logits: a parting this close is rounding (f16 arithmetic in llama.cpp), not a wrong tensor
 
 
-def check_gguf(path: Path, prompts, want, tokenizer=None) -> str:
+def check_gguf(path: Path, prompts, want, tokenizer=None, qtype: str | None = None) -> str:
     """One line: which runtime judged, prompt ids and greedy tokens against the merged model's (`want`, from
-    `reference`), and where they first part."""
+    `reference`), where they first part, and what that means for this quantization type (`qtype`)."""
     version = llama_cpp_version()
     if version is not None:
         judge, got = f"llama.cpp (llama-cpp-python {version})", llama_cpp_greedy(path, prompts)
@@ -527,13 +527,35 @@ def check_gguf(path: Path, prompts, want, tokenizer=None) -> str:
             f"identical to the merged model's (transformers) on {same_gen}/{n}; tokens agreeing {agree}/{total}")
     if same_gen < n:
         i = next(i for i, (g, w) in enumerate(zip(got, want)) if g[1] != w[1])
-        show = (lambda ids: repr(tokenizer.decode(ids))[:60]) if tokenizer is not None else (lambda ids: str(ids[:8]))
+
+        def show(ids):  # one line on the page: a new line shown as ↵, not as a \n escape
+            if tokenizer is None:
+                return str(ids[:8])
+            text = tokenizer.decode(ids).replace("\r", "").replace("\n", "↵")
+            return f"“{text[:56]}{'…' if len(text) > 56 else ''}”"
+
         line += f"; first difference on prompt {i + 1}: {show(got[i][1])} vs {show(want[i][1])}"
         gaps = [_near_tie(w, g[1]) for g, w in zip(got, want) if g[1] != w[1]]
-        if gaps and all(gap is not None and gap < NEAR_TIE for gap in gaps):
+        ties = bool(gaps) and all(gap is not None and gap < NEAR_TIE for gap in gaps)
+        if ties:
             line += (f" — each output parts where transformers' top two tokens were within {max(gaps):.3g} logits "
                      f"(a near-tie float rounding tips; identical up to there)")
-    return line
+    return line + _verdict(same_ids, same_gen, n, qtype, same_gen < n and ties)
+
+
+def _verdict(same_ids: int, same_gen: int, n: int, qtype: str | None, ties: bool = False) -> str:
+    """What the numbers mean, in a word: a newcomer read "identical on 0/2" after a q4_k_m export as a failure."""
+    if same_ids < n:
+        return " → PROBLEM: the prompt ids differ, so the GGUF's tokenizer is not the model's; don't publish it"
+    if same_gen == n:
+        return " → OK: same tokenizer, same greedy output"
+    lossy = qtype is not None and not qtype.lower().startswith(("f16", "bf16", "f32"))
+    if lossy:
+        return (f" → OK for {qtype}: the tokenizer matches; quantized weights change some greedy tokens, as "
+                "expected (Evaluate the GGUF to see what that costs)")
+    if ties:
+        return " → OK: the outputs part only where float rounding tips a tie"
+    return " → CHECK: a float GGUF parts from the merged model beyond rounding; look at the conversion"
 
 
 # ---- Ollama -------------------------------------------------------------------------------------

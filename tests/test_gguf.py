@@ -227,3 +227,13 @@ def test_a_parting_at_a_near_tie_is_told_from_a_real_difference(monkeypatch, tmp
     got = [([1, 2], [4, 9, 7])]  # token 9 was 3 logits behind: a real difference
     line = gguf_export.check_gguf(tmp_path / "x.gguf", ["p"], want)
     assert "on 0/1" in line and "near-tie" not in line, line
+    # each line ends in a verdict a newcomer can read: a 4-bit file parts from the float model by design
+    assert "→ OK for q4_k_m: the tokenizer matches" in gguf_export.check_gguf(tmp_path / "x.gguf", ["p"], want,
+                                                                             qtype="q4_k_m")
+    assert "→ CHECK: a float GGUF parts" in gguf_export.check_gguf(tmp_path / "x.gguf", ["p"], want, qtype="f16")
+    got = [([1, 3], [4, 5, 7])]  # another tokenizer: never OK
+    assert "→ PROBLEM: the prompt ids differ" in gguf_export.check_gguf(tmp_path / "x.gguf", ["p"], want,
+                                                                        qtype="q4_k_m")
+    got = [([1, 2], [4, 5, 7])]
+    assert gguf_export.check_gguf(tmp_path / "x.gguf", ["p"], want, qtype="q4_k_m").endswith(
+        "→ OK: same tokenizer, same greedy output")
