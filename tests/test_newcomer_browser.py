@@ -88,6 +88,8 @@ def test_finished_run_log_banner_chart_and_reload_at_both_widths(app, browser): 
     page.locator("#train-message").get_by_text("Started").wait_for(timeout=30000)
     wait_for(lambda: _status(page) == "done", 180, "the run to finish")
     wait_for(lambda: "Started" not in page.locator("#train-message").inner_text(), 10, "the banner to go")
+    # the message says how the run ended and what to do next (it was an empty box)
+    assert "finished (6 steps). Next:" in page.locator("#train-message").inner_text()
     log = page.locator("#train-log textarea").input_value()
     assert "finished: 6 steps" in log and "adapter saved in" in log
     assert "tiny-quotes-tiny-llama-" in log or "tiny-quotes-tiny-llama-" in page.locator("#train-progress").inner_text() \

@@ -7,7 +7,7 @@ import json
 import gradio as gr
 
 from studio.ui.common import browser, error_html, job_log, ok_html, progress_html, safely
-from studio.ui.train_tab import _report_to_widget, arm_timer, queue_html, watch_slot
+from studio.ui.train_tab import _report_to_widget, arm_timer, ended_line, queue_html, watch_slot
 
 BASE_START = "(base model: a fresh adapter)"
 LOSS_TYPES = ["sigmoid", "ipo", "hinge", "robust", "exo_pair", "nca_pair", "bco_pair", "sppo_hard", "aot",
@@ -364,7 +364,7 @@ def create_dpo_tab(client: gr.BrowserState) -> dict:
             rows = heldout_update(job.run_dir) if finished and not seen_state[1] else gr.update()
             banner = gr.update()
             if watching.get("banner") and watching.get("id") == job.id and not job.active:
-                banner, watching = "", {**watching, "banner": False}
+                banner, watching = ended_line(job), {**watching, "banner": False}  # how it ended, what next
             return (bar, fig, rows, job_log(job), (n, finished), banner, watching, note or "", timer_update,
                     gr.update(visible=False))
 

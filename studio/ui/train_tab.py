@@ -69,6 +69,18 @@ RECIPE_INFO = ("tiny-… recipes: the embedded toy model, under a minute. smollm
                "SmolLM2-135M-Instruct, minutes on a CPU. DPO recipes: start them on the DPO tab.")
 
 
+def ended_line(job) -> str:
+    """The message once this page's run has ended: how, and the next step (a failure shows in the bar)."""
+    s = job.snapshot()
+    if s["status"] == "done":
+        return ok_html(f"{job.id} finished ({s['step']} steps). Next: compare it with its base on the Evaluate "
+                       "tab, chat with it on Persona Chat, or export it.")
+    if s["status"] == "cancelled":
+        return ok_html(f"{job.id} stopped at step {s['step']} of {s['total'] or '?'}; its last checkpoint is "
+                       "kept: resume it from Runs history.")
+    return ""
+
+
 def handed_source(flat: dict, given: dict | None, saving: bool = False) -> dict:
     """The Dataset field names an upload the Data tab handed over as "upload: <name>"; the job reads the file
     the server kept for this page (never a path the page sent). A saved recipe names the file by its name."""
@@ -429,7 +441,8 @@ def create_train_tab(client: gr.BrowserState) -> dict:
                 fig = gr.update()
             banner = gr.update()
             if watching.get("banner") and watching.get("id") == job.id and not job.active:
-                banner, watching = "", {**watching, "banner": False}  # "Started …" goes once the run has ended
+                # "Started …" / "Stopping …" give way to how the run ended and what to do next
+                banner, watching = ended_line(job), {**watching, "banner": False}
             return (bar, fig, job_log(job), samples_markdown(job.summary), banner, n, watching, note or "",
                     timer_update, gr.update(visible=False))
 
