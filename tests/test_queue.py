@@ -203,3 +203,40 @@ def test_two_idle_pages_cost_the_app_almost_nothing(tmp_path, browser):
     finally:
         proc.terminate()
         proc.wait(10)
+
+
+@pytest.mark.skipif(not __import__("os").path.exists("/usr/bin/chromium"), reason="Debian chromium not installed")
+def test_in_the_browser_the_waiting_line_shows_once_and_a_second_start_says_why(shared, browser):
+    """Issue 27: a waiting visitor saw the "Waiting in line" line twice, and a second Start said nothing."""
+    url, _ = shared
+    pages = []
+    for _ in range(2):
+        page = browser.new_context(viewport={"width": 1400, "height": 1000}).new_page()
+        page.goto(url)
+        page.get_by_role("tab", name="Train").click()
+        wait_for(lambda: page.get_by_label("Max steps (-1: use epochs)").input_value() == "200", 120, "the form")
+        pages.append(page)
+    a, b = pages
+    try:
+        a.get_by_label("Max steps (-1: use epochs)").fill("100000")
+        a.get_by_label("Max steps (-1: use epochs)").press("Tab")
+        a.get_by_role("button", name="Start", exact=True).click()
+        wait_for(lambda: "running" in a.locator("#train-progress").inner_text(), 180, "A's job to run")
+        b.get_by_role("button", name="Start", exact=True).click()
+        wait_for(lambda: "Waiting in line" in b.locator("#train-queue").inner_text(), 60, "B's waiting line")
+        b.wait_for_timeout(2500)  # a few polls
+        shown = b.locator("body").inner_text()
+        assert shown.count("Waiting in line") == 1, shown
+        b.get_by_role("button", name="Start", exact=True).click()  # one waiting job per visitor: says so
+        wait_for(lambda: "already have a job waiting" in b.locator("#train-message").inner_text(), 30,
+                 "the refusal of a second waiting job")
+        b.wait_for_timeout(2500)  # and it stays through the polls
+        assert "already have a job waiting" in b.locator("#train-message").inner_text()
+        assert b.locator("body").inner_text().count("Waiting in line") == 1
+        b.get_by_role("button", name="Leave the queue").click()
+        wait_for(lambda: "left the queue" in b.locator("#train-message").inner_text(), 30, "B leaving the queue")
+    finally:
+        a.get_by_role("button", name="Stop", exact=True).click()
+        wait_for(lambda: "running" not in a.locator("#train-progress").inner_text(), 120, "A's job to stop")
+        for page in pages:
+            page.context.close()

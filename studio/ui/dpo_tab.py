@@ -319,7 +319,7 @@ def create_dpo_tab(client: gr.BrowserState) -> dict:
                 return error_html(err), (-1, False), {}
             if not hasattr(job, "run_dir"):  # a Ticket: the slot is busy, the job waits in line
                 return (queue_html(job) or ok_html("Your job is waiting in line."), (-1, False),
-                        {"ticket": job.id, "polling": True})
+                        {"ticket": job.id, "polling": True, "fresh": True})
             return (ok_html(f"Started {job.id}. Closing the browser does not stop it; reload to re-attach."), (-1, False),
                     {"id": job.id, "banner": True, "polling": True})
 
@@ -350,10 +350,11 @@ def create_dpo_tab(client: gr.BrowserState) -> dict:
             timer_update = gr.update() if polling == was_polling else gr.Timer(active=polling)
             watching["polling"] = polling
             queued = "data-position" in (note or "")
+            fresh = watching.pop("fresh", False)  # the start's queue answer moves to the queue line once (train_tab)
             if job is None:
                 cleared = seen_state[0] == -1 and not seen_state[1]
                 return ("", gr.update() if cleared else None, gr.update() if cleared else [], "", (-1, False),
-                        "" if queued else gr.update(), watching, note or "", timer_update, gr.update(visible=queued))
+                        "" if queued and fresh else gr.update(), watching, note or "", timer_update, gr.update(visible=queued))
             s = job.snapshot()
             bar = progress_html(s) + (error_html(s["error"]) if s.get("error") else "")
             n, finished = len(job.history), job.summary is not None

@@ -384,7 +384,7 @@ def create_train_tab(client: gr.BrowserState) -> dict:
                 return error_html(err), -1, {}
             if not hasattr(job, "run_dir"):  # a Ticket: the slot is busy, the job waits in line
                 return (queue_html(job) or ok_html("Your job is waiting in line."), -1,
-                        {"ticket": job.id, "banner": False, "polling": True})
+                        {"ticket": job.id, "banner": False, "polling": True, "fresh": True})
             return (ok_html(f"{verb} {job.id}{what}. Closing the browser does not stop it; reload to re-attach."), -1,
                     {"id": job.id, "banner": True, "polling": True})
 
@@ -429,8 +429,11 @@ def create_train_tab(client: gr.BrowserState) -> dict:
             timer_update = gr.update() if polling == was_polling else gr.Timer(active=polling)
             watching["polling"] = polling
             queued = "data-position" in (note or "")
+            # the start's own "waiting in line" answer moves to the queue line once (not shown twice); a later
+            # message (a second start refused: one job waiting per visitor) stays
+            fresh = watching.pop("fresh", False)
             if job is None:
-                return ("", None if seen_rows != -1 else gr.update(), "", "", "" if queued else gr.update(), -1,
+                return ("", None if seen_rows != -1 else gr.update(), "", "", "" if queued and fresh else gr.update(), -1,
                         watching, note or "", timer_update, gr.update(visible=queued))  # the line, not twice
             s = job.snapshot()
             bar = progress_html(s) + (error_html(s["error"]) if s.get("error") else "")
