@@ -63,6 +63,9 @@ def test_reply_streams_with_stories_side_by_side_and_bad_input_is_one_line(app, 
     # side by side: the same message answered with and without retrieval
     page.get_by_label("with vs without retrieval").check()
     page.locator("#chat-b").wait_for()
+    wait_for_text = "B · without retrieval"  # each column says what it is
+    page.locator("#chat-b").get_by_text(wait_for_text).first.wait_for(timeout=10000)
+    assert "A · with retrieval" in page.locator("#chat-a").inner_text()
     first_done = page.locator("#chat-status").inner_text().strip()
     page.locator("#chat-message textarea").fill("do you have any pets?")
     page.locator("#chat-send").click()

@@ -224,6 +224,7 @@ def test_in_the_browser_the_waiting_line_shows_once_and_a_second_start_says_why(
         wait_for(lambda: "running" in a.locator("#train-progress").inner_text(), 180, "A's job to run")
         b.get_by_role("button", name="Start", exact=True).click()
         wait_for(lambda: "Waiting in line" in b.locator("#train-queue").inner_text(), 60, "B's waiting line")
+        assert b.locator("#train-chart .js-plotly-plot").count() == 0  # no chart of another (or an old) run
         b.wait_for_timeout(2500)  # a few polls
         shown = b.locator("body").inner_text()
         assert shown.count("Waiting in line") == 1, shown

@@ -210,8 +210,13 @@ def create_chat_tab(client: gr.BrowserState) -> dict:
             chart = gr.Plot(elem_id="chat-retriever-chart")
             run_info = gr.HTML()
 
-        compare.change(lambda c: (gr.update(label="Conversation" if c == COMPARE[0] else "A"),
-                                  gr.update(visible=c != COMPARE[0]), gr.update(visible=c == COMPARE[3])),
+        # each column says what it is (both once read "A" and "B", with identical backends in the status)
+        column_labels = {COMPARE[0]: ("Conversation", "B"), COMPARE[1]: ("A · tuned (the run)", "B · its base model"),
+                         COMPARE[2]: ("A · with retrieval", "B · without retrieval"),
+                         COMPARE[3]: ("A · the model above", "B · the second model")}
+        compare.change(lambda c: (gr.update(label=column_labels.get(c, ("A", "B"))[0]),
+                                  gr.update(visible=c != COMPARE[0], label=column_labels.get(c, ("A", "B"))[1]),
+                                  gr.update(visible=c == COMPARE[3])),
                        [compare], [chat_a, chat_b, model_b])
         inputs = [persona, message, chat_a, chat_b, model, model_b, compare, stories, k, with_turn, temperature, top_p,
                   repetition_penalty, max_new_tokens, seed_box]

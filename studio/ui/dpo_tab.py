@@ -318,7 +318,8 @@ def create_dpo_tab(client: gr.BrowserState) -> dict:
             if err:
                 return error_html(err), (-1, False), {}
             if not hasattr(job, "run_dir"):  # a Ticket: the slot is busy, the job waits in line
-                return (queue_html(job) or ok_html("Your job is waiting in line."), (-1, False),
+                # (-2, True): the next poll empties the chart and table (they showed this page's previous run)
+                return (queue_html(job) or ok_html("Your job is waiting in line."), (-2, True),
                         {"ticket": job.id, "polling": True, "fresh": True})
             return (ok_html(f"Started {job.id}. Closing the browser does not stop it; reload to re-attach."), (-1, False),
                     {"id": job.id, "banner": True, "polling": True})

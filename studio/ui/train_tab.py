@@ -383,7 +383,8 @@ def create_train_tab(client: gr.BrowserState) -> dict:
             if err:
                 return error_html(err), -1, {}
             if not hasattr(job, "run_dir"):  # a Ticket: the slot is busy, the job waits in line
-                return (queue_html(job) or ok_html("Your job is waiting in line."), -1,
+                # seen -2: the next poll empties the chart (it showed this page's previous run while waiting)
+                return (queue_html(job) or ok_html("Your job is waiting in line."), -2,
                         {"ticket": job.id, "banner": False, "polling": True, "fresh": True})
             return (ok_html(f"{verb} {job.id}{what}. Closing the browser does not stop it; reload to re-attach."), -1,
                     {"id": job.id, "banner": True, "polling": True})
