@@ -22,6 +22,13 @@ SLOW_FIRST = ["test_surface_fuzz.py", "test_llama_backend.py", "test_fuzz.py", "
               "test_dpo_browser.py", "test_export_browser.py"]
 
 
+def pytest_configure(config):
+    # pytest-xdist's loadfile scheduler would reorder the files by test count (most first), which put the
+    # one-test surface fuzzer last, alone: keep the order above
+    if hasattr(config.option, "loadscopereorder"):
+        config.option.loadscopereorder = False
+
+
 def pytest_collection_modifyitems(config, items):
     rank = {name: i for i, name in enumerate(SLOW_FIRST)}
     items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: a file's own order is kept
