@@ -6,6 +6,7 @@ os.environ["TRANSFORMERS_VERBOSITY"] = "error"
 os.environ["HF_DATASETS_DISABLE_PROGRESS_BARS"] = "1"
 os.environ["TOKENIZERS_PARALLELISM"] = "false"
 
+import contextlib  # noqa: E402
 import json  # noqa: E402
 from pathlib import Path  # noqa: E402
 
@@ -39,6 +40,21 @@ def embedded_path():
     from studio.embedded import embedded_model_path
 
     return embedded_model_path()
+
+
+@contextlib.contextmanager
+def runs_env(root: Path):
+    """`root` as the studio's runs folder (STUDIO_RUNS) inside the block, the old value back after it: for a
+    module's runs fixture (`with runs_env(tmp_path_factory.mktemp(...) / "runs") as root: yield root`)."""
+    old = os.environ.get("STUDIO_RUNS")
+    os.environ["STUDIO_RUNS"] = str(root)
+    try:
+        yield root
+    finally:
+        if old is None:
+            os.environ.pop("STUDIO_RUNS", None)
+        else:
+            os.environ["STUDIO_RUNS"] = old
 
 
 @pytest.fixture

@@ -2,14 +2,13 @@
 
 import json
 import logging
-import os
 import time
 import zipfile
 from pathlib import Path
 
 import pytest
 
-from conftest import tiny_recipe
+from conftest import runs_env, tiny_recipe
 from fake_hub import FakeHub
 from studio import access, export, gguf_export, hub
 from studio.errors import StudioError
@@ -20,14 +19,8 @@ GOOD = "hf_goodtoken0000000000"
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
-    root = tmp_path_factory.mktemp("export") / "runs"
-    old = os.environ.get("STUDIO_RUNS")
-    os.environ["STUDIO_RUNS"] = str(root)
-    yield root
-    if old is None:
-        os.environ.pop("STUDIO_RUNS", None)
-    else:
-        os.environ["STUDIO_RUNS"] = old
+    with runs_env(tmp_path_factory.mktemp("export") / "runs") as root:
+        yield root
 
 
 def _train(runs, name, **overrides):

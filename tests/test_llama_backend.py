@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import tiny_recipe
+from conftest import runs_env, tiny_recipe
 from studio.errors import StudioError
 
 PERSONA = "i love to ski. i have a dog named biscuit."
@@ -27,14 +27,8 @@ needs_llama = pytest.mark.skipif(
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
-    root = tmp_path_factory.mktemp("llama") / "runs"
-    old = os.environ.get("STUDIO_RUNS")
-    os.environ["STUDIO_RUNS"] = str(root)
-    yield root
-    if old is None:
-        os.environ.pop("STUDIO_RUNS", None)
-    else:
-        os.environ["STUDIO_RUNS"] = old
+    with runs_env(tmp_path_factory.mktemp("llama") / "runs") as root:
+        yield root
 
 
 @pytest.fixture(scope="module")

@@ -7,23 +7,15 @@ import time
 
 import pytest
 
-from conftest import ROOT, tiny_recipe
+from conftest import ROOT, runs_env, tiny_recipe
 
 CAPITALS = [{"prompt": f"What is the capital of country {i}?", "completion": f" City {i}."} for i in range(20)]
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory, ):
-    import os
-
-    root = tmp_path_factory.mktemp("newcomer27") / "runs"
-    old = os.environ.get("STUDIO_RUNS")
-    os.environ["STUDIO_RUNS"] = str(root)
-    yield root
-    if old is None:
-        os.environ.pop("STUDIO_RUNS", None)
-    else:
-        os.environ["STUDIO_RUNS"] = old
+def runs(tmp_path_factory):
+    with runs_env(tmp_path_factory.mktemp("newcomer27") / "runs") as root:
+        yield root
 
 
 @pytest.fixture(scope="module")
