@@ -71,6 +71,58 @@ def drop_owner_token() -> None:
     os.execve(sys.executable, [sys.executable, *sys.orig_argv[1:]], env)
 
 
+def read_accounts(spec: str) -> dict[str, str]:
+    """Accounts for Gradio's sign-in (`--auth` / STUDIO_AUTH): a file of `name:password` lines, or the same
+    pairs separated by commas. A bad line stops the start with one line (never echoing a password)."""
+    from pathlib import Path
+
+    spec = (spec or "").strip()
+    if not spec:
+        return {}
+    text = Path(spec).read_text(encoding="utf-8") if Path(spec).is_file() else spec.replace(",", "\n")
+    accounts = {}
+    for number, line in enumerate(text.splitlines(), 1):
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        name, sep, password = line.partition(":")
+        if not sep or not name.strip() or not password:
+            raise SystemExit(f"accounts (--auth / STUDIO_AUTH): entry {number} is not 'name:password'")
+        accounts[name.strip()] = password
+    return accounts
+
+
+def who_line(accounts: dict) -> str:
+    """The launch line saying who a visitor is here (docs/budgets.md "Who a visitor is")."""
+    from studio.access import demo_mode, owners, shared_mode, trusted_proxies
+
+    if not shared_mode():
+        return "Local app: whoever opens it is its owner (nothing is checked or counted)."
+    if accounts:
+        named = ", ".join(sorted(accounts)[:8]) + (" …" if len(accounts) > 8 else "")
+        owner = [n for n in accounts if n.lower() in owners()]
+        return (f"Shared app with sign-in: accounts {named}; each has budgets of its own"
+                + (f"; owners: {', '.join(owner)}" if owner else "; no account is an owner (STUDIO_OWNERS)"))
+    split = f"per address behind {trusted_proxies()}" if trusted_proxies() else "as ONE anonymous pool"
+    space = " Signed-in Hugging Face visitors each have their own." if os.environ.get("SPACE_ID") else ""
+    mode = "Demo" if demo_mode() else "Shared app"
+    return (f"{mode}: anonymous visitors share budgets {split} (one place in the training line, uploads, runs)."
+            f"{space} Give people accounts with --auth to count them apart.")
+
+
+def check_private_storage(runs) -> None:
+    """A shared app's private files (runs, visitors' uploads, the server's secret) must not sit where Gradio's
+    file route serves every file to whoever names its path (its temp folder)."""
+    import tempfile
+    from pathlib import Path
+
+    served = Path(os.environ.get("GRADIO_TEMP_DIR") or Path(tempfile.gettempdir()) / "gradio").resolve()
+    runs = Path(runs).resolve()
+    if runs == served or served in runs.parents:
+        raise SystemExit(f"the runs folder {runs} is inside Gradio's served temp folder {served}: pick another "
+                         "--runs-dir (what a shared app keeps there would have a public address)")
+
+
 def _warm_imports() -> None:
     try:
         from studio.data.isolate import warm
@@ -98,6 +150,10 @@ def main(argv=None) -> None:
     p.add_argument("--max-job-minutes", type=float, default=None,
                    help="shared app: stop a visitor's training job after this many minutes, checkpointed and resumable "
                         "(also STUDIO_MAX_JOB_MINUTES; default 30; 0: no limit; the owner's own jobs are exempt)")
+    p.add_argument("--auth", default=None, metavar="FILE",
+                   help="accounts for a shared app (also STUDIO_AUTH): a file of 'name:password' lines, or "
+                        "'name:password,name2:password2'; each visitor signs in and has budgets of their own, "
+                        "anonymous visitors otherwise share one (docs/budgets.md); names in STUDIO_OWNERS are owners")
     p.add_argument("--allow-remote-code", action="store_true",
                    help="let recipes from the page set trust_remote_code (off by default; never for a public app)")
     args = p.parse_args(argv)
@@ -132,10 +188,15 @@ def main(argv=None) -> None:
         os.environ["STUDIO_DEMO"] = "1"
     if os.environ.get("STUDIO_DEMO", "").strip().lower() in {"1", "true", "yes", "on"}:
         os.environ["STUDIO_SHARED"] = "1"  # a demo is public: visitors are strangers
-    from studio.access import keep_owner_token_out, shared_mode
+    from studio.access import keep_owner_token_out, shared_mode, trusted_proxies
 
+    accounts = read_accounts(args.auth if args.auth is not None else os.environ.get("STUDIO_AUTH", ""))
     if shared_mode():
         keep_owner_token_out()  # visitors' Hub reads go with their own sign-in or none (studio.access)
+        # uvicorn believes X-Forwarded-For from 127.0.0.1 by default, and a share link's tunnel is 127.0.0.1: on a
+        # shared app only the proxies the owner names are believed (none by default), so no header buys a budget
+        os.environ["FORWARDED_ALLOW_IPS"] = trusted_proxies()
+        check_private_storage(runs_root())
     demo = build_app()
     runs_root().mkdir(parents=True, exist_ok=True)
     from studio.ownership import prepare
@@ -144,9 +205,11 @@ def main(argv=None) -> None:
     prepare(runs_root())  # the server's secret and the ownership records, before the first visitor
     demo = start_queue(demo)  # queue limits: docs/budgets.md
     quiet_when_idle(demo)  # an idle app costs ~0.3 % of a core, not 4 %
+    print(who_line(accounts), flush=True)
     demo.launch(
         server_name=args.host, server_port=args.port, share=share_link,
         max_file_size=MAX_UPLOAD,  # a bigger upload is refused by Gradio before it reaches a handler
+        auth=[(name, password) for name, password in accounts.items()] or None,
         **launch_kwargs())  # no allowed_paths: files reach the browser only through the temp dir
 
 

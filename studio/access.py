@@ -278,8 +278,9 @@ def shown_path(text: str) -> str:
     if shared_mode():
         text = text.replace(root, "runs").replace(str(runs_root()), "runs")
         text = _VISITOR_PATH.sub("your folder/", text)  # a visitor's mark is nobody's business either
-        for folder in upload_dirs():
-            text = re.sub(re.escape(str(folder.resolve())) + r"/visitor-[0-9a-f]+/", "your uploads/", text)
+        text = _PRIVATE_UPLOAD.sub("your uploads/", text.replace(str(private_uploads().resolve()), "runs/.uploads"))
+        for folder in upload_dirs():  # a raw upload's folder is its bytes' hash: nobody's business either
+            text = re.sub(re.escape(str(folder.resolve())) + r"/[0-9a-f]{16,}/", "", text)
         cwd = os.getcwd()
         if len(cwd) > 1:  # the server's working folder (the checkout) is nobody's business either
             text = text.replace(cwd + os.sep, "")
@@ -299,6 +300,7 @@ def visitor_folder(visitor: "Visitor | None" = None) -> Path | None:
 
 
 _VISITOR_PATH = re.compile(r"runs/\.visitors/[0-9a-f]+/")
+_PRIVATE_UPLOAD = re.compile(r"runs/\.uploads/[0-9a-f]+/[0-9a-f]+/[0-9a-f]+/")
 
 
 def in_runs(source: str) -> str:
@@ -404,8 +406,9 @@ def _mark(key: str) -> str:
 @dataclass(frozen=True)
 class Visitor:
     keys: frozenset  # "client:<browser id>", "session:<gradio session>"
-    username: str | None = None
+    username: str | None = None  # a signed-in name: Hugging Face (a Space's OAuth) or an account of the app's
     token: str | None = field(default=None, repr=False)  # their own Hugging Face sign-in, never the owner's
+    address: str | None = None  # the visitor's address, only where it can be trusted (see `trusted_address`)
 
     def marks(self) -> list[str]:
         return sorted(_mark(k) for k in self.keys)
@@ -418,7 +421,29 @@ class Visitor:
 
     @property
     def is_app_owner(self) -> bool:
-        return demo_mode() and bool(self.username) and self.username.lower() in owners()
+        """Signed in as one of the app's owners (STUDIO_OWNERS, a Space's author): with an account or OAuth."""
+        return bool(self.username) and self.username.lower() in owners()
+
+    @property
+    def payer(self) -> str:
+        """Who pays for what this visitor does: the key of every budget (docs/budgets.md "Who a visitor is").
+
+        Sessions and browser ids are free to mint, so they name no one who pays: a signed-in visitor pays as
+        their account (`user:<name>`), an anonymous one, where the app trusts a proxy's word for addresses, as
+        that address (`address:<ip>`), and otherwise every anonymous visitor pays from ONE pool, `anonymous`.
+        The app's owner is `owner` (exempt)."""
+        if self.is_app_owner:
+            return "owner"
+        if self.username:
+            return f"user:{self.username.lower()}"
+        if self.address:
+            return f"address:{self.address}"
+        return "anonymous"
+
+    @property
+    def named(self) -> bool:
+        """Someone the app can tell apart at a cost (an account, the owner): not the anonymous pool."""
+        return self.payer == "owner" or self.payer.startswith("user:")
 
 
 _visitor: ContextVar[Visitor | None] = ContextVar("studio_visitor", default=None)
@@ -441,7 +466,7 @@ def set_visitor_source(fn) -> None:
 
 
 def make_visitor(client_id: str | None = None, session: str | None = None, username: str | None = None,
-                 token: str | None = None) -> Visitor | None:
+                 token: str | None = None, address: str | None = None) -> Visitor | None:
     """The visitor of one event. `client_id` is a browser id the server issued and has verified
     (`studio.ownership.verify_browser_id`), never a string as a client sent it; `session` is Gradio's."""
     with _clients_lock:
@@ -455,7 +480,25 @@ def make_visitor(client_id: str | None = None, session: str | None = None, usern
     keys = {f"client:{client_id}"} if client_id else set()
     if session:
         keys.add(f"session:{session}")
-    return Visitor(frozenset(keys), username, token or None) if keys or username else None
+    return Visitor(frozenset(keys), username, token or None, address or None) if keys or username else None
+
+
+def trusted_proxies() -> str:
+    """STUDIO_TRUSTED_PROXIES: the proxies (addresses or networks, comma-separated) whose X-Forwarded-For the
+    app believes. Empty (the default): no header from anyone is believed; every anonymous visitor is one pool."""
+    return os.environ.get("STUDIO_TRUSTED_PROXIES", "").strip()
+
+
+def trusted_address(peer: str | None) -> str | None:
+    """The visitor's address as far as it can be trusted: only with STUDIO_TRUSTED_PROXIES set (the server's
+    uvicorn then rewrites the peer from the header of those proxies alone: app.py sets FORWARDED_ALLOW_IPS);
+    without it, None: on a share link or behind an unnamed proxy every visitor has the same peer address."""
+    return peer if peer and trusted_proxies() else None
+
+
+def payer_of(username: str | None = None, address: str | None = None) -> str:
+    """`Visitor.payer` for what a request says before any visitor is known (the queue's join)."""
+    return Visitor(frozenset(), username, None, trusted_address(address)).payer
 
 
 def current_visitor() -> Visitor | None:
@@ -502,28 +545,62 @@ def claim(path, visitor: Visitor | None = None) -> None:
     visitor = visitor or current_visitor()
     if not shared_mode() or visitor is None or visitor.is_app_owner:
         return
-    if owner_marks(path) is None:  # new: within this visitor's runs / pairs / results budget? (studio.budgets)
-        budgets.check_new(Path(path), runs_root(), lambda p: bool(set(owner_marks(p) or ()) & set(visitor.marks())))
+    if owner_marks(path) is None:  # new: within its payer's runs / pairs / results budget? (studio.budgets)
+        budgets.check_new(Path(path), runs_root(), lambda p: paid_by(p, visitor))
     mine = set(visitor.marks())
     try:
         add_marks(_owner_key(path), mine, lambda existing: bool(set(existing) & mine), runs_root())
     except PermissionError:
         raise StudioError(f"{Path(path).name} belongs to another visitor") from None
+    add_marks(_PAYER + _owner_key(path), {_mark(visitor.payer)}, lambda existing: True, runs_root())
 
 
-def _is_upload(path) -> bool:
+_PAYER = "payer:"  # the ownership store's key prefix for who pays for a thing (not who may read it)
+
+
+def paid_by(path, visitor: Visitor) -> bool:
+    """Does `path` count against `visitor`'s payer's budget? Who may READ a thing is its marks (the browser or
+    session that made it); who PAYS is the payer recorded when it was claimed (`Visitor.payer`): every
+    anonymous session pays from one pool, so minting sessions buys no second budget. A thing claimed before
+    payers were recorded counts for the visitor who made it."""
+    from studio.ownership import get_marks
+
+    key = _owner_key(path)
+    payer = get_marks(_PAYER + key, runs_root())
+    if payer is not None:
+        return _mark(visitor.payer) in payer
+    return bool(set(get_marks(key, runs_root()) or ()) & set(visitor.marks()))
+
+
+UPLOADS_DIR = ".uploads"  # <runs>/.uploads/<payer>/<home>/<upload>/<name>: visitors' own copies of their uploads
+
+
+def private_uploads() -> Path:
+    """Where a shared studio keeps visitors' copies of their uploads: in the runs folder, which no server route
+    serves (Gradio serves every file under its temp folder to whoever names the path: docs/security.md)."""
+    return runs_root() / UPLOADS_DIR
+
+
+def _is_raw_upload(path) -> bool:
+    """A file as Gradio's upload route left it (transport only: nobody's until handed to the studio)."""
     return any(_inside(Path(path), folder) for folder in upload_dirs())
 
 
+def _is_private_upload(path) -> bool:
+    return _inside(Path(path), private_uploads())
+
+
+def _is_upload(path) -> bool:
+    return _is_raw_upload(path) or _is_private_upload(path)
+
+
 def _upload_mark(path) -> str | None:
-    """The visitor mark of an upload handed to the studio (uploads/visitor-<mark>/…), else None."""
-    for folder in upload_dirs():
-        try:
-            first = Path(path).expanduser().resolve().relative_to(folder.resolve()).parts[0]
-        except (ValueError, IndexError):
-            continue
-        return first.removeprefix("visitor-") if first.startswith("visitor-") else None
-    return None
+    """The visitor mark (the `home`) of an upload handed to the studio (.uploads/<payer>/<home>/…), else None."""
+    try:
+        parts = Path(path).expanduser().resolve().relative_to(private_uploads().resolve()).parts
+    except ValueError:
+        return None
+    return parts[1] if len(parts) > 2 else None
 
 
 def may_read(path, visitor: Visitor | None = None) -> bool:
@@ -601,32 +678,48 @@ def require_write(path, what: str) -> None:
 def claim_upload(path) -> str:
     """A file a visitor handed to the studio through a file box: it becomes theirs, and only theirs to read.
 
-    Gradio names an upload by its content's hash, shared by everyone who sends the same bytes; so the file is
-    copied into the visitor's own folder (uploads/visitor-<mark>/…) and that path is what the studio uses."""
+    Gradio's upload route takes files from anyone, names them by their bytes and serves everything in its temp
+    folder to whoever names the path. So on a shared studio a raw upload is transport only: at hand-over it is
+    copied into the visitor's own folder in the runs folder (served by no route), counted against their payer's
+    upload budget, and removed from Gradio's folder. Each visitor gets their own copy: nothing to squat on, and
+    nothing learned about what others sent (two visitors sending the same bytes each get theirs)."""
     import shutil
 
     visitor = current_visitor()
-    if not path or not shared_mode() or visitor is None or not _is_upload(path):
+    if not path or not shared_mode() or visitor is None:
         return path
-    src = Path(path).expanduser().resolve()
-    if _upload_mark(src) is not None:
+    src = Path(path).expanduser()
+    if _is_private_upload(src):  # handed over before: the visitor's own copy (anyone else's is refused)
         require_read(src, src.name)
-        os.utime(src)  # used now: kept for the upload TTL from here (studio.budgets)
-        return str(src)
-    # Gradio's upload route takes files from anyone and names them by content: the first visitor to hand a raw
-    # upload to the studio is its only one; another who names that path (told it, or guessing) is refused.
-    try:
-        claim(src, visitor)
-    except StudioError:
-        raise StudioError(f"{src.name} was handed to the studio by another visitor: rename your file and upload it "
-                          "again") from None
-    dest = upload_dirs()[0] / f"visitor-{visitor.home}" / src.parent.name / src.name
-    if not dest.exists():
-        budgets.check_upload(dest.parents[1], src)  # this visitor's uploads: count and bytes (studio.budgets)
+        if src.is_file():
+            os.utime(src)  # used now: kept for the upload TTL from here (studio.budgets)
+        return str(src.resolve())
+    if not _is_raw_upload(src):
+        return path  # not an upload: the resolver decides what it is
+    payer_dir = private_uploads() / _mark(visitor.payer)
+    dest = payer_dir / visitor.home / src.parent.name / src.name
+    if not dest.is_file():
+        if not src.is_file():
+            raise StudioError(f"{_echo(src.name)}: that upload is no longer here (each upload is taken once and "
+                              "unclaimed ones leave after a few minutes): upload the file again")
+        if visitor.payer != "owner":
+            budgets.check_upload(payer_dir, src, private_uploads())  # the payer's uploads, and everyone's kept
         dest.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(src, dest)
+        part = dest.with_name(f".{dest.name}.part")
+        shutil.copyfile(src, part)
+        os.replace(part, dest)
+    _discard_raw(src)
     os.utime(dest)  # used now: kept for the upload TTL from here
-    return str(dest)
+    return str(dest.resolve())
+
+
+def _discard_raw(src: Path) -> None:
+    """Gradio's copy of a handed-over upload leaves its served folder at once (and its folder if now empty)."""
+    try:
+        src.unlink()
+        src.parent.rmdir()
+    except OSError:
+        pass
 
 
 def hub_token():

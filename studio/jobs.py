@@ -300,14 +300,24 @@ def _join_queue(recipe, runs_dir, resume, run_name, owner) -> Ticket:
     if mine is not None:
         raise StudioError(f"you already have a job waiting (position {_waiting.index(mine) + 1}); leave the queue "
                           "first to wait with another")
+    visitor = current_visitor()
+    payer = visitor.payer if visitor is not None else "owner"
+    theirs = next((t for t in _waiting if getattr(t, "payer", None) == payer), None) if payer != "owner" else None
+    if theirs is not None:  # one place per payer: sessions and browser ids are free, so they buy no second one
+        raise StudioError(
+            "a job is already waiting for anonymous visitors (they share one place in line): try again when it has "
+            "started, or sign in (or ask the app's owner for an account) to wait on your own"
+            if payer == "anonymous" else
+            f"a job of yours is already waiting (position {_waiting.index(theirs) + 1}, from another page or "
+            "session); leave the queue there first")
     limit = queue_limit()
-    if len(_waiting) >= limit:
+    if len(_waiting) >= limit and payer != "owner":  # the app's owner always gets in line (at its end)
         raise StudioError(f"the waiting list is full ({limit} jobs); try again later")
     if resume:
         require_write(Path(resume), f"run {Path(resume).name!r}")
     kind = recipe.method if recipe is not None else _resume_kind(resume)
-    ticket = Ticket(recipe, runs_dir, resume, run_name, owner, current_visitor(), kind)
-    ticket.key = key
+    ticket = Ticket(recipe, runs_dir, resume, run_name, owner, visitor, kind)
+    ticket.key, ticket.payer = key, payer
     _waiting.append(ticket)
     _tickets[ticket.id] = ticket
     log.info("a %s job joined the waiting list (position %d)", kind, len(_waiting))
@@ -328,7 +338,8 @@ def _resume_kind(resume) -> str:
 
 
 def queue_limit() -> int:
-    """STUDIO_MAX_WAITING: how many jobs may wait for the slot at once (one per visitor)."""
+    """STUDIO_MAX_WAITING: how many jobs may wait for the slot at once (one per payer: an account, a trusted
+    address, or all anonymous visitors together; the app's owner always gets in line)."""
     try:
         return max(1, int(os.environ.get("STUDIO_MAX_WAITING", "20")))
     except ValueError:

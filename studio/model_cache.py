@@ -116,14 +116,22 @@ class ModelCache:
         with self._lock:
             return sum(e.nbytes for e in self._entries.values())
 
-    def describe(self) -> str:
-        """One line a person reads: what is loaded and how much of the budget it takes."""
-        held = self.held()
+    def describe(self, visible=None, shown=str) -> str:
+        """One line a person reads: what is loaded and how much of the budget it takes.
+
+        `visible(key)` says whether the reader may see an entry (a shared page: only what they may read; the key
+        holds what the loader resolved, e.g. a run folder or a story file); the others are counted, never named.
+        `shown(label)` turns a label into what the page may show (no server folders)."""
+        with self._lock:
+            entries = [(k, e) for k, e in reversed(self._entries.items())]
         used, limit = self.total_bytes() / (1 << 20), self.limit / (1 << 20)
-        if not held:
+        if not entries:
             return f"model cache: empty (limit {limit:,.0f} MB, STUDIO_MODEL_CACHE_MB)"
-        items = ", ".join(f"{h['label']} ({h['kind']}, {h['mb']:,.0f} MB)" for h in held)
-        return f"model cache: {used:,.0f} of {limit:,.0f} MB: {items}"
+        seen = [e for k, e in entries if visible is None or visible(k)]
+        items = [f"{shown(e.label)} ({e.kind}, {e.nbytes / (1 << 20):,.0f} MB)" for e in seen]
+        if len(seen) < len(entries):
+            items.append(f"{len(entries) - len(seen)} loaded by other visitors")
+        return f"model cache: {used:,.0f} of {limit:,.0f} MB: {', '.join(items)}"
 
 
 def estimate_bytes(value) -> int:

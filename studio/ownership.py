@@ -74,7 +74,7 @@ def verify_browser_id(value) -> str | None:
     if not isinstance(value, str) or len(value) != 65 or value[32] != ".":
         return None
     raw, sig = value[:32], value[33:]
-    if not all(c in "0123456789abcdef" for c in raw):
+    if not all(c in "0123456789abcdef" for c in raw + sig):  # ASCII hex only (compare_digest raises on other text)
         return None
     return raw if hmac.compare_digest(sig, _sign(raw)) else None
 

@@ -150,10 +150,26 @@ def a_upload(shared, tmp_path_factory):
     status, info, _ = shared.a.predict("Upload", "quotes", handle_file(str(src)), "", "", "", "", "auto", "", "",
                                        api_name="/inspect_data")
     assert "Loaded" in status and "A's private row" in info
-    copies = list(shared.uploads.glob("visitor-*/*/a-secret.jsonl"))  # A's own copy (none before the fix)
-    raw = [p for p in shared.uploads.glob("*/a-secret.jsonl") if not p.parent.name.startswith("visitor-")]
-    assert len(copies) <= 1 and raw
-    return [*copies, raw[0]]
+    copies = list((shared.runs / ".uploads").glob("*/*/*/a-secret.jsonl"))  # A's own copy, in the runs folder
+    assert len(copies) == 1
+    raw = copies[0].parent.name  # the folder Gradio's route had named by the bytes: gone from its served folder
+    assert not (shared.uploads / raw / "a-secret.jsonl").exists()
+    return [copies[0], shared.uploads / raw / "a-secret.jsonl"]
+
+
+def test_a_visitors_upload_has_no_public_address(shared, a_upload):
+    """Issue 31, finding 1: Gradio serves every file in its temp folder to whoever names the path; A's copy is
+    not there, and the raw upload left it when A handed it over."""
+    import urllib.error
+    import urllib.request
+
+    for path in a_upload:
+        try:
+            body = urllib.request.urlopen(f"{shared.url}gradio_api/file={path}", timeout=30).read()
+        except urllib.error.HTTPError as e:
+            assert e.code in (403, 404), (path, e.code)
+        else:
+            raise AssertionError(f"{path} was served: {body[:80]!r}")
 
 
 def test_a_visitor_cannot_read_another_visitors_upload(shared, a_upload):
@@ -163,8 +179,7 @@ def test_a_visitor_cannot_read_another_visitors_upload(shared, a_upload):
         assert "studio-error" in status and "A's private row" not in info, status
     status, info, _ = shared.a.predict("Local path", "quotes", None, str(a_upload[0]), "", "", "", "auto", "", "",
                                        api_name="/inspect_data")
-    assert "Loaded" in status and "A's private row" in info  # A still reads A's own
-    assert len(a_upload) == 2  # A's own copy, in A's upload folder
+    assert "Loaded" in status and "A's private row" in info  # A still reads A's own copy
 
 
 @pytest.fixture(scope="module")

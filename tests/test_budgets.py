@@ -143,7 +143,8 @@ def test_runs_pairs_and_results_per_visitor(tmp_path, monkeypatch):
     monkeypatch.setenv("STUDIO_RUNS", str(runs))
     monkeypatch.setenv("STUDIO_VISITOR_RUNS", "2")
     monkeypatch.setenv("STUDIO_VISITOR_RESULTS", "1")
-    a, b = Visitor(frozenset({"session:a"})), Visitor(frozenset({"session:b"}))
+    # two signed-in accounts: each pays for itself (anonymous sessions share one pool: the test below)
+    a, b = Visitor(frozenset({"session:a"}), "alice"), Visitor(frozenset({"session:b"}), "bob")
     with acting_for(a):
         for name in ("a-1", "a-2"):
             (runs / name).mkdir(parents=True)
@@ -167,24 +168,73 @@ def test_runs_pairs_and_results_per_visitor(tmp_path, monkeypatch):
             claim(runs / "b-2")
 
 
+def test_anonymous_sessions_share_one_budget_and_accounts_have_their_own(tmp_path, monkeypatch):
+    """Sessions and browser ids are free to mint: every anonymous visitor pays from one pool (issue 31, finding 2),
+    while what each made stays readable by its maker alone."""
+    from studio.access import Visitor, acting_for, claim, may_read
+    from studio.errors import StudioError
+
+    runs = tmp_path / "runs"
+    monkeypatch.setenv("STUDIO_SHARED", "1")
+    monkeypatch.setenv("STUDIO_RUNS", str(runs))
+    monkeypatch.setenv("STUDIO_VISITOR_RUNS", "2")
+    minted = [Visitor(frozenset({f"session:sybil-{i}", f"client:{i:032x}"})) for i in range(5)]
+    assert {v.payer for v in minted} == {"anonymous"}
+    for i, v in enumerate(minted[:2]):
+        with acting_for(v):
+            (runs / f"s-{i}").mkdir(parents=True)
+            claim(runs / f"s-{i}")
+    with acting_for(minted[2]):  # a third fresh session is the same payer: over the pool's budget
+        (runs / "s-2").mkdir()
+        with pytest.raises(StudioError, match=r"s-2: you have 2 here.*STUDIO_VISITOR_RUNS"):
+            claim(runs / "s-2")
+        assert not may_read(runs / "s-0")  # one pool to pay from, not one another's runs to read
+    with acting_for(Visitor(frozenset({"session:carol"}), "carol")):  # a signed-in account has its own budget
+        (runs / "c-1").mkdir()
+        claim(runs / "c-1")
+    # with a trusted proxy, an anonymous visitor pays as their address (never a header's word otherwise)
+    monkeypatch.setenv("STUDIO_TRUSTED_PROXIES", "10.0.0.1")
+    from studio.access import payer_of
+
+    assert payer_of(None, "203.0.113.7") == "address:203.0.113.7"
+    monkeypatch.delenv("STUDIO_TRUSTED_PROXIES")
+    assert payer_of(None, "203.0.113.7") == "anonymous" and payer_of("Dave", "203.0.113.7") == "user:dave"
+
+
 def test_uploads_not_used_for_the_ttl_are_swept_and_the_total_is_bounded(tmp_path, monkeypatch):
     from studio.budgets import cache_schedule, sweep_uploads
 
     monkeypatch.setenv("STUDIO_UPLOAD_TTL", "60")
-    old = tmp_path / "visitor-a" / "h1" / "old.jsonl"
-    new = tmp_path / "visitor-b" / "h2" / "new.jsonl"
+    old = tmp_path / "payer-a" / "home-a" / "h1" / "old.jsonl"  # <runs>/.uploads/<payer>/<home>/<upload>/<name>
+    new = tmp_path / "payer-b" / "home-b" / "h2" / "new.jsonl"
     for p in (old, new):
         p.parent.mkdir(parents=True)
         p.write_bytes(b"x" * 1000)
     os.utime(old, (time.time() - 120, time.time() - 120))
-    raw = tmp_path / "h3" / "gradio-raw.jsonl"  # Gradio's own copy: its delete_cache, not this sweep
-    raw.parent.mkdir()
-    raw.write_text("{}")
     assert sweep_uploads(tmp_path, force=True) == 1
-    assert not old.exists() and not old.parent.exists() and new.exists() and raw.exists()
+    assert not old.exists() and not old.parent.exists() and new.exists()
     monkeypatch.setenv("STUDIO_UPLOADS_TOTAL_MB", "0")  # over the total: the least recently used go first
     assert sweep_uploads(tmp_path, force=True) == 1 and not new.exists()
     assert cache_schedule() == (60, 60)
+
+
+def test_raw_uploads_nobody_handed_over_leave_after_minutes(tmp_path, monkeypatch):
+    """Gradio's upload route takes files from anyone with no session: what nobody handed to the studio within
+    STUDIO_RAW_UPLOAD_TTL is removed (issue 31, finding 4); only files in Gradio's record of uploads are touched."""
+    from studio.budgets import sweep_raw_uploads
+
+    monkeypatch.setenv("STUDIO_RAW_UPLOAD_TTL", "300")
+    stale, fresh = tmp_path / "h1" / "stale.jsonl", tmp_path / "h2" / "fresh.jsonl"
+    download = tmp_path / "h3" / "result.csv"  # a file Gradio made for a page: not in its upload record
+    for p in (stale, fresh, download):
+        p.parent.mkdir()
+        p.write_text("{}")
+    os.utime(stale, (time.time() - 400, time.time() - 400))
+    os.utime(download, (time.time() - 400, time.time() - 400))
+    record = {str(stale), str(fresh), str(tmp_path / "gone" / "x.jsonl")}
+    assert sweep_raw_uploads(record) == 1
+    assert not stale.exists() and not stale.parent.exists() and fresh.exists() and download.exists()
+    assert record == {str(fresh)}
 
 
 def test_a_shared_app_deletes_gradios_cache_after_the_upload_ttl(monkeypatch, tmp_path):
@@ -206,7 +256,8 @@ def app(tmp_path_factory):
     (tmp / "uploads").mkdir()
     proc, url = start_app(tmp / "runs", extra_args=["--shared"], env={
         "GRADIO_TEMP_DIR": str(tmp / "uploads"), "STUDIO_MAX_DECODED_MB": "64", "STUDIO_VISITOR_UPLOADS": "3",
-        "STUDIO_VISITOR_UPLOAD_MB": "1", "STUDIO_VISITOR_PAIRS": "1", "OMP_NUM_THREADS": "1"})
+        "STUDIO_VISITOR_UPLOAD_MB": "1", "STUDIO_VISITOR_PAIRS": "1", "OMP_NUM_THREADS": "1",
+        "STUDIO_UPLOADS_TOTAL_MB": "1", "STUDIO_AUTH": ",".join(f"{n}:pw-{n}" for n in ACCOUNTS)})
     proc.tmp = tmp
     proc.url = url
     yield proc
@@ -214,10 +265,13 @@ def app(tmp_path_factory):
     proc.wait(10)
 
 
-def _client(app):
+ACCOUNTS = ("alice", "bob", "carol", "dave", "erin")  # accounts of the app (--auth): each pays for itself
+
+
+def _client(app, name="alice"):
     from gradio_client import Client
 
-    return Client(app.url, verbose=False)
+    return Client(app.url, verbose=False, auth=(name, f"pw-{name}"))
 
 
 def _inspect_upload(client, path):
@@ -229,7 +283,7 @@ def _inspect_upload(client, path):
 
 
 def test_the_parquet_bomb_is_refused_and_the_server_grows_less_than_200_mb(app, tmp_path):
-    visitor = _client(app)
+    visitor = _client(app, "carol")
     honest = tmp_path / "honest.parquet"
     import pyarrow as pa
     import pyarrow.parquet as pq
@@ -266,10 +320,38 @@ def test_uploads_past_the_visitors_quota_are_refused_with_the_variable(app, tmp_
     assert "STUDIO_VISITOR_UPLOADS" in status and "3 files" in status, status
     big = tmp_path / "big.jsonl"  # bytes: a second visitor with one file over their 1 MB
     big.write_text("".join(json.dumps({"quote": "y" * 1000, "author": "x"}) + "\n" for _ in range(1200)))
-    status, _ = _inspect_upload(_client(app), big)
+    status, _ = _inspect_upload(_client(app, "bob"), big)
     assert "STUDIO_VISITOR_UPLOAD_MB" in status, status
-    copies = list((app.tmp / "uploads").glob("visitor-*/*/big.jsonl"))
+    copies = list((app.tmp / "runs" / ".uploads").glob("*/*/*/big.jsonl"))
     assert not copies  # refused before it was copied into the visitor's folder
+
+
+def test_a_visitors_upload_has_no_public_address_and_raw_uploads_block_nobody(app, tmp_path):
+    """Issue 31, findings 1, 4 and 5: a handed-over upload leaves Gradio's served folder at once (its copy lives
+    in the runs folder, which no route serves); raw files nobody handed over count against no one's total; two
+    visitors sending the same bytes each get their own copy (nothing to squat on or to learn)."""
+    import urllib.error
+    import urllib.request
+
+    raw_uploads = app.tmp / "uploads"
+    sample = tmp_path / "same.jsonl"
+    sample.write_text(json.dumps({"quote": "the same bytes", "author": "x"}) + "\n")
+    for i in range(5):  # five raw uploads nobody handed over, 300 KB each (1.5 MB: over the 1 MB total), as
+        junk = raw_uploads / f"{i:040x}" / f"junk{i}.jsonl"  # Gradio's upload route leaves them (no session)
+        junk.parent.mkdir(parents=True, exist_ok=True)
+        junk.write_bytes(b"\0" * 300_000)
+    for name in ("dave", "erin"):  # each hands over the same bytes: each gets a copy, neither is refused
+        status, _ = _inspect_upload(_client(app, name), sample)
+        assert "Loaded" in status, (name, status)  # the raw files above (STUDIO_UPLOADS_TOTAL_MB=1) block nobody
+    copies = sorted((app.tmp / "runs" / ".uploads").glob("*/*/*/same.jsonl"))
+    assert len(copies) == 2 and len({c.parents[2] for c in copies}) == 2, copies  # two payers, two copies
+    assert not list(raw_uploads.glob("*/same.jsonl"))  # the raw upload left Gradio's served folder
+    for copy in copies:  # Gradio's file route serves nothing in the runs folder
+        try:
+            answer = urllib.request.urlopen(app.url + "gradio_api/file=" + str(copy), timeout=30)
+            assert b"the same bytes" not in answer.read()
+        except urllib.error.HTTPError as e:
+            assert e.code in (401, 403, 404), e.code  # 401 here: accounts on (test_attack tries it without)
 
 
 def test_labelling_sessions_per_visitor(app):

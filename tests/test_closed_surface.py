@@ -283,10 +283,13 @@ def test_another_visitors_raw_upload_in_a_file_box_is_refused(shared, tmp_path):
     status, info, _ = shared.a.predict("Upload", "quotes", handle_file(str(src)), "", "", "", "", "auto", "", "",
                                        api_name="/inspect_data")
     assert "Loaded" in status and "A's upload row" in info
-    raw = [p for p in shared.uploads.glob("*/a-upload.jsonl") if not p.parent.name.startswith("visitor-")][0]
-    copies = len(list(shared.uploads.glob("visitor-*/*/a-upload.jsonl")))
-    out = _raw_call(shared, "inspect_data", ["Upload", "quotes", {"path": str(raw), "orig_name": raw.name,
-                                                                  "meta": {"_type": "gradio.FileData"}},
-                                             "", "", "", "", "auto", "", ""])
-    assert "another visitor" in out and "A's upload row" not in out, out[:600]
-    assert len(list(shared.uploads.glob("visitor-*/*/a-upload.jsonl"))) == copies  # no copy made for B
+    copies = list((shared.runs / ".uploads").glob("*/*/*/a-upload.jsonl"))  # A's copy, outside Gradio's folder
+    assert len(copies) == 1
+    raw = shared.uploads / copies[0].parent.name / "a-upload.jsonl"  # where Gradio's route had put it
+    assert not raw.exists()  # gone from the served folder at hand-over
+    for path in (raw, copies[0]):  # B names the raw path (told it, or guessing the bytes) or A's copy
+        out = _raw_call(shared, "inspect_data", ["Upload", "quotes", {"path": str(path), "orig_name": path.name,
+                                                                      "meta": {"_type": "gradio.FileData"}},
+                                                 "", "", "", "", "auto", "", ""])
+        assert "A's upload row" not in out and ("no longer here" in out or "error" in out), out[:600]
+    assert list((shared.runs / ".uploads").glob("*/*/*/a-upload.jsonl")) == copies  # no copy made for B

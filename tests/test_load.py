@@ -26,7 +26,10 @@ def shared_app(tmp_path_factory):
     runs = tmp_path_factory.mktemp("load") / "runs"
     runs.mkdir()
     uploads = runs.parent / "uploads"
-    proc, url = start_app(runs, extra_args=["--shared"], env={"GRADIO_TEMP_DIR": str(uploads)})
+    # each visitor signs in with an account of the app's (--auth): on a shared app without accounts every
+    # anonymous visitor pays from one pool (one place in the training line), and these eight are eight people
+    accounts = ",".join(f"visitor{n}:pw{n}" for n in range(VISITORS))
+    proc, url = start_app(runs, extra_args=["--shared"], env={"GRADIO_TEMP_DIR": str(uploads), "STUDIO_AUTH": accounts})
     yield url, runs
     proc.terminate()
     proc.wait(10)
@@ -36,7 +39,7 @@ def _visitor(url, n, tmp_path, results, errors, deadline):
     from gradio_client import Client, handle_file
 
     try:
-        client = Client(url, verbose=False)
+        client = Client(url, verbose=False, auth=(f"visitor{n}", f"pw{n}"))
         marker = f"visitor-{n}-marker-{n * 7919}"
         mine = tmp_path / f"v{n}.jsonl"
         mine.write_text("\n".join(json.dumps({"text": f"{marker} line {i}"}) for i in range(12)) + "\n")
@@ -74,7 +77,7 @@ def test_eight_visitors_one_trains(shared_app, tmp_path):
     from gradio_client import Client
 
     url, runs = shared_app
-    trainer = Client(url, verbose=False)
+    trainer = Client(url, verbose=False, auth=("visitor0", "pw0"))
     trainer.predict("tiny-quotes", api_name="/fill")
     _, values = _form(max_steps=3000, save_steps=1000, eval_steps=1000)
     assert "Started" in trainer.predict("owner", *values, api_name="/start_training")

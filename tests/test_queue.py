@@ -126,12 +126,17 @@ def test_a_10m_step_job_is_capped_a_second_visitor_waits_then_runs_and_sees_only
     again = b.predict("visitor-b", *short_run, api_name="/start_training")
     assert "already have a job waiting" in again, again
     assert "another visitor" in b.predict("visitor-b", api_name="/stop_training")
-    # C joins behind B and leaves again
-    assert "position 2" in c.predict("visitor-c", *short_run, api_name="/start_training")
-    assert "position 2" in json.dumps(c.predict("visitor-c", api_name="/poll"))
+    # C is another anonymous session: sessions are free, so all anonymous visitors share ONE place in line
+    # (issue 31, finding 2); C gets it once B leaves, and leaves again; B then takes it back
+    refused = c.predict("visitor-c", *short_run, api_name="/start_training")
+    assert "share one place" in refused and "sign in" in refused, refused
+    assert "left the queue" in b.predict("visitor-b", api_name="/leave_queue")[0]
+    assert "position 1" in c.predict("visitor-c", *short_run, api_name="/start_training")
+    assert "position 1" in json.dumps(c.predict("visitor-c", api_name="/poll"))
     assert "left the queue" in c.predict("visitor-c", api_name="/leave_queue")[0]
     assert "data-position" not in json.dumps(c.predict("visitor-c", api_name="/poll"))
     assert "no job waiting" in c.predict("visitor-c", api_name="/leave_queue")[0]
+    assert "Waiting in line: position 1" in b.predict("visitor-b", *short_run, api_name="/start_training")
 
     # A's job hits the 30 s cap: stopped cleanly, checkpointed, resumable; the log says why
     a_dir = runs / a_id

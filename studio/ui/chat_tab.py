@@ -8,6 +8,7 @@ import logging
 import gradio as gr
 
 from studio.errors import StudioError
+from studio.access import shown_path
 from studio.ui.common import error_html, ok_html, page_progress, safely
 
 log = logging.getLogger("studio.ui")
@@ -100,7 +101,7 @@ def send(persona, message, chat_a, chat_b, model, model_b, compare, stories, k, 
             chats[col].pop()
             yield chat_a, chat_b, gr.update(), gr.update(), message, error_html(f"{label}: {err}")
             return
-        described.append(f"<li><b>{html.escape(label)}</b>: {html.escape(setup.describe())}</li>")
+        described.append(f"<li><b>{html.escape(label)}</b>: {html.escape(shown_path(setup.describe()))}</li>")
         backends.append(f"{label.split(' · ')[0]}: {setup.backend}")
         history = chats[col][:]
         chats[col].append({"role": "assistant", "content": ""})
@@ -129,9 +130,14 @@ def send(persona, message, chat_a, chat_b, model, model_b, compare, stories, k, 
 
 def _loaded_html(described: list[str]) -> str:
     """The set-ups that answered, and what the process-wide model cache holds (shared by every tab)."""
+    from studio.access import may_read, shared_mode
     from studio.model_cache import CACHE
 
-    return f'<ul>{"".join(described)}</ul><div id="chat-cache">{html.escape(CACHE.describe())}</div>'
+    def visible(key) -> bool:  # a shared page names only what its visitor may read (the rest is counted)
+        return not shared_mode() or all(may_read(p) for p in key if isinstance(p, str) and p.startswith("/"))
+
+    return (f'<ul>{"".join(described)}</ul>'
+            f'<div id="chat-cache">{html.escape(CACHE.describe(visible, shown_path))}</div>')
 
 
 def show_run(run: str):

@@ -29,14 +29,33 @@ def event_visitor():
 
     Gradio keeps the event's request in a context variable for the handler's thread; its session hash names
     one page load or one API client, and a page's browser id (see `browser`) joins it across reloads."""
-    from studio.access import make_visitor
+    from studio.access import make_visitor, trusted_address
 
     request = _request()
     if request is None:
         return None
     info = _oauth(request)
     user = (info.get("userinfo") or {}).get("preferred_username") or getattr(request, "username", None)
-    return make_visitor(None, getattr(request, "session_hash", None), user, info.get("access_token"))
+    return make_visitor(None, getattr(request, "session_hash", None), user, info.get("access_token"),
+                        trusted_address(peer_address(request)))
+
+
+def peer_address(request) -> str | None:
+    """The request's peer address as the server sees it: on a shared app uvicorn rewrites it from
+    X-Forwarded-For only for the proxies named in STUDIO_TRUSTED_PROXIES (app.py), so no header from anyone
+    else changes it."""
+    client = getattr(request, "client", None)
+    return getattr(client, "host", None)
+
+
+def request_payer(request) -> str:
+    """Who pays for a request before its event runs (the queue's join): its account, a trusted address, or the
+    anonymous pool (studio.access.Visitor.payer)."""
+    from studio.access import payer_of
+
+    info = _oauth(request)
+    user = (info.get("userinfo") or {}).get("preferred_username") or getattr(request, "username", None)
+    return payer_of(user, peer_address(request))
 
 
 def browser(client_id) -> str | None:
@@ -104,10 +123,10 @@ def shown_source(source: str) -> str:
     """A data source as the page names it: an upload by its file name, not the server's temp folder."""
     from pathlib import Path
 
-    from studio.access import upload_dirs
+    from studio.access import private_uploads, upload_dirs
 
     text = str(source or "")
-    if any(Path(text).is_relative_to(d) for d in upload_dirs()):
+    if any(Path(text).is_relative_to(d) for d in [*upload_dirs(), private_uploads().resolve(), private_uploads()]):
         return f"upload: {Path(text).name}"
     return text
 
