@@ -89,7 +89,8 @@ def _retriever(stories, embedder, run_dir, progress):
     from studio.retrieval import load_retriever
 
     key = ("retriever", stories or "", embedder or "", str(run_dir.resolve()) if run_dir is not None else "")
-    return cached(key, lambda: load_retriever(stories, embedder, run_dir, progress=progress),
+    # a visitor's corpus is embedded as heavy work (studio.work): queued, low priority, billed, stopped with its page
+    return cached(key, lambda: load_retriever(stories, embedder, run_dir, progress=progress, heavy=True),
                   size=lambda r: r.index.index.ntotal * r.index.index.d * 4 if hasattr(r.index, "index") else 0,
                   label=f"stories {stories or 'bundled'}" + (f" for {run_dir.name}" if run_dir else ""), kind="retriever")
 

@@ -217,11 +217,15 @@ def check_k(k: int, n: int) -> None:
 
 
 def embed(model, texts: list[str], batch_size: int = 64, progress=None):
-    """Normalised float32 embeddings, in batches; `progress(done, total)` after each batch."""
+    """Normalised float32 embeddings, in batches; `progress(done, total)` after each batch. Inside heavy work
+    (studio.work) each batch is a checkpoint: a call whose page is gone stops within one batch."""
     import numpy as np
+
+    from studio.work import checkpoint
 
     out = []
     for start in range(0, len(texts), batch_size):
+        checkpoint()
         out.append(model.encode(texts[start:start + batch_size], batch_size=batch_size, convert_to_numpy=True,
                                 normalize_embeddings=True, show_progress_bar=False))
         if progress is not None:
@@ -230,8 +234,12 @@ def embed(model, texts: list[str], batch_size: int = 64, progress=None):
 
 
 def build_index(corpus: Corpus, embedder: str | None = None, cache: bool = True, cache_dir: Path | None = None,
-                batch_size: int = 64, progress=None) -> StoryIndex:
-    """Embed the corpus (or load its cached index) and wrap it in an exact inner-product index."""
+                batch_size: int = 64, progress=None, heavy: bool = False) -> StoryIndex:
+    """Embed the corpus (or load its cached index) and wrap it in an exact inner-product index.
+
+    `heavy=True` (a visitor's chat): the embedding, when it is needed, runs as heavy work (studio.work: on a
+    shared app it waits its turn, at low priority, billed to the visitor's payer, stopped when their page goes);
+    a cached index loads at once. Training (LAPDOG) embeds in its own job slot and passes False."""
     import faiss
 
     embedder = str(embedder or DEFAULT_EMBEDDER)
@@ -241,7 +249,13 @@ def build_index(corpus: Corpus, embedder: str | None = None, cache: bool = True,
         index = faiss.read_index(str(path))
         if index.ntotal == len(corpus):
             return StoryIndex(corpus, embedder, index, from_cache=True, path=path)
-    vectors = embed(load_embedder(embedder), corpus.passages(), batch_size, progress)
+    if heavy:
+        from studio.work import heavy as heavy_work
+
+        vectors = heavy_work("story embedding", lambda: embed(load_embedder(embedder), corpus.passages(),
+                                                              batch_size, progress))
+    else:
+        vectors = embed(load_embedder(embedder), corpus.passages(), batch_size, progress)
     index = faiss.IndexFlatIP(vectors.shape[1])
     index.add(vectors)
     if cache:
@@ -279,8 +293,9 @@ def run_retriever_dir(run_dir: Path) -> Path | None:
 
 
 def load_retriever(stories: str | None = None, embedder: str | None = None, run_dir: Path | None = None,
-                   progress=None) -> Retriever:
-    """The retriever for a chat: a LAPDOG run's trained query encoder (and its corpus) when it has one."""
+                   progress=None, heavy: bool = False) -> Retriever:
+    """The retriever for a chat: a LAPDOG run's trained query encoder (and its corpus) when it has one.
+    `heavy`: see `build_index`."""
     query_encoder, info = embedder, {}
     trained = run_retriever_dir(run_dir) if run_dir is not None else None
     if trained is not None:
@@ -290,5 +305,5 @@ def load_retriever(stories: str | None = None, embedder: str | None = None, run_
         embedder = embedder or info.get("story_embedder")
         stories = stories or info.get("corpus")
     corpus = load_corpus(stories)
-    index = build_index(corpus, embedder, progress=progress)
+    index = build_index(corpus, embedder, progress=progress, heavy=heavy)
     return Retriever(index, str(query_encoder or index.embedder), info)

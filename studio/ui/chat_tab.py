@@ -10,6 +10,7 @@ import gradio as gr
 from studio.errors import StudioError
 from studio.access import shown_path
 from studio.ui.common import error_html, ok_html, page_progress, safely
+import studio.ui.heavy  # noqa: F401 - the page heavy work asks (studio.work): is it still there
 
 log = logging.getLogger("studio.ui")
 COMPARE = ["off", "base vs tuned (a run)", "with vs without retrieval", "another model"]

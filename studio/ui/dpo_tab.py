@@ -7,6 +7,7 @@ import json
 import gradio as gr
 
 from studio.ui.common import browser, error_html, job_log, ok_html, progress_html, safely
+import studio.ui.heavy  # noqa: F401 - the page heavy work asks (studio.work): is it still there
 from studio.ui.train_tab import _report_to_widget, arm_timer, ended_line, queue_html, watch_slot
 
 BASE_START = "(base model: a fresh adapter)"

@@ -8,6 +8,7 @@ import gradio as gr
 
 from studio.runs import adapter_runs
 from studio.ui.common import error_html, ok_html, page_progress, safely
+import studio.ui.heavy  # noqa: F401 - the page heavy work asks (studio.work): is it still there
 
 TEST_SPLIT = "test split"
 SORTS = ["Δ descending", "Δ ascending", "row order"]

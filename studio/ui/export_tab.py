@@ -9,6 +9,7 @@ import gradio as gr
 
 from studio.runs import adapter_runs
 from studio.ui.common import error_html, ok_html, safely
+import studio.ui.heavy  # noqa: F401 - the page heavy work asks (studio.work): is it still there
 
 PARTS = ["adapter", "merged", "gguf"]
 
