@@ -356,3 +356,88 @@ def test_colab_notebook_keeps_colab_torch_mounts_drive_and_shares():
         lines = [line[:len(line) - len(line.lstrip())] + "pass" if line.lstrip().startswith(("!", "%")) else line
                  for line in c.splitlines()]
         compile("\n".join(lines), "cell", "exec")
+
+
+def _notebook_cells(params: dict, content: str) -> list[str]:
+    """The Colab notebook's code cells as plain Python: `!cmd` and `%magic arg` lines call recorders (what IPython
+    would run), a `#@param` field takes the value given in `params` (what a person types into the form), and Colab's
+    /content folder is `content`."""
+    import re
+
+    from conftest import ROOT
+
+    nb = json.loads((ROOT / "assets" / "colab.ipynb").read_text())
+    cells = []
+    for cell in (c for c in nb["cells"] if c["cell_type"] == "code"):
+        lines = []
+        for line in "".join(cell["source"]).replace("/content", content).splitlines():
+            indent, body = line[:len(line) - len(line.lstrip())], line.lstrip()
+            field = re.match(r"(\w+) = .*#@param", body)
+            if field and field.group(1) in params:
+                body = f"{field.group(1)} = {params[field.group(1)]!r}"
+            elif body.startswith("!"):
+                body = f"_system({body[1:]!r})"
+            elif body.startswith("%"):
+                name, _, arg = body[1:].partition(" ")
+                body = f"_magic({name!r}, {arg!r})"
+            lines.append(indent + body)
+        cells.append("\n".join(lines))
+    return cells
+
+
+def _run_notebook(cells, tmp_path, monkeypatch):
+    """Run the cells in order with the network and Colab stubbed: shell lines are recorded (a clone makes the
+    folder), `%cd` changes folder, google.colab's drive and secrets are fakes. Returns the shell lines run."""
+    import os
+    import re
+    import sys
+    import types
+
+    ran = []
+
+    def system(cmd):
+        ns = sys._getframe(1).f_globals
+        expanded = re.sub(r"\{(\w+)\}", lambda m: str(ns[m.group(1)]), cmd)
+        expanded = re.sub(r"\$(\w+)", lambda m: os.environ.get(m.group(1), ""), expanded)
+        ran.append(expanded)
+        if expanded.startswith("git clone"):
+            (tmp_path / expanded.split()[-1]).mkdir()
+
+    colab = types.ModuleType("google.colab")
+    colab.drive = types.SimpleNamespace(mount=lambda path: os.makedirs(path, exist_ok=True))
+    colab.userdata = types.SimpleNamespace(get=lambda name: "hf_PLANTEDnotebook")
+    google = types.ModuleType("google")
+    google.colab = colab
+    monkeypatch.setitem(sys.modules, "google", google)
+    monkeypatch.setitem(sys.modules, "google.colab", colab)
+    for name in ("STUDIO_RUNS", "HF_TOKEN", "STUDIO_AUTH", "STUDIO_OWNERS"):
+        monkeypatch.setenv(name, "")
+    monkeypatch.chdir(tmp_path)
+    ns = {"_system": system, "_magic": lambda name, arg: os.chdir(arg) if name == "cd" else None}
+    for cell in cells:
+        exec(compile(cell, "cell", "exec"), ns)
+    return ran, ns
+
+
+def test_colab_notebook_refuses_the_placeholder_repository_in_one_line(tmp_path, monkeypatch):
+    cells = _notebook_cells({}, str(tmp_path))
+    with pytest.raises(SystemExit) as stopped:
+        _run_notebook(cells[:1], tmp_path, monkeypatch)
+    said = str(stopped.value)
+    assert "placeholder" in said and "REPO" in said and "\n" not in said
+    assert not (tmp_path / "lora-studio").exists()  # nothing cloned, no %cd into a folder that is not there
+
+
+def test_colab_notebook_runs_cell_by_cell_with_a_repository_and_accounts(tmp_path, monkeypatch):
+    import os
+
+    cells = _notebook_cells({"REPO": "https://example.org/me/lora-studio", "USE_DRIVE": True,
+                             "ACCOUNTS": "me:pw-me, friend:pw-friend"}, str(tmp_path))
+    ran, ns = _run_notebook(cells, tmp_path, monkeypatch)
+    assert ran[0] == "git clone --depth 1 https://example.org/me/lora-studio lora-studio"
+    assert any(cmd.startswith("pip install") and "-c /tmp/keep-torch.txt" in cmd for cmd in ran)
+    runs = tmp_path / "drive" / "MyDrive" / "lora-studio" / "runs"
+    assert os.environ["STUDIO_RUNS"] == str(runs) and runs.is_dir()  # on Drive: survives a runtime reset
+    assert os.environ["STUDIO_AUTH"] == "me:pw-me,friend:pw-friend" and os.environ["STUDIO_OWNERS"] == "me"
+    assert ran[-1] == f'python app.py --share --runs-dir "{runs}"'
+    assert "hf_PLANTEDnotebook" not in "".join(ran)  # the secret reaches the environment, never a command line
