@@ -6,7 +6,9 @@ them with a signal (pyarrow 26 segfaults on a JSONL whose first line is `null`),
 as one exception; the server process never runs the native reader on the visitor's bytes. The child hands
 its table back as an Arrow IPC file, which the parent memory-maps (no copy, no second parse). What a file may
 decode (rows, bytes: `studio.budgets`) is checked in the child, before anything reaches the caller: a 200 KB
-Parquet file can hold a million copies of one long string.
+Parquet file can hold a million copies of one long string. Bytes are what the rows expand to, not the Arrow
+buffers: a column stored as a dictionary counts each index as its value; once within the limits such a
+column is decoded here, so the parent maps plain columns and never expands one itself.
 
 Each child is forked by a small helper process (`python -m studio.data.isolate`, started once, kept idle,
 single-threaded, with pyarrow already imported): forking the server itself would copy gradio's and torch's
@@ -75,7 +77,7 @@ def _child(target: str, args: list, out: str, limits: dict | None = None, name: 
             import pyarrow as pa
 
             importlib.import_module("studio.data.isolate").decode_limits().check_table(name, table)
-
+            table = plain(table)  # within the limits: the caller maps plain columns, it never expands one
             with pa.OSFile(out + ".tmp", "wb") as f, pa.ipc.new_file(f, table.schema) as writer:
                 writer.write_table(table)
             os.replace(out + ".tmp", out)
@@ -85,6 +87,51 @@ def _child(target: str, args: list, out: str, limits: dict | None = None, name: 
         Path(out + ".err").write_text(f"{kind}\n{text}", encoding="utf-8", errors="replace")
         code = 3
     os._exit(code)
+
+
+def _plain_type(t):
+    """`t` with every dictionary and run-end encoding replaced by its values' type, at any depth."""
+    import pyarrow as pa
+
+    if pa.types.is_dictionary(t) or pa.types.is_run_end_encoded(t):
+        return _plain_type(t.value_type)
+    if pa.types.is_map(t):
+        return pa.map_(t.key_field.with_type(_plain_type(t.key_type)),
+                       t.item_field.with_type(_plain_type(t.item_type)), t.keys_sorted)
+    if pa.types.is_struct(t):
+        return pa.struct([t.field(i).with_type(_plain_type(t.field(i).type)) for i in range(t.num_fields)])
+    for is_kind, make in ((pa.types.is_list, pa.list_), (pa.types.is_large_list, pa.large_list)):
+        if is_kind(t):
+            return make(t.value_field.with_type(_plain_type(t.value_type)))
+    if pa.types.is_fixed_size_list(t):
+        return pa.list_(t.value_field.with_type(_plain_type(t.value_type)), t.list_size)
+    return t
+
+
+def _plain_array(arr, to):
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    if pa.types.is_dictionary(arr.type):
+        return _plain_array(arr.dictionary_decode(), to)
+    if pa.types.is_run_end_encoded(arr.type):
+        return _plain_array(pc.run_end_decode(arr), to)
+    return arr if arr.type == to else arr.cast(to)
+
+
+def plain(table):
+    """The table with its dictionary (and run-end-encoded) columns decoded, in the child, once the decode
+    limits passed: what the caller maps is what its rows are, so nothing of unknown size is expanded on the
+    caller's side (`datasets` casts a dictionary column to its values when it wraps the table). A table
+    without such columns is returned as it is."""
+    import pyarrow as pa
+
+    schema = pa.schema([f.with_type(_plain_type(f.type)) for f in table.schema], metadata=table.schema.metadata)
+    if schema.equals(table.schema):
+        return table
+    columns = [col if col.type == f.type else pa.chunked_array([_plain_array(c, f.type) for c in col.chunks], f.type)
+               for col, f in zip(table.columns, schema)]
+    return pa.Table.from_arrays(columns, schema=schema)
 
 
 def _wait(pid: int, timeout: float) -> int | str:

@@ -264,10 +264,12 @@ def _native_table(path: str, suffix: str):
 def _read_parquet(path: Path, keep: bool = True):
     """A Parquet file decoded batch by batch within the decode limits (studio.budgets), refused before its
     rows are touched when its footer already says too many. `keep=False` only counts (a file `datasets`
-    reads next). Dictionary-encoded columns are decoded to plain values, which is what the limits count."""
+    reads next). A batch counts what its rows expand to (studio.budgets.decoded_bytes): a column the file
+    stores as an Arrow dictionary comes back as one, a few MB of indices that may stand for gigabytes."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
+    from studio.budgets import decoded_bytes
     from studio.data.isolate import decode_limits
 
     limits = decode_limits()
@@ -276,7 +278,7 @@ def _read_parquet(path: Path, keep: bool = True):
     limits.check_rows(path.name, pf.metadata.num_rows, " in its footer")
     batches, rows, nbytes = [], 0, 0
     for batch in pf.iter_batches(batch_size=16_384):
-        rows, nbytes = rows + batch.num_rows, nbytes + batch.nbytes
+        rows, nbytes = rows + batch.num_rows, nbytes + decoded_bytes(batch)
         limits.check_rows(path.name, rows)
         limits.check_bytes(path.name, nbytes, rows)
         if keep:
