@@ -201,6 +201,13 @@ def unmarked_reply(text: str) -> str:
     return re.sub(r" … \[stopped at the \d+-token limit\]$", "", text)
 
 
+def is_instruct(tokenizer) -> bool:
+    """An instruct model: its end-of-sequence token is its chat template's end of turn (SmolLM2's <|im_end|>),
+    so to it a raw prompt is a finished turn and its first token is that end: an empty reply."""
+    template, eos = getattr(tokenizer, "chat_template", None), getattr(tokenizer, "eos_token", None)
+    return isinstance(template, str) and bool(eos) and eos in template
+
+
 def chat_prompt(tokenizer, messages: list[dict]) -> str:
     """Messages → the prompt string the model continues (its chat template, generation prompt on)."""
     return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)

@@ -69,6 +69,29 @@ def test_offline_id_answers_paris_greedily_through_its_chat_template(real):
     assert "Paris" in reply, reply
 
 
+def test_train_samples_ask_an_instruct_base_through_its_chat_template(real):
+    """Issue 34, item 5: Train's "before (base)" column was blank for SmolLM2-Instruct (a raw prompt is a finished
+    turn to it); now the base is asked as a user message, as Evaluate asks it, and an empty reply is named."""
+    from studio.inference import is_instruct
+    from studio.train.common import generate_samples
+
+    assert is_instruct(real.tokenizer)
+    prompt = "What is the capital of France?"
+    raw = generate_samples(real.model, real.tokenizer, [prompt], 12)[0]
+    asked = generate_samples(real.model, real.tokenizer, [prompt], 12, chat=True)[0]
+    assert raw == "(empty reply)", raw  # what the page used to show as a blank cell, now named
+    assert "Paris" in asked, asked
+
+
+def test_before_after_table_says_how_the_base_was_asked():
+    from studio.ui.train_tab import samples_markdown
+
+    summary = {"samples": [{"prompt": "Q", "before": "(empty reply)", "after": "A"}]}
+    assert "chat template" not in samples_markdown(summary)
+    shown = samples_markdown({**summary, "samples_before_via": "chat template"})
+    assert "before (base, asked through its chat template)" in shown and "as Evaluate asks it" in shown
+
+
 def test_chat_cli_on_the_real_id_answers_paris(real, capsys):
     from studio.cli import main
 

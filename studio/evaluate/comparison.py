@@ -6,6 +6,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+from studio.inference import is_instruct  # noqa: F401 - also what callers of this module ask
 from studio.errors import StudioError
 from studio.evaluate.items import Item, RECIPE_SUITE, SUITES, dataset_items, suite_items
 from studio.evaluate.results import save_result
@@ -89,13 +90,6 @@ def _loss_inputs(tokenizer, items: list[Item]) -> tuple[list, list]:
             prompts.append(it.turns[0])
             completions.append(target if target.endswith(eos) else target + eos)
     return prompts, completions
-
-
-def is_instruct(tokenizer) -> bool:
-    """An instruct model: its end-of-sequence token is its chat template's end of turn (SmolLM2's <|im_end|>),
-    so to it a raw prompt is a finished turn and its first token is that end: an empty reply."""
-    template, eos = getattr(tokenizer, "chat_template", None), getattr(tokenizer, "eos_token", None)
-    return isinstance(template, str) and bool(eos) and eos in template
 
 
 def as_chat(items: list[Item]) -> list[Item]:

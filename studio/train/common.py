@@ -271,19 +271,24 @@ def quiet_trainer(trainer) -> None:
     trainer.remove_callback(ProgressCallback)
 
 
-def generate_samples(model, tokenizer, prompts: list[str], max_new_tokens: int = 32) -> list[str]:
-    """Greedy continuations of `prompts` (deterministic, so before/after are comparable)."""
+def generate_samples(model, tokenizer, prompts: list[str], max_new_tokens: int = 32, chat: bool = False) -> list[str]:
+    """Greedy continuations of `prompts` (deterministic, so before/after are comparable). `chat`: each prompt is
+    asked as one user message through the tokenizer's chat template (how an instruct base is asked fairly: to
+    it a raw prompt is a finished turn, and its reply is empty). An empty reply is named, never a blank cell."""
     import torch
+
+    from studio.inference import chat_prompt, marked_reply
 
     outs = []
     model.eval()
     device = next(model.parameters()).device
     for prompt in prompts:
-        enc = tokenizer(prompt, return_tensors="pt").to(device)
+        text = chat_prompt(tokenizer, [{"role": "user", "content": prompt}]) if chat else prompt
+        enc = tokenizer(text, return_tensors="pt", add_special_tokens=not chat).to(device)
         with torch.no_grad():
             ids = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False,
                                  pad_token_id=tokenizer.pad_token_id)
-        outs.append(tokenizer.decode(ids[0, enc["input_ids"].shape[1]:], skip_special_tokens=True))
+        outs.append(marked_reply(tokenizer.decode(ids[0, enc["input_ids"].shape[1]:], skip_special_tokens=True)))
     return outs
 
 

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from studio.train.progress import is_main_process, make_callback, save_adapter
 from studio.runs import DONE
+from studio.inference import is_instruct
 from studio.train.common import (eval_split, generate_samples, keep_trackers_in_run, memory_probe, parallel_summary,
                                  prepare_sharded_load, quiet_trainer, resolve_fast_defaults, resolve_sharding,
                                  shard_on_cpu, stopped_summary, train_job, use_trackers, write_summary)
@@ -84,10 +85,12 @@ def run_sft(job, resume: bool = False) -> dict:
         n = int(recipe.studio.get("sample_max_new_tokens", 32))
         job.emit("phase", phase=f"writing the before/after samples ({len(prompts)} prompts, up to {n} tokens each)")
         peft_model = trainer.model
+        via_chat = is_instruct(tokenizer)  # an instruct base is asked through its chat template, as Evaluate does
         with peft_model.disable_adapter():
-            before = generate_samples(peft_model, tokenizer, prompts, n)
+            before = generate_samples(peft_model, tokenizer, prompts, n, chat=via_chat)
         after = generate_samples(peft_model, tokenizer, prompts, n)
         extra["samples"] = [{"prompt": p, "before": b, "after": a} for p, b, a in zip(prompts, before, after)]
+        extra["samples_before_via"] = "chat template" if via_chat else "raw prompt"
     summary = write_summary(job, trainer, DONE, started, start_step, extra)
     job.emit("status", status=DONE)
     return summary

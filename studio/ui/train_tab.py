@@ -179,7 +179,9 @@ def _flat_to_widget(key: str, value):
 def samples_markdown(summary: dict | None) -> str:
     if not summary or not summary.get("samples"):
         return ""
-    rows = ["| prompt | before (base) | after (tuned) |", "|---|---|---|"]
+    via = summary.get("samples_before_via") == "chat template"
+    before = "before (base, asked through its chat template)" if via else "before (base)"
+    rows = [f"| prompt | {before} | after (tuned) |", "|---|---|---|"]
 
     def cell(text: str) -> str:  # shown as text: no HTML, and no Markdown image (a tracking pixel) or link
         text = html.escape(str(text)).replace("\n", "<br>")
@@ -190,7 +192,10 @@ def samples_markdown(summary: dict | None) -> str:
 
     for s in summary["samples"]:
         rows.append(f"| {cell(s['prompt'])} | {cell(s['before'])} | {cell(s['after'])} |")
-    return "**Before / after on the sample prompts**\n\n" + "\n".join(rows)
+    note = ("\n\n*The base is an instruct model: asked with the raw prompt it ends its turn at once (an empty reply), "
+            "so it is asked as a user message through its chat template, as Evaluate asks it; the tuned column "
+            "sees the prompt as it trained.*") if via else ""
+    return "**Before / after on the sample prompts**\n\n" + "\n".join(rows) + note
 
 
 def _rough(seconds) -> str:
