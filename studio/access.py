@@ -216,7 +216,34 @@ def _resolve_upload(text: str) -> str:
     return text
 
 
+_UPLOAD_HANDLE = re.compile(r"^upload:\s*(.+?)\s*$")
+
+
+def find_upload(name: str) -> Path:
+    """`upload: NAME`, the handle the Data tab shows for a file the visitor uploaded → that file: on a shared
+    studio the visitor's own copy (the newest of that name), locally the newest upload of that name Gradio holds.
+    The same handle works in every field that reads data (Train, DPO pairs, Evaluate, chat stories)."""
+    name = str(name or "").strip()
+    if not name or any(c in name for c in "/\\*?[]") or name in (".", ".."):
+        raise StudioError(f"upload: {_echo(name)}: name an upload by its file name, as the Data tab shows it")
+    if shared_mode():
+        visitor = current_visitor()
+        homes = set(visitor.marks()) if visitor is not None else set()
+        found = [p for p in private_uploads().glob(f"*/*/*/{name}") if p.parent.parent.name in homes]
+    else:
+        found = [p for folder in upload_dirs() for p in folder.glob(f"*/{name}")]
+    found = [p for p in found if p.is_file()]
+    if not found:
+        raise StudioError(f"upload: {_echo(name)}: no upload of yours by that name here (upload it on the Data tab; "
+                          "an upload leaves some hours after its last use)")
+    return max(found, key=lambda p: p.stat().st_mtime)
+
+
 def _resolve_data(text: str) -> str:
+    handle = _UPLOAD_HANDLE.match(text)
+    if handle:
+        path = find_upload(handle.group(1))
+        return _resolve_upload(str(path)) if shared_mode() else str(path)
     given, text = text, in_runs(text)
     if not shared_mode() or not text:
         return text

@@ -207,3 +207,42 @@ def test_remote_code_from_the_owners_recipe_file_reaches_the_loader(tmp_path, mo
     with pytest.raises(StudioError, match="stop here"):
         sft.build_sft_trainer(load_recipe(path), tmp_path / "run")
     assert seen["trust"] is True
+
+
+def test_upload_handle_names_the_visitors_own_copy_in_every_data_field(tmp_path, monkeypatch):
+    """`upload: NAME`, as the Data tab shows a visitor's upload, is one handle for every field that reads data
+    (issue 34, item 4): on a shared studio it is the visitor's own copy, never another's; locally Gradio's newest."""
+    import json
+
+    from studio.access import Visitor, acting_for, check_data_source, claim_upload
+    from studio.data import prepare_dataset
+    from studio.errors import StudioError
+
+    raw_root, runs = tmp_path / "gradio", tmp_path / "runs"
+    monkeypatch.setenv("GRADIO_TEMP_DIR", str(raw_root))
+    monkeypatch.setenv("STUDIO_RUNS", str(runs))
+    monkeypatch.setenv("STUDIO_SHARED", "1")
+
+    def raw(name, rows):
+        path = raw_root / f"{abs(hash((name, rows))):040x}"[:40] / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("".join(json.dumps({"prompt": f"{rows} {i}", "chosen": "c", "rejected": "r"}) + "\n"
+                                for i in range(12)))
+        return path
+
+    a, b = Visitor(frozenset({"session:a"})), Visitor(frozenset({"session:b"}), "bob")
+    with acting_for(a):
+        mine = claim_upload(str(raw("pairs.jsonl", "A's")))
+        assert check_data_source("upload: pairs.jsonl") == mine
+        assert all(p.startswith("A's ") for p in prepare_dataset("upload: pairs.jsonl").splits["train"]["prompt"])
+    with acting_for(b):  # same name, another visitor: their own file, or nothing
+        with pytest.raises(StudioError, match="no upload of yours by that name"):
+            check_data_source("upload: pairs.jsonl")
+        theirs = claim_upload(str(raw("pairs.jsonl", "B's")))
+        assert check_data_source("upload: pairs.jsonl") == theirs != mine
+        for bad in ("upload: ../x", "upload: *", "upload: "):
+            with pytest.raises(StudioError):
+                check_data_source(bad)
+    monkeypatch.delenv("STUDIO_SHARED")  # locally: the newest upload of that name Gradio holds
+    local = raw("local.jsonl", "owner's")
+    assert check_data_source("upload: local.jsonl") == str(local)

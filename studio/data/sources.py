@@ -675,6 +675,10 @@ def read_source(source: str, config: str | None = None, split: str | None = None
     source = str(source).strip()
     if not source:
         raise StudioError("no data source given: pick a bundled sample, a file, or a Hub dataset id")
+    if source.startswith("upload:"):  # the Data tab's handle for the visitor's own upload (studio.access)
+        from studio.access import resolve
+
+        source = resolve("data", source)
     if source in SAMPLES or source.startswith("sample:"):
         key = source.removeprefix("sample:")
         if key not in SAMPLES:
