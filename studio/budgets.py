@@ -75,6 +75,8 @@ BUDGETS: dict[str, Budget] = {
     "heavy_waiting": Budget("STUDIO_HEAVY_WAITING", 20, "calls", "of heavy work waiting, all visitors together"),
     "visitor_cpu": Budget("STUDIO_VISITOR_CPU_S", 1800, "CPU-s",
                           "of heavy work per visitor per hour (all anonymous visitors count as one)"),
+    "visitor_stories": Budget("STUDIO_VISITOR_STORIES", 50_000, "stories",
+                              "per story corpus a visitor embeds (the app's owner: STUDIO_MAX_STORIES)"),
 }
 
 

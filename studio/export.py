@@ -447,9 +447,8 @@ def export_run(run: str | os.PathLike, out: str | os.PathLike | None = None, *, 
                merge: bool = False, gguf: tuple[str, ...] | list[str] = (), check: bool = True,
                max_shard_size: str = "2GB", log=print) -> ExportResult:
     """Export `run` (a name in the runs folder or a run folder) into `out` (default runs/<run>/export)."""
-    import torch
-
     from studio.access import require_write, resolve_run
+    from studio.work import heavy
 
     run_dir = resolve_run(run)
     require_write(run_dir, f"run {run_dir.name!r}")  # an export is written into the run's folder
@@ -458,6 +457,18 @@ def export_run(run: str | os.PathLike, out: str | os.PathLike | None = None, *, 
     if not (adapter or merge or gguf):
         raise StudioError("nothing to export: choose the adapter, the merged model or a GGUF type")
     out = Path(out) if out else default_out(run_dir)
+    # loading, merging, converting and checking are heavy work (studio.work): on a shared app queued, billed,
+    # at low priority, and stopped at the next step (each `log` line) when the page that asked is gone
+    return heavy("export", _export, run_dir, out, adapter, merge, gguf, check, max_shard_size, log)
+
+
+def _export(run_dir: Path, out: Path, adapter: bool, merge: bool, gguf: list[str], check: bool, max_shard_size: str,
+            log) -> ExportResult:
+    import torch
+
+    from studio.work import checked
+
+    log = checked(log)  # every step it reports is a checkpoint
     result = ExportResult(run=run_dir.name, out=out)
     recipe = run_recipe(run_dir)
     prompts = [str(p) for p in (recipe.get("eval_prompts") or CHECK_PROMPTS)][:4]

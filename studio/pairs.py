@@ -128,25 +128,16 @@ def build_pairs(source: str, out: str | os.PathLike, model: str, *, max_rows: in
     Rows where the sample equals the gold response (or is empty) are skipped and counted.
     """
     from studio.access import claim, require_write
-    from studio.inference import generate
-    from studio.llama_backend import sample_replies
+    from studio.work import heavy
 
     out = Path(out)
     require_write(out, out.name)  # never over another visitor's (or the owner's) pairs file
-    loaded, engine, backend = _model(model)
-    examples = sft_examples(source, loaded.tokenizer, max_rows)
-    if engine is None:
-        replies = generate(loaded.model, loaded.tokenizer, [p for p, _ in examples], max_new_tokens, do_sample=True,
-                           temperature=temperature, seed=seed, progress=progress)
-    else:
-        replies = []
-        for i, (p, _) in enumerate(examples):
-            replies += sample_replies(loaded, engine, [p], max_new_tokens, temperature=temperature, seed=seed + i)
-            if progress is not None:
-                progress(i + 1, len(examples))
+    # sampling the replies is heavy work (studio.work): queued, billed, low priority, stopped with its page
+    examples, replies, label, backend = heavy("pair building", _sample_rejected, source, model, max_rows,
+                                              max_new_tokens, temperature, seed, progress)
     out.parent.mkdir(parents=True, exist_ok=True)
     claim(out)
-    meta = {"made_by": "python -m studio pairs build", "source": str(source), "model": loaded.label,
+    meta = {"made_by": "python -m studio pairs build", "source": str(source), "model": label,
             "how": "chosen = the dataset's gold response; rejected = the model's own sampled reply",
             "seed": seed, "temperature": temperature, "max_new_tokens": max_new_tokens, "backend": backend,
             "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
@@ -162,6 +153,27 @@ def build_pairs(source: str, out: str | os.PathLike, model: str, *, max_rows: in
     if not written:
         raise StudioError(f"{source}: every sampled reply was empty or equal to the gold response; no pairs written")
     return {"out": str(out), "pairs": written, "skipped": skipped, "meta": meta}
+
+
+def _sample_rejected(source, model, max_rows, max_new_tokens, temperature, seed, progress):
+    """The rows' prompts and gold responses, and the model's sampled reply to each (a checkpoint per batch or
+    per reply); → (examples, replies, the model's label, the backend line)."""
+    from studio.inference import generate
+    from studio.llama_backend import sample_replies
+    from studio.work import checked
+
+    progress = checked(progress)
+    loaded, engine, backend = _model(model)
+    examples = sft_examples(source, loaded.tokenizer, max_rows)
+    if engine is None:
+        replies = generate(loaded.model, loaded.tokenizer, [p for p, _ in examples], max_new_tokens, do_sample=True,
+                           temperature=temperature, seed=seed, progress=progress)
+    else:
+        replies = []
+        for i, (p, _) in enumerate(examples):
+            replies += sample_replies(loaded, engine, [p], max_new_tokens, temperature=temperature, seed=seed + i)
+            progress(i + 1, len(examples))
+    return examples, replies, loaded.label, backend
 
 
 # ---- labelling in the browser ---------------------------------------------------------------------------
@@ -280,14 +292,23 @@ def status(session: dict) -> dict:
 def candidates(name: str) -> tuple[str, str]:
     """Two sampled replies to the session's current prompt (seeded by its index: a reload shows the same),
     from llama.cpp when it can answer (studio.llama_backend), else transformers."""
-    from studio.llama_backend import sample_replies
+    from studio.work import heavy
 
     s = open_labelling(name)
     if s["done"]:
         raise StudioError(f"all {s['total']} prompts of {name} are labelled")
+    # sampling is heavy work (studio.work): on a shared app queued, billed, at low priority, stopped with its page
+    return heavy("labelling", _two_replies, s)
+
+
+def _two_replies(s: dict) -> tuple[str, str]:
+    from studio.llama_backend import sample_replies
+    from studio.work import checkpoint
+
     loaded, engine, _ = _model(s["model"])
     replies: list[str] = []
     for attempt in range(4):  # an empty or repeated sample can't be either side of a pair: draw again
+        checkpoint()
         drawn = sample_replies(loaded, engine, [s["prompt"]] * 2, s["max_new_tokens"], temperature=s["temperature"],
                                seed=s["seed"] + 1000 * s["position"] + 100 * attempt)
         for reply in drawn:
@@ -363,7 +384,7 @@ def load_pairs(recipe, tokenizer=None, seed: int = 42):
     data = prepare_dataset(ds["source"], ds.get("format"), ds.get("template"), config=ds.get("config"),
                            split=ds.get("split"), splits=ds.get("splits", "80/10/10"), seed=seed,
                            tokenizer=tokenizer if ds.get("max_length") else None, max_length=ds.get("max_length"),
-                           max_rows=ds.get("max_rows"))
+                           max_rows=ds.get("max_rows"), group_by=ds.get("group_by"))
     identical = 0
     for name, split in list(data.splits.items()):
         kept = split.filter(lambda r: r["chosen"] != r["rejected"])

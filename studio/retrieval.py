@@ -233,6 +233,19 @@ def embed(model, texts: list[str], batch_size: int = 64, progress=None):
     return np.ascontiguousarray(np.concatenate(out).astype("float32"))
 
 
+def check_visitor_stories(corpus: Corpus) -> None:
+    """On a shared app a stranger's corpus to embed is held to `STUDIO_VISITOR_STORIES` (the owner's to
+    STUDIO_MAX_STORIES only): at ≈13 CPU-s per 1,000 stories a 200,000-story corpus needs ≈43 CPU-minutes, more
+    than a payer's hourly heavy-work bill (STUDIO_VISITOR_CPU_S), so it would only be stopped half-way with
+    nothing kept; refused at once instead."""
+    from studio.access import current_visitor, shared_mode
+    from studio.budgets import BUDGETS, limit
+
+    visitor = current_visitor()
+    if shared_mode() and visitor is not None and visitor.payer != "owner" and len(corpus) > limit("visitor_stories"):
+        raise BUDGETS["visitor_stories"].refuse(f"{corpus.name}: {len(corpus):,} stories to embed")
+
+
 def build_index(corpus: Corpus, embedder: str | None = None, cache: bool = True, cache_dir: Path | None = None,
                 batch_size: int = 64, progress=None, heavy: bool = False) -> StoryIndex:
     """Embed the corpus (or load its cached index) and wrap it in an exact inner-product index.
@@ -252,6 +265,7 @@ def build_index(corpus: Corpus, embedder: str | None = None, cache: bool = True,
     if heavy:
         from studio.work import heavy as heavy_work
 
+        check_visitor_stories(corpus)
         vectors = heavy_work("story embedding", lambda: embed(load_embedder(embedder), corpus.passages(),
                                                               batch_size, progress))
     else:

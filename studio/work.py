@@ -414,3 +414,14 @@ def checkpoint() -> None:
 
 def in_heavy_work() -> bool:
     return _current.get() is not None
+
+
+def checked(progress=None):
+    """A `progress(done, total, …)` callback that is also a checkpoint (the loops that report progress are
+    where heavy work may stop); `progress` may be None."""
+    def report(*args, **kwargs):
+        checkpoint()
+        if progress is not None:
+            progress(*args, **kwargs)
+
+    return report

@@ -463,3 +463,19 @@ def test_three_strangers_corpora_one_embeds_one_waits_one_refused_and_all_stop_w
     grew = _cpu_s(pid) - before
     assert grew < 0.6, f"the app used {grew:.2f} CPU-s in 3 s after the unread call stopped"
     print(f"the unread call stopped {unread:.1f} s after its join; then {grew:.2f} CPU-s in 3 s")
+
+
+def test_a_strangers_corpus_to_embed_is_held_to_the_visitor_story_budget(queue, monkeypatch):
+    from studio.retrieval import Corpus, check_visitor_stories
+
+    corpus = Corpus([{"id": str(i), "title": "", "text": f"story {i}"} for i in range(5)], "big.jsonl")
+    monkeypatch.setenv("STUDIO_VISITOR_STORIES", "3")
+    monkeypatch.setenv("STUDIO_OWNERS", "boss")
+    with acting_for(stranger(1)), pytest.raises(StudioError) as refused:
+        check_visitor_stories(corpus)
+    assert "STUDIO_VISITOR_STORIES" in str(refused.value) and "5 stories" in str(refused.value)
+    with acting_for(account("boss")):
+        check_visitor_stories(corpus)  # the owner: STUDIO_MAX_STORIES only
+    monkeypatch.delenv("STUDIO_SHARED")
+    with acting_for(stranger(1)):
+        check_visitor_stories(corpus)  # locally: no visitor budget

@@ -121,6 +121,37 @@ def _run_recipe(run_name: str):
     return load_recipe(resolve_run(run_name) / "recipe.yaml")
 
 
+def _answer_and_score(columns, items, config, max_new_tokens, stop, batch_size, progress, loss, has_refs,
+                      outputs, metrics, cut_rows) -> None:
+    """Each column's answers to `items` and their scores, into `outputs`, `metrics` and `cut_rows`."""
+    from studio.inference import load_for_inference
+    from studio.metrics import corpus_scores, heldout_loss, text_stats
+    from studio.work import checked, checkpoint
+
+    for n, col in enumerate(columns):
+        checkpoint()
+        loaded = load_for_inference(col["ref"], adapter=col["adapter"], cached=True)  # shared, read-only
+        step = checked((lambda done, total, n=n: progress((n + done / total) / len(columns),
+                                                          f"{columns[n]['label']}: {done}/{total}")) if progress else None)
+        asked = items
+        if not col["adapter"] and is_instruct(loaded.tokenizer) and not all(it.chat for it in items):
+            asked = as_chat(items)  # an instruct base gets its chat template; the runs see the rows as trained
+            config.setdefault("chat_template_for", []).append(col["label"])
+        limit: set = set()
+        answers = generate_items(loaded.model, loaded.tokenizer, asked, max_new_tokens, stop, batch_size, step, limit)
+        outputs[col["label"]] = answers
+        cut_rows[col["label"]] = limit
+        finals = [a[-1] for a in answers]
+        m = text_stats(finals)
+        if has_refs:
+            m.update(corpus_scores(finals, [it.reference for it in items]))
+            if loss and not any(len(it.turns) > 1 for it in items):
+                m.update({k: v for k, v in heldout_loss(loaded.model, loaded.tokenizer,
+                                                        *_loss_inputs(loaded.tokenizer, items)).items() if k != "tokens"})
+        metrics[col["label"]] = m
+        del loaded
+
+
 def compare(refs: list[str], data: str | None = None, suite: str | None = None, limit: int | None = None,
             max_new_tokens: int = 48, loss: bool = True, name: str | None = None, batch_size: int = 16,
             progress=None, save: bool = True) -> dict:
@@ -130,9 +161,8 @@ def compare(refs: list[str], data: str | None = None, suite: str | None = None, 
     file). With neither, the first run's own dataset, split exactly as it was for training.
     """
     from studio.access import check_run_name
-    from studio.inference import load_for_inference
-    from studio.metrics import DEFINITIONS, LOSS_DEFINITIONS, TEXT_DEFINITIONS, corpus_scores, heldout_loss, \
-        sentence_scores, text_stats
+    from studio.metrics import DEFINITIONS, LOSS_DEFINITIONS, TEXT_DEFINITIONS, sentence_scores
+    from studio.work import heavy
 
     columns = plan_models(refs)
     if not suite and not data:
@@ -161,27 +191,10 @@ def compare(refs: list[str], data: str | None = None, suite: str | None = None, 
     stop = "\n" if has_refs and not any("\n" in it.reference.strip() for it in items) else None
     config["stop"] = stop
     outputs, metrics, cut_rows = {}, {}, {}
-    for n, col in enumerate(columns):
-        loaded = load_for_inference(col["ref"], adapter=col["adapter"], cached=True)  # shared, read-only
-        step = (lambda done, total, n=n: progress((n + done / total) / len(columns),
-                                                  f"{columns[n]['label']}: {done}/{total}")) if progress else None
-        asked = items
-        if not col["adapter"] and is_instruct(loaded.tokenizer) and not all(it.chat for it in items):
-            asked = as_chat(items)  # an instruct base gets its chat template; the runs see the rows as trained
-            config.setdefault("chat_template_for", []).append(col["label"])
-        limit: set = set()
-        answers = generate_items(loaded.model, loaded.tokenizer, asked, max_new_tokens, stop, batch_size, step, limit)
-        outputs[col["label"]] = answers
-        cut_rows[col["label"]] = limit
-        finals = [a[-1] for a in answers]
-        m = text_stats(finals)
-        if has_refs:
-            m.update(corpus_scores(finals, [it.reference for it in items]))
-            if loss and not any(len(it.turns) > 1 for it in items):
-                m.update({k: v for k, v in heldout_loss(loaded.model, loaded.tokenizer,
-                                                        *_loss_inputs(loaded.tokenizer, items)).items() if k != "tokens"})
-        metrics[col["label"]] = m
-        del loaded
+    # the models' generation and scoring is heavy work (studio.work): on a shared app it waits its turn, runs at
+    # low priority, is billed to the visitor's payer and stops at the next batch when its page is gone
+    heavy("evaluation", _answer_and_score, columns, items, config, max_new_tokens, stop, batch_size, progress,
+          loss, has_refs, outputs, metrics, cut_rows)
     labels = [c["label"] for c in columns]
     rows = []
     for i, it in enumerate(items):

@@ -16,6 +16,7 @@ def dpo_report(run: str, limit: int = 32) -> dict:
     from studio.metrics import preference_margins
     from studio.pairs import load_pairs
     from studio.recipes import load_recipe
+    from studio.work import heavy
 
     run_dir = resolve_run(run)
     recipe = load_recipe(run_dir / "recipe.yaml")
@@ -26,7 +27,9 @@ def dpo_report(run: str, limit: int = 32) -> dict:
     if split is None:
         raise StudioError(f"{run_dir.name}: its dataset has no held-out pairs (too few rows for a test split)")
     part = data.splits[split]
-    table = preference_margins(str(run_dir), part.select(range(min(int(limit), len(part)))).to_list())
+    # scoring the pairs with the policy and its reference is heavy work (studio.work): queued, billed, stopped
+    table = heavy("evaluation", preference_margins, str(run_dir),
+                  part.select(range(min(int(limit), len(part)))).to_list())
     mean = lambda key: round(statistics.fmean(r[key] for r in table), 4)  # noqa: E731
     return {"run": run_dir.name, "split": split, "pairs": len(table),
             "preference_accuracy": round(100 * sum(r["reward_margin"] > 0 for r in table) / len(table), 2),

@@ -68,13 +68,26 @@ def run_lm_eval(ref: str, tasks: list[str], limit: int | None = None, batch_size
             for task, metrics in out["results"].items()}
 
 
+def _each_model(columns: list[dict], tasks: list[str], limit: int | None) -> dict:
+    from studio.work import checkpoint
+
+    results = {}
+    for col in columns:
+        checkpoint()
+        results[col["label"]] = run_lm_eval(col["ref"], tasks, limit, adapter=col["adapter"])
+    return results
+
+
 def lm_eval_compare(refs: list[str], tasks: list[str], limit: int | None = None) -> dict:
     """The same tasks on the base (alone) and on each run: a table with one line per model and task."""
+    from studio.work import heavy
+
     tasks = check_tasks(tasks)  # before any model is loaded
     columns = plan_models(refs)
-    headers, rows, results = ["model", "task"], [], {}
-    for col in columns:
-        results[col["label"]] = run_lm_eval(col["ref"], tasks, limit, adapter=col["adapter"])
+    headers, rows = ["model", "task"], []
+    # heavy work (studio.work): queued, billed, low priority; lm-eval's own loops have no checkpoint, so a call
+    # whose page is gone is stopped in its thread (studio.work.Stop) at its next Python step
+    results = heavy("lm-eval", _each_model, columns, tasks, limit)
     metric_names = sorted({m for r in results.values() for t in r.values() for m in t})
     headers += metric_names
     for label, per_task in results.items():

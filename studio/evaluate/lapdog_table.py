@@ -12,6 +12,39 @@ from studio.evaluate.results import save_result
 PERSONA_ARMS = ("closed-book (stage 1)", "+ fixed retriever", "+ LAPDOG retriever")
 
 
+def _three_arms(run_dir, recipe, cfg, rows, queries, k, corpus, stage1, batch_size, progress):
+    """The fixed and the trained retriever's stories, then each arm's greedy replies and scores."""
+    from studio.inference import chat_prompt, generate, load_for_inference
+    from studio.metrics import corpus_scores, text_stats
+    from studio.persona import persona_messages
+    from studio.retrieval import load_retriever
+    from studio.work import checked, checkpoint
+
+    fixed = load_retriever(corpus, cfg["embedder"]).search(queries, k)
+    learned = load_retriever(corpus, cfg["embedder"], run_dir).search(queries, k)
+    checkpoint()
+    loaded = load_for_inference(str(run_dir))
+    model, tok = loaded.model, loaded.tokenizer
+    model.load_adapter(str(stage1), adapter_name="stage1")
+    budget = int(recipe.train.get("max_length") or 1024) - int(cfg["reply_max_new_tokens"])
+    arms = [(PERSONA_ARMS[0], "stage1", [[] for _ in rows]), (PERSONA_ARMS[1], "default", fixed),
+            (PERSONA_ARMS[2], "default", learned)]
+    references = [r["reply"] for r in rows]
+    outputs, metrics = {}, {}
+    for n, (label, adapter, found) in enumerate(arms):
+        model.set_adapter(adapter)
+        prompts = [chat_prompt(tok, persona_messages(tok, r["persona"], s, r["history"], budget)[0])
+                   for r, s in zip(rows, found)]
+        step = (lambda done, total, n=n, label=label: progress((n + done / total) / len(arms),
+                                                               f"{label}: {done}/{total}")) if progress else None
+        replies = [_cut(o, "\n") for o in generate(model, tok, prompts, int(cfg["reply_max_new_tokens"]),
+                                                    batch_size=batch_size, progress=checked(step))]
+        outputs[label] = replies
+        metrics[label] = {**corpus_scores(replies, references), **text_stats(replies)}
+    del loaded, model
+    return fixed, learned, outputs, metrics
+
+
 def persona_report(run: str, limit: int = 32, batch_size: int = 16, name: str | None = None, progress=None,
                    save: bool = True) -> dict:
     """A LAPDOG run on its held-out persona dialogues: the paper's table (F1 / BLEU / ROUGE-L) for one run.
@@ -23,11 +56,11 @@ def persona_report(run: str, limit: int = 32, batch_size: int = 16, name: str | 
     result, so the tab's tables, chart, downloads and saved results work the same.
     """
     from studio.access import check_run_name, resolve_run
-    from studio.inference import chat_prompt, generate, load_for_inference
-    from studio.metrics import DEFINITIONS, TEXT_DEFINITIONS, corpus_scores, sentence_scores, text_stats
-    from studio.persona import dialogue_rows, persona_data, persona_messages, query_text, settings
+    from studio.metrics import DEFINITIONS, TEXT_DEFINITIONS, sentence_scores
+    from studio.persona import dialogue_rows, persona_data, query_text, settings
     from studio.recipes import load_recipe
-    from studio.retrieval import load_retriever, run_retriever_dir
+    from studio.retrieval import run_retriever_dir
+    from studio.work import heavy
 
     run_dir = resolve_run(run)
     recipe = load_recipe(run_dir / "recipe.yaml")
@@ -46,27 +79,10 @@ def persona_report(run: str, limit: int = 32, batch_size: int = 16, name: str | 
     rows = dialogue_rows(data.splits[split])[: max(1, int(limit))]
     k, corpus = int(cfg["k"]), cfg["corpus"] or None
     queries = [query_text(r["persona"], r["history"], cfg["query"] == "persona+turn") for r in rows]
-    fixed = load_retriever(corpus, cfg["embedder"]).search(queries, k)
-    learned = load_retriever(corpus, cfg["embedder"], run_dir).search(queries, k)
-    loaded = load_for_inference(str(run_dir))
-    model, tok = loaded.model, loaded.tokenizer
-    model.load_adapter(str(stage1), adapter_name="stage1")
-    budget = int(recipe.train.get("max_length") or 1024) - int(cfg["reply_max_new_tokens"])
-    arms = [(PERSONA_ARMS[0], "stage1", [[] for _ in rows]), (PERSONA_ARMS[1], "default", fixed),
-            (PERSONA_ARMS[2], "default", learned)]
-    references = [r["reply"] for r in rows]
-    outputs, metrics = {}, {}
-    for n, (label, adapter, found) in enumerate(arms):
-        model.set_adapter(adapter)
-        prompts = [chat_prompt(tok, persona_messages(tok, r["persona"], s, r["history"], budget)[0])
-                   for r, s in zip(rows, found)]
-        step = (lambda done, total, n=n, label=label: progress((n + done / total) / len(arms),
-                                                               f"{label}: {done}/{total}")) if progress else None
-        replies = [_cut(o, "\n") for o in generate(model, tok, prompts, int(cfg["reply_max_new_tokens"]),
-                                                    batch_size=batch_size, progress=step)]
-        outputs[label] = replies
-        metrics[label] = {**corpus_scores(replies, references), **text_stats(replies)}
-    del loaded, model
+    # retrieval, the three arms' generation and their scores are heavy work (studio.work): queued, billed, low
+    # priority, stopped at the next batch when the page is gone
+    fixed, learned, outputs, metrics = heavy("evaluation", _three_arms, run_dir, recipe, cfg, rows, queries, k,
+                                             corpus, stage1, batch_size, progress)
     labels = list(PERSONA_ARMS)
     table = []
     for i, r in enumerate(rows):
