@@ -6,7 +6,7 @@ queued nor billed, as the signed-in owner's would not be): quiet, then while thr
 (each 4,000 stories, each from its own session, read by a page that stays open) go through the heavy-work
 queue (studio/work.py). Then the strangers' pages close, and the app's CPU is watched until it is idle again.
 
-    python benchmarks/heavy_contention.py              # 3 quiet + 3 loaded owner chats
+    python benchmarks/heavy_contention.py              # 5 quiet, 5 loaded, 5 quiet again owner chats
     python benchmarks/heavy_contention.py --chats 5 --stories 4000
 
 Prints a table, then one JSON line. Timings depend on the machine and its load: the load average is printed.
@@ -29,7 +29,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--chats", type=int, default=3, help="owner chats timed in each phase")
+    p.add_argument("--chats", type=int, default=5, help="owner chats timed in each phase")
     p.add_argument("--stories", type=int, default=4000, help="stories per stranger's corpus")
     p.add_argument("--strangers", type=int, default=3)
     p.add_argument("--tokens", type=int, default=64, help="max new tokens of the owner's reply")
@@ -101,12 +101,18 @@ def main() -> None:
         c0 = t._cpu_s(pid)
         time.sleep(5)
         idle = (t._cpu_s(pid) - c0) / 5
+        after = [chat() for _ in range(args.chats)]  # quiet again: did the machine's other load change meanwhile?
+        out["load_after"] = round(os.getloadavg()[0], 1)
+        print(f"quiet again: {', '.join(f'{s:.2f}' for s in after)} s (load {out['load_after']})", flush=True)
+        base = statistics.median(quiet + after)
         out.update(quiet_s=[round(s, 2) for s in quiet], loaded_s=[round(s, 2) for s in loaded],
                    quiet_median_s=round(statistics.median(quiet), 2), loaded_median_s=round(statistics.median(loaded), 2),
                    loaded_max_s=round(max(loaded), 2),
-                   ratio_median=round(statistics.median(loaded) / statistics.median(quiet), 2),
-                   ratio_max=round(max(loaded) / statistics.median(quiet), 2),
-                   strangers_running_at_once_max=most, app_cpu_s_while_loaded=round(cpu_strangers, 1),
+                   after_s=[round(s, 2) for s in after], after_median_s=round(statistics.median(after), 2),
+                   quiet_both_median_s=round(base, 2),
+                   ratio_median=round(statistics.median(loaded) / base, 2),
+                   ratio_max=round(max(loaded) / base, 2),
+                   low_priority_threads_at_once_max=most, app_cpu_s_while_loaded=round(cpu_strangers, 1),
                    loaded_wall_s=round(closed - wall0, 1), stopped_after_close_s=round(stopped, 1),
                    app_cpu_share_after=round(idle, 3), strangers_said=[s[-1] if s else "" for s in said])
     finally:
@@ -114,11 +120,15 @@ def main() -> None:
         proc.wait(10)
     print()
     print(f"{'phase':<8} {'owner chats (s)':<28} {'median':>7} {'max':>6} {'÷ quiet':>8} {'load avg':>9}")
-    print(f"{'quiet':<8} {', '.join(map(str, out['quiet_s'])):<28} {out['quiet_median_s']:>7} {max(out['quiet_s']):>6} "
-          f"{1.0:>8} {out['load_quiet']:>9}")
-    print(f"{'loaded':<8} {', '.join(map(str, out['loaded_s'])):<28} {out['loaded_median_s']:>7} {out['loaded_max_s']:>6} "
-          f"{out['ratio_max']:>8} {out['load_loaded']:>9}")
-    print(f"strangers: at most {out['strangers_running_at_once_max']} heavy thread at once; the app used "
+    base = out["quiet_both_median_s"]
+    for name, key, load in (("quiet", "quiet_s", "load_quiet"), ("loaded", "loaded_s", "load_loaded"),
+                            ("quiet", "after_s", "load_after")):
+        times = out[key]
+        print(f"{name:<8} {', '.join(map(str, times)):<28} {statistics.median(times):>7.2f} {max(times):>6.2f} "
+              f"{statistics.median(times) / base:>8.2f} {out[load]:>9}")
+    print(f"(÷ quiet: the phase's median over the median of both quiet phases, {base} s)")
+    print(f"strangers: at most {out['low_priority_threads_at_once_max']} nice-19 threads at once (one call: its worker "
+          f"and its OpenMP team); the app used "
           f"{out['app_cpu_s_while_loaded']} CPU-s in {out['loaded_wall_s']} s while loaded; their work stopped "
           f"{out['stopped_after_close_s']} s after their pages closed; then the app used "
           f"{out['app_cpu_share_after']:.1%} of a core")

@@ -326,25 +326,31 @@ class WorkQueue:
 
     def _run(self, ticket: Ticket, page: Page, fn, args, kwargs):
         box: dict = {}
-        done = threading.Event()
+        done, inside = threading.Event(), threading.Event()  # finished; running `fn` (where Stop may be raised)
         context = contextvars.copy_context()  # the visitor (studio.access.acting_for) goes with the work
 
         def work():
-            if not ticket.owner:
-                try:
-                    os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), HEAVY_NICE)
-                except (OSError, AttributeError):
-                    pass
             try:
-                box["value"] = context.run(_with_ticket, ticket, fn, args, kwargs)
-            except Stop:
-                box["error"] = ticket.reason or Cancelled(f"{ticket.what}: stopped")
-            except BaseException as e:  # noqa: BLE001 - handed to the caller's thread
-                box["error"] = e
-            finally:
+                if not ticket.owner:
+                    try:
+                        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), HEAVY_NICE)
+                    except (OSError, AttributeError):
+                        pass
+                try:
+                    inside.set()
+                    box["value"] = context.run(_with_ticket, ticket, fn, args, kwargs)
+                except Stop:
+                    box["error"] = ticket.reason or Cancelled(f"{ticket.what}: stopped")
+                except BaseException as e:  # noqa: BLE001 - handed to the caller's thread
+                    box["error"] = e
+                finally:
+                    inside.clear()  # from here on no Stop is raised in this thread
                 if not ticket.owner:  # bill this thread's team while it still lives (its ticks leave with it)
                     with self.cond:
                         self._sample()
+            except Stop:  # raised a moment before `inside` was cleared: the work had ended anyway
+                box.setdefault("error", ticket.reason or Cancelled(f"{ticket.what}: stopped"))
+            finally:
                 done.set()
 
         thread = threading.Thread(target=work, name=f"heavy-{ticket.number}", daemon=True)
@@ -353,10 +359,12 @@ class WorkQueue:
         flagged_at = None
         checked = 0.0
         while not done.wait(POLL_S):
+            if not thread.is_alive():  # ended without saying so (it can't, but never wait for it forever)
+                break
             if ticket.flag.is_set():
                 if flagged_at is None:
                     flagged_at = time.monotonic()
-                elif time.monotonic() - flagged_at > STOP_GRACE:
+                elif time.monotonic() - flagged_at > STOP_GRACE and inside.is_set():
                     _raise_in(thread, Stop)
                     flagged_at = time.monotonic()  # and again, every grace period, until it stops
                 continue
