@@ -9,6 +9,11 @@ warms up and is not counted. TTFT includes retrieval and prompt assembly for the
 the finished prompt). Prints a table, then one JSON line.
 
     python benchmarks/chat_latency.py [--backend llama.cpp|transformers|both] [--messages 6] [--threads 2]
+    python benchmarks/chat_latency.py --while-training   # the same, beside a training job in this process
+
+`--while-training` starts a LoRA training job in this process first (the Train tab's Job, `--train-recipe`,
+smollm2-quotes by default, running for the whole benchmark) and adds an arm with llama.cpp's threads fixed at
+`--threads` (what the studio did before it picked its threads from what the process leaves free).
 """
 
 from __future__ import annotations
@@ -82,6 +87,25 @@ def summary(rows) -> tuple[float, float]:
             statistics.median(r["tokens_per_s"] for r in rows if r["tokens_per_s"]))
 
 
+def start_training(recipe_path: str):
+    """A LoRA job on the Train tab's Job, in this process, running for the whole benchmark (stopped at the end);
+    returns once it has taken its first steps."""
+    import tempfile
+
+    from studio.jobs import start_job
+    from studio.recipes import load_recipe
+
+    recipe = load_recipe(recipe_path, ["max_steps=100000", "save_steps=100000", "eval_strategy=no",
+                                       "logging_steps=5"])
+    job = start_job(recipe, runs_dir=tempfile.mkdtemp(prefix="chat-latency-runs-"))
+    deadline = time.time() + 600
+    while time.time() < deadline and (job.snapshot().get("step") or 0) < 2:
+        if job.snapshot().get("status") in ("failed", "done", "cancelled"):
+            raise SystemExit(f"the training job ended before the benchmark: {job.snapshot().get('error')}")
+        time.sleep(1)
+    return job
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--backend", choices=["llama.cpp", "transformers", "both"], default="both")
@@ -91,24 +115,37 @@ def main() -> None:
     p.add_argument("--k", type=int, default=3)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--repetition-penalty", type=float, default=1.1, help="the tab's default; bare llama.cpp gets it too")
+    p.add_argument("--while-training", action="store_true", help="beside a training job in this process")
+    p.add_argument("--train-recipe", default="recipes/smollm2-quotes.yaml")
     args = p.parse_args()
-    os.environ["STUDIO_LLAMA_THREADS"] = str(args.threads)
     import torch
 
     torch.set_num_threads(args.threads)
     from studio.chat import load_setup
 
+    job = start_training(args.train_recipe) if args.while_training else None
     backends = ["llama.cpp", "transformers"] if args.backend == "both" else [args.backend]
+    arms = [(b, None) for b in backends]
+    if job is not None and "llama.cpp" in backends:  # the old way beside it: threads fixed, whatever is busy
+        arms.insert(1, ("llama.cpp", args.threads))
     messages = [MESSAGES[i % len(MESSAGES)] for i in range(args.messages)]
     results, setups = {}, {}
-    for backend in backends:
+    for backend, fixed in arms:
         os.environ["STUDIO_CHAT_BACKEND"] = backend
+        if fixed:
+            os.environ["STUDIO_LLAMA_THREADS"] = str(fixed)
+        else:
+            os.environ.pop("STUDIO_LLAMA_THREADS", None)
         t0 = time.perf_counter()
         setup = setups[backend] = load_setup(args.model, retrieval=args.k > 0)
         load_s = time.perf_counter() - t0
         studio_message(setup, "hello", args.k, 8, args.repetition_penalty)  # warm-up: allocations, the encoder
         rows = [studio_message(setup, m, args.k, args.max_new_tokens, args.repetition_penalty) for m in messages]
-        results[f"studio {backend}"] = {"load_s": load_s, "rows": rows, "line": setup.backend}
+        threads = getattr(setup.engine, "threads", None)
+        name = f"studio {backend}" + (f" fixed {fixed}" if fixed else "")
+        results[name] = {"load_s": load_s, "rows": rows,
+                         "line": setup.backend + (f" ({threads} threads at the last reply)" if threads else "")}
+    os.environ.pop("STUDIO_LLAMA_THREADS", None)
     bare = None
     llama_setup = setups.get("llama.cpp")
     if llama_setup is not None and llama_setup.engine is not None:
@@ -125,17 +162,24 @@ def main() -> None:
                                             "line": f"create_completion(stream=True) on {llama_setup.engine.base_path.name}"}
         llm.close()
 
+    training = None  # stopped after every arm, bare llama.cpp included, ran beside it
+    if job is not None:
+        snap = job.snapshot()
+        training = {"recipe": args.train_recipe, "status": snap.get("status"), "step": snap.get("step")}
+        job.request_stop()
+        job.wait(120)
     load = os.getloadavg()[0]
     print(f"model {args.model} · {device_name()} · {args.threads} threads · load average {load:.2f} · greedy, "
-          f"k={args.k}, max {args.max_new_tokens} new tokens, repetition penalty {args.repetition_penalty}")
-    print(f"{'what':<22} {'load s':>7} {'TTFT s':>7} {'tok/s':>7}  backend")
+          f"k={args.k}, max {args.max_new_tokens} new tokens, repetition penalty {args.repetition_penalty}"
+          + (f" · beside a training job ({training['recipe']}, step {training['step']} at the end)" if training else ""))
+    print(f"{'what':<26} {'load s':>7} {'TTFT s':>7} {'tok/s':>7}  backend")
     out = {}
     for name, r in results.items():
         ttft, tps = summary(r["rows"])
         out[name] = {"load_s": round(r["load_s"], 2), "median_ttft_s": round(ttft, 3),
                      "median_tokens_per_s": round(tps, 1), "backend": r["line"],
                      "replies": [x["reply"][:80] for x in r["rows"][:2]]}
-        print(f"{name:<22} {r['load_s']:>7.2f} {ttft:>7.3f} {tps:>7.1f}  {r['line']}")
+        print(f"{name:<26} {r['load_s']:>7.2f} {ttft:>7.3f} {tps:>7.1f}  {r['line']}")
     ratios = {}
     if bare is not None and "studio llama.cpp" in out:
         ratios["studio_llama_vs_bare"] = round(out["studio llama.cpp"]["median_tokens_per_s"]
@@ -143,11 +187,16 @@ def main() -> None:
     if "studio llama.cpp" in out and "studio transformers" in out:
         ratios["studio_llama_vs_transformers"] = round(out["studio llama.cpp"]["median_tokens_per_s"]
                                                        / out["studio transformers"]["median_tokens_per_s"], 2)
+    fixed = next((n for n in out if n.startswith("studio llama.cpp fixed")), None)
+    if fixed and "studio transformers" in out:
+        ratios["fixed_threads_llama_vs_transformers"] = round(out[fixed]["median_tokens_per_s"]
+                                                              / out["studio transformers"]["median_tokens_per_s"], 2)
     for name, value in ratios.items():
         print(f"{name}: {value}×")
     print(json.dumps({"benchmark": "chat_latency", "model": args.model, "device": device_name(),
                       "threads": args.threads, "load_average": round(load, 2), "k": args.k,
-                      "max_new_tokens": args.max_new_tokens, "messages": len(messages), "results": out, **ratios}))
+                      "max_new_tokens": args.max_new_tokens, "messages": len(messages), "training": training,
+                      "results": out, **ratios}))
 
 
 if __name__ == "__main__":

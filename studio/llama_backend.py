@@ -215,6 +215,51 @@ def n_threads() -> int:
         return max(1, os.cpu_count() or 1)
 
 
+class _BusyWatch:
+    """How many cores the rest of this process keeps busy (a training job's torch threads, an evaluation), sampled
+    from the process's CPU time every half second while no llama.cpp reply decodes. llama.cpp's threads wait for
+    each other by spinning: with more threads than free cores one is descheduled and the others spin, and a reply
+    decoded 4 tokens/s beside a training job against 145 quiet (issue 34, item 3); one thread per free core doesn't."""
+
+    def __init__(self, every: float = 0.5):
+        self.every, self.busy, self.decoding = every, 0.0, 0
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        with self._lock:
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._loop, name="llama.cpp busy watch", daemon=True)
+                self._thread.start()
+
+    def _loop(self) -> None:
+        import time
+
+        last_t, last_cpu = time.monotonic(), time.process_time()
+        while True:
+            time.sleep(self.every)
+            now_t, now_cpu = time.monotonic(), time.process_time()
+            if self.decoding == 0:  # our own decode is not "the others"
+                self.busy = max(0.0, (now_cpu - last_cpu) / max(now_t - last_t, 1e-6))
+            last_t, last_cpu = now_t, now_cpu
+
+    def free_threads(self, cores: int) -> int:
+        """Threads for the next reply: the cores the rest of the process leaves free, at least one."""
+        return max(1, min(cores, cores - int(self.busy + 0.35)))
+
+
+BUSY = _BusyWatch()
+
+
+def reply_threads() -> int:
+    """Threads for a reply now: STUDIO_LLAMA_THREADS if set (fixed), else the cores the process leaves free."""
+    text = os.environ.get(THREADS_ENV, "").strip()
+    if text.isdigit() and int(text) > 0:
+        return int(text)
+    BUSY.start()
+    return BUSY.free_threads(n_threads())
+
+
 class LlamaEngine:
     """One llama.cpp model + context (the base GGUF, with a LoRA adapter applied when a run has one).
 
@@ -237,6 +282,7 @@ class LlamaEngine:
         self.vocab = llama_cpp.llama_model_get_vocab(self.llm.model)
         self.stop_ids = set(stop_ids)
         self.lock = threading.Lock()
+        self.threads = n_threads()  # what the context was made with; each reply may use fewer (reply_threads)
         self._pieces: dict[int, bytes] = {}
         self.nbytes = (self.base_path.stat().st_size + (Path(lora_path).stat().st_size if lora_path else 0)
                        + int(llama_cpp.llama_state_get_size(self.llm.ctx)))
@@ -303,15 +349,25 @@ class LlamaEngine:
             raise StudioError(f"prompt of {len(ids)} tokens + {max_new_tokens} new ones is over the llama.cpp "
                               f"context of {self.n_ctx}")
         with self.lock:
+            threads = reply_threads()
+            if threads != self.threads:  # fewer when the process is busy (a training job): no spinning threads
+                self.llm._ctx.set_n_threads(threads, threads)
+                self.threads = threads
             sampler = self._sampler(ids, temperature, top_p, repetition_penalty, seed)
-            self._feed(list(ids))
-            llm = self.llm
-            for _ in range(int(max_new_tokens)):
-                token = sampler.sample(llm._ctx, -1)
-                if self.is_stop(token) or (stop is not None and stop.is_set()):
-                    return
-                yield token
-                llm.eval([token])
+            with BUSY._lock:
+                BUSY.decoding += 1
+            try:
+                self._feed(list(ids))
+                llm = self.llm
+                for _ in range(int(max_new_tokens)):
+                    token = sampler.sample(llm._ctx, -1)
+                    if self.is_stop(token) or (stop is not None and stop.is_set()):
+                        return
+                    yield token
+                    llm.eval([token])
+            finally:
+                with BUSY._lock:
+                    BUSY.decoding -= 1
 
     def stream_text(self, ids: list[int], max_new_tokens: int, **kwargs):
         """Yield (text so far, token count) at each token that adds visible text; a multi-byte character cut

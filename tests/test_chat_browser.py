@@ -1,5 +1,6 @@
 """Persona Chat in headless Chromium: a reply streams in token by token, with the stories it used."""
 
+import re
 
 import pytest
 
@@ -51,6 +52,7 @@ def test_reply_streams_with_stories_side_by_side_and_bad_input_is_one_line(app, 
     assert all(replies[-1].startswith(r.rstrip()) for r in replies[:-1]), replies  # each update extends the last
     status = page.locator("#chat-status").inner_text()
     assert "sampled with seed 3" in status, status
+    assert re.search(r"[\d,]+ tokens/s", status), status  # the last reply's speed (issue 34, item 3)
     if "stopped at the 64-token limit" not in replies[-1]:  # the toy rarely ends on its own; when it does, it said so
         assert page.evaluate("window.__replies").count(replies[-1]) == 1
     rows = page.locator("#chat-stories tbody tr")

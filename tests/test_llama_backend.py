@@ -228,6 +228,62 @@ def test_seeds_repeat_a_sampled_reply(tiny_run):
     assert a[0] == a[2] and a[0] != a[1]
 
 
+def test_llama_threads_follow_what_the_rest_of_the_process_leaves_free(monkeypatch):
+    """Issue 34, item 3: llama.cpp's threads spin while they wait for each other, so beside a training job (the
+    process's other threads busy) a reply takes only the cores left free, at least one; STUDIO_LLAMA_THREADS fixes
+    the count. The watch measures the process's CPU time (a spinning thread shows), and not during our own decode."""
+    import threading
+    import time
+
+    from studio.llama_backend import BUSY, THREADS_ENV, _BusyWatch, n_threads, reply_threads
+
+    watch = _BusyWatch()
+    assert [watch.free_threads(4) for watch.busy in (0.0, 0.5, 0.7, 2.2, 9.0)] == [4, 4, 3, 2, 1]
+    monkeypatch.delenv(THREADS_ENV, raising=False)
+    monkeypatch.setattr(BUSY, "busy", 0.0)
+    assert reply_threads() == n_threads()
+    monkeypatch.setattr(BUSY, "busy", 64.0)
+    assert reply_threads() == 1
+    monkeypatch.setenv(THREADS_ENV, "3")
+    assert reply_threads() == 3
+    spinning, watch = threading.Event(), _BusyWatch(every=0.2)
+    spinning.set()
+
+    def spin():
+        while spinning.is_set():
+            sum(range(1000))
+
+    worker = threading.Thread(target=spin, daemon=True)
+    worker.start()
+    watch.start()
+    try:
+        deadline = time.time() + 20
+        while watch.busy < 0.2 and time.time() < deadline:
+            time.sleep(0.1)
+        assert watch.busy >= 0.2, watch.busy  # loose: the machine may be loaded, but a spinning thread shows
+        watch.decoding, frozen = 1, watch.busy  # while our own reply decodes, nothing is updated
+        time.sleep(0.6)
+        assert watch.busy == frozen
+    finally:
+        spinning.clear()
+        worker.join()
+
+
+@needs_llama
+def test_a_reply_beside_a_busy_process_decodes_on_the_free_threads(tiny_run, monkeypatch):
+    from studio.chat import load_setup, reply
+    from studio.llama_backend import BUSY, THREADS_ENV, n_threads
+
+    monkeypatch.delenv(THREADS_ENV, raising=False)
+    setup = load_setup(str(tiny_run), retrieval=False)
+    monkeypatch.setattr(BUSY, "busy", 64.0)  # as if a training job kept every core busy
+    text = reply(setup, PERSONA, [{"role": "user", "content": "hello there"}], 0, max_new_tokens=8)[0]
+    assert setup.engine.threads == 1 and isinstance(text, str)
+    monkeypatch.setattr(BUSY, "busy", 0.0)
+    reply(setup, PERSONA, [{"role": "user", "content": "hello there"}], 0, max_new_tokens=8)
+    assert setup.engine.threads == n_threads()  # quiet again: every core
+
+
 @needs_llama
 def test_labelling_candidates_come_from_llama_cpp_seeded(tiny_run, runs):
     from studio import pairs

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import html
 import logging
+import time
 
 import gradio as gr
 
@@ -107,12 +108,15 @@ def send(persona, message, chat_a, chat_b, model, model_b, compare, stories, k, 
         history = chats[col][:]
         chats[col].append({"role": "assistant", "content": ""})
         info: dict = {}
+        first = last = None
         try:
             for text, used in stream_reply(setup, persona, history, int(col_k), with_turn=bool(with_turn),
                                            temperature=float(temperature), top_p=float(top_p),
                                            repetition_penalty=float(repetition_penalty),
                                            max_new_tokens=int(max_new_tokens), seed=seed, info=info):
                 chats[col][-1] = {"role": "assistant", "content": text}
+                last = time.perf_counter()
+                first = first or last
                 yield (chat_a, chat_b, "".join(panels) + stories_html(label, used), _loaded_html(described),
                        "", ok_html(f"{label}: replying… ({setup.backend})"))
             # marked as Evaluate marks it (the next turn's prompt gets the model's own words back: clean_history)
@@ -124,9 +128,20 @@ def send(persona, message, chat_a, chat_b, model, model_b, compare, stories, k, 
             yield chat_a, chat_b, gr.update(), gr.update(), message, error_html(f"{label}: {_message_of(e)}")
             return
         panels.append(stories_html(label, used))
+        backends[-1] += _speed(info.get("tokens"), first, last, setup)
     sampled = f"sampled with seed {seed}" if float(temperature) > 0 else "greedy"
     yield (chat_a, chat_b, "".join(panels), _loaded_html(described), "",
            ok_html(f"done ({sampled}) · {' · '.join(backends)}"))
+
+
+def _speed(tokens, first, last, setup) -> str:
+    """The last reply's decode speed for the status line (and llama.cpp's threads: fewer while the process is
+    busy training), so a slow reply can be told from a slow machine."""
+    if not tokens or tokens < 2 or first is None or last is None or last <= first:
+        return ""
+    threads = getattr(getattr(setup, "engine", None), "threads", None)
+    return f", {(tokens - 1) / (last - first):,.0f} tokens/s" + (f" on {threads} thread{'s' * (threads > 1)}"
+                                                                   if threads else "")
 
 
 def _loaded_html(described: list[str]) -> str:
