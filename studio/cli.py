@@ -26,7 +26,7 @@ def cmd_data(args) -> int:
         tokenizer = load_tokenizer(args.model)
     data = prepare_dataset(args.source, args.format, args.template, config=args.config, split=args.split,
                            splits=args.splits, seed=args.seed, tokenizer=tokenizer, max_length=args.max_length,
-                           max_rows=args.max_rows, streaming=args.streaming)
+                           max_rows=args.max_rows, streaming=args.streaming, group_by=args.group_by)
     summary = data.summary()
     if args.json:
         print(json.dumps(summary, ensure_ascii=False))
@@ -35,7 +35,7 @@ def cmd_data(args) -> int:
     print(f"format:   {data.format.name} ({data.format.label}) → TRL {data.format.kind}")
     print(f"rows:     {summary['rows']} usable, {summary['dropped']} dropped"
           + (f" ({', '.join(f'{v} {k}' for k, v in data.dropped.items())})" if data.dropped else ""))
-    print("splits:   " + ", ".join(f"{k} {v}" for k, v in summary["splits"].items()))
+    print("splits:   " + ", ".join(f"{k} {v}" for k, v in summary["splits"].items()) + f" ({data.split_line()})")
     if data.lengths:
         print("tokens:   " + ", ".join(f"{k} {v}" for k, v in data.length_stats().items()))
     print("example:\n" + "\n".join("  " + line for line in summary["example"].splitlines()))
@@ -247,9 +247,11 @@ def cmd_eval(args) -> int:
         print(f"[{100 * frac:3.0f}%] {text}", file=sys.stderr)
 
     if args.persona:
-        if len(args.models) != 1 or args.data or args.suite:
-            raise StudioError("--persona takes one LAPDOG run and no --data/--suite (it uses the run's held-out dialogues)")
-        result = persona_report(run_ref(args.models[0]), limit=args.limit or 32, name=args.name, progress=progress)
+        if len(args.models) != 1 or args.suite:
+            raise StudioError("--persona takes one LAPDOG run and no --suite (it uses the run's held-out dialogues, "
+                              "its dataset.eval_source, or --data)")
+        result = persona_report(run_ref(args.models[0]), limit=args.limit or 32, name=args.name, progress=progress,
+                                data=args.data)
     else:
         result = compare([run_ref(m) for m in args.models], data=args.data, suite=args.suite, limit=args.limit,
                          max_new_tokens=args.max_new_tokens, name=args.name, progress=progress)
@@ -257,6 +259,10 @@ def cmd_eval(args) -> int:
         print(json.dumps(result, ensure_ascii=False))
         return 0
     print(metrics_table(result))
+    if result.get("intervals"):
+        from studio.evaluate.intervals import intervals_markdown
+
+        print(intervals_markdown(result).replace("**", ""))
     print(result["path"])
     return 0
 
@@ -290,6 +296,8 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--model", help="tokenizer for token-length statistics (e.g. embedded/tiny-llama)")
     d.add_argument("--max-length", type=int, help="drop examples longer than this many tokens (needs --model)")
     d.add_argument("--max-rows", type=int, help="keep the first N usable rows")
+    d.add_argument("--group-by", help="split rows of one dialogue together by this column (default: persona data "
+                                      "by persona, a conversation id column if present; 'rows': row by row)")
     d.add_argument("--streaming", action="store_true",
                    help="read a Hub dataset in streaming mode, keeping the first --max-rows rows (data larger than the disk)")
     d.add_argument("--json", action="store_true", help="print one JSON object")

@@ -108,6 +108,44 @@ def dialogue_rows(dataset) -> list[dict]:
     return rows
 
 
+def spread_over_dialogues(rows: list[dict], limit: int, seed: int = 0) -> list[dict]:
+    """At most `limit` rows taken across as many dialogues (personas) as possible: one turn of each dialogue
+    (a seeded pick), then a second of each, and so on; so 300 rows of 160 dialogues cover all 160, and a
+    bootstrap over dialogues has as many of them as the budget allows."""
+    import random
+
+    by_persona: dict[str, list[dict]] = {}
+    for r in rows:
+        by_persona.setdefault(r["persona"], []).append(r)
+    rng = random.Random(seed)
+    queues = [rng.sample(turns, len(turns)) for turns in by_persona.values()]
+    out: list[dict] = []
+    depth = 0
+    while len(out) < limit and any(len(q) > depth for q in queues):
+        out += [q[depth] for q in queues if len(q) > depth][: limit - len(out)]
+        depth += 1
+    return out
+
+
+def heldout_dialogues(recipe, source: str | None = None) -> tuple[str, str, object]:
+    """(source, split name, rows) a LAPDOG run is judged on: `source` if given (the CLI's `eval --data`), else
+    the recipe's `dataset.eval_source`, all of it; else the run's own test (or validation) split."""
+    from studio.data import heldout_data
+
+    ds = dict(recipe.dataset)
+    if source:
+        ds["eval_source"] = source
+    seed = int(recipe.train.get("seed", 42))
+    held = heldout_data(ds, seed)
+    if held is not None:
+        return str(ds["eval_source"]), "eval_source", held.splits["test"]
+    data = persona_data(recipe)
+    split = next((s for s in ("test", "validation") if s in data.splits and len(data.splits[s])), None)
+    if split is None:
+        raise StudioError(f"{recipe.name}: its dataset has no held-out dialogues (too few rows for a test split)")
+    return str(ds.get("source")), split, data.splits[split]
+
+
 def persona_data(recipe):
     """The run's persona dialogues, split exactly as stage 1 split them (same source, splits and seed)."""
     from studio.data import prepare_dataset
@@ -115,4 +153,5 @@ def persona_data(recipe):
     ds = recipe.dataset
     return prepare_dataset(ds["source"], ds.get("format"), ds.get("template"), config=ds.get("config"),
                            split=ds.get("split"), splits=ds.get("splits", "80/10/10"),
-                           seed=int(recipe.train.get("seed", 42)), max_rows=ds.get("max_rows"))
+                           seed=int(recipe.train.get("seed", 42)), max_rows=ds.get("max_rows"),
+                           group_by=ds.get("group_by"))

@@ -25,7 +25,8 @@ from studio.errors import StudioError, redact
 RECIPES_DIR = Path(__file__).resolve().parent.parent / "recipes"
 HEADER_KEYS = ["name", "description", "source_notebook", "method", "init_adapter", "dataset", "eval_prompts", "export",
                "studio", "retrieval"]
-DATASET_KEYS = {"source", "format", "template", "config", "split", "splits", "max_length", "max_rows", "streaming"}
+DATASET_KEYS = {"source", "format", "template", "config", "split", "splits", "max_length", "max_rows", "streaming",
+                "group_by", "eval_source"}
 STUDIO_KEYS = {"auto_batch", "max_micro_batch", "sample_max_new_tokens",
                "split_across"}  # split_across: written by the studio, the processes the batch was split across
 EXPORT_KEYS = {"hub_model_id", "private", "merge"}

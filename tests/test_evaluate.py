@@ -54,6 +54,10 @@ def test_base_column_is_the_base_and_the_result_is_saved(run):
     assert {"rougeL", "bleu", "f1", "distinct2", "perplexity"} <= set(saved["metrics"][run.id])
     row = saved["rows"][0]
     assert row["delta"] == pytest.approx(row["scores"][run.id]["rougeL"] - row["scores"][base_label]["rougeL"])
+    # issue 32: the run paired with its base, 95 % intervals over rows (quotes have no dialogues)
+    assert [(p["a"], p["b"], p["metric"]) for p in saved["intervals"]["paired"]] == [
+        (run.id, base_label, k) for k in ("f1", "bleu", "rougeL")]
+    assert saved["intervals"]["dialogues"] == saved["intervals"]["rows"] == 4
     assert f"{run.id}/quotes-test" in list_results()
     assert load_result(f"{run.id}/quotes-test")["rows"] == saved["rows"]
     csv_path, json_path = export_result(saved, run.run_dir.parent.parent / "export")

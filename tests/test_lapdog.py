@@ -85,7 +85,7 @@ def test_a_stage2_step_changes_the_query_encoder_and_not_the_story_index(generat
 
 
 def test_tiny_lapdog_run_stops_in_stage2_resumes_and_chat_loads_adapter_and_retriever(tmp_path, embedded_path,
-                                                                                       monkeypatch):
+                                                                                       monkeypatch, capsys):
     import time
 
     from studio.chat import load_setup, reply
@@ -165,4 +165,25 @@ def test_tiny_lapdog_run_stops_in_stage2_resumes_and_chat_loads_adapter_and_retr
     prompt = chat_prompt(tok, persona_messages(tok, persona, [], history, 384 - 6)[0])
     alone = generate(stage1, tok, [prompt], 6)[0].split("\n")[0].strip()
     assert row["outputs"][PERSONA_ARMS[0]] == alone
+    # issue 32: 95 % intervals over dialogues, LAPDOG vs fixed and fixed vs closed-book paired, said in words
+    iv = result["intervals"]
+    assert set(iv["intervals"]) == set(PERSONA_ARMS) and iv["rows"] == len(result["rows"])
+    assert [(p["a"], p["b"]) for p in iv["paired"][::3]] == [(PERSONA_ARMS[2], PERSONA_ARMS[1]),
+                                                              (PERSONA_ARMS[1], PERSONA_ARMS[0])]
+    assert iv["dialogues"] == result["config"]["data"]["dialogues"] == len({r["prompt"].splitlines()[0]
+                                                                             for r in result["rows"]})
+    assert len(iv["words"]) == 6
+    # issue 32: `eval RUN --persona --data FILE` judges the run on dialogues of another source
+    import json
+
+    from studio import cli
+
+    unseen = tmp_path / "unseen.jsonl"
+    unseen.write_text("\n".join(json.dumps({"persona": [f"i am stranger {i}."], "reply": f"hello {i}",
+                                            "history": [{"role": "user", "content": "hi"}]}) for i in range(4)))
+    capsys.readouterr()
+    assert cli.main(["eval", "lapdog-test", "--persona", "--data", str(unseen), "--limit", "4", "--json"]) == 0
+    other = json.loads(capsys.readouterr().out)
+    assert other["config"]["data"]["split"] == "eval_source" and other["config"]["data"]["dialogues"] == 4
+    assert {r["reference"] for r in other["rows"]} == {f"hello {i}" for i in range(4)}
     assert load_result(f"lapdog-test/{result['name']}")["metrics"] == result["metrics"]

@@ -4,12 +4,17 @@ Rows stay in Arrow throughout: rendering, dropping empty targets and length filt
 `Dataset.map`/`filter` calls, splits are index mappings. Prepared splits can be cached on disk, keyed by the
 source's content and every setting that shapes them, so a second run or a resume skips the work (and the
 tokenized copies TRL derives from them are found again in the same cache folder).
+
+"Held out" is a property of a dialogue, not of a row: rows of one group (a persona, a conversation id, or the
+column a recipe names in `dataset.group_by`) go to one split only (`split_groups`), so a persona's dialogue is
+never half in training and half in the test split.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import random
 import shutil
 import statistics
 import tempfile
@@ -24,9 +29,13 @@ DATA_VERSION = 2  # bump when rendering changes, so cached prepared data is not 
 OUTPUT_COLUMNS = {"text": ["text"], "prompt_completion": ["prompt", "completion"], "messages": ["messages"],
                   "preference": ["prompt", "chosen", "rejected"]}
 BATCH = 1000
+# Columns that name a conversation: rows sharing one are turns of one dialogue and are split together.
+CONVERSATION_IDS = ("conversation_id", "conversation_hash", "conv_id", "dialogue_id", "dialog_id", "thread_id")
+NO_GROUPS = {"rows", "none", "false", "off"}  # dataset.group_by: rows → split row by row
+GROUP_COLUMN = "_group"  # carried through rendering, removed before the splits are returned
 
 __all__ = ["FORMATS", "SAMPLES", "Format", "PreparedData", "clip_example", "detect_format", "prepare_dataset",
-           "read_source", "parse_splits", "render_example"]
+           "read_source", "parse_splits", "render_example", "split_groups", "heldout_data"]
 
 
 def parse_splits(splits) -> tuple[float, float, float]:
@@ -86,6 +95,9 @@ class PreparedData:
     example: str
     lengths: list[int] = field(default_factory=list)  # token lengths of the train split, if a tokenizer was given
     cache_dir: str | None = None  # where the prepared splits are cached (None: not cached)
+    # how rows were kept together: {"by": "persona" | a column, "count": groups, "splits": {split: groups}};
+    # None: split row by row
+    groups: dict | None = None
 
     @property
     def dropped_total(self) -> int:
@@ -109,9 +121,20 @@ class PreparedData:
             "splits": {k: len(v) for k, v in self.splits.items()},
             "example": clip_example(self.example),
         }
+        if self.groups:
+            out["groups"] = self.groups
         if self.lengths:
             out["token_lengths"] = self.length_stats()
         return out
+
+    def split_line(self) -> str:
+        """'split by dialogue (same persona): 800 dialogues → 640 / 80 / 80', or how rows were split."""
+        if not self.groups:
+            return "split row by row: " + " / ".join(str(len(v)) for v in self.splits.values()) + " rows"
+        g = self.groups
+        by = "same persona" if g["by"] == "persona" else g["by"]
+        return (f"split by dialogue ({by}): {g['count']} dialogues → "
+                + " / ".join(str(g["splits"].get(k, 0)) for k in self.splits))
 
 
 def token_length(row: dict, tokenizer) -> int:
@@ -130,13 +153,20 @@ def _rows(batch: dict) -> list[dict]:
     return [dict(zip(keys, values)) for values in zip(*batch.values())]
 
 
-def _renderer(fmt: Format, template: str | None, name: str, path: Path | None, pieces: bool = False):
+def _renderer(fmt: Format, template: str | None, name: str, path: Path | None, pieces: bool = False,
+              group: str | None = None):
     """A batched map function: source rows → TRL rows; rows with an empty target are left out.
-    `pieces`: text rows come cut into the prompt and the answer (`formats.text_pieces`)."""
+    `pieces`: text rows come cut into the prompt and the answer (`formats.text_pieces`). `group`: a source
+    column whose value each kept row carries on as `GROUP_COLUMN` (the dialogue it belongs to)."""
     columns = OUTPUT_COLUMNS["prompt_completion" if pieces and fmt.kind == "text" else fmt.kind]
     render_row = (lambda row, t: text_pieces(fmt, row, t)) if pieces and fmt.kind == "text" else fmt.render
-    if fmt.render_batch is not None and not template and not pieces:
+    if fmt.render_batch is not None and not template and not pieces and group is None:
         return lambda batch, indices: fmt.render_batch(batch)
+    if group is not None:
+        columns = [*columns, GROUP_COLUMN]
+        plain = render_row
+        render_row = lambda row, t: (None if (r := plain(row, t)) is None  # noqa: E731
+                                     else {**r, GROUP_COLUMN: json.dumps(row.get(group), sort_keys=True, default=str)})
 
     def render(batch: dict, indices: list[int]) -> dict:
         out = {c: [] for c in columns}
@@ -208,7 +238,7 @@ def _load_cached(folder: Path) -> PreparedData | None:
     splits = datasets.load_from_disk(str(folder / "splits"))
     return PreparedData(source=meta["source"], format=FORMATS[meta["format"]], template=meta["template"],
                         rows=meta["rows"], dropped=meta["dropped"], splits=dict(splits), example=meta["example"],
-                        lengths=meta["lengths"], cache_dir=str(folder))
+                        lengths=meta["lengths"], cache_dir=str(folder), groups=meta.get("groups"))
 
 
 def _save_cached(folder: Path, data: PreparedData) -> None:
@@ -220,7 +250,7 @@ def _save_cached(folder: Path, data: PreparedData) -> None:
     try:
         datasets.DatasetDict(data.splits).save_to_disk(str(tmp / "splits"))
         meta = {"source": data.source, "format": data.format.name, "template": data.template, "rows": data.rows,
-                "dropped": data.dropped, "example": data.example, "lengths": data.lengths}
+                "dropped": data.dropped, "example": data.example, "lengths": data.lengths, "groups": data.groups}
         (tmp / "meta.json").write_text(json.dumps(meta), encoding="utf-8")
         os.replace(tmp, folder)
     except OSError:  # another process got there first (or the disk is full): the data is still usable
@@ -242,16 +272,21 @@ def prepare_dataset(
     streaming: bool = False,
     cache: bool = False,
     pieces: bool = False,
+    group_by: str | None = None,
 ) -> PreparedData:
     """Read, detect, render, clean, split. `streaming` reads a Hub dataset in streaming mode and keeps the first
     `max_rows` rows. `cache` reuses (or stores) the prepared splits under `cache_root()`. `pieces` renders text
-    formats as prompt/completion (the same rows and splits, each text cut where its answer begins)."""
+    formats as prompt/completion (the same rows and splits, each text cut where its answer begins).
+    `group_by`: the column whose rows are split together; None: persona data by persona, data with a
+    conversation id column (`CONVERSATION_IDS`) by it, anything else row by row; "rows": row by row."""
     if streaming and not max_rows:
         raise StudioError("streaming needs a row limit: set max_rows (--max-rows)")
     template = template or None
     settings = {"source": str(source), "format": format, "template": template, "config": config, "split": split,
                 "splits": str(splits), "seed": seed, "max_length": max_length, "max_rows": max_rows,
-                "streaming": streaming, "pieces": pieces}
+                "streaming": streaming, "pieces": pieces,
+                # the split keeps dialogues whole since group_by came: a cache from before is never reused
+                "group_by": None if group_by is None else str(group_by), "split_layout": "by-group"}
     identity = _source_identity(str(source).strip()) if cache else None
     folder = cache_root() / _cache_key(identity, settings, tokenizer) if identity else None
     if folder is not None and (hit := _load_cached(folder)) is not None:
@@ -262,21 +297,98 @@ def prepare_dataset(
         folder = cache_root() / _cache_key(raw.dataset._fingerprint, settings, tokenizer)
         if (hit := _load_cached(folder)) is not None:
             return hit
-    data = _prepare(raw, format, template, splits, seed, tokenizer, max_length, max_rows, pieces)
+    data = _prepare(raw, format, template, splits, seed, tokenizer, max_length, max_rows, pieces, group_by)
     if folder is not None:
         _save_cached(folder, data)
         data = _load_cached(folder) or data  # memory-mapped from the cache: TRL's tokenized copies land beside it
     return data
 
 
+def _group_column(raw: RawData, fmt: Format, group_by) -> str | None:
+    """The source column to split by: the one the recipe names, else a conversation id; None: none (persona
+    data is then grouped by its persona after rendering)."""
+    columns = raw.columns
+    if group_by is not None and str(group_by).strip().lower() not in NO_GROUPS:
+        if group_by == "persona" and fmt.name == "persona" and "persona" not in columns:
+            return None
+        if group_by not in columns:
+            raise StudioError(f"{raw.name}: dataset.group_by '{group_by}' is not a column; found "
+                              f"[{', '.join(columns[:20])}]")
+        return str(group_by)
+    if group_by is None:
+        return next((c for c in CONVERSATION_IDS if c in columns), None)
+    return None
+
+
+def split_groups(keys: list, fractions: tuple[float, float, float], seed: int) -> dict[str, list[int]]:
+    """Row indices per split, every group's rows in one split: groups (in order of first appearance) are
+    shuffled with `seed` and dealt out by count of groups (fewer than 10 groups: all train). Held-out splits
+    keep each dialogue's rows together and in their order; the train split's rows are shuffled."""
+    members: dict = {}
+    for i, key in enumerate(keys):
+        members.setdefault(key, []).append(i)
+    order = list(members)
+    random.Random(seed).shuffle(order)
+    _, val_f, test_f = fractions
+    g = len(order)
+    g_val = int(round(g * val_f)) if g >= 10 else 0
+    g_test = int(round(g * test_f)) if g >= 10 else 0
+    if g_val + g_test >= g:  # train keeps at least one group
+        g_val = min(g_val, g - 1)
+        g_test = max(0, g - 1 - g_val)
+    chosen = {"validation": order[:g_val], "test": order[g_val:g_val + g_test], "train": order[g_val + g_test:]}
+    out = {}
+    for name in ("train", "validation", "test"):
+        if chosen[name]:
+            out[name] = [i for key in chosen[name] for i in members[key]]
+    random.Random(seed).shuffle(out["train"])
+    return out
+
+
+def heldout_data(dataset: dict, seed: int = 42, **kwargs) -> PreparedData | None:
+    """A recipe's `dataset.eval_source` prepared whole as held-out rows (its one split is `test`), or None when
+    the recipe has none. `eval_source` is a file, a bundled sample or a Hub id, or a split name of the Hub
+    dataset `dataset.source` names (`validation`): then that split of the same dataset. Format, template,
+    config and grouping are the training data's; `kwargs` go to `prepare_dataset` (tokenizer, pieces, …)."""
+    eval_source = str(dataset.get("eval_source") or "").strip()
+    if not eval_source:
+        return None
+    source, split = eval_source, None
+    train_source = str(dataset.get("source") or "")
+    if _is_split_name(eval_source) and "/" in train_source and not _is_local(train_source):
+        source, split = train_source, eval_source
+    else:
+        from studio.access import check_data_source
+
+        source = check_data_source(source)  # on a shared app, only what the visitor may read
+    data = prepare_dataset(source, dataset.get("format"), dataset.get("template"),
+                           config=dataset.get("config") if split else None, split=split, splits="100/0/0",
+                           seed=seed, group_by=dataset.get("group_by"), **kwargs)
+    data.splits = {"test": data.splits["train"]}
+    if data.groups:
+        data.groups = {**data.groups, "splits": {"test": data.groups["count"]}}
+    return data
+
+
+def _is_split_name(text: str) -> bool:
+    import re
+
+    return bool(re.fullmatch(r"[A-Za-z][\w.-]*", text)) and text not in SAMPLES and not _is_local(text)
+
+
+def _is_local(text: str) -> bool:
+    return Path(text).expanduser().exists() or text.removeprefix("sample:") in SAMPLES
+
+
 def _prepare(raw: RawData, format, template, splits, seed, tokenizer, max_length, max_rows,
-             pieces: bool = False) -> PreparedData:
+             pieces: bool = False, group_by: str | None = None) -> PreparedData:
     import datasets
     import pyarrow as pa
     from datasets.fingerprint import Hasher
 
     fmt = get_format(format or raw.hint, raw.columns, raw.name)
-    render = _renderer(fmt, template, raw.name, raw.path, pieces)
+    group = _group_column(raw, fmt, group_by)
+    render = _renderer(fmt, template, raw.name, raw.path, pieces, group)
     if raw.rows is not None:  # a small file Arrow could not type: render in Python, then into Arrow
         keys = list(dict.fromkeys(k for row in raw.rows for k in row))
         columns = render({k: [row.get(k) for row in raw.rows] for k in keys}, list(range(len(raw.rows))))
@@ -287,7 +399,7 @@ def _prepare(raw: RawData, format, template, splits, seed, tokenizer, max_length
         n_in = len(raw.rows)
     else:
         n_in = len(raw.dataset)
-        fingerprint = Hasher.hash([raw.dataset._fingerprint, fmt.name, template, pieces, DATA_VERSION])
+        fingerprint = Hasher.hash([raw.dataset._fingerprint, fmt.name, template, pieces, group, DATA_VERSION])
         try:
             ds = raw.dataset.map(render, batched=True, batch_size=BATCH, with_indices=True,
                                  remove_columns=raw.dataset.column_names, new_fingerprint=fingerprint,
@@ -308,24 +420,37 @@ def _prepare(raw: RawData, format, template, splits, seed, tokenizer, max_length
         reasons = ", ".join(f"{v} {k}" for k, v in dropped.items()) or "none left"
         raise StudioError(f"{raw.name}: no usable rows after cleaning ({reasons})")
 
-    train_f, val_f, test_f = parse_splits(splits)
+    fractions = parse_splits(splits)
+    train_f, val_f, test_f = fractions
     n = len(ds)
-    n_val = int(round(n * val_f)) if n >= 10 else 0
-    n_test = int(round(n * test_f)) if n >= 10 else 0
-    out = {}
-    if n_val + n_test:
-        parts = ds.train_test_split(test_size=n_val + n_test, seed=seed, shuffle=True)
-        out["train"] = parts["train"]
-        rest = parts["test"]
-        if n_val and n_test:
-            rest = rest.train_test_split(test_size=n_test, seed=seed, shuffle=True)
-            out["validation"], out["test"] = rest["train"], rest["test"]
-        elif n_val:
-            out["validation"] = rest
-        else:
-            out["test"] = rest
+    keys, by = None, None
+    if group is not None:
+        keys, by = _column_list(ds, GROUP_COLUMN), group
+        ds = ds.remove_columns(GROUP_COLUMN)
+    elif fmt.name == "persona" and (group_by is None or group_by == "persona"):
+        keys, by = [m[0]["content"] for m in _column_list(ds, "messages")], "persona"
+    out, groups = {}, None
+    if keys is not None:
+        parts = split_groups(keys, fractions, seed)
+        out = {name: ds.select(idx) for name, idx in parts.items()}
+        groups = {"by": by, "count": len(set(keys)),
+                  "splits": {name: len({keys[i] for i in idx}) for name, idx in parts.items()}}
     else:
-        out["train"] = ds.shuffle(seed=seed)
+        n_val = int(round(n * val_f)) if n >= 10 else 0
+        n_test = int(round(n * test_f)) if n >= 10 else 0
+        if n_val + n_test:
+            parts = ds.train_test_split(test_size=n_val + n_test, seed=seed, shuffle=True)
+            out["train"] = parts["train"]
+            rest = parts["test"]
+            if n_val and n_test:
+                rest = rest.train_test_split(test_size=n_test, seed=seed, shuffle=True)
+                out["validation"], out["test"] = rest["train"], rest["test"]
+            elif n_val:
+                out["validation"] = rest
+            else:
+                out["test"] = rest
+        else:
+            out["train"] = ds.shuffle(seed=seed)
     lengths = []
     if "_length" in ds.column_names:
         lengths = _column_list(out["train"], "_length")
@@ -339,4 +464,5 @@ def _prepare(raw: RawData, format, template, splits, seed, tokenizer, max_length
         splits=out,
         example=render_example(ds[0], tokenizer),
         lengths=lengths,
+        groups=groups,
     )

@@ -182,7 +182,7 @@ def compare(refs: list[str], data: str | None = None, suite: str | None = None, 
         if not ds.get("source"):
             raise StudioError("no data to evaluate on: give a dataset (its test split is used) or pick a suite")
         items, info = dataset_items(ds["source"], ds.get("format"), ds.get("template"), ds.get("splits", "80/10/10"),
-                                    seed, limit)
+                                    seed, limit, eval_source=ds.get("eval_source"), group_by=ds.get("group_by"))
         config["data"] = info
     if not items:
         raise StudioError("no rows to evaluate")
@@ -207,12 +207,22 @@ def compare(refs: list[str], data: str | None = None, suite: str | None = None, 
             row["scores"] = {lab: sentence_scores(outputs[lab][i][-1], it.reference) for lab in labels}
             row["delta"] = row["scores"][labels[-1]][SCORE_KEY] - row["scores"][labels[0]][SCORE_KEY]
         rows.append(row)
+    intervals = None
+    pairs = [(c["label"], f"base ({c['base']})") for c in columns if c["adapter"] and f"base ({c['base']})" in labels]
+    if has_refs:  # 95 % intervals over dialogues; each run paired with its base on the same resampled rows
+        from studio.evaluate.intervals import bootstrap_table, dialogue_key
+
+        intervals = bootstrap_table({lab: [o[-1] for o in outputs[lab]] for lab in labels},
+                                    [it.reference for it in items],
+                                    [dialogue_key(it.context, i) for i, it in enumerate(items)], pairs)
     stamp = time.strftime("%Y%m%d-%H%M%S")
     name = check_run_name(name or f"{config['suite'] or 'test'}-{stamp}".replace("/", "-"), "result name")
     definitions = {**TEXT_DEFINITIONS, **(DEFINITIONS if has_refs else {}), **(LOSS_DEFINITIONS if has_refs else {})}
     result = {"name": name, "created": time.strftime("%Y-%m-%d %H:%M:%S"), "owner": first_run or "evals",
               "config": config, "labels": labels, "score_key": SCORE_KEY if has_refs else None,
               "definitions": definitions, "metrics": metrics, "rows": rows}
+    if intervals:
+        result["intervals"] = intervals
     if save:
         result["path"] = str(save_result(result))
     return result

@@ -22,7 +22,11 @@ def dpo_report(run: str, limit: int = 32) -> dict:
     recipe = load_recipe(run_dir / "recipe.yaml")
     if recipe.method != "dpo":
         raise StudioError(f"{run_dir.name} is a {recipe.method} run: the preference report needs a DPO run")
-    data = load_pairs(recipe, seed=int(recipe.train.get("seed", 42)))
+    from studio.data import heldout_data
+
+    seed = int(recipe.train.get("seed", 42))
+    held = heldout_data(recipe.dataset, seed)  # dataset.eval_source replaces the random held-out split
+    data = held or load_pairs(recipe, seed=seed)
     split = next((s for s in ("test", "validation") if s in data.splits and len(data.splits[s])), None)
     if split is None:
         raise StudioError(f"{run_dir.name}: its dataset has no held-out pairs (too few rows for a test split)")
@@ -31,7 +35,7 @@ def dpo_report(run: str, limit: int = 32) -> dict:
     table = heavy("evaluation", preference_margins, str(run_dir),
                   part.select(range(min(int(limit), len(part)))).to_list())
     mean = lambda key: round(statistics.fmean(r[key] for r in table), 4)  # noqa: E731
-    return {"run": run_dir.name, "split": split, "pairs": len(table),
+    return {"run": run_dir.name, "split": "eval_source" if held else split, "pairs": len(table),
             "preference_accuracy": round(100 * sum(r["reward_margin"] > 0 for r in table) / len(table), 2),
             "mean_reward_margin": mean("reward_margin"), "policy_logp_margin": mean("policy_margin"),
             "reference_logp_margin": mean("reference_margin"), "rows": table}

@@ -62,15 +62,20 @@ def _row_item(row: dict) -> Item:
 
 
 def dataset_items(source: str, fmt: str | None = None, template: str | None = None, splits="80/10/10",
-                  seed: int = 42, limit: int | None = None) -> tuple[list[Item], dict]:
+                  seed: int = 42, limit: int | None = None, eval_source: str | None = None,
+                  group_by: str | None = None) -> tuple[list[Item], dict]:
     """The test split's rows (validation, then train, when the data is too small to have one), cut into prompt
-    and answer by the format itself: the same rows, splits and text as training."""
+    and answer by the format itself: the same rows, splits and text as training. `eval_source` (a recipe's
+    `dataset.eval_source`): all of that source's rows instead."""
     from studio.access import check_data_source
-    from studio.data import prepare_dataset
+    from studio.data import heldout_data, prepare_dataset
 
     source = check_data_source(source)
     try:
-        data = prepare_dataset(source, fmt, template, splits=splits, seed=seed, pieces=True)
+        data = heldout_data({"source": source, "format": fmt, "template": template, "eval_source": eval_source,
+                             "group_by": group_by}, seed, pieces=True) if eval_source else None
+        data = data or prepare_dataset(source, fmt, template, splits=splits, seed=seed, pieces=True,
+                                       group_by=group_by)
     except StudioError as e:
         if "no column looks like" in str(e):
             raise StudioError(f"{source}: no reference column to score against ({e})") from None
@@ -81,6 +86,8 @@ def dataset_items(source: str, fmt: str | None = None, template: str | None = No
         items = items[:int(limit)]
     info = {"source": data.source, "format": data.format.name, "split": split, "rows": len(items),
             "splits": splits, "seed": seed}
+    if eval_source:
+        info.update(split="eval_source", splits=None)
     return items, info
 
 

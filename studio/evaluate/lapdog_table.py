@@ -46,18 +46,21 @@ def _three_arms(run_dir, recipe, cfg, rows, queries, k, corpus, stage1, batch_si
 
 
 def persona_report(run: str, limit: int = 32, batch_size: int = 16, name: str | None = None, progress=None,
-                   save: bool = True) -> dict:
+                   save: bool = True, data: str | None = None) -> dict:
     """A LAPDOG run on its held-out persona dialogues: the paper's table (F1 / BLEU / ROUGE-L) for one run.
 
     Three set-ups answer the same dialogues, greedily, replies up to the run's `reply_max_new_tokens`:
     the stage-1 adapter with no stories (closed-book, the supervised row); the final adapter with the top-k
     stories of the untrained embedder (fixed retriever); the final adapter with the top-k stories of the
     trained query encoder (LAPDOG). The last two differ only in the retriever. Shaped like `compare`'s
-    result, so the tab's tables, chart, downloads and saved results work the same.
+    result, so the tab's tables, chart, downloads and saved results work the same. The dialogues: `data` if
+    given, else the recipe's `dataset.eval_source`, else the run's own held-out split (`heldout_dialogues`);
+    `limit` rows spread over as many dialogues as it allows.
     """
     from studio.access import check_run_name, resolve_run
     from studio.metrics import DEFINITIONS, TEXT_DEFINITIONS, sentence_scores
-    from studio.persona import dialogue_rows, persona_data, query_text, settings
+    from studio.evaluate.intervals import bootstrap_table
+    from studio.persona import dialogue_rows, heldout_dialogues, query_text, settings, spread_over_dialogues
     from studio.recipes import load_recipe
     from studio.retrieval import run_retriever_dir
     from studio.work import heavy
@@ -72,11 +75,8 @@ def persona_report(run: str, limit: int = 32, batch_size: int = 16, name: str | 
         raise StudioError(f"{run_dir.name} has not finished both stages (it needs stage1/adapter, adapter/ and "
                           "retriever/): resume it on the Train tab")
     cfg = settings(recipe)
-    data = persona_data(recipe)
-    split = next((s for s in ("test", "validation") if s in data.splits and len(data.splits[s])), None)
-    if split is None:
-        raise StudioError(f"{run_dir.name}: its dataset has no held-out dialogues (too few rows for a test split)")
-    rows = dialogue_rows(data.splits[split])[: max(1, int(limit))]
+    source, split, heldout = heldout_dialogues(recipe, data)
+    rows = spread_over_dialogues(dialogue_rows(heldout), max(1, int(limit)))  # as many dialogues as fit
     k, corpus = int(cfg["k"]), cfg["corpus"] or None
     queries = [query_text(r["persona"], r["history"], cfg["query"] == "persona+turn") for r in rows]
     # retrieval, the three arms' generation and their scores are heavy work (studio.work): queued, billed, low
@@ -93,12 +93,16 @@ def persona_report(run: str, limit: int = 32, batch_size: int = 16, name: str | 
                       "delta": scores[labels[-1]][SCORE_KEY] - scores[labels[0]][SCORE_KEY],
                       "stories": {"fixed": [s["id"] for s in fixed[i]], "lapdog": [s["id"] for s in learned[i]]}})
     changed = sum(a[0]["id"] != b[0]["id"] for a, b in zip(fixed, learned)) / len(rows)
+    # 95 % intervals over dialogues (one persona = one dialogue), LAPDOG vs fixed and fixed vs closed-book paired
+    intervals = bootstrap_table(outputs, [r["reply"] for r in rows], [r["persona"] for r in rows],
+                                [(PERSONA_ARMS[2], PERSONA_ARMS[1]), (PERSONA_ARMS[1], PERSONA_ARMS[0])])
     config = {"models": [{"label": PERSONA_ARMS[0], "ref": run_dir.name, "adapter": "stage1/adapter", "stories": 0},
                          {"label": PERSONA_ARMS[1], "ref": run_dir.name, "adapter": "adapter", "stories": k,
                           "retriever": cfg["embedder"]},
                          {"label": PERSONA_ARMS[2], "ref": run_dir.name, "adapter": "adapter", "stories": k,
                           "retriever": "retriever/"}],
-              "data": {"source": recipe.dataset.get("source"), "split": split, "rows": len(rows)},
+              "data": {"source": source, "split": split, "rows": len(rows),
+                       "dialogues": intervals["dialogues"]},
               "suite": None, "limit": limit, "max_new_tokens": int(cfg["reply_max_new_tokens"]),
               "decoding": "greedy", "stop": "\n", "persona": {"k": k, "query": cfg["query"],
                                                              "top1_changed": round(changed, 4)}}
@@ -106,7 +110,7 @@ def persona_report(run: str, limit: int = 32, batch_size: int = 16, name: str | 
     result = {"name": check_run_name(name or f"persona-{stamp}", "result name"),
               "created": time.strftime("%Y-%m-%d %H:%M:%S"), "owner": run_dir.name, "config": config,
               "labels": labels, "score_key": SCORE_KEY, "definitions": {**TEXT_DEFINITIONS, **DEFINITIONS},
-              "metrics": metrics, "rows": table}
+              "metrics": metrics, "rows": table, "intervals": intervals}
     if save:
         result["path"] = str(save_result(result))
     return result

@@ -358,6 +358,13 @@ def eval_split(recipe, data, log):
     evaluation, and the log says so."""
     if recipe.train.get("eval_strategy", "no") == "no":
         return None
+    from studio.data import heldout_data
+
+    held = heldout_data(recipe.dataset, int(recipe.train.get("seed", 42)))  # dataset.eval_source, if any
+    if held is not None:
+        log(f"held-out loss on dataset.eval_source {held.source}: {len(held.splits['test'])} rows "
+            f"({held.split_line()})")
+        return held.splits["test"]
     if "validation" in data.splits:
         return data.splits["validation"]
     log(f"no validation split: {data.rows} rows are too few for {recipe.dataset.get('splits', '80/10/10')} "

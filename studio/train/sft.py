@@ -35,9 +35,10 @@ def build_sft_trainer(recipe, run_dir: Path, log=print, callbacks=()):
                            split=ds.get("split"), splits=ds.get("splits", "80/10/10"), seed=seed,
                            # token lengths only when filtering by them: SFTTrainer tokenizes everything anyway
                            tokenizer=tokenizer if ds.get("max_length") else None, max_length=ds.get("max_length"),
-                           max_rows=ds.get("max_rows"), streaming=bool(ds.get("streaming")), cache=True)
+                           max_rows=ds.get("max_rows"), streaming=bool(ds.get("streaming")), cache=True,
+                           group_by=ds.get("group_by"))
     log(f"data: {data.source} as {data.format.name}, {data.rows} rows, {data.dropped_total} dropped, "
-        f"splits {', '.join(f'{k} {len(v)}' for k, v in data.splits.items())}")
+        f"splits {', '.join(f'{k} {len(v)}' for k, v in data.splits.items())} ({data.split_line()})")
     eval_ds = eval_split(recipe, data, log)
 
     for note in prepare_sharded_load(recipe):

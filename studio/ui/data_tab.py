@@ -43,7 +43,7 @@ def inspect(kind, sample, upload, path, hub_id, hub_config, hub_split, fmt, temp
     dropped = f"{s['dropped']} dropped ({', '.join(f'{v} {k}' for k, v in data.dropped.items())})" if s["dropped"] else "0 dropped"
     info = (f"**{data.source}** · format **{data.format.name}** ({data.format.label}) → TRL *{data.format.kind}* · "
             f"**{s['rows']}** usable rows, {dropped} · splits: "
-            + ", ".join(f"{k} {v}" for k, v in s["splits"].items()))
+            + ", ".join(f"{k} {v}" for k, v in s["splits"].items()) + f" · {data.split_line()}")
     if data.lengths:
         st = data.length_stats()
         info += f"  \nTokens per example: min {st['min']}, median {st['median']}, p95 {st['p95']}, max {st['max']}"

@@ -79,9 +79,11 @@ def definitions_markdown(result: dict) -> str:
         note += ". Empty replies (scored 0): " + ", ".join(f"{lab} {n}/{len(rows)}"
                                                            for lab, n in empty.items() if n)
     from studio.access import shown_path
+    from studio.evaluate.intervals import intervals_markdown
 
+    sure = intervals_markdown(result)  # 95 % intervals and, in words, which differences are within noise
     return (f"**{result['name']}** · {where} · {note}. Saved to `{shown_path(result.get('path', ''))}`\n\n"
-            + "\n".join(lines))
+            + (sure + "\n\n" if sure else "") + "\n".join(lines))
 
 
 def show_result(result: dict, order: str):
