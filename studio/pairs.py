@@ -320,7 +320,9 @@ def _two_replies(s: dict) -> tuple[str, str]:
 
 
 def record_decision(name: str, index: int, choice: str, shown: tuple[str, str], edited: tuple[str, str]) -> dict:
-    """Append one decision: the picked reply (as the person edited it) is chosen, the other as shown is rejected.
+    """Append one decision: the picked reply is chosen and the other rejected, each as the person left it in its
+    box (a side the model left empty can be written in; an edit of either side is kept). `shown` is what the
+    model wrote, kept for the page's own bookkeeping.
 
     `index` is the prompt the page showed: a stale page (another tab went on) is refused, never double-counted.
     """
@@ -336,8 +338,11 @@ def record_decision(name: str, index: int, choice: str, shown: tuple[str, str], 
     if choice == "skip":
         session["skipped"] += 1
     else:
+        from studio.inference import unmarked_reply
+
         pick = 0 if choice == "A" else 1
-        chosen, rejected = str(edited[pick]), str(shown[1 - pick])
+        boxes = [unmarked_reply(str(text if text is not None else "")) for text in edited]
+        chosen, rejected = boxes[pick], boxes[1 - pick]
         if not chosen.strip() or not rejected.strip():
             raise StudioError(f"reply {choice if not chosen.strip() else 'AB'[1 - pick]} is empty: a pair needs two "
                               "replies; write one in or skip this prompt")

@@ -235,13 +235,21 @@ def test_labelling_appends_each_decision_and_resumes(runs):
     assert s["pairs"] == 1 and s["position"] == 1
     with pytest.raises(StudioError, match="prompt 1 was already labelled"):
         pairs.record_decision("mine", 0, "A", (a, b), (a, b))  # a stale tab
-    s = pairs.record_decision("mine", 1, "skip", ("x", "y"), ("x", "y"))
-    assert (s["pairs"], s["skipped"], s["prompt"]) == (1, 1, prompts[2])
+    # an empty side (the model wrote nothing) is refused until the person writes it; what each box holds is kept
+    with pytest.raises(StudioError, match="reply B is empty"):
+        pairs.record_decision("mine", 1, "A", ("Rain is water.", ""), ("Rain is water falling.", ""))
+    with pytest.raises(StudioError, match="reply B is empty"):
+        pairs.record_decision("mine", 1, "A", ("Rain is water.", ""), ("Rain is water falling.", "(empty reply)"))
+    s = pairs.record_decision("mine", 1, "A", ("Rain is water.", ""), ("Rain is water falling.", "Dunno."))
+    assert (s["pairs"], s["position"]) == (2, 2)
     # a "reload": a fresh look at the disk resumes at the third prompt; starting the same name again resumes too
     assert pairs.latest_session() == "mine"
     assert pairs.open_labelling("mine")["position"] == 2
     assert pairs.start_labelling("mine", "embedded/tiny-llama", ["other"])["prompt"] == prompts[2]
+    s = pairs.record_decision("mine", 2, "skip", ("x", "y"), ("x", "y"))
+    assert (s["pairs"], s["skipped"], s["done"]) == (2, 1, True)
     rows = [json.loads(line) for line in (runs / "pairs" / "mine.jsonl").read_text().splitlines()]
+    assert (rows[2]["chosen"], rows[2]["rejected"]) == ("Rain is water falling.", "Dunno.")  # both boxes as written
     assert "labelled by a person" in rows[0]["_meta"]["made_by"]
     assert rows[1] == {"prompt": prompts[0], "chosen": " Put a tea bag in hot water.", "rejected": a}
     assert prepare_dataset(str(runs / "pairs" / "mine.jsonl")).format.name == "preference"

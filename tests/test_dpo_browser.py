@@ -70,10 +70,24 @@ def test_label_pairs_reload_resumes_and_the_file_is_a_dataset(app, browser, runs
     assert page.get_by_label("Preference pairs").input_value().endswith("pairs/browser-pairs.jsonl")
     page.screenshot(path=str(ARTIFACTS / "dpo-1-labelling.png"), full_page=True)
 
+    # a side left empty (as when the model wrote nothing) is written in; a refusal keeps both boxes as they are
+    # (issue 34, item 1: a refusal used to draw the pair again and lose an edit "Kiev" -> "Kyiv")
+    _replies_shown(page)
+    page.locator("#reply-a textarea").fill("Kyiv is the capital of Ukraine.")
+    page.locator("#reply-b textarea").fill("")
+    page.get_by_role("button", name="A is better").click()
+    page.locator("#label-message").get_by_text("reply B is empty").wait_for(timeout=60000)
+    assert page.locator("#reply-a textarea").input_value() == "Kyiv is the capital of Ukraine."  # kept
+    assert "prompt 5 of 6" in status.inner_text()
+    page.locator("#reply-b textarea").fill("Kiev.")
+    page.get_by_role("button", name="A is better").click()
+    status.get_by_text("prompt 6 of 6").wait_for(timeout=60000)
+
     lines = [json.loads(line) for line in (runs / "pairs" / "browser-pairs.jsonl").read_text().splitlines()]
-    assert "_meta" in lines[0] and len(lines) == 4
+    assert "_meta" in lines[0] and len(lines) == 5
     assert lines[2]["chosen"] == " Air scatters blue light more than red."
     assert lines[3]["prompt"].startswith("Question: What is rain?")
+    assert (lines[4]["chosen"], lines[4]["rejected"]) == ("Kyiv is the capital of Ukraine.", "Kiev.")
 
     # the Data tab reads the file as an ordinary preference dataset
     page.get_by_role("tab", name="Data").click()
@@ -82,7 +96,7 @@ def test_label_pairs_reload_resumes_and_the_file_is_a_dataset(app, browser, runs
     page.get_by_role("button", name="Load dataset").click()
     info = page.locator("#data-info")
     info.get_by_text("preference").first.wait_for(timeout=60000)
-    assert "3 usable rows, 0 dropped" in info.inner_text()
+    assert "4 usable rows, 0 dropped" in info.inner_text()
 
 
 def test_train_tiny_dpo_and_watch_rewards(app, browser):
@@ -105,3 +119,14 @@ def test_train_tiny_dpo_and_watch_rewards(app, browser):
     assert "rewardaccuracy" in "".join(page.locator("#dpo-chart").inner_text().split())  # titles wrap on two lines
     log = page.locator("#dpo-log textarea").input_value()
     assert "held-out test pairs (" in log and "mean reward margin" in log and "reward accuracy" in log
+
+
+def test_a_recipe_pick_keeps_the_pairs_you_made_and_says_so(app):
+    """Issue 34, item 8: picking a DPO recipe put its bundled pairs over the file just labelled."""
+    from gradio_client import Client
+
+    client = Client(app, verbose=False)
+    *fields, _flat, message = client.predict("tiny-dpo", "runs/pairs/browser-pairs.jsonl", api_name="/fill_dpo")
+    assert "runs/pairs/browser-pairs.jsonl" in fields and "Kept your pairs" in message, (fields, message)
+    *fields, _flat, message = client.predict("tiny-dpo", "pairs", api_name="/fill_dpo")  # the recipe's own: no note
+    assert "pairs" in fields and message == ""

@@ -159,7 +159,7 @@ def test_a_10m_step_job_is_capped_a_second_visitor_waits_then_runs_and_sees_only
 def test_dpo_live_view_and_held_out_pairs_are_the_job_owners(shared):
     url, runs = shared
     a, b = _client(url), _client(url)
-    a.predict("tiny-dpo", api_name="/fill_dpo")
+    a.predict("tiny-dpo", "", api_name="/fill_dpo")
     form = ["(base model: a fresh adapter)", "embedded/tiny-llama", "pairs", 0.1, "sigmoid", 5e-3, 128, 4, 8, 16]
     started = a.predict("visitor-a", *form, api_name="/start_dpo")
     assert "Started" in started, started

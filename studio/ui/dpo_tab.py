@@ -45,6 +45,21 @@ def _runs_with_adapter() -> list[str]:
     return [j.id for j in list_runs() if j.has_adapter]
 
 
+def _own_pairs(source) -> str | None:
+    """The pairs field's value if it names pairs the person made here (a labelled or built file, their upload):
+    a recipe pick keeps those instead of putting the recipe's bundled pairs over them (issue 34, item 8)."""
+    text = str(source or "").strip()
+    return text if text.startswith(("runs/pairs/", "upload:")) else None
+
+
+def _labelling_models() -> list[str]:
+    """What can write the candidates: the presets, then the visitor's own runs with an adapter (newest first)."""
+    from studio.models import PRESETS
+
+    runs, _ = safely(_runs_with_adapter)
+    return [*PRESETS, *[r for r in (runs or []) if r not in PRESETS]]
+
+
 def load_dpo_form(name: str) -> dict:
     from studio.recipes import load_recipe, recipe_to_flat
 
@@ -94,6 +109,16 @@ def _label_status(s: dict) -> str:
         return f"{head} · all {s['total']} prompts labelled · {where}"
     return (f"{head} · prompt **{s['position'] + 1}** of {s['total']} · {where}  \n"
             f"*{describe(read_meta(s['file']))}*")
+
+
+def _reply_box(text: str):
+    """A candidate for its box: an empty one (the model wrote nothing, even drawn again) is an empty box marked
+    "(empty reply)", for the person to write a reply into or to skip."""
+    from studio.inference import EMPTY_REPLY
+
+    empty = not str(text or "").strip()
+    return gr.update(value="" if empty else text,
+                     placeholder=f"{EMPTY_REPLY}: the model wrote nothing; write a reply here, or skip" if empty else "")
 
 
 def create_dpo_tab(client: gr.BrowserState) -> dict:
@@ -194,7 +219,7 @@ def create_dpo_tab(client: gr.BrowserState) -> dict:
             a, b = pair
             # Train with DPO's pairs: this file, once it holds a pair (the handle, never the server's path)
             pairs_file = gr.update(value=shown_path(s["file"])) if s["pairs"] and point_train else gr.update()
-            return (_label_status(s), note, s["prompt"], a, b,
+            return (_label_status(s), note, s["prompt"], _reply_box(a), _reply_box(b),
                     {"name": s["name"], "index": s["position"], "a": a, "b": b}, pairs_file)
 
         def begin(profile: gr.OAuthProfile | None, client_id, name, model_ref, seed, tokens, text, source):
@@ -230,8 +255,12 @@ def create_dpo_tab(client: gr.BrowserState) -> dict:
                                 (a, b))
                 if err:
                     current, _ = safely(open_labelling, state["name"])
-                    return show_session(current, error_html(err)) if current else (
-                        "", error_html(err), gr.update(), gr.update(), gr.update(), state, gr.update())
+                    if current and current["position"] != state["index"]:  # another tab went on: show where it is
+                        return show_session(current, error_html(err))
+                    # a refusal (an empty side, two equal sides) keeps the boxes as the person left them: nothing
+                    # is drawn again and no edit is lost
+                    return ("" if not current else _label_status(current), error_html(err), gr.update(),
+                            gr.update(), gr.update(), state, gr.update())
                 return show_session(s)
 
             return handler
@@ -284,15 +313,24 @@ def create_dpo_tab(client: gr.BrowserState) -> dict:
                     api_name="build_pairs")
 
         # ---- training handlers --------------------------------------------------------------------------------
-        def fill(name):
+        def fill(name, pairs_now=None):
             from studio.ui.train_tab import _flat_to_widget
 
             flat, err = safely(load_dpo_form, name)
             if err:
                 return [gr.update()] * len(comps) + [{}, error_html(err)]
-            return [_flat_to_widget(k, flat.get(k)) for k in keys] + [flat, ""]
+            kept = _own_pairs(pairs_now)
+            if kept and kept != flat.get("dataset.source"):  # pairs this person labelled, built or uploaded stay
+                flat["dataset.source"] = kept
+            note = ok_html(f"Kept your pairs {kept}: the recipe's own ({load_dpo_form(name).get('dataset.source')}) "
+                           "are one edit away.") if kept and kept == flat["dataset.source"] and kept != (
+                load_dpo_form(name).get("dataset.source")) else ""
+            return [_flat_to_widget(k, flat.get(k)) for k in keys] + [flat, note]
 
-        recipe.change(fill, recipe, comps + [base_flat, message], api_name="fill_dpo")
+        recipe.change(fill, [recipe, ds_source], comps + [base_flat, message], api_name="fill_dpo")
+        # the labeller's list: the presets and this visitor's own runs, fresh each time it is opened
+        label_model.focus(lambda: gr.update(choices=_labelling_models()), None, label_model, api_name=False,
+                          show_progress="hidden")
 
         timer = gr.Timer(1.0)  # polls while this page's DPO job runs or waits; a first tick re-attaches after a load
 
