@@ -64,7 +64,8 @@ def load_setup(model: str | None = None, stories: str | None = None, retrieval: 
                embedder: str | None = None, adapter: bool = True, progress=None) -> ChatSetup:
     """A model (run: its adapter on its base, and its trained retriever if any; or a model id) + retriever.
 
-    `adapter=False` with a run: its base model alone, with the untrained retriever (the "base" set-up).
+    `adapter=False` with a run: its base model alone, with the untrained retriever over the same stories the run
+    retrieves from (a LAPDOG run's own corpus): the "base" set-up of "base vs tuned".
     llama.cpp answers when it can (studio.llama_backend.choose), transformers otherwise.
 
     Every name passes through studio.access first (resolve_ref / check_data_source); the models and the
@@ -79,8 +80,14 @@ def load_setup(model: str | None = None, stories: str | None = None, retrieval: 
     stories = check_data_source(stories or "") or None
     loaded, engine, line = load_generation(model, adapter=adapter)
     setup = ChatSetup(loaded, None, engine, line)
-    if retrieval:
+    if retrieval and (adapter or run is None):
         setup.retriever = _retriever(stories, embedder, run if adapter else None, progress)
+    elif retrieval:  # a run's base beside the run: the same stories (a LAPDOG run's own), the untrained retriever
+        from studio.retrieval import run_retrieval_info
+
+        info = run_retrieval_info(run)
+        setup.retriever = _retriever(stories or info.get("corpus"), embedder or info.get("story_embedder"), None,
+                                     progress)
     return setup
 
 

@@ -306,6 +306,13 @@ def run_retriever_dir(run_dir: Path) -> Path | None:
     return folder if (folder / "modules.json").exists() else None
 
 
+def run_retrieval_info(run_dir: Path | None) -> dict:
+    """What a LAPDOG run retrieved from: its `lapdog.json` (corpus, story_embedder, …); {} for any other run."""
+    trained = run_retriever_dir(run_dir) if run_dir is not None else None
+    meta = trained / "lapdog.json" if trained is not None else None
+    return json.loads(meta.read_text("utf-8")) if meta is not None and meta.exists() else {}
+
+
 def load_retriever(stories: str | None = None, embedder: str | None = None, run_dir: Path | None = None,
                    progress=None, heavy: bool = False) -> Retriever:
     """The retriever for a chat: a LAPDOG run's trained query encoder (and its corpus) when it has one.

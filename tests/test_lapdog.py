@@ -133,6 +133,10 @@ def test_tiny_lapdog_run_stops_in_stage2_resumes_and_chat_loads_adapter_and_retr
     setup = load_setup(str(run))
     assert setup.retriever.info["story_side"] == "frozen"
     assert setup.retriever.query_encoder == str(run / "retriever")
+    # issue 34, item 6: "base vs tuned" on a LAPDOG run retrieves from the run's own stories in both columns
+    base = load_setup(str(run), adapter=False)
+    assert base.retriever.query_encoder != setup.retriever.query_encoder  # the untrained retriever
+    assert [s["id"] for s in base.retriever.corpus.stories] == [s["id"] for s in setup.retriever.corpus.stories]
     text, used = reply(setup, ROWS[0]["persona"], ROWS[0]["history"], 2, temperature=0, max_new_tokens=6)
     assert len(used) == 2 and isinstance(text, str)
 

@@ -46,7 +46,8 @@ def _setups(model: str, model_b: str, compare: str, stories: str, k: int):
         if not is_run_ref(model):
             raise StudioError(f"base vs tuned needs a run as the model ({model!r} is a model id): pick a trained run")
         return [("A · tuned " + model, a[1], k),
-                ("B · base of " + model, lambda: load_setup(model, stories, retrieval=k > 0, adapter=False), k)]
+                ("B · base of " + model + (" (the same stories, untrained retriever)" if k > 0 else ""),
+                 lambda: load_setup(model, stories, retrieval=k > 0, adapter=False), k)]
     if compare == COMPARE[2]:
         return [a, ("B · " + (model or "embedded") + " without retrieval", lambda: load_setup(model, retrieval=False), 0)]
     if compare == COMPARE[3]:
