@@ -42,13 +42,13 @@ def test_inspect_bad_path_is_one_line_inline(client):
 def _form(**changes):
     """Form values in the Train tab's order, from the tiny-quotes recipe."""
     from studio.recipes import RECIPES_DIR, load_recipe, recipe_to_flat
-    from studio.ui.train_tab import ADVANCED, BASIC, _flat_to_widget
+    from studio.ui.train_tab import ADVANCED, BASIC, LAPDOG, _flat_to_widget, form_value
 
     flat = recipe_to_flat(load_recipe(RECIPES_DIR / "tiny-quotes.yaml"))
     flat.update(changes)
     keys = ["model_name_or_path", "dataset.source", "dataset.format", "dataset.template"] + [k for k, _ in BASIC] + [
-        k for k, _ in ADVANCED] + ["eval_prompts"]
-    return flat, [_flat_to_widget(k, flat.get(k)) for k in keys]
+        k for k, _ in ADVANCED] + ["eval_prompts"] + [k for k, _ in LAPDOG]
+    return flat, [_flat_to_widget(k, form_value(flat, k)) for k in keys]
 
 
 def test_parameter_report_and_save_recipe(client, tmp_path):
@@ -85,3 +85,28 @@ def test_start_second_start_and_stop_from_another_visitor(client, app):
     while time.time() < deadline and not list(runs.glob("*/summary.json")):
         time.sleep(0.3)
     assert list(runs.glob("*/checkpoints/checkpoint-*/.complete"))
+
+
+def test_a_lapdog_recipe_shows_its_own_settings_and_the_form_trains_them(client):
+    """Issue 34, item 7: picking a lapdog recipe showed only SFT fields; `retrieval.*` was CLI-only."""
+    from studio.recipes import RECIPES_DIR, load_recipe, recipe_to_flat
+    from studio.ui.train_tab import ADVANCED, BASIC, LAPDOG, _flat_to_widget, form_value
+
+    keys = ["model_name_or_path", "dataset.source", "dataset.format", "dataset.template"] + [k for k, _ in BASIC] + [
+        k for k, _ in ADVANCED] + ["eval_prompts"] + [k for k, _ in LAPDOG]
+    shown = client.predict("smollm2-persona-lapdog", api_name="/fill")  # (the section's visibility: browser test)
+    assert shown[keys.index("retrieval.k")] == 4 and shown[keys.index("retrieval.query")] == "persona"
+    assert shown[keys.index("retrieval.stage1_steps")] == 30 and shown[keys.index("retrieval.tau_score")] == 0.1
+    shown = client.predict("tiny-quotes", api_name="/fill")
+    assert shown[keys.index("retrieval.k")] is None  # an SFT recipe has no retrieval block
+    client.predict("tiny-persona-lapdog", api_name="/fill")  # the session keeps the recipe's other keys
+    flat = recipe_to_flat(load_recipe(RECIPES_DIR / "tiny-persona-lapdog.yaml"))
+    values = [_flat_to_widget(k, form_value(flat, k)) for k in keys]
+    values[keys.index("retrieval.k")] = 3
+    values[keys.index("retrieval.stage2_steps")] = 7
+    values[keys.index("retrieval.query")] = "persona+turn"
+    saved = yaml.safe_load(open(client.predict(*values, api_name="/save_recipe")).read())
+    assert saved["method"] == "lapdog"
+    assert (saved["retrieval"]["k"], saved["retrieval"]["stage2_steps"], saved["retrieval"]["query"]) == (
+        3, 7, "persona+turn")
+    assert saved["retrieval"]["tau_gold"] == flat["retrieval"]["tau_gold"]  # fields left alone keep their values

@@ -16,13 +16,13 @@ OWNER_TOKEN = "hf_ownersecret000000000000000"
 
 def _form(**changes):
     from studio.recipes import RECIPES_DIR, load_recipe, recipe_to_flat
-    from studio.ui.train_tab import ADVANCED, BASIC, _flat_to_widget
+    from studio.ui.train_tab import ADVANCED, BASIC, LAPDOG, _flat_to_widget, form_value
 
     flat = recipe_to_flat(load_recipe(RECIPES_DIR / "tiny-quotes.yaml"))
     flat.update(changes)
     keys = ["model_name_or_path", "dataset.source", "dataset.format", "dataset.template"] + [k for k, _ in BASIC] + [
-        k for k, _ in ADVANCED] + ["eval_prompts"]
-    return [_flat_to_widget(k, flat.get(k)) for k in keys]
+        k for k, _ in ADVANCED] + ["eval_prompts"] + [k for k, _ in LAPDOG]
+    return [_flat_to_widget(k, form_value(flat, k)) for k in keys]
 
 
 def _call(client, *args, api_name):

@@ -61,8 +61,20 @@ ADVANCED = [
 ]
 TRAIN_KINDS = ("sft", "lapdog")  # what the Train tab starts; DPO runs belong to the DPO tab
 DOWNLOAD_JS = "() => { const a = document.querySelector('#train-recipe-file a[download]'); if (a) a.click(); }"
+# LAPDOG's own settings (recipe `retrieval:`, docs/persona-chat.md): shown when a lapdog recipe is picked
+LAPDOG = [
+    ("retrieval.corpus", lambda: gr.Textbox(label="Story corpus (a file, upload: NAME, a sample; empty: bundled)")),
+    ("retrieval.k", lambda: gr.Number(label="Stories per reply (k)", precision=0, minimum=1)),
+    ("retrieval.query", lambda: gr.Dropdown(["persona", "persona+turn"], label="Retriever query")),
+    ("retrieval.tau_score", lambda: gr.Number(label="τ score (retriever temperature)")),
+    ("retrieval.tau_gold", lambda: gr.Number(label="τ gold (target temperature)")),
+    ("retrieval.stage1_steps", lambda: gr.Number(label="Stage 1 steps (closed-book SFT)", precision=0, minimum=1)),
+    ("retrieval.stage2_steps", lambda: gr.Number(label="Stage 2 steps (joint retriever)", precision=0, minimum=1)),
+    ("retrieval.retriever_learning_rate", lambda: gr.Number(label="Retriever learning rate")),
+]
 INT_KEYS = {"lora_r", "lora_alpha", "max_steps", "per_device_train_batch_size", "gradient_accumulation_steps",
-            "max_length", "seed", "logging_steps", "eval_steps", "save_steps"}
+            "max_length", "seed", "logging_steps", "eval_steps", "save_steps", "retrieval.k",
+            "retrieval.stage1_steps", "retrieval.stage2_steps"}
 
 
 RECIPE_INFO = ("tiny-… recipes: the embedded toy model, under a minute. smollm2-… recipes: a real model, "
@@ -160,8 +172,21 @@ def form_to_flat(keys: list[str], values: list, base: dict) -> dict:
 
                 raise StudioError(f"form: '{key}' must be a finite number, got {value!r}")
             value = int(value)
+        if key.startswith("retrieval."):  # LAPDOG's fields go into the recipe's `retrieval:` block (a copy)
+            if value is None or value == "":
+                continue
+            flat["retrieval"] = {**(flat.get("retrieval") or {}), key.partition(".")[2]: value}
+            continue
         flat[key] = value
     return flat
+
+
+def form_value(flat: dict, key: str):
+    """A form field's value in a recipe's flat keys (`retrieval.k` lives in the `retrieval` block)."""
+    if key.startswith("retrieval."):
+        block = flat.get("retrieval")
+        return block.get(key.partition(".")[2]) if isinstance(block, dict) else None
+    return flat.get(key)
 
 
 def _flat_to_widget(key: str, value):
@@ -291,6 +316,11 @@ def create_train_tab(client: gr.BrowserState) -> dict:
             place_rows(ADVANCED[:6], ADVANCED[6:])
             widgets["eval_prompts"] = gr.Textbox(label="Sample prompts (one per line), generated before and after",
                                                  lines=2)
+        with gr.Accordion("LAPDOG: stories and the retriever", open=True, visible=False,
+                          elem_id="train-lapdog") as lapdog_box:
+            gr.Markdown("Stage 1 trains the generator closed-book; stage 2 trains it with the top-k stories while "
+                        "the retriever learns which stories make the gold reply likelier (docs/persona-chat.md).")
+            place_rows(LAPDOG[:4], LAPDOG[4:])
         keys, comps = list(widgets), list(widgets.values())
         with gr.Row():
             check = gr.Button("Check parameters")
@@ -330,7 +360,7 @@ def create_train_tab(client: gr.BrowserState) -> dict:
 
             out = []
             for key in keys:
-                value = _flat_to_widget(key, flat.get(key))
+                value = _flat_to_widget(key, form_value(flat, key))
                 if key == "dataset.format":
                     out.append(gr.update(choices=["auto", *FORMATS], value=value or "auto"))
                 else:
@@ -359,9 +389,9 @@ def create_train_tab(client: gr.BrowserState) -> dict:
                              "Dataset field to use that instead.")
             if notes and not out[-1]:
                 out[-1] = ok_html(" ".join(notes))
-            return out
+            return out + [gr.update(visible=isinstance(flat, dict) and flat.get("method") == "lapdog")]
 
-        recipe.change(pick_recipe, [recipe, handed], comps + [base_flat, message], api_name="fill")
+        recipe.change(pick_recipe, [recipe, handed], comps + [base_flat, message, lapdog_box], api_name="fill")
         ds_source.input(lambda: None, None, handed, api_name=False)  # typed over: the recipe's data wins again
 
         def check_params(base, *values):
