@@ -188,6 +188,22 @@ class Watcher:
                 files[p] = (st.st_size, st.st_mtime_ns)
         return files
 
+    @classmethod
+    def settle(cls, no_write: list[Path], quiet: float = 1.0, at_most: float = 60) -> float:
+        """Wait until nothing in `no_write` has changed for `quiet` seconds (a job that wrote its summary still
+        appends its last events, a slower machine later): a write the sweep sees is then the sweep's. Returns
+        the seconds waited."""
+        started, probe = time.time(), cls.__new__(cls)
+        probe.no_write = no_write
+        last = probe._snapshot()
+        while time.time() - started < at_most:
+            time.sleep(quiet)
+            now = probe._snapshot()
+            if now == last:
+                break
+            last = now
+        return time.time() - started
+
     def _name(self, p: Path) -> str:
         for folder, shown in ((self.runs, "runs"), (self.base, "")):
             if folder in p.parents:

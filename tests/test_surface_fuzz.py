@@ -29,17 +29,38 @@ import pytest
 from app_server import ROOT, start_app, wait_for
 from surface import Api, Case, Recorder, Watcher, base_value, closed, components, param_kind, radios
 
-A_CANARY = "acanary5d1e7"  # in A's uploaded rows and its file name
-OWNER_CANARY = "ownercanary9b2c4"  # in the owner's own training data (a server file no visitor names)
-TOKEN = "hf_fuzzcanary" + "7" * 24  # planted as the app's HF_TOKEN
+# Unique to this run: another test file (another pytest worker beside this one) or another run of the fuzzer on
+# the machine never writes, caches or shows them (a file, a prepared-data or index cache keyed by content, a
+# GGUF keyed by the weights trained on it: the same bytes in every run would share those across processes).
+_RUN = uuid.uuid4().hex[:8]
+A_CANARY = f"acanary{_RUN}"  # in A's uploaded rows and its file name
+OWNER_CANARY = f"ownercanary{_RUN[::-1]}"  # in the owner's own training data (a server file no visitor names)
+TOKEN = f"hf_fuzzcanary{_RUN}" + "7" * 16  # planted as the app's HF_TOKEN
 WORKERS = 4  # calls in flight per app
 AGAIN_AT_MOST = 80  # calls made again alone to tell an effect to its call
 STARTED: list[float] = []  # when the set-up began (the wall time printed includes it)
 
 
+# ---- the environment the apps and the owner's command start with: this test's own ---------------------------------
+@pytest.fixture(scope="module", autouse=True)
+def own_environment():
+    """Nothing another test file left in this worker's environment reaches the apps or the owner's command (they
+    start with os.environ): a budget, a mode, an owner list, a runs or upload folder, a token, a proxy setting set
+    in-process by the code under test (app.main sets STUDIO_SHARED / STUDIO_DEMO / FORWARDED_ALLOW_IPS, the CLI
+    STUDIO_RUNS) would change what B is answered. The shared model cache (STUDIO_CACHE) is kept."""
+    import os
+
+    with pytest.MonkeyPatch.context() as mp:
+        for name in list(os.environ):
+            if (name.startswith(("STUDIO_", "GRADIO_")) and name != "STUDIO_CACHE") or name in (
+                    "FORWARDED_ALLOW_IPS", "HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "HUGGINGFACEHUB_API_TOKEN"):
+                mp.delenv(name)
+        yield
+
+
 # ---- the owner's material, made from the command line before the app is shared ---------------------------------
 @pytest.fixture(scope="module")
-def owner(tmp_path_factory):
+def owner(own_environment, tmp_path_factory):
     STARTED.append(time.time())
     tmp = tmp_path_factory.mktemp("fuzz-owner")
     data = tmp / "owner-private.jsonl"
@@ -49,7 +70,8 @@ def owner(tmp_path_factory):
            "--run-name", "owner-run", "--set", "max_steps=2", "--set", "save_steps=1", "--set", "eval_steps=100",
            "--set", f"dataset.source={data}"]
     out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600,
-                         env={**__import__("os").environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)})
+                         env={**__import__("os").environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT),
+                              "STUDIO_DATA_CACHE": str(tmp / "data-cache")})
     run = tmp / "runs" / "owner-run"
     assert (run / "adapter").is_dir(), out.stdout[-2000:] + out.stderr[-2000:]
     return {"run": run, "data": data}
@@ -87,12 +109,29 @@ class Target:
         for d in (self.runs / "pairs", self.uploads, self.canaries):
             d.mkdir(parents=True)
         shutil.copytree(owner["run"], self.runs / "owner-run")
-        self.owner_data = owner["data"]
+        # the owner's private data: this app's own copy, named in its copy of the owner's run (a file both apps
+        # watched told one app's read to the other's calls)
+        self.owner_data = tmp / owner["data"].name
+        shutil.copyfile(owner["data"], self.owner_data)
+        for text in (self.runs / "owner-run").rglob("*"):
+            if text.suffix in (".yaml", ".json", ".jsonl", ".log", ".md") and text.is_file():
+                body = text.read_text("utf-8", "replace")
+                if str(owner["data"]) in body:
+                    text.write_text(body.replace(str(owner["data"]), str(self.owner_data)), "utf-8")
         # the owner's pairs file: visitors may read it (the owner's things are public), never change it
         (self.runs / "pairs" / "owners.jsonl").write_text(json.dumps(
             {"prompt": "owner's prompt", "chosen": "c", "rejected": "r"}) + "\n")
+        # everything this app writes is its own: Gradio's temp folder, and the studio's prepared-data cache (keyed
+        # by content and settings: the bundled samples' entries were shared with every other test's processes,
+        # which write TRL's tokenized copies beside them while they train)
         self.proc, url = start_app(self.runs, extra_args=[f"--{mode}"], env={
-            "HF_TOKEN": TOKEN, "GRADIO_TEMP_DIR": str(self.uploads)})
+            "HF_TOKEN": TOKEN, "GRADIO_TEMP_DIR": str(self.uploads), "STUDIO_DATA_CACHE": str(tmp / "data-cache")})
+        # the app answering is this one (a port picked free can be taken by another worker's app before ours
+        # binds it; that app would answer start_app's probe)
+        port = url.rstrip("/").rsplit(":", 1)[1]
+        wait_for(lambda: f"Running on local URL:  http://127.0.0.1:{port}" in (
+            self.runs.parent / f"app-{port}.log").read_text("utf-8", "replace"), 60, f"this app to say it serves {port}")
+        assert self.proc.poll() is None, (self.runs.parent / f"app-{port}.log").read_text()[-2000:]
         self.api = Api(url)
         self.a_session, self.b_session = f"fuzz-a-{uuid.uuid4().hex[:10]}", f"fuzz-b-{uuid.uuid4().hex[:10]}"
         self.a_id, self.b_id = self._page_id(self.a_session), self._page_id(self.b_session)
@@ -107,17 +146,23 @@ class Target:
 
     def _visitor_a(self) -> None:
         src = self.tmp / f"{A_CANARY}.jsonl"
-        src.write_text("".join(json.dumps({"quote": f"{A_CANARY} A's private row {i}", "author": "A"}) + "\n"
-                               for i in range(40)))
+        src.write_text("".join(json.dumps({  # quotes for the Data tab and training, and stories for Persona Chat
+            "quote": f"{A_CANARY} A's private row {i}", "author": "A", "id": f"a{i}", "title": f"{A_CANARY} story {i}",
+            "text": f"{A_CANARY} A's private story {i}"}) + "\n" for i in range(40)))
         self.a_upload = self.api.upload(src)  # the handle Gradio gave A
         ans = self.api.call("/inspect_data", ["Upload", "quotes", _file(self.a_upload), "", "", "", "", "auto", "",
                                               ""], self.a_session)
         assert A_CANARY in ans.text, ans.text[:500]
-        copies = [p for p in self.uploads.rglob(src.name) if str(p) != self.a_upload]
+        # A's own copy: beside Gradio's raw upload (uploads/visitor-<mark>/…) or in the runs folder
+        # (runs/.uploads/<payer>/<home>/…, where the raw upload leaves Gradio's folder at hand-over)
+        copies = [p for p in [*self.uploads.rglob(src.name), *self.runs.rglob(src.name)] if str(p) != self.a_upload]
         self.a_copy = str(copies[0]) if copies else self.a_upload
         self.a_run = None
-        if self.mode == "demo":  # visitors can't train on a demo: A's run is the owner's there
-            return
+        if self.mode != "demo":  # visitors can't train on a demo: A's run is the owner's there
+            self._a_trains()
+        self._a_uses_everything()
+
+    def _a_trains(self) -> None:
         # A follows the API docs: the browser id is their example, "test" (the page would send its own id)
         for client in ("test", self.a_id):
             ans = self.api.call("/start_training", [client, *_form(**{
@@ -132,6 +177,35 @@ class Target:
         wait_for(lambda: (run / "adapter" / "adapter_model.safetensors").exists() and json.loads(
             (run / "summary.json").read_text()).get("status") == "done" if (run / "summary.json").exists() else False,
             timeout=240, what="A's run to finish")
+
+    def _a_uses_everything(self) -> None:
+        """Before B comes, A uses every feature once, so the panels and caches B's calls can show hold A's things:
+        Persona Chat with A's upload as the story corpus (the model cache holds A's retriever, and A's run's
+        model on --shared), an evaluation saved under a name with A's canary, an export of A's run, a labelling
+        session named with A's canary and one pair labelled. On --demo A does what a visitor may (what is
+        refused there is left: B sees what A could make). `self.a_did` says what each answered."""
+        from studio.chat import TOY_MODEL
+
+        did, s = {}, self.a_session
+        ans = self.api.call("/send", ["a persona", "hello", [], [], self.a_run or TOY_MODEL, None, "off", self.a_copy,
+                                      2, False, 0, 1, 1, 8, ""], s)
+        did["chat"] = ans
+        if self.mode == "shared":  # A's own corpus and run: A's chat is answered and the cache names them to A
+            assert ans.kind == "ok" and "studio-error" not in ans.text and A_CANARY in ans.text, ans.text[:800]
+        # the run as the extra model (the runs list takes only the choices its tab showed this session)
+        did["evaluate"] = self.api.call("/evaluate", [[], self.a_run or TOY_MODEL, "test split", "" if self.a_run else
+                                                      "quotes", 2, 4, f"a-{A_CANARY}", None, "row order"], s)
+        if self.a_run:
+            did["export"] = self.api.call("/export_run", [self.a_run, ["adapter"], [], False], s)
+        did["label"] = self.api.call("/start_labelling", [self.a_id, f"a-{A_CANARY}", self.a_run or TOY_MODEL, 0, 8,
+                                                          f"{A_CANARY} A's prompt", ""], s)
+        if did["label"].kind == "ok" and isinstance(did["label"].data, list) and len(did["label"].data) >= 5:
+            did["pair"] = self.api.call("/label_a", [did["label"].data[3], did["label"].data[4]], s)
+        if self.mode == "shared":
+            assert "pair" in did, did["label"].text[:800]
+            for what, ans in did.items():
+                assert ans.kind == "ok" and "studio-error" not in ans.text, (what, ans.text[:800])
+        self.a_did = did
 
     def close(self):
         self.proc.terminate()
@@ -338,7 +412,9 @@ def run_sweep(t: Target) -> tuple[list[Case], list[tuple], float]:
     weights += [p for p in (t.runs / "owner-run").rglob("adapter_model.safetensors")]
     no_read = list(dict.fromkeys(weights + [Path(t.a_upload), Path(t.a_copy), t.owner_data]))
     no_write = [t.runs / "owner-run", t.runs / "pairs" / "owners.jsonl"] + ([a_run] if t.a_run else [])
+    no_write += [p for p in t.runs.rglob(f"*{A_CANARY}*") if a_run not in p.parents]  # A's pairs, results, upload
     cases = generate(t)
+    Watcher.settle(no_write)  # what A's and the owner's own work still wrote is not the sweep's
     started = time.time()
     watcher = Watcher(no_write, no_read, t.runs, t.tmp)
     seen_requests = len(t.recorder.requests)
@@ -353,6 +429,11 @@ def run_sweep(t: Target) -> tuple[list[Case], list[tuple], float]:
         case.started = time.time()
         case.answer = t.api.call(case.endpoint, case.data, tabs.session)
         case.ended = time.time()
+        if case.answer.kind in ("timeout", "down"):
+            # its event may still run in the app, and Gradio's /call stream reads the SESSION's messages, not the
+            # event's: the next call of this tab would be handed this one's answer (its words and payload then
+            # read as a leak). The tab is left; the next call goes from a fresh one.
+            tabs.session = f"{t.b_session}-{threading.get_ident() % 100000}-{uuid.uuid4().hex[:6]}"
         if case.answer.kind == "down" and not t.api.alive():
             case.problems.append("the app stopped answering")
         elif case.answer.kind != "timeout":
@@ -370,11 +451,16 @@ def run_sweep(t: Target) -> tuple[list[Case], list[tuple], float]:
     # effects on disk, told to the call in flight when they happened: to the ones that named the file when some
     # did; else, when several were in flight, each of those is made again alone to see which one it was
     unsure = []
-    for when, what in watcher.events:
-        during = [c for c in cases if c.started - 0.02 <= when <= c.ended + 0.05]
+    horizon = time.time()
+    for when, what in watcher.events:  # a call the client gave up on may run on in the app: in flight to the end
+        during = [c for c in cases if c.started - 0.02 <= when <= (
+            horizon if c.answer and c.answer.kind == "timeout" else c.ended) + 0.05]
         named = [c for c in during if any(s and Path(s).name in what for s in _payload_strings(c.payload))]
         during = named or during
         if what.startswith("new run folder"):
+            name = what.split("runs/", 1)[1]
+            if any(c.answer and not c.answer.refused and name in c.answer.text for c in cases):
+                continue  # B's own run: the start that made it named it ("Started <name>")
             during = [c for c in during if c.answer and c.answer.refused]
             if not during:
                 continue  # made by a call that was not refused: checked by what it read and showed
@@ -388,11 +474,11 @@ def run_sweep(t: Target) -> tuple[list[Case], list[tuple], float]:
         again.sort(key=lambda c: c.started)
         again = again[:AGAIN_AT_MOST]
         watcher = Watcher(no_write, no_read, t.runs, t.tmp)
-        for c in again:
+        for k, c in enumerate(again):
             time.sleep(0.3)
             watcher.look()
             before = len(watcher.events)
-            t.api.call(c.endpoint, c.data, f"{c.session}-again")  # a fresh tab: no copy or cache of the first
+            t.api.call(c.endpoint, c.data, f"{c.session}-again{k}")  # a fresh tab: no copy or cache of the first
             time.sleep(0.3)
             watcher.look()
             for _when, what in watcher.events[before:]:
