@@ -96,7 +96,9 @@ def retriever_chart(history: list[dict], title: str = "LAPDOG retriever (stage 2
     fig = _figure(title)
     for key, name, axis in (("retriever/loss", "retriever KL loss", "y"),
                             ("retriever/target_entropy", "target entropy", "y"),
-                            ("retriever/top1_change_rate", "top-1 changed (share of probe personas)", "y2")):
+                            ("retriever/top1_change_rate", "top-1 changed (share of probe personas)", "y2"),
+                            ("retriever/inputs_changed_share", "generator inputs changed at a refresh (share of rows)",
+                             "y2")):
         pts = [(h["step"], h[key]) for h in history if h.get(key) is not None]
         if pts:
             fig.add_trace(go.Scatter(x=[p[0] for p in pts], y=[p[1] for p in pts], name=name, yaxis=axis,

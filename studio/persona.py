@@ -27,6 +27,7 @@ DEFAULTS = {
     "stage1_steps": None,  # None: max_steps
     "stage2_steps": None,
     "story_side": "frozen",
+    "refresh_steps": 10,  # stage 2: the generator's stories come again from the query encoder every N steps (0: never)
 }
 
 

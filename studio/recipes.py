@@ -33,7 +33,7 @@ EXPORT_KEYS = {"hub_model_id", "private", "merge"}
 # `retrieval:` (method lapdog): the story corpus, the retriever and LAPDOG's stage-2 settings
 RETRIEVAL_KEYS = {"corpus", "embedder", "k", "tau_score", "tau_gold", "candidate_random", "query",
                   "retriever_learning_rate", "retriever_batch", "reply_max_new_tokens", "stage1_steps", "stage2_steps",
-                  "story_side"}
+                  "story_side", "refresh_steps"}
 METHODS = ("sft", "dpo", "lapdog")
 _SECRET = re.compile(r"^hf_[A-Za-z0-9]{16,}$")
 
@@ -237,6 +237,7 @@ RANGES = {
     "retrieval.reply_max_new_tokens": (lambda v: 1 <= v <= 512, "from 1 to 512"),
     "retrieval.stage1_steps": (lambda v: v >= 1, "an integer ≥ 1"),
     "retrieval.stage2_steps": (lambda v: v >= 1, "an integer ≥ 1"),
+    "retrieval.refresh_steps": (lambda v: v >= 0, "an integer ≥ 0 (0: never)"),
 }
 
 
@@ -246,7 +247,8 @@ UPPER = {"learning_rate": 1, "lora_r": 4096, "lora_alpha": 65536, "per_device_tr
          "max_steps": MAX_STEPS, "max_length": MAX_TOKENS, "warmup_steps": MAX_STEPS, "logging_steps": MAX_STEPS,
          "save_steps": MAX_STEPS, "eval_steps": MAX_STEPS, "seed": 2**32 - 1, "dataset.max_length": MAX_TOKENS,
          "dataset.max_rows": 10**9, "studio.max_micro_batch": 4096, "retrieval.k": 1000,
-         "retrieval.stage1_steps": MAX_STEPS, "retrieval.stage2_steps": MAX_STEPS, "retrieval.retriever_batch": 4096}
+         "retrieval.stage1_steps": MAX_STEPS, "retrieval.stage2_steps": MAX_STEPS, "retrieval.retriever_batch": 4096,
+         "retrieval.refresh_steps": MAX_STEPS}
 
 
 def check_ranges(recipe: "Recipe") -> None:

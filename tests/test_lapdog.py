@@ -1,5 +1,6 @@
 """LAPDOG: the retriever's target (BLEU normalisation, all-zero guard), one stage-2 step, a whole tiny run."""
 
+import json
 import math
 
 import numpy as np
@@ -84,6 +85,29 @@ def test_a_stage2_step_changes_the_query_encoder_and_not_the_story_index(generat
     assert 0.0 <= learner.top1_change_rate() <= 1.0
 
 
+def test_stage2_inputs_read_like_trl_renders_a_messages_row_and_refresh_counts_changes(generator, tmp_path):
+    """Issue 32: the generator's stage-2 rows are tokenized when read (so a refresh changes them); each reads
+    exactly as TRL's SFTTrainer renders the same messages row."""
+    from datasets import Dataset
+    from trl import SFTConfig, SFTTrainer
+
+    from studio.train.lapdog import StoryInputs
+
+    stories = [{"id": "a", "title": "", "text": "i skied down a black run."},
+               {"id": "b", "title": "snow", "text": "my dog ate the snow."}]
+    inputs = StoryInputs(ROWS, [[0, 1], [1, 0]], stories, generator.tokenizer, 400, 384)
+    rows = Dataset.from_list([{"messages": inputs.messages(i)} for i in range(len(ROWS))])
+    trl = SFTTrainer(model=generator.model, args=SFTConfig(output_dir=str(tmp_path / "o"), max_length=384,
+                                                          use_cpu=True, report_to="none"),
+                     train_dataset=rows, processing_class=generator.tokenizer)
+    assert [list(ids) for ids in trl.train_dataset["input_ids"]] == [inputs[i]["input_ids"] for i in range(len(ROWS))]
+    assert "i skied down a black run." in generator.tokenizer.decode(inputs[0]["input_ids"])
+    assert inputs.refresh([[0, 1], [0, 1]], step=4) == 1 and inputs.refreshed_at == 4
+    inputs.save(tmp_path)
+    again = StoryInputs(ROWS, [[1, 1], [1, 1]], stories, generator.tokenizer, 400, 384)
+    assert again.load(tmp_path) and again.ids == [[0, 1], [0, 1]] and again.refreshed_at == 4
+
+
 def test_tiny_lapdog_run_stops_in_stage2_resumes_and_chat_loads_adapter_and_retriever(tmp_path, embedded_path,
                                                                                        monkeypatch, capsys):
     import time
@@ -95,7 +119,7 @@ def test_tiny_lapdog_run_stops_in_stage2_resumes_and_chat_loads_adapter_and_retr
 
     recipe = load_recipe("tiny-persona-lapdog", [
         "retrieval.stage1_steps=2", "retrieval.stage2_steps=6", "retrieval.reply_max_new_tokens=6",
-        "logging_steps=1", "save_steps=2", "dataset.max_rows=24"])
+        "logging_steps=1", "save_steps=2", "dataset.max_rows=24", "retrieval.refresh_steps=2"])
     monkeypatch.setenv("STUDIO_RUNS", str(tmp_path / "runs"))  # evaluation results are saved in the runs folder
     job = start_job(recipe, runs_dir=tmp_path / "runs", run_name="lapdog-test")
     deadline = time.time() + 600
@@ -124,6 +148,14 @@ def test_tiny_lapdog_run_stops_in_stage2_resumes_and_chat_loads_adapter_and_retr
     assert all({"retriever/target_entropy", "retriever/top1_change_rate"} <= set(h)
                for h in replay.history if "retriever/loss" in h)
     assert replay.summary["steps"] == 8 and replay.total == 8 and len(replay.summary["retrieval_examples"]) == 3
+    # issue 32: the generator's inputs come again from the query encoder every 2 stage-2 steps (never at the last)
+    refreshes = [h for h in replay.history if "retriever/inputs_changed" in h]
+    assert refreshes and {h["step"] for h in refreshes} <= {4, 6}
+    assert all(0 <= h["retriever/inputs_changed"] <= 22 and 0 <= h["retriever/inputs_changed_share"] <= 1
+               for h in refreshes)
+    assert any("generator inputs refreshed from the query encoder" in line for line in replay.logs)
+    saved = json.loads(next((run / "stage2" / "checkpoints").glob("checkpoint-*/stage2_inputs.json")).read_text())
+    assert len(saved["stories"]) == 22 and all(len(ids) == 4 for ids in saved["stories"])
     from studio.charts import loss_chart
 
     traces = {t.name: list(t.x) for t in loss_chart(replay.history).data}  # the Train tab's chart of this run
@@ -178,8 +210,6 @@ def test_tiny_lapdog_run_stops_in_stage2_resumes_and_chat_loads_adapter_and_retr
                                                                              for r in result["rows"]})
     assert len(iv["words"]) == 6
     # issue 32: `eval RUN --persona --data FILE` judges the run on dialogues of another source
-    import json
-
     from studio import cli
 
     unseen = tmp_path / "unseen.jsonl"

@@ -12,9 +12,11 @@ Adaptations (the paper trains a shared Contriever and re-embeds the corpus every
 - the story side is frozen: only the query encoder learns, so the cached story index never goes stale
   and needs no refresh;
 - scores are cosine similarities (normalised sentence-transformers embeddings), not dot/√d;
-- the generator's stage-2 inputs carry the stories the story embedder retrieves for each persona at the
-  start of stage 2 (fixed, so resuming sees the same data); the retriever's candidates come from the
-  query encoder as it learns.
+- the generator's stage-2 inputs carry the top-k stories of the query encoder as it learns, as in the
+  paper: every `retrieval.refresh_steps` steps (0: never, the stories of the start of stage 2) each
+  training row's stories are retrieved again (`StoryInputs`, read and tokenized when a batch is drawn);
+  how many rows changed is charted, and each checkpoint records the stories in use so a resume trains on
+  the same data; the retriever's candidates come from the query encoder as it learns.
 Checkpoints: stage 1 in runs/<run>/checkpoints, stage 2 in runs/<run>/stage2/checkpoints (each with the
 query encoder and its optimizer). Outputs: adapter/, retriever/ (a sentence-transformers folder + lapdog.json).
 """
@@ -143,6 +145,14 @@ class RetrieverLearner:
         self.optimizer.step()
         return {"retriever/loss": float(loss.detach()), "retriever/target_entropy": entropy(target)}
 
+    def topk(self, rows) -> list[list[int]]:
+        """Each row's top-k stories (corpus positions) by the query encoder as it is now."""
+        import torch
+
+        with torch.no_grad():
+            q = self.encode(self.queries(rows), grad=False).numpy()
+        return [[int(i) for i in ids] for ids in self.index.search(q, int(self.cfg["k"]))[1]]
+
     def top1_change_rate(self) -> float:
         now = self.top1(self.probe)
         return sum(a != b for a, b in zip(now, self.first_top1)) / max(1, len(now))
@@ -159,6 +169,75 @@ class RetrieverLearner:
 
         if (folder / "retriever_optim.pt").exists():
             self.optimizer.load_state_dict(torch.load(folder / "retriever_optim.pt"))
+
+
+class StoryInputs:
+    """Stage 2's training rows as the generator reads them: persona + each row's current top-k stories +
+    history + the gold reply, through the chat template (as TRL renders a messages row), tokenized when a
+    batch is drawn, so a refresh (`refresh`) changes what the generator trains on from the next batches on."""
+
+    FILE = "stage2_inputs.json"  # in each stage-2 checkpoint: the stories in use, for a resume
+
+    def __init__(self, rows: list[dict], story_ids: list[list[int]], stories: list[dict], tokenizer, budget: int,
+                 max_length: int | None):
+        self.rows, self.ids, self.stories, self.tok = rows, story_ids, stories, tokenizer
+        self.budget, self.max_length, self.refreshed_at = budget, max_length, 0
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def messages(self, i: int) -> list[dict]:
+        from studio.persona import persona_messages
+
+        row = self.rows[i]
+        messages = persona_messages(self.tok, row["persona"], [self.stories[j] for j in self.ids[i]], row["history"],
+                                    self.budget)[0]
+        return [*messages, {"role": "assistant", "content": row["reply"]}]
+
+    def __getitem__(self, i: int) -> dict:
+        ids = self.tok.apply_chat_template(self.messages(i), tokenize=True, return_dict=True)["input_ids"]
+        return {"input_ids": list(ids[: self.max_length] if self.max_length else ids)}
+
+    def refresh(self, story_ids: list[list[int]], step: int) -> int:
+        """New top-k stories for every row; returns how many rows' stories changed."""
+        changed = sum(a != b for a, b in zip(self.ids, story_ids))
+        self.ids, self.refreshed_at = story_ids, step
+        return changed
+
+    def save(self, folder: Path) -> None:
+        (folder / self.FILE).write_text(json.dumps({"refreshed_at": self.refreshed_at, "stories": self.ids}),
+                                        encoding="utf-8")
+
+    def load(self, folder: Path) -> bool:
+        path = folder / self.FILE
+        if not path.exists():
+            return False
+        saved = json.loads(path.read_text("utf-8"))
+        if len(saved["stories"]) != len(self.rows):
+            return False
+        self.ids, self.refreshed_at = [list(map(int, ids)) for ids in saved["stories"]], int(saved["refreshed_at"])
+        return True
+
+
+def make_refresh_callback(learner: RetrieverLearner, inputs: StoryInputs, job, every: int):
+    """Every `every` steps, the generator's stories come again from the query encoder as it is then; the count
+    of rows whose stories changed goes to the chart. Each checkpoint records the stories in use."""
+    from transformers import TrainerCallback
+
+    class RefreshCallback(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            if job.stop_event.is_set() or not every or state.global_step % every or state.global_step >= state.max_steps:
+                return
+            changed = inputs.refresh(learner.topk(inputs.rows), state.global_step)
+            job.emit("metrics", step=state.global_step, **{"retriever/inputs_changed": changed,
+                                                           "retriever/inputs_changed_share": changed / len(inputs)})
+            job.log(f"stage 2 step {state.global_step}: generator inputs refreshed from the query encoder, "
+                    f"{changed}/{len(inputs)} rows' stories changed")
+
+        def on_save(self, args, state, control, **kwargs):
+            inputs.save(Path(args.output_dir) / f"checkpoint-{state.global_step}")
+
+    return RefreshCallback()
 
 
 def make_retriever_callback(learner: RetrieverLearner, job, budget: int):
@@ -225,14 +304,14 @@ def run_stage1(job, recipe, cfg, resume: bool):
     return trainer, tokenizer, data
 
 
-def build_stage2(job, recipe, cfg, retriever, rows, tokenizer, stage1_adapter: Path):
-    """The stage-1 adapter, trainable, on a fresh base; SFT rows carrying each persona's top-k stories."""
+def build_stage2(job, recipe, cfg, learner: RetrieverLearner, rows, tokenizer, stage1_adapter: Path,
+                 checkpoint: Path | None = None):
+    """The stage-1 adapter, trainable, on a fresh base; SFT rows carrying each persona's top-k stories (those of
+    `checkpoint` on a resume, else the query encoder's now), read through `StoryInputs` so they can change."""
     import torch
-    from datasets import Dataset
     from peft import PeftModel
     from trl import SFTTrainer
 
-    from studio.persona import persona_messages, query_text
     from studio.models import load_model
     from studio.train.common import quiet_trainer, resolve_fast_defaults
 
@@ -240,20 +319,26 @@ def build_stage2(job, recipe, cfg, retriever, rows, tokenizer, stage1_adapter: P
     model = load_model(r2.model_config(), trust_remote_code=bool(r2.train.get("trust_remote_code")))
     model = PeftModel.from_pretrained(model, str(stage1_adapter), is_trainable=True)
     budget = int(r2.train.get("max_length") or 1024) - int(cfg["reply_max_new_tokens"])
-    queries = [query_text(r["persona"], r["history"], cfg["query"] == "persona+turn") for r in rows]
-    found = retriever.search(queries, int(cfg["k"]))
-    examples = []
-    for row, stories in zip(rows, found):
-        messages = persona_messages(tokenizer, row["persona"], stories, row["history"], budget)[0]
-        examples.append({"messages": [*messages, {"role": "assistant", "content": row["reply"]}]})
+    max_length = r2.train.get("max_length")
+    inputs = StoryInputs(rows, [], learner.index.corpus.stories, tokenizer, budget,
+                         int(max_length) if max_length else None)
+    if not (checkpoint and inputs.load(checkpoint)):
+        inputs.ids = learner.topk(rows)
     for note in resolve_fast_defaults(r2, on_gpu=torch.cuda.is_available()):
         job.log(note)
     args, notes = r2.training_config(job.run_dir / "stage2" / "checkpoints")
     for note in notes:
         job.log(note)
-    trainer = SFTTrainer(model=model, args=args, train_dataset=Dataset.from_list(examples), processing_class=tokenizer)
+    args.dataset_kwargs = {**(args.dataset_kwargs or {}), "skip_prepare_dataset": True}  # StoryInputs tokenizes
+    from datasets import Dataset
+
+    # TRL takes only a `datasets.Dataset`; the Trainer draws its batches from `train_dataset` when training starts,
+    # so the trainer is built on the first row and then reads every row through StoryInputs
+    trainer = SFTTrainer(model=model, args=args, train_dataset=Dataset.from_list([inputs[0]]),
+                         processing_class=tokenizer)
+    trainer.train_dataset = inputs
     quiet_trainer(trainer)
-    return trainer, budget
+    return trainer, budget, inputs
 
 
 def run_lapdog(job, resume: bool = False) -> dict:
@@ -302,8 +387,13 @@ def run_lapdog(job, resume: bool = False) -> dict:
         learner.load_state(checkpoint)
         job.log(f"resuming stage 2 from {checkpoint.name}")
     before = {row["persona"]: retriever.search([row["persona"]], 3)[0] for row in rows[:3]}
-    trainer, budget = build_stage2(view, recipe, cfg, retriever, rows, tokenizer, stage1_adapter)
+    trainer, budget, inputs = build_stage2(view, recipe, cfg, learner, rows, tokenizer, stage1_adapter, checkpoint)
+    every = int(cfg["refresh_steps"] or 0)
+    view.log(f"stage 2 generator inputs: each row's top-{cfg['k']} stories from the query encoder, "
+             + (f"refreshed every {every} steps" if every else "fixed at the start of stage 2 (refresh_steps 0)")
+             + (f" (as of step {s1 + inputs.refreshed_at}, from {checkpoint.name})" if checkpoint and inputs.refreshed_at else ""))
     trainer.add_callback(make_retriever_callback(learner, view, budget))
+    trainer.add_callback(make_refresh_callback(learner, inputs, view, every))
     trainer.add_callback(make_callback(view))
     output = train_from(trainer, checkpoint)
     lm_losses = [h["loss"] for h in job.history if h.get("loss") is not None]  # both stages, as charted
@@ -321,6 +411,7 @@ def run_lapdog(job, resume: bool = False) -> dict:
     save_adapter(trainer, tokenizer, adapter_dir)
     learner.save(run_dir, optimizer=False)
     meta = {"story_embedder": cfg["embedder"], "corpus": corpus_source or None, "k": int(cfg["k"]),
+            "refresh_steps": every,
             "query": cfg["query"], "story_side": "frozen", "tau_score": cfg["tau_score"], "tau_gold": cfg["tau_gold"]}
     (run_dir / "retriever" / "lapdog.json").write_text(json.dumps(meta, indent=2), encoding="utf-8")
     trained = load_retriever(corpus_source or None, cfg["embedder"], run_dir)
