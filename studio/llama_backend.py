@@ -431,7 +431,9 @@ def load_engine(choice: Choice, base: str):
     tokenizer = cached(("tokenizer", str(path)), lambda: gguf_tokenizer(base, path), size=lambda t: 0,
                        label=f"tokenizer of {Path(path).name}", kind="tokenizer")
     lora = lora_gguf(choice.adapter_dir, base) if choice.adapter_dir is not None else None
-    key = ("llama.cpp", str(Path(path).resolve()), str(lora or ""))
+    # the run's own folder is in the key: a page lists only the entries whose folders its visitor may read
+    key = ("llama.cpp", str(Path(path).resolve()), str(lora or ""),
+           str(choice.adapter_dir.resolve()) if choice.adapter_dir is not None else "")
     label = Path(path).name + (f" + {choice.adapter_dir.parent.name}" if choice.adapter_dir is not None else "")
     engine = cached(key, lambda: LlamaEngine(path, lora, tokenizer, stop_ids_of(tokenizer, base), choice.line),
                     size=lambda e: e.nbytes, label=label, kind="llama.cpp")
