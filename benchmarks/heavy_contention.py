@@ -2,11 +2,12 @@
 
 Starts its own `--shared` app on a free port. A visitor standing in for the owner chats with SmolLM2 over the
 bundled stories (warm: its models and the bundled index loaded; its chat does no heavy work, so it is neither
-queued nor billed, as the signed-in owner's would not be): quiet, then while three anonymous strangers' corpora
-(each 4,000 stories, each from its own session, read by a page that stays open) go through the heavy-work
-queue (studio/work.py). Then the strangers' pages close, and the app's CPU is watched until it is idle again.
+queued nor billed, as the signed-in owner's would not be), in pairs: quiet, then while three anonymous strangers'
+corpora (each 4,000 stories, each from its own session, read by a page that stays open) go through the heavy-work
+queue (studio/work.py); then the strangers' pages close and the app is watched until their work has stopped.
+Pairs, because the shared machine's own load moves a lot within minutes.
 
-    python benchmarks/heavy_contention.py              # 5 quiet, 5 loaded, 5 quiet again owner chats
+    python benchmarks/heavy_contention.py              # 5 pairs
     python benchmarks/heavy_contention.py --chats 5 --stories 4000
 
 Prints a table, then one JSON line. Timings depend on the machine and its load: the load average is printed.
@@ -29,7 +30,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--chats", type=int, default=5, help="owner chats timed in each phase")
+    p.add_argument("--chats", type=int, default=5, help="pairs of owner chats (quiet, then loaded)")
     p.add_argument("--stories", type=int, default=4000, help="stories per stranger's corpus")
     p.add_argument("--strangers", type=int, default=3)
     p.add_argument("--tokens", type=int, default=64, help="max new tokens of the owner's reply")
@@ -64,74 +65,69 @@ def main() -> None:
             return took
 
         chat()  # loads SmolLM2, the embedder and the bundled index: the rest is warm
-        quiet = [chat() for _ in range(args.chats)]
-        out["load_quiet"] = round(os.getloadavg()[0], 1)
-        print(f"quiet: {', '.join(f'{s:.2f}' for s in quiet)} s (load {out['load_quiet']})", flush=True)
-
         index = next(d["id"] for d in httpx.get(url + "config").json()["dependencies"] if d.get("api_name") == "send")
-        streams, handles = [], []
-        for n in range(args.strangers):
-            c = Client(url, verbose=False)
-            path = t._corpus(tmp / f"corpus-{n}.jsonl", f"s{n}-")
-            c.predict("Upload", "quotes", handle_file(str(path)), "", "", "", "", "auto", "", "",
-                      api_name="/inspect_data")
-            handles.append((c.session_hash, str(next((runs / ".uploads").glob(f"*/*/*/{path.name}")))))
-        cpu0, wall0 = t._cpu_s(pid), time.perf_counter()
-        for session, handle in handles:
-            streams.append(t.Stream(url, session))
-            time.sleep(0.3)
-            t._join(url, index, session, t._send_data(handle))
-        wait_for(lambda: t._nice_threads(pid) >= 1, 120, "a stranger's embedding to start", every=0.1)
-        loaded, most = [], 0
-        for _ in range(args.chats):
+
+        def strangers_ready(pair: int) -> list:
+            """Each stranger a fresh anonymous session with its own (never embedded) corpus, uploaded."""
+            ready = []
+            for n in range(args.strangers):
+                c = Client(url, verbose=False)
+                path = t._corpus(tmp / f"corpus-{pair}-{n}.jsonl", f"p{pair}s{n}-")
+                c.predict("Upload", "quotes", handle_file(str(path)), "", "", "", "", "auto", "", "",
+                          api_name="/inspect_data")
+                ready.append((c.session_hash, str(next((runs / ".uploads").glob(f"*/*/*/{path.name}")))))
+            return ready
+
+        # Pairs, not phases: the shared machine's own load (other people's work) moves by 10x within minutes, so
+        # each loaded chat is compared with the quiet chat just before it
+        pairs, said, most = [], [], 0
+        for pair in range(args.chats):
+            ready = strangers_ready(pair)
+            load_q = os.getloadavg()[0]
+            quiet = chat()
+            streams = []
+            for session, handle in ready:
+                streams.append(t.Stream(url, session))
+                time.sleep(0.3)
+                t._join(url, index, session, t._send_data(handle))
+            wait_for(lambda: t._nice_threads(pid) >= 1, 300, "a stranger's embedding to start", every=0.1)
             most = max(most, t._nice_threads(pid))
-            loaded.append(chat())
+            loaded = chat()
             most = max(most, t._nice_threads(pid))
-        out["load_loaded"] = round(os.getloadavg()[0], 1)
-        still = t._nice_threads(pid) >= 1
-        print(f"loaded: {', '.join(f'{s:.2f}' for s in loaded)} s (load {out['load_loaded']}; "
-              f"a stranger still embedding at the end: {still})", flush=True)
-        said = [[t._said(m) for m in s.messages if t._said(m)] for s in streams]
-        cpu_strangers = t._cpu_s(pid) - cpu0
-        for s in streams:
-            s.close()
-        closed = time.perf_counter()
-        wait_for(lambda: t._nice_threads(pid) == 0, 60, "the strangers' work to stop", every=0.1)
-        stopped = time.perf_counter() - closed
+            still = t._nice_threads(pid) >= 1
+            said.append([next((t._said(m) for m in reversed(st.messages) if t._said(m)), "") for st in streams])
+            for st in streams:
+                st.close()
+            closed = time.perf_counter()
+            wait_for(lambda: t._nice_threads(pid) == 0, 120, "the strangers' work to stop", every=0.1)
+            stopped = time.perf_counter() - closed
+            pairs.append({"quiet_s": round(quiet, 2), "loaded_s": round(loaded, 2), "ratio": round(loaded / quiet, 2),
+                          "load": round((load_q + os.getloadavg()[0]) / 2, 1), "embedding_all_along": still,
+                          "stopped_after_close_s": round(stopped, 1)})
+            print(f"pair {pair + 1}: quiet {quiet:.2f} s, loaded {loaded:.2f} s (×{loaded / quiet:.2f}), load "
+                  f"{pairs[-1]['load']}, a stranger embedding until the end: {still}, stopped {stopped:.1f} s after "
+                  "their pages closed", flush=True)
         c0 = t._cpu_s(pid)
         time.sleep(5)
         idle = (t._cpu_s(pid) - c0) / 5
-        after = [chat() for _ in range(args.chats)]  # quiet again: did the machine's other load change meanwhile?
-        out["load_after"] = round(os.getloadavg()[0], 1)
-        print(f"quiet again: {', '.join(f'{s:.2f}' for s in after)} s (load {out['load_after']})", flush=True)
-        base = statistics.median(quiet + after)
-        out.update(quiet_s=[round(s, 2) for s in quiet], loaded_s=[round(s, 2) for s in loaded],
-                   quiet_median_s=round(statistics.median(quiet), 2), loaded_median_s=round(statistics.median(loaded), 2),
-                   loaded_max_s=round(max(loaded), 2),
-                   after_s=[round(s, 2) for s in after], after_median_s=round(statistics.median(after), 2),
-                   quiet_both_median_s=round(base, 2),
-                   ratio_median=round(statistics.median(loaded) / base, 2),
-                   ratio_max=round(max(loaded) / base, 2),
-                   low_priority_threads_at_once_max=most, app_cpu_s_while_loaded=round(cpu_strangers, 1),
-                   loaded_wall_s=round(closed - wall0, 1), stopped_after_close_s=round(stopped, 1),
-                   app_cpu_share_after=round(idle, 3), strangers_said=[s[-1] if s else "" for s in said])
+        ratios = [p["ratio"] for p in pairs]
+        out.update(pairs=pairs, ratio_median=round(statistics.median(ratios), 2), ratio_max=max(ratios),
+                   quiet_median_s=round(statistics.median(p["quiet_s"] for p in pairs), 2),
+                   loaded_median_s=round(statistics.median(p["loaded_s"] for p in pairs), 2),
+                   low_priority_threads_at_once_max=most, app_cpu_share_after=round(idle, 3),
+                   stopped_after_close_max_s=max(p["stopped_after_close_s"] for p in pairs),
+                   strangers_said=said[-1])
     finally:
         proc.terminate()
         proc.wait(10)
     print()
-    print(f"{'phase':<8} {'owner chats (s)':<28} {'median':>7} {'max':>6} {'÷ quiet':>8} {'load avg':>9}")
-    base = out["quiet_both_median_s"]
-    for name, key, load in (("quiet", "quiet_s", "load_quiet"), ("loaded", "loaded_s", "load_loaded"),
-                            ("quiet", "after_s", "load_after")):
-        times = out[key]
-        print(f"{name:<8} {', '.join(map(str, times)):<28} {statistics.median(times):>7.2f} {max(times):>6.2f} "
-              f"{statistics.median(times) / base:>8.2f} {out[load]:>9}")
-    print(f"(÷ quiet: the phase's median over the median of both quiet phases, {base} s)")
-    print(f"strangers: at most {out['low_priority_threads_at_once_max']} nice-19 threads at once (one call: its worker "
-          f"and its OpenMP team); the app used "
-          f"{out['app_cpu_s_while_loaded']} CPU-s in {out['loaded_wall_s']} s while loaded; their work stopped "
-          f"{out['stopped_after_close_s']} s after their pages closed; then the app used "
-          f"{out['app_cpu_share_after']:.1%} of a core")
+    print(f"{'pair':>4} {'quiet (s)':>10} {'loaded (s)':>11} {'÷ quiet':>8} {'load avg':>9} {'stopped after close (s)':>24}")
+    for n, p in enumerate(out["pairs"], 1):
+        print(f"{n:>4} {p['quiet_s']:>10.2f} {p['loaded_s']:>11.2f} {p['ratio']:>8.2f} {p['load']:>9} "
+              f"{p['stopped_after_close_s']:>24}")
+    print(f"median ÷ quiet {out['ratio_median']}, max {out['ratio_max']}; at most "
+          f"{out['low_priority_threads_at_once_max']} nice-19 threads at once (one call: its worker and its OpenMP "
+          f"team); after the last pages closed the app used {out['app_cpu_share_after']:.1%} of a core")
     for n, line in enumerate(out["strangers_said"]):
         print(f"  stranger {n + 1}: {line[:160]}")
     print(json.dumps(out))
