@@ -479,3 +479,40 @@ def test_a_strangers_corpus_to_embed_is_held_to_the_visitor_story_budget(queue, 
     monkeypatch.delenv("STUDIO_SHARED")
     with acting_for(stranger(1)):
         check_visitor_stories(corpus)  # locally: no visitor budget
+
+
+def test_each_heavy_entry_goes_through_the_one_door(monkeypatch, tmp_path):
+    """Story embedding, evaluation, the judge, lm-eval, exports, pair building and labelling samples each call
+    `studio.work.heavy` (checked locally, where the door is a plain call: here it records and stops)."""
+    from studio.evaluate import compare, judge, lm_eval_compare
+    from studio.export import export_run
+    from studio.pairs import build_pairs, candidates, start_labelling
+    from studio.retrieval import Corpus, build_index
+
+    monkeypatch.setenv("STUDIO_RUNS", str(tmp_path / "runs"))
+    (tmp_path / "runs" / "a-run").mkdir(parents=True)
+    seen = []
+
+    class Stopped(Exception):
+        pass
+
+    def door(what, fn, *args, **kwargs):
+        seen.append(what)
+        raise Stopped
+
+    monkeypatch.setattr(work, "heavy", door)
+    calls = {
+        "story embedding": lambda: build_index(Corpus([{"id": "1", "title": "", "text": "a story"}], "c"), cache=False,
+                                               heavy=True),
+        "evaluation": lambda: compare(["embedded/tiny-llama"], suite="instruction", limit=2, save=False),
+        "judge": lambda: judge({"labels": ["a", "b"], "rows": []}, "embedded/tiny-llama", "a", "b"),
+        "lm-eval": lambda: lm_eval_compare(["embedded/tiny-llama"], ["quote_authors"], 2),
+        "export": lambda: export_run("a-run", adapter=True, check=False),
+        "pair building": lambda: build_pairs("quotes", tmp_path / "runs" / "pairs" / "built.jsonl",
+                                             "embedded/tiny-llama", max_rows=2),
+        "labelling": lambda: (start_labelling("s", "embedded/tiny-llama", ["a prompt"]), candidates("s")),
+    }
+    for what, call in calls.items():
+        with pytest.raises(Stopped):
+            call()
+        assert seen[-1] == what, (what, seen)
