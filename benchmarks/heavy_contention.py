@@ -121,7 +121,8 @@ def main() -> None:
         proc.terminate()
         proc.wait(10)
     print()
-    print(f"{'pair':>4} {'quiet (s)':>10} {'loaded (s)':>11} {'÷ quiet':>8} {'load avg':>9} {'stopped after close (s)':>24}")
+    print(f"{'pair':>4} {'quiet (s)':>10} {'loaded (s)':>11} {'÷ quiet':>8} {'load avg':>9} "
+          f"{'stopped after close (s)':>24}")
     for n, p in enumerate(out["pairs"], 1):
         print(f"{n:>4} {p['quiet_s']:>10.2f} {p['loaded_s']:>11.2f} {p['ratio']:>8.2f} {p['load']:>9} "
               f"{p['stopped_after_close_s']:>24}")

@@ -32,11 +32,12 @@ burning CPU.
   Gradio reuses its handler threads. Why not `torch.set_num_threads(1)` for the work: it is process-wide.
 - **Stopped when its page is gone**: the calling thread (Gradio's handler thread, which waits for the answer)
   asks the page (`Page.gone`, from the UI: the event lost its client, or no one has read its stream for a few
-  seconds) every 0.2 s and raises a flag; the work sees the flag at its next `checkpoint()` (the loops call it
-  between batches: every 16 stories, every generated batch, every pair) and raises `Cancelled`. Work that has
-  no checkpoint for `STOP_GRACE` seconds after the flag (code we don't own: lm-eval, a merge) gets `Stop`
-  raised in its thread by `PyThreadState_SetAsyncExc`, which fires at its next Python bytecode: inside one
-  long native call (a faiss build, a subprocess) it waits for that call to return.
+  seconds) every 0.2 s and raises a flag; the work sees the flag at its next `checkpoint()` (the loops call
+  it between batches: every 64 stories, every generated batch, every judged row, every export step) and
+  raises `Cancelled`. Work that reaches no checkpoint `STOP_GRACE` seconds after the flag (code we don't own:
+  lm-eval, a merge) gets `Stop` raised in its thread by `PyThreadState_SetAsyncExc` (only while it is inside
+  its function), which fires at its next Python bytecode: inside one long native call (a faiss build, a
+  subprocess) it waits for that call to return.
 
 The bill counts the CPU time (utime + stime, /proc/self/task) of every thread at the heavy nice value: the
 worker threads and the OpenMP teams they made. With one call running (the default) that is exactly its bill;

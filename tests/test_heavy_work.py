@@ -274,8 +274,8 @@ def _corpus(path, tag: str):
 
     with open(path, "w", encoding="utf-8") as f:
         for i in range(STORIES):
-            f.write(json.dumps({"id": f"{tag}{i}", "title": f"{tag} story {i}",
-                                "text": f"i am visitor {tag} and this is my story number {i}: " + "words " * 40}) + "\n")
+            text = f"i am visitor {tag} and this is my story number {i}: " + "words " * 40
+            f.write(json.dumps({"id": f"{tag}{i}", "title": f"{tag} story {i}", "text": text}) + "\n")
     return path
 
 
