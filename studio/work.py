@@ -409,8 +409,11 @@ def heavy(what: str, fn, *args, **kwargs):
     if not shared_mode() or _current.get() is not None:
         return fn(*args, **kwargs)
     visitor = current_visitor()
-    payer = visitor.payer if visitor is not None else "owner"  # no visitor: the command line, the owner's own
-    return QUEUE.run(what, payer, fn, args, kwargs, current_page())
+    event = _page_source() if _page_source is not None else None  # None: no Gradio event (command line, a job)
+    # no visitor outside an event is the owner (the command line); inside an event it is a stranger the app could
+    # not name (an API call with no session), never the owner
+    payer = visitor.payer if visitor is not None else "owner" if event is None else "anonymous"
+    return QUEUE.run(what, payer, fn, args, kwargs, event or Page())
 
 
 def checkpoint() -> None:

@@ -516,3 +516,14 @@ def test_each_heavy_entry_goes_through_the_one_door(monkeypatch, tmp_path):
         with pytest.raises(Stopped):
             call()
         assert seen[-1] == what, (what, seen)
+
+
+def test_an_event_with_no_visitor_pays_as_a_stranger_not_as_the_owner(queue, monkeypatch):
+    """Inside a Gradio event a call the app can't name (no session) is the anonymous pool; only outside any event
+    (the command line) is no visitor the owner."""
+    monkeypatch.setenv("STUDIO_VISITOR_CPU_S", "0")
+    with acting_for(None):
+        assert work.heavy("export", lambda: "owner's") == "owner's"  # no event: the command line
+        work.set_page_source(lambda: work.Page())  # an event, and no visitor in it
+        with pytest.raises(StudioError, match="STUDIO_VISITOR_CPU_S"):
+            work.heavy("export", lambda: None)
