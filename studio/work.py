@@ -92,32 +92,31 @@ def set_page_source(fn) -> None:
     _page_source = fn
 
 
-def current_page() -> Page:
-    page = _page_source() if _page_source is not None else None
-    return page if page is not None else Page()
+def event_page() -> Page | None:
+    """The `Page` of the Gradio event being handled in this thread; None outside any event."""
+    return _page_source() if _page_source is not None else None
 
 
 # ---- the CPU of heavy threads -------------------------------------------------------------------------------
 _TICK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 
 
-def heavy_cpu_seconds(nice: int = HEAVY_NICE) -> float:
-    """CPU-seconds used so far by this process's threads running at `nice` (live threads only: a thread's
-    time leaves with it, so callers sample it while their work runs; see `_Meter`)."""
-    total = 0
+def heavy_ticks(nice: int = HEAVY_NICE) -> dict[str, int]:
+    """{thread id: CPU clock ticks so far (utime + stime)} of this process's live threads running at `nice`."""
+    found = {}
     try:
         tids = os.listdir("/proc/self/task")
     except OSError:
-        return time.thread_time()
+        return found
     for tid in tids:
         try:
             with open(f"/proc/self/task/{tid}/stat", "rb") as f:
-                fields = f.read().rsplit(b")", 1)[1].split()
+                fields = f.read().rsplit(b")", 1)[1].split()  # fields[0] is stat's field 3 (state)
         except (OSError, IndexError):
             continue
-        if int(fields[16]) == nice:  # field 19 (nice); fields[0] is field 3 (state)
-            total += int(fields[11]) + int(fields[12])  # fields 14, 15: utime, stime
-    return total / _TICK
+        if int(fields[16]) == nice:  # field 19: nice
+            found[tid] = int(fields[11]) + int(fields[12])  # fields 14, 15: utime, stime
+    return found
 
 
 class _Meter:
@@ -130,24 +129,9 @@ class _Meter:
 
     def grown(self, nice: int = HEAVY_NICE) -> float:
         """CPU-seconds the heavy threads used since the previous call."""
-        grew = 0
-        seen = {}
-        try:
-            tids = os.listdir("/proc/self/task")
-        except OSError:
-            return 0.0
-        for tid in tids:
-            try:
-                with open(f"/proc/self/task/{tid}/stat", "rb") as f:
-                    fields = f.read().rsplit(b")", 1)[1].split()
-            except (OSError, IndexError):
-                continue
-            if int(fields[16]) != nice:
-                continue
-            seen[tid] = int(fields[11]) + int(fields[12])
+        seen = heavy_ticks(nice)
         with self.lock:
-            for tid, ticks in seen.items():
-                grew += max(0, ticks - self.last.get(tid, 0))
+            grew = sum(max(0, ticks - self.last.get(tid, 0)) for tid, ticks in seen.items())
             self.last = seen
         return grew / _TICK
 
@@ -192,14 +176,7 @@ class WorkQueue:
     def spent(self, payer: str) -> float:
         """CPU-seconds `payer`'s heavy work used in the last hour (running calls included, as far as sampled)."""
         with self.cond:
-            self._sample()
-            bill = self.bills.get(payer)
-            if not bill:
-                return 0.0
-            cutoff = time.monotonic() - WINDOW_S
-            while bill and bill[0][0] < cutoff:
-                bill.popleft()
-            return sum(c for _, c in bill)
+            return self._spent_locked(payer)
 
     def _sample(self) -> None:
         """Share what the heavy threads used since the last sample among the strangers' calls running now."""
@@ -409,7 +386,7 @@ def heavy(what: str, fn, *args, **kwargs):
     if not shared_mode() or _current.get() is not None:
         return fn(*args, **kwargs)
     visitor = current_visitor()
-    event = _page_source() if _page_source is not None else None  # None: no Gradio event (command line, a job)
+    event = event_page()  # None: no Gradio event (the command line, a job's thread)
     # no visitor outside an event is the owner (the command line); inside an event it is a stranger the app could
     # not name (an API call with no session), never the owner
     payer = visitor.payer if visitor is not None else "owner" if event is None else "anonymous"
