@@ -642,6 +642,23 @@ def may_read(path, visitor: Visitor | None = None) -> bool:
     return bool(set(marks) & set(visitor.marks()))
 
 
+def may_see(path, visitor: Visitor | None = None) -> bool:
+    """`may_read` for a path that may lie deep inside the runs folder (a run's adapter, a story index in a run):
+    what decides is the run (or pairs file, or visitor folder) it belongs to — marks are kept for those, never for
+    the files inside them. What a page lists (a cache panel) passes here."""
+    p = Path(path).expanduser()
+    try:
+        rel = p.resolve().relative_to(runs_root().resolve()).parts
+    except ValueError:
+        return may_read(p, visitor)
+    if rel and rel[0] == UPLOADS_DIR:
+        return may_read(p, visitor)
+    top = runs_root() / rel[0] if rel and rel[0] not in ("pairs", "evals") else p
+    if rel and rel[0] == "pairs" and len(rel) > 1:
+        top = runs_root() / "pairs" / rel[1]
+    return may_read(top, visitor)
+
+
 def may_write(path, visitor: Visitor | None = None) -> bool:
     visitor = visitor or current_visitor()
     if not shared_mode() or visitor is None or visitor.is_app_owner:

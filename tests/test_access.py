@@ -246,3 +246,23 @@ def test_upload_handle_names_the_visitors_own_copy_in_every_data_field(tmp_path,
     monkeypatch.delenv("STUDIO_SHARED")  # locally: the newest upload of that name Gradio holds
     local = raw("local.jsonl", "owner's")
     assert check_data_source("upload: local.jsonl") == str(local)
+
+
+def test_a_path_deep_inside_another_visitors_run_is_not_theirs_to_see(tmp_path, monkeypatch):
+    """What a page lists (the model-cache panel) is checked at the run a path belongs to: marks are kept for a
+    run, not for its adapter folder inside (the fuzzer's state found a llama.cpp entry naming A's run)."""
+    from studio.access import Visitor, acting_for, claim, may_see
+
+    runs = tmp_path / "runs"
+    monkeypatch.setenv("STUDIO_RUNS", str(runs))
+    monkeypatch.setenv("STUDIO_SHARED", "1")
+    a, b = Visitor(frozenset({"session:a"})), Visitor(frozenset({"session:b"}))
+    (runs / "a-run" / "adapter").mkdir(parents=True)
+    (runs / "owners-run" / "adapter").mkdir(parents=True)
+    with acting_for(a):
+        claim(runs / "a-run")
+        assert may_see(runs / "a-run" / "adapter")
+    with acting_for(b):
+        assert not may_see(runs / "a-run" / "adapter") and not may_see(runs / "a-run")
+        assert may_see(runs / "owners-run" / "adapter")  # the owner's unmarked runs are open to read
+        assert may_see(tmp_path / "elsewhere.gguf")

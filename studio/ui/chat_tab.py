@@ -147,11 +147,11 @@ def _speed(tokens, first, last, setup) -> str:
 
 def _loaded_html(described: list[str]) -> str:
     """The set-ups that answered, and what the process-wide model cache holds (shared by every tab)."""
-    from studio.access import may_read, shared_mode
+    from studio.access import may_see, shared_mode
     from studio.model_cache import CACHE
 
     def visible(key) -> bool:  # a shared page names only what its visitor may read (the rest is counted)
-        return not shared_mode() or all(may_read(p) for p in key if isinstance(p, str) and p.startswith("/"))
+        return not shared_mode() or all(may_see(p) for p in key if isinstance(p, str) and p.startswith("/"))
 
     return (f'<ul>{"".join(described)}</ul>'
             f'<div id="chat-cache">{html.escape(CACHE.describe(visible, shown_path))}</div>')
