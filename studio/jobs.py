@@ -472,9 +472,15 @@ def _fail(job: Job, msg: str, resume: bool) -> None:
 
 
 def _run(job: Job, resume: bool) -> None:
+    import torch
+
+    from studio.llama_backend import BUSY
+
+    held = BUSY.hold(torch.get_num_threads())  # chat beside it decodes on the cores training leaves (issue 34)
     try:
         _train(job, resume)
     finally:
+        held.release()
         _start_next()  # the slot is free: the first job in line starts, whether or not its page is open
 
 

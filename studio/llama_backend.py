@@ -222,9 +222,17 @@ class _BusyWatch:
     decoded 4 tokens/s beside a training job against 145 quiet (issue 34, item 3); one thread per free core doesn't."""
 
     def __init__(self, every: float = 0.5):
-        self.every, self.busy, self.decoding = every, 0.0, 0
+        self.every, self.busy, self.decoding, self.held = every, 0.0, 0, 0
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
+
+    def hold(self, cores: int) -> "_Held":
+        """Work that will keep `cores` busy for a while says so (a training job: its torch threads), so a reply
+        started while it runs takes only what is left even if no quiet moment was sampled yet (back-to-back
+        replies leave the watch no idle window to measure in)."""
+        with self._lock:
+            self.held += max(0, int(cores))
+        return _Held(self, max(0, int(cores)))
 
     def start(self) -> None:
         with self._lock:
@@ -244,8 +252,19 @@ class _BusyWatch:
             last_t, last_cpu = now_t, now_cpu
 
     def free_threads(self, cores: int) -> int:
-        """Threads for the next reply: the cores the rest of the process leaves free, at least one."""
-        return max(1, min(cores, cores - int(self.busy + 0.35)))
+        """Threads for the next reply: the cores the rest of the process leaves free (what is held, or what was
+        measured, whichever is more), at least one."""
+        return max(1, min(cores, cores - max(self.held, int(self.busy + 0.35))))
+
+
+class _Held:
+    def __init__(self, watch: _BusyWatch, cores: int):
+        self.watch, self.cores = watch, cores
+
+    def release(self) -> None:
+        with self.watch._lock:
+            self.watch.held -= self.cores
+            self.cores = 0
 
 
 BUSY = _BusyWatch()

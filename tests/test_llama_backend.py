@@ -244,6 +244,11 @@ def test_llama_threads_follow_what_the_rest_of_the_process_leaves_free(monkeypat
     assert reply_threads() == n_threads()
     monkeypatch.setattr(BUSY, "busy", 64.0)
     assert reply_threads() == 1
+    monkeypatch.setattr(BUSY, "busy", 0.0)
+    held = BUSY.hold(n_threads())  # a training job says it keeps every core: a reply takes one thread
+    assert reply_threads() == 1
+    held.release()
+    assert reply_threads() == n_threads() and BUSY.held == 0
     monkeypatch.setenv(THREADS_ENV, "3")
     assert reply_threads() == 3
     spinning, watch = threading.Event(), _BusyWatch(every=0.2)
