@@ -105,8 +105,9 @@ def test_a_lapdog_recipe_shows_its_own_settings_and_the_form_trains_them(client)
     values[keys.index("retrieval.k")] = 3
     values[keys.index("retrieval.stage2_steps")] = 7
     values[keys.index("retrieval.query")] = "persona+turn"
+    values[keys.index("retrieval.refresh_steps")] = 2
     saved = yaml.safe_load(open(client.predict(*values, api_name="/save_recipe")).read())
     assert saved["method"] == "lapdog"
-    assert (saved["retrieval"]["k"], saved["retrieval"]["stage2_steps"], saved["retrieval"]["query"]) == (
-        3, 7, "persona+turn")
+    assert (saved["retrieval"]["k"], saved["retrieval"]["stage2_steps"], saved["retrieval"]["query"],
+            saved["retrieval"]["refresh_steps"]) == (3, 7, "persona+turn", 2)
     assert saved["retrieval"]["tau_gold"] == flat["retrieval"]["tau_gold"]  # fields left alone keep their values

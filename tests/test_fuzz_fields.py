@@ -22,7 +22,7 @@ SEED = 18
 TOKEN = "hf_" + "Zq9" * 12  # a recognisable token typed into the Export tab's field: never echoed back
 FORM = ["embedded/tiny-llama", "quotes", "quotes", "", 16, 32, 0.0, "q_proj, v_proj", False, 0.005, 2, 3.0, 1, 4,
         128, 5, "cosine", "adamw_torch", 5, "no", 50, 50, 42, False, False, False, False, "none", "",  # page order
-        None, None, None, None, None, None, None, None]  # the LAPDOG section's fields (hidden for this recipe)
+        None, None, None, None, None, None, None, None, None]  # the LAPDOG section's fields (hidden for this recipe)
 FIELD = {"model": 0, "source": 1, "format": 2, "template": 3, "lora_r": 4, "lora_alpha": 5, "lora_dropout": 6,
          "targets": 7, "4bit": 8, "learning_rate": 9, "max_steps": 10, "epochs": 11, "batch": 12, "accum": 13,
          "max_length": 14, "warmup": 15, "optim": 17, "logging_steps": 18, "eval_steps": 20, "seed": 22,

@@ -71,10 +71,12 @@ LAPDOG = [
     ("retrieval.stage1_steps", lambda: gr.Number(label="Stage 1 steps (closed-book SFT)", precision=0, minimum=1)),
     ("retrieval.stage2_steps", lambda: gr.Number(label="Stage 2 steps (joint retriever)", precision=0, minimum=1)),
     ("retrieval.retriever_learning_rate", lambda: gr.Number(label="Retriever learning rate")),
+    ("retrieval.refresh_steps", lambda: gr.Number(label="Refresh stage-2 stories every N steps (0: never)",
+                                                  precision=0, minimum=0)),
 ]
 INT_KEYS = {"lora_r", "lora_alpha", "max_steps", "per_device_train_batch_size", "gradient_accumulation_steps",
             "max_length", "seed", "logging_steps", "eval_steps", "save_steps", "retrieval.k",
-            "retrieval.stage1_steps", "retrieval.stage2_steps"}
+            "retrieval.stage1_steps", "retrieval.stage2_steps", "retrieval.refresh_steps"}
 
 
 RECIPE_INFO = ("tiny-… recipes: the embedded toy model, under a minute. smollm2-… recipes: a real model, "
@@ -320,7 +322,7 @@ def create_train_tab(client: gr.BrowserState) -> dict:
                           elem_id="train-lapdog") as lapdog_box:
             gr.Markdown("Stage 1 trains the generator closed-book; stage 2 trains it with the top-k stories while "
                         "the retriever learns which stories make the gold reply likelier (docs/persona-chat.md).")
-            place_rows(LAPDOG[:4], LAPDOG[4:])
+            place_rows(LAPDOG[:5], LAPDOG[5:])
         keys, comps = list(widgets), list(widgets.values())
         with gr.Row():
             check = gr.Button("Check parameters")
