@@ -391,9 +391,15 @@ def create_train_tab(client: gr.BrowserState) -> dict:
                              "Dataset field to use that instead.")
             if notes and not out[-1]:
                 out[-1] = ok_html(" ".join(notes))
-            return out + [gr.update(visible=isinstance(flat, dict) and flat.get("method") == "lapdog")]
+            return out
 
-        recipe.change(pick_recipe, [recipe, handed], comps + [base_flat, message, lapdog_box], api_name="fill")
+        def lapdog_section(flat):
+            return gr.update(visible=isinstance(flat, dict) and flat.get("method") == "lapdog")
+
+        # the section's visibility follows the recipe just filled (a layout block among the fill's outputs made the
+        # page drop the fields' new values)
+        recipe.change(pick_recipe, [recipe, handed], comps + [base_flat, message], api_name="fill").then(
+            lapdog_section, base_flat, lapdog_box, api_name=False, show_progress="hidden")
         ds_source.input(lambda: None, None, handed, api_name=False)  # typed over: the recipe's data wins again
 
         def check_params(base, *values):
