@@ -17,7 +17,8 @@ ROOT = Path(__file__).resolve().parent.parent
 
 # The slowest files first (measured with --durations on the 2-core machine): with `-n 2 --dist loadfile` each
 # worker takes the next file when it is free, so a long file started last would hold the run alone at the end.
-SLOW_FIRST = ["test_surface_fuzz.py", "test_llama_backend.py", "test_fuzz.py", "test_queue.py", "test_identity.py",
+SLOW_FIRST = ["test_surface_fuzz.py", "test_llama_backend.py", "test_fuzz.py", "test_queue.py", "test_sybil.py",
+              "test_identity.py", "test_heavy_work.py",
               "test_crash.py", "test_jobs.py", "test_load.py", "test_fsdp.py", "test_browser.py", "test_fuzz_fields.py",
               "test_newcomer27_browser.py", "test_real_eval.py", "test_cli.py", "test_chat_browser.py",
               "test_dpo_browser.py", "test_export_browser.py"]
