@@ -467,11 +467,6 @@ class Visitor:
             return f"address:{self.address}"
         return "anonymous"
 
-    @property
-    def named(self) -> bool:
-        """Someone the app can tell apart at a cost (an account, the owner): not the anonymous pool."""
-        return self.payer == "owner" or self.payer.startswith("user:")
-
 
 _visitor: ContextVar[Visitor | None] = ContextVar("studio_visitor", default=None)
 _visitor_source = None  # set by the UI: builds the Visitor of the event being handled (backend imports no gradio)

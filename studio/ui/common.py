@@ -35,9 +35,14 @@ def event_visitor():
     if request is None:
         return None
     info = _oauth(request)
-    user = (info.get("userinfo") or {}).get("preferred_username") or getattr(request, "username", None)
-    return make_visitor(None, getattr(request, "session_hash", None), user, info.get("access_token"),
-                        trusted_address(peer_address(request)))
+    return make_visitor(None, getattr(request, "session_hash", None), _signed_in(request, info),
+                        info.get("access_token"), trusted_address(peer_address(request)))
+
+
+def _signed_in(request, info: dict | None = None) -> str | None:
+    """The request's signed-in name: a Space's Hugging Face sign-in, or an account of the app's (Gradio's auth)."""
+    info = _oauth(request) if info is None else info
+    return (info.get("userinfo") or {}).get("preferred_username") or getattr(request, "username", None)
 
 
 def peer_address(request) -> str | None:
@@ -53,9 +58,7 @@ def request_payer(request) -> str:
     anonymous pool (studio.access.Visitor.payer)."""
     from studio.access import payer_of
 
-    info = _oauth(request)
-    user = (info.get("userinfo") or {}).get("preferred_username") or getattr(request, "username", None)
-    return payer_of(user, peer_address(request))
+    return payer_of(_signed_in(request), peer_address(request))
 
 
 def browser(client_id) -> str | None:
