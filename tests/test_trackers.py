@@ -50,6 +50,11 @@ print(json.dumps({{"names": names, "config": runs[0].config, "logs": logs}}, def
     tracked = [row["train/loss"] for row in data["logs"] if "train/loss" in row]
     assert tracked == pytest.approx(studio_losses)  # the same numbers the studio's own chart shows
     assert any("eval/loss" in row for row in data["logs"])
+    # issue 34: Trackio's step axis is the trainer's global step (logging_steps=2, eval_steps=4), not its own counter
+    assert [row["step"] for row in data["logs"] if "train/loss" in row] == [2, 4]
+    assert [row["step"] for row in data["logs"] if "eval/loss" in row] == [4]
+    studio_steps = [e["step"] for e in events if e["type"] == "metrics" and "loss" in e]
+    assert studio_steps == [2, 4]
 
 
 def test_tensorboard_events_hold_the_run(tracked_run):
@@ -58,6 +63,8 @@ def test_tensorboard_events_hold_the_run(tracked_run):
     _, run, events, studio_losses = tracked_run
     folders = {p.parent for p in (run / "tensorboard").rglob("events.out.tfevents.*")}
     assert len(folders) == 1  # in the run's own folder; one writer
+    # issue 34: `tensorboard --logdir runs/NAME/tensorboard` lists the run by its name, not "."
+    assert [f.relative_to(run / "tensorboard").as_posix() for f in folders] == ["tracked"]
     acc = EventAccumulator(str(folders.pop()))
     acc.Reload()
     losses = [e.value for e in acc.Scalars("train/loss")]
@@ -105,3 +112,29 @@ def test_the_forms_pass_report_to_through():
                          (["trackio", "tensorboard"], ["trackio", "tensorboard"])):
         recipe = recipe_from_flat({**flat, **form_to_flat(["report_to"], [picked], flat)})
         assert recipe.train["report_to"] == sent
+
+
+def test_none_beside_trackers_is_refused_in_one_line(tmp_path):
+    """Issue 34: `none` means no tracker; named beside trackers the job refuses it, naming the field."""
+    from studio.errors import StudioError
+    from studio.recipes import load_recipe
+    from studio.train.common import use_trackers
+
+    for value in ("[none, tensorboard, trackio]", "none,tensorboard"):
+        recipe = load_recipe("recipes/tiny-quotes.yaml", [f"report_to={value}"])
+        with pytest.raises(StudioError) as refused:
+            use_trackers(recipe, tmp_path / "run")
+        line = str(refused.value)
+        assert line.startswith("report_to: none means no tracker") and "\n" not in line
+    for value, notes in (("none", 0), ("[none]", 0), ("tensorboard", 1)):
+        recipe = load_recipe("recipes/tiny-quotes.yaml", [f"report_to={value}"])
+        assert len(use_trackers(recipe, tmp_path / "run")) == notes
+
+
+def test_report_to_says_how_to_add_a_tracker(monkeypatch):
+    from studio.ui.train_tab import _report_to_widget
+
+    assert "pip install trackio tensorboard" in _report_to_widget().info
+    assert "restart" in _report_to_widget().info
+    monkeypatch.setenv("STUDIO_SHARED", "1")
+    assert "its owner adds them: pip install trackio tensorboard" in _report_to_widget().info

@@ -199,28 +199,60 @@ def parallel_summary(trainer) -> dict:
 
 def use_trackers(recipe, run_dir: Path) -> list[str]:
     """The trackers a recipe names get the run as TRL logs it (its name, its settings, every logged metric),
-    beside the studio's own charts. The run's name is the tracker's run name; Trackio's project is the studio's."""
+    beside the studio's own charts. The run's name is the tracker's run name; Trackio's project is the studio's.
+    `none` means no tracker: named beside trackers it contradicts them, and the job refuses it in one line."""
+    from studio.errors import StudioError
     from studio.recipes import report_targets
 
-    targets = report_targets(recipe.train.get("report_to"))
+    value = recipe.train.get("report_to")
+    targets = report_targets(value)
+    asked = value if isinstance(value, (list, tuple)) else str(value or "").replace(",", " ").split()
+    if targets and "none" in (str(v).strip().lower() for v in asked):
+        raise StudioError(f"report_to: none means no tracker; pick none alone or only trackers "
+                          f"(got none with {', '.join(targets)})")
     if not targets:
         return []
     recipe.train.setdefault("run_name", Path(run_dir).name)
     if "trackio" in targets and recipe.train.get("project") in (None, "huggingface"):
         recipe.train["project"] = "lora-studio"
     where = {"trackio": f"Trackio project {recipe.train.get('project')} (trackio show)",
-             "tensorboard": f"TensorBoard events in {Path(run_dir) / 'tensorboard'}",
+             "tensorboard": f"TensorBoard events in {Path(run_dir) / 'tensorboard' / recipe.train['run_name']}",
              "wandb": "Weights & Biases", "mlflow": "MLflow"}
     return [f"report_to: run {recipe.train['run_name']} → " + "; ".join(where[t] for t in targets)]
 
 
 def keep_trackers_in_run(trainer, run_dir: Path) -> None:
-    """TensorBoard's event files go in the run's own folder (not under checkpoints/, which resumes prune)."""
-    from transformers.integrations import TensorBoardCallback
+    """TensorBoard's event files go in the run's own folder (not under checkpoints/, which resumes prune), in a
+    subfolder named after the run so `tensorboard --logdir` lists it by name (not "."). Trackio logs each point at
+    the trainer's global step (transformers' callback lets Trackio count its own calls, so evaluations landed at
+    5 and 10 where the trainer evaluated at 20 and 40)."""
+    from transformers.integrations import TensorBoardCallback, TrackioCallback
 
-    for callback in trainer.callback_handler.callbacks:
+    callbacks = trainer.callback_handler.callbacks
+    name = Path(str(trainer.args.run_name or Path(run_dir).name)).name or Path(run_dir).name
+    for i, callback in enumerate(callbacks):
         if isinstance(callback, TensorBoardCallback) and callback.logging_dir is None:
-            callback.logging_dir = str(Path(run_dir) / "tensorboard")
+            callback.logging_dir = str(Path(run_dir) / "tensorboard" / name)
+        if type(callback) is TrackioCallback:
+            callbacks[i] = _trackio_at_trainer_step()
+
+
+def _trackio_at_trainer_step():
+    """transformers' Trackio callback, each log stored at the trainer's global step (built here: trackio is optional)."""
+    from transformers.integrations import TrackioCallback
+    from transformers.integrations.integration_utils import rewrite_logs
+
+    class TrackioAtTrainerStep(TrackioCallback):
+        def on_log(self, args, state, control, model=None, logs=None, **kwargs):
+            if not self._initialized:
+                self.setup(args, state, model)
+            if state.is_world_process_zero:
+                summary = {"train_runtime", "train_samples_per_second", "train_steps_per_second", "train_loss",
+                           "total_flos"}
+                scalars = rewrite_logs({k: v for k, v in (logs or {}).items() if k not in summary})
+                self._trackio.log({**scalars, "train/global_step": state.global_step}, step=state.global_step)
+
+    return TrackioAtTrainerStep()
 
 
 def memory_probe(model, tokenizer, data, max_length: int | None):

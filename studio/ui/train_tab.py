@@ -122,7 +122,11 @@ def _report_to_widget():
     from studio.access import shared_mode
     from studio.recipes import tracker_choices
 
-    return gr.Dropdown(tracker_choices(shared_mode()), multiselect=True, label="Report to (trackers)")
+    shared = shared_mode()
+    hint = ("Trackers that write to this server's disk; its owner adds them: pip install trackio tensorboard, then "
+            "restarts the app." if shared else
+            "To add a tracker: pip install trackio tensorboard (or wandb, mlflow), then restart the app.")
+    return gr.Dropdown(tracker_choices(shared), multiselect=True, label="Report to (trackers)", info=hint)
 
 
 def _recipe_names() -> list[str]:
