@@ -91,7 +91,7 @@ def ended_line(job) -> str:
                        "tab, chat with it on Persona Chat, or export it.")
     if s["status"] == "cancelled":
         return ok_html(f"{job.id} stopped at step {s['step']} of {s['total'] or '?'}; its last checkpoint is "
-                       "kept: resume it from Runs history.")
+                       "kept: press Resume to go on from it.")
     return ""
 
 
