@@ -311,13 +311,18 @@ def _eval_section(evals: list[dict]) -> list[str]:
 
 
 def _eval_index(evals: list[dict]) -> list:
-    """model-index entries (what the Hub shows as a model's results): this model's own column only."""
+    """model-index entries (what the Hub shows as a model's results): this model's own column only, from the
+    latest evaluation on each dataset and split (the Hub keeps one entry per dataset and split: an older one would
+    merge into it under the older name). The card's text keeps every evaluation's table."""
     from huggingface_hub import EvalResult
 
-    out = []
-    for ev in evals:
+    out, taken = [], set()
+    for ev in reversed(evals):  # newest first
         source = _public(ev["source"])
         dataset = source if _HUB_ID.match(source) else re.sub(r"[^\w.-]+", "-", Path(source).stem or source).strip("-")
+        if (dataset, ev["split"]) in taken:
+            continue
+        taken.add((dataset, ev["split"]))
         for metric, values in ev["metrics"].items():
             value = values.get(ev["own"])
             if isinstance(value, (int, float)) and not isinstance(value, bool):
@@ -424,11 +429,16 @@ def model_card(run_dir: Path, kind: str, repo_id: str | None = None, notes=(), g
                                        for k, v in facts if v is not None] + [""]
     if evals:
         lines += _eval_section(evals)
-    shown = dict(recipe)
-    if not own_data(str(recipe.get("name") or ""), source):  # its description names the data it came with
+    shown, origin = dict(recipe), []
+    if not own_data(str(recipe.get("name") or ""), source):
+        # the recipe's name and description name the data it came with: the block is named after this run and
+        # says which recipe it started from, on which data
         shown = {k: v for k, v in shown.items() if k not in ("description", "source_notebook")}
-    lines += ["## Recipe", "", "```yaml", yaml.safe_dump(_public(shown), sort_keys=False, allow_unicode=True).strip(),
-              "```", ""]
+        if shown.get("name") and shown["name"] != run_dir.name:
+            origin = [f"# recipe {_public(str(shown['name']))}, its data swapped for {_public(data_label(source))}"]
+            shown["name"] = run_dir.name
+    lines += ["## Recipe", "", "```yaml", *origin,
+              yaml.safe_dump(_public(shown), sort_keys=False, allow_unicode=True).strip(), "```", ""]
     return ModelCard.from_template(data, template_str="---\n{{ card_data }}\n---\n\n" + "\n".join(lines))
 
 
@@ -436,6 +446,55 @@ def write_card(folder: Path, run_dir: Path, kind: str, repo_id: str | None = Non
     path = Path(folder) / "README.md"
     model_card(run_dir, kind, repo_id, notes, gguf_files).save(path)
     return path
+
+
+def _card_notes(path: Path) -> list[str]:
+    """The export's notes an earlier card carries (its "> …" lines before Usage), so a rewrite keeps them."""
+    notes = []
+    for line in path.read_text("utf-8").splitlines():
+        if line.startswith("## "):
+            break
+        if line.startswith("> "):
+            notes.append(line[2:])
+    return notes
+
+
+def _gguf_files(folder: Path) -> list[str]:
+    """The folder's GGUF files, the one its Modelfile names first (the card's usage examples name that one)."""
+    names = sorted(p.name for p in folder.glob("*.gguf"))
+    modelfile = folder / "Modelfile"
+    if modelfile.is_file():
+        first = next((line[len("FROM ./"):].strip() for line in modelfile.read_text("utf-8").splitlines()
+                      if line.startswith("FROM ./")), None)
+        if first in names:
+            names = [first] + [n for n in names if n != first]
+    return names
+
+
+def update_cards(run: str | os.PathLike) -> list[str]:
+    """Rewrite the model card of every part exported from `run` (adapter/, merged/, gguf/ under its export folder)
+    from what the run holds now: an evaluation saved after the export is in each card and its `model-index`.
+    Nothing is loaded or converted: only the README.md files change. Returns the parts rewritten."""
+    from studio.access import require_write, resolve_run
+
+    run_dir = resolve_run(run)
+    require_write(run_dir, f"run {run_dir.name!r}")
+    out = default_out(run_dir)
+    parts = [kind for kind in ("adapter", "merged", "gguf") if (out / kind / "README.md").is_file()]
+    if not parts:
+        raise StudioError(f"run {run_dir.name!r} has no exported part yet: press Export first")
+    for kind in parts:
+        folder = out / kind
+        write_card(folder, run_dir, kind, notes=_card_notes(folder / "README.md"),
+                   gguf_files=_gguf_files(folder) if kind == "gguf" else ())
+    return parts
+
+
+def card_evaluations(run: str | os.PathLike) -> list[str]:
+    """The names of the evaluations a run's cards carry (what update_cards brought in), oldest first."""
+    from studio.access import resolve_run
+
+    return [ev["name"] for ev in _eval_results(resolve_run(run))]
 
 
 # ---- the whole export ---------------------------------------------------------------------------

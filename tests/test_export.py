@@ -166,6 +166,69 @@ def test_card_strips_local_paths_and_secrets_from_the_recipe(runs, tmp_path):
     assert str(tmp_path) not in text and "inTheRecipe" not in text and "data.jsonl" in text and "my-model" in text
 
 
+def test_update_cards_brings_a_later_evaluation_into_every_exported_card(run, exported):
+    """Issue 34: cards exported before an evaluation learn of it by Update cards (no re-export); each card still
+    loads with huggingface_hub, keeps its usage (GGUF: the first file) and the export's notes."""
+    from huggingface_hub import ModelCard
+
+    from studio.evaluate.results import save_result
+    from studio.ui.export_tab import cards_html
+
+    before = {kind: (part / "README.md").read_text() for kind, part in exported.parts.items()}
+    assert all("after-export" not in text for text in before.values())
+    time.sleep(0.01)  # results are read oldest first by modification time
+    save_result({"name": "after-export", "owner": run.name, "labels": ["base (x)", run.name], "config": {},
+                 "metrics": {"base (x)": {"f1": 3.0}, run.name: {"f1": 41.5}}, "rows": []})
+    assert export.update_cards(run.name) == ["adapter", "merged", "gguf"]
+    for kind, part in exported.parts.items():
+        card = ModelCard.load(part / "README.md")
+        results = {(r.dataset_name, r.metric_type): r.metric_value for r in card.data.eval_results or []}
+        assert results.get(("data (after-export)", "f1")) == 41.5, (kind, results)
+        assert "**after-export**" in card.text and "| f1 | 3 | 41.5 |" in card.text
+        assert card.data.library_name == {"adapter": "peft", "merged": "transformers", "gguf": "gguf"}[kind]
+        usage = before[kind].split("## Usage")[1].split("## Training")[0]
+        assert usage in card.text  # the same usage block (GGUF: the Modelfile's first file)
+    assert "quotes-f16.gguf" in (exported.parts["gguf"] / "README.md").read_text()
+    assert "after-export" in export.card_evaluations(run.name)
+    assert "after-export" in cards_html(["adapter"], export.card_evaluations(run.name))
+
+
+def test_update_cards_refuses_a_run_with_no_export_in_one_line(runs):
+    run = _train(runs, "not-exported", max_steps=2)
+    with pytest.raises(StudioError, match=r"^run 'not-exported' has no exported part yet: press Export first$"):
+        export.update_cards(run.name)
+
+
+def test_card_names_the_runs_own_data_and_hardware(runs, tmp_path):
+    """Issue 34: a recipe run on other data shows a block named after the run and the recipe it started from,
+    not `name: tiny-quotes` for capitals data; the hardware the run recorded is in the card."""
+    from huggingface_hub import ModelCard
+
+    from studio.train.common import describe_hardware
+
+    run = runs / "capitals-run"
+    run.mkdir()
+    (run / "recipe.yaml").write_text("name: tiny-quotes\ndescription: Embedded tiny Llama + LoRA on the bundled English "
+                                     "quotes sample\nmethod: sft\nmodel_name_or_path: embedded/tiny-llama\n"
+                                     f"dataset:\n  source: {tmp_path}/capitals.jsonl\n")
+    hardware = describe_hardware()
+    assert hardware.startswith("CPU only: ") and "threads" in hardware and "torch " in hardware
+    (run / "summary.json").write_text(json.dumps({"steps": 2, "hardware": hardware}))
+    export.write_card(tmp_path, run, "merged")
+    card = ModelCard.load(tmp_path / "README.md")
+    recipe_block = card.text.split("## Recipe")[1]
+    assert "name: capitals-run" in recipe_block and "name: tiny-quotes" not in recipe_block
+    assert "# recipe tiny-quotes, its data swapped for a local file, `capitals.jsonl`" in recipe_block
+    assert "source: capitals.jsonl" in recipe_block and "English quotes" not in card.text
+    assert f"| hardware | {hardware} |" in card.text and "not recorded" not in card.text
+    # the recipe's own data: the block is the recipe as it was
+    (run / "recipe.yaml").write_text("name: tiny-quotes\nmethod: sft\nmodel_name_or_path: embedded/tiny-llama\n"
+                                     "dataset:\n  source: quotes\n")
+    (run / "summary.json").write_text(json.dumps({"steps": 2}))
+    text = str(export.model_card(run, "adapter"))
+    assert "name: tiny-quotes" in text and "# recipe" not in text and "| hardware | not recorded by this run |" in text
+
+
 def test_gguf_refuses_other_architectures_in_one_line(exported):
     from transformers import AutoTokenizer, PhiConfig
 

@@ -324,6 +324,38 @@ def generate_samples(model, tokenizer, prompts: list[str], max_new_tokens: int =
     return outs
 
 
+def describe_hardware(device=None, world_size: int = 1) -> str:
+    """The machine a run trained on, in one line for its summary and model card: the GPU (name, memory, count)
+    or the CPU (model, the threads torch used, RAM), and the number of processes when there were several.
+    `device` is the trainer's (`trainer.args.device`): a CPU run on a GPU machine is a CPU run."""
+    import os
+    import platform
+
+    import torch
+
+    procs = f"{world_size} processes, " if world_size > 1 else ""
+    kind = getattr(device, "type", None) or str(device or "")
+    if (kind == "cuda" or not kind) and torch.cuda.is_available():
+        props = torch.cuda.get_device_properties(0)
+        count = torch.cuda.device_count()
+        runtime = f"CUDA {torch.version.cuda}" if torch.version.cuda else f"ROCm {getattr(torch.version, 'hip', '')}"
+        return (f"{procs}{count} × {props.name} ({props.total_memory / 2**30:.0f} GiB), {runtime}, "
+                f"torch {torch.__version__}")
+    if kind == "mps" or (not kind and torch.backends.mps.is_available()):
+        return f"{procs}Apple MPS ({platform.machine()}), torch {torch.__version__}"
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
+    except OSError:
+        pass
+    try:
+        ram = f", {os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES') / 2**30:.0f} GiB RAM"
+    except (ValueError, OSError, AttributeError):
+        ram = ""
+    return f"{procs}CPU only: {cpu}, {torch.get_num_threads()} threads{ram}, torch {torch.__version__}"
+
+
 def write_summary(job, trainer, status: str, started: float, start_step: int, extra: dict | None = None) -> dict:
     state = trainer.state
     losses = [h["loss"] for h in state.log_history if "loss" in h]

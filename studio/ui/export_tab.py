@@ -36,6 +36,15 @@ def result_html(result) -> str:
             + f"{notes}</div>")
 
 
+def cards_html(parts: list[str], evals: list[str]) -> str:
+    """What Update cards did: which cards it rewrote and which evaluations they now carry."""
+    carried = (f"with the run's {len(evals)} evaluation{'s' if len(evals) != 1 else ''} "
+               f"({', '.join(evals)})" if evals else
+               "(the run has no saved evaluation yet: evaluate it on the Evaluate tab, then update again)")
+    return ok_html(f"Rewrote the model card of {', '.join(f'{p}/' for p in parts)} {carried}; "
+                   "push again to publish them.")
+
+
 def gguf_choices() -> list[str]:
     """The GGUF types this machine can make: K-quants only where llama.cpp's quantizer is installed."""
     from studio.gguf_export import DIRECT_TYPES, LLAMA_CPP_TYPES, llama_cpp_version
@@ -82,7 +91,12 @@ def create_export_tab(client: gr.BrowserState) -> dict:
             gguf = gr.CheckboxGroup(gguf_choices(), value=[], label="GGUF (+ Ollama Modelfile)",
                                     info=gguf_info())
             check = gr.Checkbox(value=True, label="Check: load each part back and compare greedy output")
-        export_btn = gr.Button("Export", variant="primary")
+        with gr.Row():
+            export_btn = gr.Button("Export", variant="primary", scale=3)
+            cards_btn = gr.Button("Update cards", scale=1, elem_id="export-update-cards")
+        gr.Markdown("Evaluated the run after exporting it? **Update cards** rewrites the card of every part already "
+                    "exported (adapter, merged, GGUF) with the run's evaluations, without exporting again.",
+                    elem_classes="studio-note")
         export_msg = gr.HTML(elem_id="export-message")
         with gr.Row():
             download = gr.File(label="Download (zip)", interactive=False, elem_id="export-download")
@@ -141,6 +155,22 @@ def create_export_tab(client: gr.BrowserState) -> dict:
             first = next(iter(result.parts.values()))
             return result_html(result), str(zipped), (first / "README.md").read_text("utf-8")
 
+        def do_update_cards(run_id, profile: gr.OAuthProfile | None):
+            from studio.access import require_work, resolve_run
+            from studio.export import card_evaluations, default_out, update_cards
+
+            def run():
+                require_work(profile, "export")
+                if not run_id:
+                    raise_missing()
+                return update_cards(run_id), card_evaluations(run_id), default_out(resolve_run(run_id))
+
+            found, err = safely(run)
+            if err:
+                return error_html(err), gr.update()
+            parts, evals, out = found
+            return cards_html(parts, evals), (out / parts[0] / "README.md").read_text("utf-8")
+
         def do_push(run_id, chosen, repo_id, is_private, msg, typed, oauth: gr.OAuthToken | None,
                     profile: gr.OAuthProfile | None, progress=gr.Progress()):
             from studio.access import require_work, resolve_run
@@ -172,6 +202,8 @@ def create_export_tab(client: gr.BrowserState) -> dict:
         run.change(pick, run, [repo, private], api_name=False)
         export_btn.click(do_export, [run, parts, gguf, check], [export_msg, download, card], api_name="export_run",
                          show_progress_on=[export_msg])
+        cards_btn.click(do_update_cards, run, [export_msg, card], api_name="update_cards",
+                        show_progress_on=[export_msg])
         push_btn.click(do_push, [run, push_parts, repo, private, message, token], push_msg, api_name="push_run",
                        show_progress_on=[push_msg])
     return {"on_load": [(refresh_runs, run, [run, export_msg])]}
