@@ -153,8 +153,17 @@ def _loaded_html(described: list[str]) -> str:
     def visible(key) -> bool:  # a shared page names only what its visitor may read (the rest is counted)
         return not shared_mode() or all(may_see(p) for p in key if isinstance(p, str) and p.startswith("/"))
 
-    return (f'<ul>{"".join(described)}</ul>'
-            f'<div id="chat-cache">{html.escape(CACHE.describe(visible, shown_path))}</div>')
+    return f'<ul>{"".join(described)}</ul>' + cache_html(CACHE.describe(visible, shown_path))
+
+
+def cache_html(line: str) -> str:
+    """The model cache's line, folded: its total stays in view, the list of what it holds opens on a click (at
+    420 px the list ran to 20 lines between Send and the persona's set-up)."""
+    head, sep, items = line.partition(" MB: ")
+    if not sep:  # "model cache: empty (…)"
+        return f'<div id="chat-cache">{html.escape(line)}</div>'
+    return (f'<details id="chat-cache"><summary>{html.escape(head)} MB in use: what it holds</summary>'
+            f'{html.escape(items)}</details>')
 
 
 def show_run(run: str):
@@ -250,4 +259,5 @@ def create_chat_tab(client: gr.BrowserState) -> dict:
         refresh.click(refresh_lists, None, [model, model_b, run])
         tab.select(refresh_lists, None, [model, model_b, run], api_name=False)  # runs finished since the page loaded
         run.change(show_run, [run], [chart, run_info])
-    return {"on_load": [(refresh_lists, None, [model, model_b, run])]}
+    # "dataset": the field the Data tab's "Use this dataset" fills when a corpus is handed to Persona Chat
+    return {"on_load": [(refresh_lists, None, [model, model_b, run])], "dataset": stories}

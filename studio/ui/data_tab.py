@@ -43,7 +43,8 @@ def inspect(kind, sample, upload, path, hub_id, hub_config, hub_split, fmt, temp
     dropped = f"{s['dropped']} dropped ({', '.join(f'{v} {k}' for k, v in data.dropped.items())})" if s["dropped"] else "0 dropped"
     info = (f"**{data.source}** · format **{data.format.name}** ({data.format.label}) → TRL *{data.format.kind}* · "
             f"**{s['rows']}** usable rows, {dropped} · splits: "
-            + ", ".join(f"{k} {v}" for k, v in s["splits"].items()) + f" · {data.split_line()}")
+            + ", ".join(f"{k} {v}" for k, v in s["splits"].items()) + f" · {data.split_line()}"
+            + f"  \nSplits here are {DATA_TAB_SPLITS} (train/validation/test); {RUN_SPLITS}")
     if data.lengths:
         st = data.length_stats()
         info += f"  \nTokens per example: min {st['min']}, median {st['median']}, p95 {st['p95']}, max {st['max']}"
@@ -54,8 +55,14 @@ def inspect(kind, sample, upload, path, hub_id, hub_config, hub_split, fmt, temp
     preview = "\n\n".join(preview_example(i, train[i], tok) for i in range(min(4, len(train))))
     fig = length_histogram(data.lengths) if data.lengths else None
     return ok_html("Loaded."), info + "\n\n" + preview, fig, {"source": str(source), "format": data.format.name,
+                                                               "kind": data.format.kind,
                                                                "template": template or None,
                                                                "prompts": sample_prompts(data, tok)}
+
+
+DATA_TAB_SPLITS = "80/10/10"  # prepare_dataset's default, what this tab shows
+RUN_SPLITS = ("a run splits by its recipe's `dataset.splits` (the lapdog recipes 90/10/0, smollm2-persona-convai2 "
+              "80/0/20), so its counts can differ: the run log's `data:` line gives them.")
 
 
 NOT_LOADED = "Changed: press <b>Load dataset</b> to read it."
@@ -84,7 +91,24 @@ def preview_example(i: int, row: dict, tokenizer) -> str:
             prompt, completion = row["prompt"], row["completion"]
         return (f"**Example {i + 1}**  \nprompt (context, no loss):\n{_fence(prompt)}\n"
                 f"completion (what the model learns to write):\n{_fence(completion)}")
-    return f"**Example {i + 1}**\n{_fence(render_example(row, tokenizer))}"
+    return f"**Example {i + 1}**\n{_fence(render_example(row, tokenizer))}" + turn_note(row)
+
+
+def turn_note(row: dict) -> str:
+    """A note under a chat example where one side speaks twice in a row. In persona dialogues (ConvAI2, LAPDOG's
+    JSONL) that is a partner turn the file leaves empty (the partner said nothing, or the context ends on the
+    persona's line): the example is shown, and trained, as written, and the note says why it reads oddly."""
+    messages = row.get("messages") if isinstance(row.get("messages"), list) else []
+    roles = [m.get("role") for m in messages if isinstance(m, dict) and m.get("role") != "system"]
+    twice = [n for n in range(1, len(roles)) if roles[n] == roles[n - 1]]
+    if not twice:
+        return ""
+    n = twice[0]
+    who = {"assistant": "the persona's (assistant)", "user": "the partner's (user)"}.get(roles[n], roles[n])
+    more = f" (and {len(twice) - 1} more such place{'s' if len(twice) > 2 else ''})" if len(twice) > 1 else ""
+    other = "partner" if roles[n] == "assistant" else "persona"
+    return (f"\n\n*Turns {n} and {n + 1} are both {who}{more}: the {other}'s turn between them is empty in the "
+            f"file (nothing said there), so the example reads, and trains, as two turns in a row.*")
 
 
 def sample_prompts(data, tokenizer, n: int = 3) -> list[str]:
@@ -106,12 +130,32 @@ def sample_prompts(data, tokenizer, n: int = 3) -> list[str]:
     return prompts
 
 
+# where "Use this dataset" can hand the data: the tab's id, and what the data is there
+TARGETS = {"Train": ("train", "the dataset to train on"), "DPO": ("dpo", "the preference pairs to train on"),
+           "Evaluate": ("evaluate", "the dataset whose test split is scored"),
+           "Persona Chat": ("chat", "the story corpus the persona retrieves from")}
+
+
+def fitting_tab(kind: str) -> str:
+    """The tab a dataset of TRL kind `kind` fits: preference pairs train DPO, everything else trains on Train."""
+    return "DPO" if kind == "preference" else "Train"
+
+
+def handover_line(target: str, source: str, prompts: bool = False) -> str:
+    """What "Use this dataset" says once the data is in the other tab's field."""
+    line = f"{source} is now {TARGETS[target][1]} on the {target} tab"
+    if target == "Train":
+        line += (", with sample prompts from this data" if prompts else "") + "; it stays when you pick another recipe"
+    return line + "."
+
+
 def create_data_tab() -> dict:
     from studio.data import FORMATS, SAMPLES
     from studio.embedded import EMBEDDED_MODEL_ID
 
-    with gr.Tab("Data", id="data"):
-        gr.Markdown("Load a dataset, check how the studio reads it, then use it on the **Train** tab.")
+    with gr.Tab("Data", id="data") as data_tab:
+        gr.Markdown("Load a dataset, check how the studio reads it, then use it on the tab it fits (**Train**; "
+                    "**DPO** for preference pairs).")
         with gr.Row():
             with gr.Column(scale=1):
                 kind = gr.Radio(SOURCES, value="Bundled sample", label="Source")
@@ -133,7 +177,10 @@ def create_data_tab() -> dict:
                 status = gr.HTML(elem_id="data-status")
                 info = gr.Markdown(elem_id="data-info")
                 hist = gr.Plot(label="Token lengths")
-                use = gr.Button("Use this dataset on the Train tab")
+                with gr.Row():
+                    target = gr.Radio(["Train"], value="Train", label="Use it on", scale=2, elem_id="data-target",
+                                      info="the tab this data fits is picked when it loads")
+                    use = gr.Button("Use this dataset on the Train tab", scale=1, elem_id="data-use")
         chosen = gr.State(None)
 
         def show(k):
@@ -151,18 +198,49 @@ def create_data_tab() -> dict:
             field.change(stale, None, [status, info, hist, chosen], api_name=False)
         upload.clear(stale, None, [status, info, hist, chosen], api_name=False)
 
-        def send(choice):
-            if not choice:
-                return gr.update(), gr.update(), gr.update(), gr.update(), error_html("Load a dataset first."), gr.update()
-            prompts = choice.get("prompts") or []
-            return (shown_source(choice["source"]), choice["format"], choice["template"] or "",
-                    "\n".join(prompts) if prompts else gr.update(),
-                    ok_html("Dataset set on the Train tab" + (", with sample prompts from this data" if prompts else "")
-                            + "; it stays when you pick another recipe there."), choice)
+        def connect(train: dict, **others: dict) -> None:
+            """Wire "Use this dataset" to the Train tab's fields and to each other tab that offers its data field
+            (`others`: dpo=, evaluate=, chat=, each {"dataset": component}); the page then switches to that tab."""
+            from studio.ui.common import shown_source
 
-        def connect(train: dict) -> None:
-            """Wire 'use this dataset' to the Train tab's fields (built after this tab)."""
-            use.click(send, chosen, [train["dataset_source"], train["dataset_format"], train["dataset_template"],
-                                     train["eval_prompts"], status, train["handed"]])
+            tabs = data_tab.parent  # the app's gr.Tabs: selecting a tab id switches the page to it
+            wired = {"Train": None, **{name: (others.get(TARGETS[name][0]) or {}).get("dataset") for name in TARGETS
+                                       if name != "Train"}}
+            wired = {name: field for name, field in wired.items() if name == "Train" or field is not None}
+            fields = [f for f in wired.values() if f is not None]
+
+            def offer(choice):
+                """Once data is loaded: the tabs it can go to, the one it fits picked."""
+                if not choice:
+                    return gr.update(), gr.update()
+                fits = fitting_tab(choice.get("kind", ""))
+                pick = fits if fits in wired else "Train"
+                return (gr.update(choices=list(wired), value=pick,
+                                  info=f"this data fits the {fits} tab" + ("" if fits in wired else
+                                                                          " (not offered on this page)")),
+                        gr.update(value=f"Use this dataset on the {pick} tab"))
+
+            def relabel(where):
+                return gr.update(value=f"Use this dataset on the {where or 'Train'} tab")
+
+            def send(choice, where):
+                keep = [gr.update() for _ in fields]
+                if not choice:
+                    return (gr.update(),) * 4 + (error_html("Load a dataset first."), gr.update(), *keep, gr.update())
+                where = where if where in wired else "Train"
+                name = shown_source(choice["source"])
+                switch = gr.Tabs(selected=TARGETS[where][0])
+                if where != "Train":
+                    out = [name if field is wired[where] else gr.update() for field in fields]
+                    return (gr.update(),) * 4 + (ok_html(handover_line(where, name)), gr.update(), *out, switch)
+                prompts = choice.get("prompts") or []
+                return (name, choice["format"], choice["template"] or "", "\n".join(prompts) if prompts else gr.update(),
+                        ok_html(handover_line("Train", name, bool(prompts))), choice, *keep, switch)
+
+            chosen.change(offer, chosen, [target, use], api_name=False)
+            target.change(relabel, target, use, api_name=False)
+            use.click(send, [chosen, target], [train["dataset_source"], train["dataset_format"],
+                                               train["dataset_template"], train["eval_prompts"], status,
+                                               train["handed"], *fields, tabs])
 
         return {"connect": connect}
