@@ -303,7 +303,11 @@ def tracker_choices(shared: bool) -> list[str]:
 
 def check_scale_out(recipe: Recipe, where: str) -> None:
     train, model = recipe.train, recipe.model
-    for name in report_targets(train.get("report_to")):
+    asked = train.get("report_to")
+    named = asked if isinstance(asked, (list, tuple)) else str(asked).replace(",", " ").split()
+    if report_targets(asked) and "none" in [str(v).strip().lower() for v in named]:
+        raise StudioError(f"{where}: report_to: none means no tracker; pick none alone or only trackers")
+    for name in report_targets(asked):
         if name not in TRACKERS:
             raise StudioError(f"{where}: report_to {_short(name, 40)} is not one of none, {', '.join(TRACKERS)}")
         if name not in installed_trackers():

@@ -376,6 +376,7 @@ def write_summary(job, trainer, status: str, started: float, start_step: int, ex
         "trainable_params": (job.params or {}).get("trainable"), "total_params": (job.params or {}).get("total"),
         "trainable_percent": (job.params or {}).get("percent"),
         "best_checkpoint": state.best_model_checkpoint,
+        "hardware": describe_hardware(trainer.args.device, trainer.args.world_size),
     }
     summary.update(extra or {})
     summary = {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in summary.items()}

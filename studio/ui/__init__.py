@@ -32,7 +32,7 @@ def build_app() -> gr.Blocks:
             chat = create_chat_tab(client)
             evaluate = create_evaluate_tab(client)
             export = create_export_tab(client)
-        data["connect"](train)
+        data["connect"](train, dpo=dpo, evaluate=evaluate, chat=chat)
         demo.load(*train["on_load"])
         demo.load(*train["run_history"])
         for tab in (dpo, chat, evaluate, export):  # each tab may ask for page-load events: (fn, inputs, outputs)

@@ -428,5 +428,6 @@ def create_dpo_tab(client: gr.BrowserState) -> dict:
         def on_load(name):
             return fill(name) + [list_starts()]
 
-    return {"on_load": [(on_load, [recipe], comps + [base_flat, message, init_adapter]),
+    return {"dataset": widgets["dataset.source"],  # what the Data tab's "Use this dataset" fills
+            "on_load": [(on_load, [recipe], comps + [base_flat, message, init_adapter]),
                         (resume_latest, client, [*session_form, *label_outputs])]}

@@ -364,5 +364,6 @@ def create_evaluate_tab(client: gr.BrowserState) -> dict:
         tab.select(dpo_runs, None, dpo_run, api_name=False)
         tab.select(persona_runs, None, persona_run, api_name=False)
 
-        return {"on_load": [(refresh_lists, None, [runs, saved, lvf_ref]), (dpo_runs, None, dpo_run),
+        return {"dataset": data,  # what the Data tab's "Use this dataset" fills
+                "on_load": [(refresh_lists, None, [runs, saved, lvf_ref]), (dpo_runs, None, dpo_run),
                             (persona_runs, None, persona_run)]}

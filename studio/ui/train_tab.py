@@ -170,8 +170,8 @@ def form_to_flat(keys: list[str], values: list, base: dict) -> dict:
         elif key == "eval_prompts" and isinstance(value, str):
             value = [line for line in value.splitlines() if line.strip()]
         elif key == "report_to" and isinstance(value, list):
-            names = [v for v in value if v != "none"]
-            value = names[0] if len(names) == 1 else names or "none"
+            names = [v for v in value if v != "none"]  # none beside trackers goes on, and is refused in one line
+            value = "none" if not names else value[0] if len(value) == 1 else list(value)
         elif key in INT_KEYS and isinstance(value, float):
             if not math.isfinite(value):  # NaN or Infinity, sent straight through the API
                 from studio.errors import StudioError
@@ -190,8 +190,11 @@ def form_to_flat(keys: list[str], values: list, base: dict) -> dict:
 def form_value(flat: dict, key: str):
     """A form field's value in a recipe's flat keys (`retrieval.k` lives in the `retrieval` block)."""
     if key.startswith("retrieval."):
-        block = flat.get("retrieval")
-        return block.get(key.partition(".")[2]) if isinstance(block, dict) else None
+        from studio.persona import DEFAULTS  # a LAPDOG setting the recipe leaves out shows the default it trains with
+
+        block, name = flat.get("retrieval"), key.partition(".")[2]
+        value = block.get(name) if isinstance(block, dict) else None
+        return DEFAULTS.get(name) if value is None and flat.get("method") == "lapdog" else value
     return flat.get(key)
 
 
