@@ -246,6 +246,15 @@ def cmd_eval(args) -> int:
     def progress(frac, text):
         print(f"[{100 * frac:3.0f}%] {text}", file=sys.stderr)
 
+    if args.rewards:
+        from studio.evaluate.rewards import grpo_report, report_markdown
+
+        if len(args.models) != 1 or args.suite or args.persona:
+            raise StudioError("--rewards takes one GRPO run and no --suite (it uses the run's held-out prompts, its "
+                              "dataset.eval_source, or --data)")
+        report = grpo_report(run_ref(args.models[0]), limit=args.limit or 200, data=args.data, progress=progress)
+        print(json.dumps(report, ensure_ascii=False) if args.json else report_markdown(report).replace("**", ""))
+        return 0
     if args.persona:
         if len(args.models) != 1 or args.suite:
             raise StudioError("--persona takes one LAPDOG run and no --suite (it uses the run's held-out dialogues, "
@@ -369,6 +378,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--json", action="store_true", help="print the results file's content")
     e.add_argument("--persona", action="store_true",
                    help="one LAPDOG run: closed-book vs fixed retriever vs LAPDOG retriever on its held-out dialogues")
+    e.add_argument("--rewards", action="store_true",
+                   help="one GRPO run vs its base on held-out prompts, scored by the run's reward functions")
     e.set_defaults(func=cmd_eval)
     return p
 

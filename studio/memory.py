@@ -72,6 +72,9 @@ def config_sizes(config) -> dict:
             "embedding_params": vocab * hidden * (1 if tied else 2)}
 
 
+GRPO_PROMPT_TOKENS = 256  # the prompt length a GRPO estimate assumes (TRL does not cut prompts)
+
+
 def estimate_memory(config, settings: dict, trainable: int, total: int, device: str = "cpu",
                     method: str = "sft") -> MemoryEstimate:
     """The memory a LoRA training job needs. `settings`: the recipe's model and training keys
@@ -95,11 +98,14 @@ def estimate_memory(config, settings: dict, trainable: int, total: int, device: 
 
     micro = int(settings.get("per_device_train_batch_size") or 8)
     accum = int(settings.get("gradient_accumulation_steps") or 1)
-    if settings.get("auto_batch", True) and accum > 1 and not on_gpu:  # what resolve_fast_defaults will pick
+    grpo = method == "grpo"  # GRPO: the micro-batch is counted in completions, and the studio keeps it as set
+    if settings.get("auto_batch", True) and accum > 1 and not on_gpu and not grpo:  # resolve_fast_defaults' pick
         micro = max(d for d in range(1, min(micro * accum, int(settings.get("max_micro_batch") or 8)) + 1)
                     if (micro * accum) % d == 0)
     batch = micro * (2 if method == "dpo" else 1)
     length = int(settings.get("max_length") or 1024)
+    if grpo:  # a prompt (up to GRPO_PROMPT_TOKENS) and its sampled completion
+        length = int(settings.get("max_length") or GRPO_PROMPT_TOKENS + int(settings.get("max_completion_length") or 512))
     act_bytes = 4 if not on_gpu else 2
     h, i, n, a = sizes["hidden"], sizes["intermediate"], sizes["layers"], sizes["heads"]
     per_layer = batch * length * (16 * h + 4 * i) + 2 * batch * a * length * length
@@ -112,6 +118,9 @@ def estimate_memory(config, settings: dict, trainable: int, total: int, device: 
         layer_values = n * per_layer
     logits = 3 * batch * length * sizes["vocab"] * 4  # fp32 logits, log-softmax and their gradient
     activations = int(layer_values * act_bytes + logits) + FIXED
+    if grpo:  # sampling a whole generation batch at once: its key/value cache and each new token's logits
+        sampled = micro * accum
+        activations += int(sampled * length * n * 2 * h * act_bytes + 2 * sampled * sizes["vocab"] * 4)
     return MemoryEstimate(weights, adapter, activations, "cuda" if on_gpu else "cpu")
 
 

@@ -3,7 +3,7 @@
 A recipe is three groups of keys in one flat file, as in the alignment-handbook:
   header   name, description, source_notebook, method, dataset, eval_prompts, export, studio
   model    TRL `ModelConfig` fields (model_name_or_path, lora_r, load_in_4bit, …)
-  train    the method's TRL config fields (`SFTConfig`, `DPOConfig`: learning_rate, max_steps, …)
+  train    the method's TRL config fields (`SFTConfig`, `DPOConfig`, `GRPOConfig`: learning_rate, max_steps, …)
 Validation builds the real TRL dataclasses, so a misspelt or removed key fails loudly.
 """
 
@@ -24,24 +24,24 @@ from studio.errors import StudioError, redact
 
 RECIPES_DIR = Path(__file__).resolve().parent.parent / "recipes"
 HEADER_KEYS = ["name", "description", "source_notebook", "method", "init_adapter", "dataset", "eval_prompts", "export",
-               "studio", "retrieval"]
+               "studio", "retrieval", "rewards", "reward_code"]
 DATASET_KEYS = {"source", "format", "template", "config", "split", "splits", "max_length", "max_rows", "streaming",
                 "group_by", "eval_source"}
-STUDIO_KEYS = {"auto_batch", "max_micro_batch", "sample_max_new_tokens",
+STUDIO_KEYS = {"auto_batch", "max_micro_batch", "sample_max_new_tokens", "heldout_prompts",
                "split_across"}  # split_across: written by the studio, the processes the batch was split across
 EXPORT_KEYS = {"hub_model_id", "private", "merge"}
 # `retrieval:` (method lapdog): the story corpus, the retriever and LAPDOG's stage-2 settings
 RETRIEVAL_KEYS = {"corpus", "embedder", "k", "tau_score", "tau_gold", "candidate_random", "query",
                   "retriever_learning_rate", "retriever_batch", "reply_max_new_tokens", "stage1_steps", "stage2_steps",
-                  "story_side", "refresh_steps"}
-METHODS = ("sft", "dpo", "lapdog")
+                  "story_side", "refresh_steps", "candidate_max_new_tokens"}
+METHODS = ("sft", "dpo", "lapdog", "grpo")
 _SECRET = re.compile(r"^hf_[A-Za-z0-9]{16,}$")
 
 
 def _config_class(method: str):
     import trl
 
-    return trl.DPOConfig if method == "dpo" else trl.SFTConfig
+    return {"dpo": trl.DPOConfig, "grpo": trl.GRPOConfig}.get(method, trl.SFTConfig)
 
 
 def _fields(cls) -> dict[str, dataclasses.Field]:
@@ -224,10 +224,14 @@ RANGES = {
     "save_total_limit": (lambda v: v >= 1, "an integer ≥ 1 (or unset)"),
     "seed": (lambda v: v >= 0, "an integer ≥ 0"),
     "beta": (lambda v: v > 0, "> 0"),
+    "num_generations": (lambda v: v >= 2, "an integer ≥ 2 (a group needs two completions to compare)"),
+    "max_completion_length": (lambda v: v >= 1, "an integer ≥ 1"),
+    "temperature": (lambda v: v > 0, "> 0"),
     "dataset.max_length": (lambda v: v >= 1, "an integer ≥ 1"),
     "dataset.max_rows": (lambda v: v >= 1, "an integer ≥ 1"),
     "studio.max_micro_batch": (lambda v: v >= 1, "an integer ≥ 1"),
     "studio.sample_max_new_tokens": (lambda v: 1 <= v <= 4096, "from 1 to 4096"),
+    "studio.heldout_prompts": (lambda v: 1 <= v <= 5000, "from 1 to 5000"),
     "retrieval.k": (lambda v: v >= 1, "an integer ≥ 1"),
     "retrieval.tau_score": (lambda v: v > 0, "> 0"),
     "retrieval.tau_gold": (lambda v: v > 0, "> 0"),
@@ -235,6 +239,7 @@ RANGES = {
     "retrieval.retriever_learning_rate": (lambda v: v > 0, "> 0"),
     "retrieval.retriever_batch": (lambda v: v >= 1, "an integer ≥ 1"),
     "retrieval.reply_max_new_tokens": (lambda v: 1 <= v <= 512, "from 1 to 512"),
+    "retrieval.candidate_max_new_tokens": (lambda v: 1 <= v <= 512, "from 1 to 512 (unset: reply_max_new_tokens)"),
     "retrieval.stage1_steps": (lambda v: v >= 1, "an integer ≥ 1"),
     "retrieval.stage2_steps": (lambda v: v >= 1, "an integer ≥ 1"),
     "retrieval.refresh_steps": (lambda v: v >= 0, "an integer ≥ 0 (0: never)"),
@@ -248,7 +253,8 @@ UPPER = {"learning_rate": 1, "lora_r": 4096, "lora_alpha": 65536, "per_device_tr
          "save_steps": MAX_STEPS, "eval_steps": MAX_STEPS, "seed": 2**32 - 1, "dataset.max_length": MAX_TOKENS,
          "dataset.max_rows": 10**9, "studio.max_micro_batch": 4096, "retrieval.k": 1000,
          "retrieval.stage1_steps": MAX_STEPS, "retrieval.stage2_steps": MAX_STEPS, "retrieval.retriever_batch": 4096,
-         "retrieval.refresh_steps": MAX_STEPS}
+         "retrieval.refresh_steps": MAX_STEPS, "num_generations": 256, "max_completion_length": MAX_TOKENS,
+         "temperature": 100}
 
 
 def check_ranges(recipe: "Recipe") -> None:
@@ -268,6 +274,8 @@ def check_ranges(recipe: "Recipe") -> None:
             raise StudioError(f"{where}: '{key}' must be a number ({allowed}), got {_short(value)}") from None
         if not math.isfinite(number):
             raise StudioError(f"{where}: '{key}' must be a finite number ({allowed}), got {value!r}")
+        if key == "beta" and recipe.method == "grpo" and number == 0:
+            continue  # GRPO's default: no KL term, no reference model
         if not ok(number):
             raise StudioError(f"{where}: '{key}' must be {allowed}, got {value!r}")
         if key in UPPER and number > UPPER[key]:
@@ -384,6 +392,16 @@ def validate(recipe: Recipe) -> Recipe:
     if len(prompts) > MAX_EVAL_PROMPTS or any(len(p) > MAX_PROMPT_CHARS for p in prompts):
         raise StudioError(f"{where}: eval_prompts: at most {MAX_EVAL_PROMPTS} prompts of at most "
                           f"{MAX_PROMPT_CHARS:,} characters each")
+    if recipe.method == "grpo":
+        from studio.rewards import check_rewards
+
+        check_rewards(recipe.header.get("rewards"), where, recipe.header.get("reward_code"))
+    elif recipe.header.get("rewards") or recipe.header.get("reward_code"):
+        raise StudioError(f"{where}: rewards and reward_code are GRPO's settings; this recipe's method is "
+                          f"{recipe.method}")
+    code = recipe.header.get("reward_code")
+    if code is not None and (not isinstance(code, str) or not code.endswith(".py")):
+        raise StudioError(f"{where}: reward_code must be the path of a .py file of reward functions")
     check_ranges(recipe)
     check_scale_out(recipe, where)
     try:
@@ -537,6 +555,9 @@ def recipe_from_flat(flat: dict, where: str = "form") -> Recipe:
     from studio.access import check_data_source, check_model_source
 
     check_remote_code(flat.get("trust_remote_code"), where)
+    from studio.rewards import check_reward_code
+
+    check_reward_code(flat.get("reward_code"), where)
     check_visitor_trackers(flat, where)
     if flat.get("name"):
         check_run_name(flat["name"], "recipe name")

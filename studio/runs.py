@@ -48,6 +48,7 @@ class Run:
         self.summary: dict | None = None
         self.params: dict | None = None
         self.phase: str | None = None  # what a running job does between steps (saving, writing samples)
+        self.completions: dict | None = None  # GRPO: the latest sampled completions with their rewards
         self._events_path = self.run_dir / "events.jsonl"
 
     def _apply(self, e: dict) -> None:
@@ -80,6 +81,8 @@ class Run:
             self.params = e["params"]
         elif kind == "summary":
             self.summary = e["summary"]
+        elif kind == "completions":
+            self.completions = {"step": e.get("step"), "rows": e.get("rows") or []}
 
     @classmethod
     def from_run_dir(cls, run_dir: str | os.PathLike) -> "Run":

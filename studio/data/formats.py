@@ -194,6 +194,17 @@ def _prompt_completion(row, template):
     return dict(zip(("prompt", "completion"), cut_prompt(prompt, completion)))
 
 
+def _reward(row, template):
+    """Prompts with references for reward training (GRPO's `solution` column): prompt/solution or GSM8K's
+    question/answer. As prompt/completion the same rows also train SFT and feed Evaluate's metrics."""
+    keys = ("prompt", "solution") if "solution" in row else ("question", "answer")
+    prompt, solution = row.get(keys[0]), row.get(keys[1])
+    if prompt is None or solution is None or not str(solution).strip() or not str(prompt).strip():
+        return None
+    prompt = _fill(template, row) if template else str(prompt)
+    return {"prompt": prompt, "completion": " " + str(solution).strip()}
+
+
 def _e2e(row, template):
     if not _s(row, "ref"):
         return None
@@ -301,6 +312,8 @@ FORMATS: dict[str, Format] = {f.name: f for f in [
            _instruction_columns("input", "output")),
     Format("quotes", "Quotes (quote / author)", "text", "Quote: {quote}\nAuthor: {author}", _quotes),
     Format("e2e", "Data-to-text (E2E: mr / ref)", "prompt_completion", "Data: {mr}\nText: ", _e2e),
+    Format("reward", "Prompts with references (prompt / solution, question / answer)", "prompt_completion", None,
+           _reward),
     Format("prompt_completion", "Prompt / completion", "prompt_completion", None, _prompt_completion),
     Format("text", "Plain text", "text", "{text}", _text),
 ]}
@@ -316,6 +329,8 @@ _RULES = [
     ("alpaca", {"instruction", "output"}),
     ("quotes", {"quote"}),
     ("e2e", {"mr", "ref"}),
+    ("reward", {"prompt", "solution"}),
+    ("reward", {"question", "answer"}),
     ("prompt_completion", {"prompt", "completion"}),
     ("text", {"text"}),
 ]

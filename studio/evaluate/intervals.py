@@ -115,3 +115,34 @@ def intervals_markdown(result: dict) -> str:
         lines.append(f"- {lab}: " + ", ".join(f"{NAMES[k]} [{lo:.2f}, {hi:.2f}]" for k, (lo, hi) in m.items()))
     lines += [f"- {w}" for w in iv["words"]]
     return "\n".join(lines)
+
+
+def mean_intervals(scores: dict[str, list[float]], pairs: list[tuple[str, str]], samples: int = SAMPLES,
+                   seed: int = SEED, confidence: float = CONFIDENCE, name: str = "mean reward") -> dict:
+    """95 % bootstrap intervals of each set-up's mean score over items (prompts), and of the paired differences
+    `a − b` (the same resampled prompts for both), with a sentence each. Scores are per item, one list per label,
+    all of one length."""
+    import numpy as np
+
+    labels = list(scores)
+    n = len(scores[labels[0]])
+    rng = np.random.default_rng(seed)
+    draws = rng.integers(0, n, size=(samples, n))
+    lo_q, hi_q = 100 * (1 - confidence) / 2, 100 * (1 + confidence) / 2
+    values = {lab: np.asarray(scores[lab], dtype=float) for lab in labels}
+    out = {"method": f"bootstrap over {n} items, {samples} resamples, seed {seed}", "confidence": confidence,
+           "items": n, "means": {}, "intervals": {}, "paired": [], "words": []}
+    for lab in labels:
+        boot = values[lab][draws].mean(axis=1)
+        out["means"][lab] = round(float(values[lab].mean()), 4)
+        out["intervals"][lab] = [round(float(np.percentile(boot, lo_q)), 4), round(float(np.percentile(boot, hi_q)), 4)]
+    for a, b in pairs:
+        diff_items = values[a] - values[b]
+        boot = diff_items[draws].mean(axis=1)
+        delta, lo, hi = float(diff_items.mean()), float(np.percentile(boot, lo_q)), float(np.percentile(boot, hi_q))
+        verdict = _verdict(a, b, name, lo, hi)
+        out["paired"].append({"a": a, "b": b, "metric": name, "delta": round(delta, 4),
+                              "interval": [round(lo, 4), round(hi, 4)], "verdict": verdict})
+        out["words"].append(f"{a} − {b}, {name}: {delta:+.3f} [{lo:+.3f}, {hi:+.3f}]: "
+                            + ("within noise" if lo <= 0 <= hi else verdict))
+    return out

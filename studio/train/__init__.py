@@ -17,6 +17,10 @@ def run_method(job, resume: bool = False) -> None:
         from studio.train.lapdog import run_lapdog
 
         return run_lapdog(job, resume=resume)
+    if method == "grpo":
+        from studio.train.grpo import run_grpo
+
+        return run_grpo(job, resume=resume)
     from studio.errors import StudioError
 
     raise StudioError(f"method '{method}' is not available in this version of the studio")

@@ -18,6 +18,7 @@ from pathlib import Path
 from studio.errors import StudioError
 from studio.runs import COMPLETE_MARKER, RUNNING, is_complete
 
+GRPO_KEYS = {"reward", "reward_std", "kl", "frac_reward_zero_std", "entropy"}  # TRL's GRPO logs, charted
 KILL_HOOK = "STUDIO_TEST_KILL"  # tests only: SIGKILL the process at a named point (see `_kill_at`)
 
 
@@ -94,8 +95,9 @@ def make_callback(job):
             for key in ("loss", "eval_loss", "learning_rate", "grad_norm"):
                 if key in logs:
                     row[key] = float(logs[key])
-            for key, value in logs.items():  # DPO and eval extras: rewards/*, logps/*, eval_*
-                if key not in row and isinstance(value, (int, float)) and key.startswith(("rewards/", "logps/", "eval_")):
+            for key, value in logs.items():  # DPO, GRPO and eval extras: rewards/*, logps/*, completions/*, eval_*
+                if key not in row and isinstance(value, (int, float)) and (
+                        key.startswith(("rewards/", "logps/", "eval_", "completions/")) or key in GRPO_KEYS):
                     row[key] = float(value)
             if len(row) > 2:
                 row["memory_mb"] = memory_mb()
