@@ -22,7 +22,7 @@ def test_every_recipe_validates_against_installed_trl_and_peft(path):
     assert recipe.name == path.stem
     assert recipe.header["description"] and recipe.header["source_notebook"]
     args, _ = recipe.training_config("/tmp/out")  # the real TRL dataclass accepts every key
-    assert type(args).__name__ in ("SFTConfig", "DPOConfig")
+    assert type(args).__name__ == {"dpo": "DPOConfig", "grpo": "GRPOConfig"}.get(recipe.method, "SFTConfig")
     peft_config = get_peft_config(recipe.model_config())
     assert isinstance(peft_config, LoraConfig) and peft_config.r == recipe.model["lora_r"]
 
