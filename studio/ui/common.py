@@ -134,6 +134,16 @@ def shown_source(source: str) -> str:
     return text
 
 
+def text_cell(text) -> str:
+    """Text for a Markdown table cell, shown as text: no HTML, and no Markdown image (a tracking pixel), link or
+    emphasis; a newline is a line break inside the cell."""
+    text = html.escape(str(text)).replace("\n", "<br>")
+    for ch, entity in (("|", "&#124;"), ("!", "&#33;"), ("[", "&#91;"), ("]", "&#93;"), ("(", "&#40;"),
+                       (")", "&#41;"), ("`", "&#96;"), ("*", "&#42;"), ("_", "&#95;"), ("\\", "&#92;")):
+        text = text.replace(ch, entity)
+    return text
+
+
 def error_html(message: str) -> str:
     return f'<div class="studio-error" role="alert">⚠️ {html.escape(message)}</div>'
 
@@ -238,6 +248,12 @@ CSS = """
    names that wrap instead of pushing the metrics out of view. */
 #eval-metrics *, #eval-rows *, #eval-lmeval * {scrollbar-width:auto !important;scrollbar-color:#9aa0a6 #eef0f2;}
 #eval-metrics td:first-child, #eval-metrics th:first-child {max-width:16em;min-width:8em;}
+/* GRPO's tables: the text columns share the width, the scores keep theirs (a header never breaks mid-word). */
+#train-completions th, #eval-grpo-report th {word-break:normal;overflow-wrap:normal;}
+#train-completions td:nth-child(n+3), #train-completions th:nth-child(n+3) {white-space:nowrap;text-align:right;}
+#train-completions td:first-child, #eval-grpo-report td:first-child {min-width:10em;}
+#train-completions td:nth-child(2) {min-width:12em;}
+#eval-grpo-report td:nth-child(2) {white-space:nowrap;}
 /* Narrow screens (phones, a split window): every tab named, one field per line, the chat above its settings. */
 @media (max-width: 640px) {
   .tab-container button {padding-left:6px !important;padding-right:6px !important;font-size:13px !important;}
@@ -245,6 +261,11 @@ CSS = """
   .row > .form > .block, .row > .block, .row > .form {min-width:100% !important;}
   #chat-main {order:-1;}
   #eval-metrics td:first-child, #eval-metrics th:first-child {max-width:11em;}
+  /* text tables scroll sideways rather than cut their last columns or break "base" into "bas e" */
+  #train-completions table, #train-samples table, #eval-grpo-report table {display:block;overflow-x:auto;}
+  #train-completions td, #train-samples td, #eval-grpo-report td, #train-completions th, #train-samples th,
+  #eval-grpo-report th {word-break:normal !important;overflow-wrap:normal !important;min-width:6em;}
+  #train-completions td:first-child, #eval-grpo-report td:first-child, #train-samples td:first-child {min-width:11em;}
 }
 """
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import enum
-import html
 import math
 import tempfile
 from pathlib import Path
@@ -11,7 +10,7 @@ from pathlib import Path
 import gradio as gr
 
 from studio.ui.common import (browser, error_html, job_log, ok_html, page_browser_id, progress_html, safely,
-                              shown_source)
+                              shown_source, text_cell)
 
 
 def memory_line(recipe) -> str:
@@ -59,7 +58,7 @@ ADVANCED = [
     ("studio.auto_batch", lambda: gr.Checkbox(label="Auto micro-batch (keeps the effective batch)")),
     ("report_to", lambda: _report_to_widget()),
 ]
-TRAIN_KINDS = ("sft", "lapdog")  # what the Train tab starts; DPO runs belong to the DPO tab
+TRAIN_KINDS = ("sft", "lapdog", "grpo")  # what the Train tab starts; DPO runs belong to the DPO tab
 DOWNLOAD_JS = "() => { const a = document.querySelector('#train-recipe-file a[download]'); if (a) a.click(); }"
 # LAPDOG's own settings (recipe `retrieval:`, docs/persona-chat.md): shown when a lapdog recipe is picked
 LAPDOG = [
@@ -74,7 +73,21 @@ LAPDOG = [
     ("retrieval.refresh_steps", lambda: gr.Number(label="Refresh stage-2 stories every N steps (0: never)",
                                                   precision=0, minimum=0)),
 ]
-INT_KEYS = {"lora_r", "lora_alpha", "max_steps", "per_device_train_batch_size", "gradient_accumulation_steps",
+# GRPO's own settings (TRL's GRPOConfig and the held-out table): shown when a grpo recipe is picked. The initial
+# values are GRPOConfig's defaults (an API client that leaves them out sends these; another method ignores them).
+GRPO = [
+    ("num_generations", lambda: gr.Number(8, label="Completions per prompt (num_generations)", precision=0,
+                                          minimum=2)),
+    ("max_completion_length", lambda: gr.Number(256, label="Max completion length (tokens)", precision=0,
+                                                minimum=1)),
+    ("temperature", lambda: gr.Number(1.0, label="Sampling temperature")),
+    ("beta", lambda: gr.Number(0.0, label="β: KL to the reference (0: none)", minimum=0)),
+    ("studio.heldout_prompts", lambda: gr.Number(200, label="Held-out prompts scored after training", precision=0,
+                                                 minimum=1)),
+]
+GRPO_KEYS = {key for key, _ in GRPO} | {"reward_code"}
+INT_KEYS = {"num_generations", "max_completion_length", "studio.heldout_prompts",
+            "lora_r", "lora_alpha", "max_steps", "per_device_train_batch_size", "gradient_accumulation_steps",
             "max_length", "seed", "logging_steps", "eval_steps", "save_steps", "retrieval.k",
             "retrieval.stage1_steps", "retrieval.stage2_steps", "retrieval.refresh_steps"}
 
@@ -151,10 +164,14 @@ def load_form(name: str) -> dict:
         args, _ = recipe.training_config(tmp, validate_only=True)
     model_args = recipe.model_config()
     flat.setdefault("activation_checkpointing", False)  # the studio turns it on only when memory needs it
-    for key, _make in BASIC + ADVANCED:
+    for key, _make in BASIC + ADVANCED + (GRPO if recipe.method == "grpo" else []):
         if key not in flat and "." not in key:
             value = getattr(args, key, getattr(model_args, key, None))
             flat[key] = value.value if isinstance(value, enum.Enum) else value
+    if recipe.method == "grpo":
+        from studio.train.grpo import HELDOUT_PROMPTS
+
+        flat.setdefault("studio.heldout_prompts", HELDOUT_PROMPTS)
     if name in (SCRATCH, None):
         flat.update({"name": "custom", "description": "Made in the Train tab", "source_notebook": "",
                      "model_name_or_path": default_model()})
@@ -163,7 +180,14 @@ def load_form(name: str) -> dict:
 
 def form_to_flat(keys: list[str], values: list, base: dict) -> dict:
     flat = dict(base or {})
+    rows: dict = {}  # GRPO's reward menu: rewards.N.type / .weight / .settings → the recipe's `rewards:` list
     for key, value in zip(keys, values):
+        if key in GRPO_KEYS and flat.get("method") != "grpo":
+            continue  # the hidden GRPO section's fields mean nothing to another method
+        if key.startswith("rewards."):
+            _, n, part = key.split(".")
+            rows.setdefault(int(n), {})[part] = value
+            continue
         if key == "lora_target_modules" and isinstance(value, str):
             parts = [p.strip() for p in value.split(",") if p.strip()]
             value = parts[0] if parts == ["all-linear"] else parts or None
@@ -184,6 +208,19 @@ def form_to_flat(keys: list[str], values: list, base: dict) -> dict:
             flat["retrieval"] = {**(flat.get("retrieval") or {}), key.partition(".")[2]: value}
             continue
         flat[key] = value
+    if rows:
+        from studio.ui.grpo import REWARD_ROWS, rows_to_rewards
+
+        kept = flat.get("rewards")
+        rewards = rows_to_rewards(rows, kept[REWARD_ROWS:] if isinstance(kept, list) else None)
+        if not rewards and flat.get("method") == "grpo":
+            from studio.errors import StudioError
+
+            raise StudioError("form: a GRPO run needs at least one reward: pick its type in Rewards (GRPO)")
+        if rewards:
+            flat["rewards"] = rewards
+        else:
+            flat.pop("rewards", None)
     return flat
 
 
@@ -195,6 +232,10 @@ def form_value(flat: dict, key: str):
         block, name = flat.get("retrieval"), key.partition(".")[2]
         value = block.get(name) if isinstance(block, dict) else None
         return DEFAULTS.get(name) if value is None and flat.get("method") == "lapdog" else value
+    if key.startswith("rewards."):
+        from studio.ui.grpo import row_value
+
+        return row_value(flat.get("rewards") if flat.get("method") == "grpo" else None, key)
     return flat.get(key)
 
 
@@ -216,20 +257,31 @@ def samples_markdown(summary: dict | None) -> str:
     via = summary.get("samples_before_via") == "chat template"
     before = "before (base, asked through its chat template)" if via else "before (base)"
     rows = [f"| prompt | {before} | after (tuned) |", "|---|---|---|"]
-
-    def cell(text: str) -> str:  # shown as text: no HTML, and no Markdown image (a tracking pixel) or link
-        text = html.escape(str(text)).replace("\n", "<br>")
-        for ch, entity in (("|", "&#124;"), ("!", "&#33;"), ("[", "&#91;"), ("]", "&#93;"), ("(", "&#40;"),
-                           (")", "&#41;"), ("`", "&#96;"), ("*", "&#42;"), ("_", "&#95;"), ("\\", "&#92;")):
-            text = text.replace(ch, entity)
-        return text
-
+    cell = text_cell  # shown as text: no HTML, and no Markdown image (a tracking pixel) or link
     for s in summary["samples"]:
         rows.append(f"| {cell(s['prompt'])} | {cell(s['before'])} | {cell(s['after'])} |")
     note = ("\n\n*The base is an instruct model: asked with the raw prompt it ends its turn at once (an empty reply), "
             "so it is asked as a user message through its chat template, as Evaluate asks it; the tuned column "
             "sees the prompt as it trained.*") if via else ""
     return "**Before / after on the sample prompts**\n\n" + "\n".join(rows) + note
+
+
+def finished_markdown(job) -> str:
+    """What a finished run shows under the live view: the before/after samples and, for GRPO, the held-out reward
+    table (base vs tuned, the run's own reward functions, intervals over prompts)."""
+    from studio.ui.grpo import heldout_markdown
+
+    held = heldout_markdown(job.run_dir, job.summary)
+    return "\n\n".join(part for part in (samples_markdown(job.summary), held) if part)
+
+
+def training_chart(history: list[dict], title: str):
+    """A run's chart: a GRPO run's rewards (what it optimises), any other run's loss."""
+    from studio.charts import is_reward_history, loss_chart, reward_chart
+
+    if is_reward_history(history):
+        return gr.update(value=reward_chart(history, title), label="Rewards (GRPO)")
+    return gr.update(value=loss_chart(history, title), label="Loss, eval loss and learning rate")
 
 
 def _rough(seconds) -> str:
@@ -330,6 +382,25 @@ def create_train_tab(client: gr.BrowserState) -> dict:
             gr.Markdown("Stage 1 trains the generator closed-book; stage 2 trains it with the top-k stories while "
                         "the retriever learns which stories make the gold reply likelier (docs/persona-chat.md).")
             place_rows(LAPDOG[:5], LAPDOG[5:])
+        with gr.Accordion("Rewards (GRPO)", open=True, visible=False, elem_id="train-grpo") as grpo_box:
+            from studio.access import shared_mode
+            from studio.ui.grpo import NONE, REWARD_ROWS, legend_markdown, reward_types
+
+            local = not shared_mode()  # a file of reward functions runs Python here: the owner's own app only
+            with gr.Accordion("What each reward scores, and its settings", open=False):
+                gr.Markdown(legend_markdown(local))
+            for n in range(1, REWARD_ROWS + 1):
+                with gr.Row(elem_classes="train-reward-row"):
+                    widgets[f"rewards.{n}.type"] = gr.Dropdown(reward_types(local), value=NONE, label=f"Reward {n}",
+                                                               scale=2, min_width=120)
+                    widgets[f"rewards.{n}.weight"] = gr.Number(1.0, label="Weight", scale=1, min_width=80)
+                    widgets[f"rewards.{n}.settings"] = gr.Textbox("", label="Settings (name=value; …)", scale=4,
+                                                                  placeholder="e.g. min=1; max=40; unit=words")
+            place_rows(GRPO)
+            if local:
+                widgets["reward_code"] = gr.Textbox(
+                    "", label="Reward code file (a .py of functions on this machine, for rewards of type code; "
+                          "local app only)", placeholder="e.g. /home/me/my_rewards.py")
         keys, comps = list(widgets), list(widgets.values())
         with gr.Row():
             check = gr.Button("Check parameters")
@@ -345,6 +416,7 @@ def create_train_tab(client: gr.BrowserState) -> dict:
         queue_line = gr.HTML(elem_id="train-queue")
         progress = gr.HTML(elem_id="train-progress")
         chart = gr.Plot(label="Loss, eval loss and learning rate", elem_id="train-chart")
+        completions = gr.Markdown(elem_id="train-completions")  # GRPO: the latest sampled completions
         samples = gr.Markdown(elem_id="train-samples")
         logs = gr.Textbox(label="Log", lines=8, max_lines=12, autoscroll=True, elem_id="train-log")
         with gr.Accordion("Runs history", open=False) as history:
@@ -400,13 +472,14 @@ def create_train_tab(client: gr.BrowserState) -> dict:
                 out[-1] = ok_html(" ".join(notes))
             return out
 
-        def lapdog_section(flat):
-            return gr.update(visible=isinstance(flat, dict) and flat.get("method") == "lapdog")
+        def method_sections(flat):
+            method = flat.get("method") if isinstance(flat, dict) else None
+            return gr.update(visible=method == "lapdog"), gr.update(visible=method == "grpo")
 
         # the section's visibility follows the recipe just filled (a layout block among the fill's outputs made the
         # page drop the fields' new values)
         recipe.change(pick_recipe, [recipe, handed], comps + [base_flat, message], api_name="fill").then(
-            lapdog_section, base_flat, lapdog_box, api_name=False, show_progress="hidden")
+            method_sections, base_flat, [lapdog_box, grpo_box], api_name=False, show_progress="hidden")
         ds_source.input(lambda: None, None, handed, api_name=False)  # typed over: the recipe's data wins again
 
         def check_params(base, *values):
@@ -470,7 +543,7 @@ def create_train_tab(client: gr.BrowserState) -> dict:
 
         def poll(profile: gr.OAuthProfile | None, client_id, seen_rows, watching):
             from studio.access import can_see_logs
-            from studio.charts import loss_chart
+            from studio.ui.grpo import completions_markdown
 
             client_id = browser(client_id) or client_id  # the verified browser id where the app issues one
             was_polling = (watching or {}).get("polling", True)
@@ -484,24 +557,25 @@ def create_train_tab(client: gr.BrowserState) -> dict:
             # message (a second start refused: one job waiting per visitor) stays
             fresh = watching.pop("fresh", False)
             if job is None:
-                return ("", None if seen_rows != -1 else gr.update(), "", "", "" if queued and fresh else gr.update(), -1,
-                        watching, note or "", timer_update, gr.update(visible=queued))  # the line, not twice
+                return ("", None if seen_rows != -1 else gr.update(), "" if seen_rows != -1 else gr.update(), "", "",
+                        "" if queued and fresh else gr.update(), -1, watching, note or "", timer_update,
+                        gr.update(visible=queued))  # the line, not twice
             s = job.snapshot()
             bar = progress_html(s) + (error_html(s["error"]) if s.get("error") else "")
             n = len(job.history)
             if n != seen_rows:  # no metrics yet (or a failed start): no chart, not an empty one
-                fig = loss_chart(job.history, f"{job.kind.upper()} run<br><sup>{job.id}</sup>") if n else None
+                fig = training_chart(job.history, f"{job.kind.upper()} run<br><sup>{job.id}</sup>") if n else None
             else:
                 fig = gr.update()
             banner = gr.update()
             if watching.get("banner") and watching.get("id") == job.id and not job.active:
                 # "Started …" / "Stopping …" give way to how the run ended and what to do next
                 banner, watching = ended_line(job), {**watching, "banner": False}
-            return (bar, fig, job_log(job), samples_markdown(job.summary), banner, n, watching, note or "",
-                    timer_update, gr.update(visible=False))
+            return (bar, fig, completions_markdown(job.completions), job_log(job), finished_markdown(job), banner, n,
+                    watching, note or "", timer_update, gr.update(visible=False))
 
-        timer.tick(poll, [client, seen, watch], [progress, chart, logs, samples, message, seen, watch, queue_line,
-                                                 timer, leave], show_progress="hidden")
+        timer.tick(poll, [client, seen, watch], [progress, chart, completions, logs, samples, message, seen, watch,
+                                                 queue_line, timer, leave], show_progress="hidden")
 
         leave.click(leave_queue_line, [client, watch], [message, queue_line, leave, watch], api_name="leave_queue")
 
@@ -528,7 +602,7 @@ def create_train_tab(client: gr.BrowserState) -> dict:
         history.expand(relist_runs, [run_pick, run_other], [run_pick, run_other], api_name=False)
 
         def open_selected(run_id, other_id):
-            from studio.charts import loss_chart, overlay_chart
+            from studio.charts import overlay_chart
             from studio.access import resolve_run
             from studio.runs import LIVE, Run
 
@@ -547,8 +621,9 @@ def create_train_tab(client: gr.BrowserState) -> dict:
                 other, err = safely(load, other_id)
                 if err:
                     return summary, None, error_html(err)
-                return summary, overlay_chart([(job.id, job.history), (other.id, other.history)]), ""
-            return summary, loss_chart(job.history, f"Run {job.id}"), ""
+                return summary, gr.update(value=overlay_chart([(job.id, job.history), (other.id, other.history)]),
+                                          label="Runs compared"), ""
+            return summary, training_chart(job.history, f"Run {job.id}"), ""
 
         open_run.click(open_selected, [run_pick, run_other], [run_summary, run_chart, message])
 
