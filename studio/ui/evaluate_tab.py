@@ -102,6 +102,17 @@ def show_result(result: dict, order: str):
             gr.update(choices=labels, value=labels[0]))
 
 
+def grpo_run_names() -> list[str]:
+    """The GRPO runs with an adapter this visitor may see (studio.runs.list_runs asks studio.access), newest first."""
+    import re
+
+    from studio.runs import list_runs
+
+    method = re.compile(r"^method:\s*grpo\s*$", re.M)
+    return [j.id for j in list_runs() if j.has_adapter and (j.run_dir / "recipe.yaml").exists()
+            and method.search((j.run_dir / "recipe.yaml").read_text("utf-8"))]
+
+
 def create_evaluate_tab(client: gr.BrowserState) -> dict:
     from studio.evaluate import LOCAL_TASKS, RECIPE_SUITE, SCORE_KEY, SUITES
     from studio.models import PRESETS, REAL_MODEL_ID
@@ -180,6 +191,15 @@ def create_evaluate_tab(client: gr.BrowserState) -> dict:
                 lambda: gr.Dropdown([], label="LAPDOG run", elem_id="eval-persona-run", scale=3),
                 lambda: gr.Number(value=32, precision=0, minimum=1, label="Max dialogues"),
                 button="Evaluate the run", button_id="eval-persona-go", message_id="eval-persona-message")
+        with gr.Accordion("GRPO runs: rewards vs base on held-out prompts", open=False, elem_id="eval-grpo"):
+            gr.Markdown("The run and its base answer the run's held-out prompts (greedy), scored by the reward "
+                        "functions the run trained on: mean reward and accuracy with 95 % intervals over prompts, "
+                        "and the difference run − base (within noise when its interval holds 0).")
+            grpo_run, grpo_limit, grpo_btn, grpo_message = report_row(
+                lambda: gr.Dropdown([], label="GRPO run", elem_id="eval-grpo-run", scale=3),
+                lambda: gr.Number(value=50, precision=0, minimum=1, label="Max prompts"),
+                button="Rewards vs base", button_id="eval-grpo-go", message_id="eval-grpo-message")
+            grpo_table = gr.Markdown(elem_id="eval-grpo-report")
 
         suite.change(lambda s: gr.update(visible=s == "upload"), suite, upload)
 
@@ -277,6 +297,28 @@ def create_evaluate_tab(client: gr.BrowserState) -> dict:
         persona_btn.click(persona_table, [persona_run, persona_limit, order],
                           [result_state, message, *outputs, saved, persona_message], api_name="persona_report")
 
+        def rewards_vs_base(run_id, n, progress=gr.Progress()):
+            from studio.embedded import one_time_progress
+            from studio.errors import whole_number
+            from studio.evaluate.rewards import grpo_report
+            from studio.ui.grpo import report_text
+
+            if not run_id:
+                return error_html("Pick a finished GRPO run (Refresh runs lists them)."), ""
+
+            def run():
+                return grpo_report(run_id, limit=whole_number(n or 50, "max prompts", 1, 5000),
+                                   progress=lambda f, text: progress(f, desc=text))
+
+            with one_time_progress(page_progress(progress)):  # a model's one-time conversion says so
+                report, err = safely(run)
+            if err:
+                return error_html(err), ""
+            return (ok_html(f"{report['run']} and its base on {report['prompts']} held-out prompts "
+                            f"({report['source']})."), report_text(report))
+
+        grpo_btn.click(rewards_vs_base, [grpo_run, grpo_limit], [grpo_message, grpo_table], api_name="rewards_report")
+
         def run_judge(result, judge_ref, a, b):
             from studio.evaluate import judge, save_result
 
@@ -356,6 +398,12 @@ def create_evaluate_tab(client: gr.BrowserState) -> dict:
 
         refresh.click(persona_runs, None, persona_run)
 
+        def grpo_runs():
+            names, _ = safely(grpo_run_names)
+            return gr.update(choices=names or [])
+
+        refresh.click(grpo_runs, None, grpo_run)
+
         def run_choices():  # opening the tab lists runs finished since the page loaded; picks are kept
             names, _ = safely(adapter_runs)
             return gr.update(choices=names or [])
@@ -363,7 +411,8 @@ def create_evaluate_tab(client: gr.BrowserState) -> dict:
         tab.select(run_choices, None, runs, api_name=False)
         tab.select(dpo_runs, None, dpo_run, api_name=False)
         tab.select(persona_runs, None, persona_run, api_name=False)
+        tab.select(grpo_runs, None, grpo_run, api_name=False)
 
         return {"dataset": data,  # what the Data tab's "Use this dataset" fills
                 "on_load": [(refresh_lists, None, [runs, saved, lvf_ref]), (dpo_runs, None, dpo_run),
-                            (persona_runs, None, persona_run)]}
+                            (persona_runs, None, persona_run), (grpo_runs, None, grpo_run)]}
