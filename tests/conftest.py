@@ -21,7 +21,7 @@ SLOW_FIRST = ["test_surface_fuzz.py", "test_llama_backend.py", "test_fuzz.py", "
               "test_identity.py", "test_heavy_work.py",
               "test_crash.py", "test_jobs.py", "test_load.py", "test_fsdp.py", "test_browser.py", "test_fuzz_fields.py",
               "test_newcomer27_browser.py", "test_real_eval.py", "test_cli.py", "test_chat_browser.py",
-              "test_dpo_browser.py", "test_export_browser.py"]
+              "test_dpo_browser.py", "test_grpo_browser.py", "test_export_browser.py"]
 
 
 def pytest_configure(config):
