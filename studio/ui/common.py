@@ -266,6 +266,9 @@ CSS = """
   #train-completions td, #train-samples td, #eval-grpo-report td, #train-completions th, #train-samples th,
   #eval-grpo-report th {word-break:normal !important;overflow-wrap:normal !important;min-width:6em;}
   #train-completions td:first-child, #eval-grpo-report td:first-child, #train-samples td:first-child {min-width:11em;}
+  /* a reward row: its type and weight side by side, its settings under them */
+  .train-reward-row > .form {flex-wrap:wrap !important;}
+  .train-reward-row > .form > .block:not(:last-child) {min-width:40% !important;flex:1 1 40% !important;}
 }
 """
 

@@ -395,7 +395,7 @@ def create_train_tab(client: gr.BrowserState) -> dict:
                                                                scale=2, min_width=120)
                     widgets[f"rewards.{n}.weight"] = gr.Number(1.0, label="Weight", scale=1, min_width=80)
                     widgets[f"rewards.{n}.settings"] = gr.Textbox("", label="Settings (name=value; …)", scale=4,
-                                                                  placeholder="e.g. min=1; max=40; unit=words")
+                                                                  placeholder="as its type takes: see What each reward scores")
             place_rows(GRPO)
             if local:
                 widgets["reward_code"] = gr.Textbox(
