@@ -85,6 +85,106 @@ def test_a_stage2_step_changes_the_query_encoder_and_not_the_story_index(generat
     assert 0.0 <= learner.top1_change_rate() <= 1.0
 
 
+STORIES = ["i went skiing in the alps and fell in the snow.", "my dog biscuit stole a sandwich at the park.",
+           "i baked a lemon pie for my grandmother.", "i fixed a bug at work all night.",
+           "i swam in a cold lake at sunrise.", "i painted a barn by the river."]
+
+
+@pytest.fixture()
+def learner_for(generator, write, tmp_path):
+    """A RetrieverLearner over six stories with the embedded generator's tokenizer and `cfg` overrides."""
+    from studio.persona import DEFAULTS
+    from studio.retrieval import build_index, load_corpus, load_embedder
+    from studio.train.lapdog import RetrieverLearner
+
+    index = build_index(load_corpus(write("stories.jsonl", [{"id": f"s{i}", "title": "", "text": t}
+                                                            for i, t in enumerate(STORIES)])),
+                        cache_dir=tmp_path / "cache")
+
+    def make(rows=ROWS, **cfg):
+        cfg = {**DEFAULTS, "k": 3, "candidate_random": 0.0, "retriever_batch": 2, "reply_max_new_tokens": 6,
+               "tau_score": 0.1, **cfg}
+        return RetrieverLearner(load_embedder(None, fresh=True), index, rows, cfg, generator.tokenizer)
+
+    return make
+
+
+def test_batched_candidates_score_as_one_prompt_at_a_time(generator, learner_for):
+    """Issue 32 (speed): every candidate of a retriever step is generated in one batched, left-padded generate;
+    the replies, metric scores and KL targets are those of one prompt at a time."""
+    import random
+
+    learner = learner_for()
+    cands = learner.candidates(ROWS, random.Random(0))
+    prompts = learner.candidate_prompts(ROWS, cands, budget=400)
+    assert len(prompts) == 2 * 3 and len({len(generator.tokenizer(p)["input_ids"]) for p in prompts}) > 1  # padded
+
+    calls = []
+    model_generate = generator.model.generate
+
+    def counting(*args, **kwargs):
+        calls.append(kwargs["input_ids"].shape[0])
+        return model_generate(*args, **kwargs)
+
+    generator.model.generate = counting
+    try:
+        batched = learner.candidate_replies(generator.model, prompts)
+        assert calls == [6]  # one generate over all k candidates of both examples
+        alone = learner.candidate_replies(generator.model, prompts, batch_size=1)
+        assert calls[1:] == [1] * 6
+    finally:
+        del generator.model.generate
+    assert batched == alone and any(batched)
+    assert torch.allclose(learner.targets(ROWS, batched, 3), learner.targets(ROWS, alone, 3), atol=1e-6)
+    assert generator.model.training is False  # candidate_replies restores the mode it found (eval here)
+
+    # candidate replies may be shorter than evaluation replies (retrieval.candidate_max_new_tokens)
+    short = learner_for(candidate_max_new_tokens=2).candidate_replies(generator.model, prompts)
+    assert short == learner_for(reply_max_new_tokens=2).candidate_replies(generator.model, prompts)
+    assert short != batched and sum(map(len, short)) < sum(map(len, batched))
+
+
+def test_refresh_encodes_each_distinct_query_once_and_retrieves_as_one_row_at_a_time(learner_for):
+    """Issue 32 (speed): the generator's stories (refresh, stage 2's start) come from each distinct query encoded
+    once (a persona is the query of every turn of its dialogue) and are the stories one row at a time finds."""
+    import torch
+
+    rows = [dict(r, history=[{"role": "user", "content": f"turn {i}"}]) for i in range(5) for r in ROWS]
+    rows.append({"persona": "i paint barns by the river on sundays.", "history": [], "reply": "nice."})
+    learner = learner_for(rows)
+    encoded = []
+    encode = learner.encode
+
+    def counting(texts, grad):
+        encoded.extend(texts)
+        return encode(texts, grad)
+
+    learner.encode = counting
+    ids = learner.topk(rows)
+    assert sorted(encoded) == sorted({r["persona"] for r in rows})  # 3 distinct queries for 11 rows
+    one_by_one = []
+    for row in rows:
+        with torch.no_grad():
+            q = encode(learner.queries([row]), grad=False).numpy()
+        one_by_one.append([int(i) for i in learner.index.search(q, 3)[1][0]])
+    assert ids == one_by_one
+    assert ids[-1][0] == 5  # the barn painter's story first
+    assert learner.top1(rows) == [i[0] for i in one_by_one]
+
+
+def test_candidate_max_new_tokens_is_a_checked_recipe_key():
+    from studio.errors import StudioError
+    from studio.persona import settings
+    from studio.recipes import load_recipe
+    from studio.train.lapdog import candidate_tokens
+
+    recipe = load_recipe("tiny-persona-lapdog", ["retrieval.candidate_max_new_tokens=8"])
+    assert candidate_tokens(settings(recipe)) == 8
+    assert candidate_tokens(settings(load_recipe("tiny-persona-lapdog", []))) == 16  # unset: reply_max_new_tokens
+    with pytest.raises(StudioError, match="candidate_max_new_tokens' must be from 1 to 512"):
+        load_recipe("tiny-persona-lapdog", ["retrieval.candidate_max_new_tokens=0"])
+
+
 def test_stage2_inputs_read_like_trl_renders_a_messages_row_and_refresh_counts_changes(generator, tmp_path):
     """Issue 32: the generator's stage-2 rows are tokenized when read (so a refresh changes them); each reads
     exactly as TRL's SFTTrainer renders the same messages row."""

@@ -4,9 +4,10 @@ Stage 1, closed-book: the SFT path (`build_sft_trainer`) trains the generator's 
 dialogues with no stories. Stage 2, joint: the LoRA keeps training (TRL's SFTTrainer) with the top-k
 stories in its input, and after every generator step the retriever's query encoder takes one step of its
 own: for a few training examples, k candidate stories (a fraction swapped for random ones: candidate
-augmentation) each give one greedy reply, scored against the gold reply with F1 + ROUGE-L + BLEU (BLEU
-divided by its L2 norm over the candidates); the encoder minimises KL(softmax(metric/τ_gold) ‖
-softmax(score/τ_score)) with query embeddings computed with gradient.
+augmentation) each give one greedy reply (all of a step's candidates in one batched generate, up to
+`retrieval.candidate_max_new_tokens` tokens, by default as long as evaluation replies), scored against the
+gold reply with F1 + ROUGE-L + BLEU (BLEU divided by its L2 norm over the candidates); the encoder minimises
+KL(softmax(metric/τ_gold) ‖ softmax(score/τ_score)) with query embeddings computed with gradient.
 
 Adaptations (the paper trains a shared Contriever and re-embeds the corpus every 1,200 steps):
 - the story side is frozen: only the query encoder learns, so the cached story index never goes stale
@@ -14,7 +15,8 @@ Adaptations (the paper trains a shared Contriever and re-embeds the corpus every
 - scores are cosine similarities (normalised sentence-transformers embeddings), not dot/√d;
 - the generator's stage-2 inputs carry the top-k stories of the query encoder as it learns, as in the
   paper: every `retrieval.refresh_steps` steps (0: never, the stories of the start of stage 2) each
-  training row's stories are retrieved again (`StoryInputs`, read and tokenized when a batch is drawn);
+  training row's stories are retrieved again (each distinct query encoded once: a persona serves every turn
+  of its dialogue; `StoryInputs`, read and tokenized when a batch is drawn);
   how many rows changed is charted, and each checkpoint records the stories in use so a resume trains on
   the same data; the retriever's candidates come from the query encoder as it learns.
 Checkpoints: stage 1 in runs/<run>/checkpoints, stage 2 in runs/<run>/stage2/checkpoints (each with the
@@ -61,6 +63,15 @@ def retriever_loss(query_vecs, story_vecs, target, tau_score: float):
     return torch.nn.functional.kl_div(torch.log_softmax(logits, -1), target, reduction="batchmean")
 
 
+MAX_CANDIDATE_BATCH = 64  # prompts per generate call in the retriever step (k and retriever_batch go to 1,000 / 4,096)
+
+
+def candidate_tokens(cfg: dict) -> int:
+    """How long a stage-2 candidate reply may be: `candidate_max_new_tokens`, else the evaluation's
+    `reply_max_new_tokens` (the same length, as before the key existed)."""
+    return int(cfg.get("candidate_max_new_tokens") or cfg["reply_max_new_tokens"])
+
+
 def entropy(p) -> float:
     import torch
 
@@ -91,19 +102,27 @@ class RetrieverLearner:
         with torch.set_grad_enabled(grad):
             return self.encoder(features)["sentence_embedding"]
 
-    def top1(self, rows) -> list[int]:
+    def query_vectors(self, rows, chunk: int = 64):
+        """Each row's query vector, no gradient: each distinct query encoded once (a persona is the query of all
+        its dialogue's turns: 640 personas for 5,040 ConvAI2 rows), in chunks of similar length (the encoder pads
+        a batch to its longest query; one batch of every row pads all to the longest of all)."""
+        import numpy as np
         import torch
 
+        texts = self.queries(rows)
+        distinct = sorted(set(texts), key=lambda t: (len(t), t))
         with torch.no_grad():
-            q = self.encode(self.queries(rows), grad=False).numpy()
-        return [ids[0] for ids in self.index.search(q, 1)[1]]
+            vectors = np.concatenate([self.encode(distinct[i:i + chunk], grad=False).numpy()
+                                      for i in range(0, len(distinct), chunk)])
+        where = {t: i for i, t in enumerate(distinct)}
+        return vectors[[where[t] for t in texts]]
+
+    def top1(self, rows) -> list[int]:
+        return [ids[0] for ids in self.index.search(self.query_vectors(rows), 1)[1]]
 
     def candidates(self, rows, rng: random.Random) -> list[list[int]]:
-        import torch
-
         k, n = int(self.cfg["k"]), len(self.index.corpus)
-        with torch.no_grad():
-            q = self.encode(self.queries(rows), grad=False).numpy()
+        q = self.query_vectors(rows)
         out = []
         for ids in self.index.search(q, k)[1]:
             n_random = int(round(float(self.cfg["candidate_random"]) * k))
@@ -114,44 +133,61 @@ class RetrieverLearner:
             out.append(ids)
         return out
 
-    def step(self, model, step: int, budget: int) -> dict:
-        """One retriever update: greedy reply per single story, metric target, KL, AdamW step."""
-        import torch
-
+    def candidate_prompts(self, rows, cands, budget: int) -> list[str]:
+        """One prompt per (example, candidate story): persona + that story alone + history, as the generator reads it."""
+        from studio.inference import chat_prompt
         from studio.persona import persona_messages
-        from studio.inference import chat_prompt, generate
 
-        rng = random.Random(self.seed * 100003 + step)  # the same examples again after a resume
-        rows = rng.sample(self.rows, min(int(self.cfg["retriever_batch"]), len(self.rows)))
-        cands = self.candidates(rows, rng)
         stories = self.index.corpus.stories
-        prompts = []
-        for row, ids in zip(rows, cands):
-            for i in ids:
-                messages = persona_messages(self.tok, row["persona"], [stories[i]], row["history"], budget)[0]
-                prompts.append(chat_prompt(self.tok, messages))
+        return [chat_prompt(self.tok, persona_messages(self.tok, row["persona"], [stories[i]], row["history"], budget)[0])
+                for row, ids in zip(rows, cands) for i in ids]
+
+    def candidate_replies(self, model, prompts: list[str], batch_size: int | None = None) -> list[str]:
+        """Greedy replies to the candidate prompts of a step: one batched generate (left padding) over up to
+        `MAX_CANDIDATE_BATCH` of them (every candidate of a usual step: retriever_batch × k), or `batch_size` at a
+        time; up to `candidate_max_new_tokens` tokens (unset: `reply_max_new_tokens`)."""
+        from studio.inference import generate
+
         was_training = model.training
         model.eval()
-        replies = generate(model, self.tok, prompts, int(self.cfg["reply_max_new_tokens"]))
-        model.train(was_training)
-        k = len(cands[0])
-        target = torch.stack([kl_target(reply_scores(replies[j * k:(j + 1) * k], row["reply"]), float(self.cfg["tau_gold"]))
-                              for j, row in enumerate(rows)])
+        try:
+            return generate(model, self.tok, prompts, candidate_tokens(self.cfg),
+                            batch_size=batch_size or max(1, min(len(prompts), MAX_CANDIDATE_BATCH)))
+        finally:
+            model.train(was_training)
+
+    def targets(self, rows, replies: list[str], k: int):
+        """softmax(metric/τ_gold) over each example's k candidates (n×k)."""
+        import torch
+
+        return torch.stack([kl_target(reply_scores(replies[j * k:(j + 1) * k], row["reply"]), float(self.cfg["tau_gold"]))
+                            for j, row in enumerate(rows)])
+
+    def update(self, rows, cands, target) -> float:
+        """The query encoder's step: queries encoded with gradient, KL to the target, AdamW."""
+        import torch
+
         q = self.encode(self.queries(rows), grad=True)
-        p = torch.as_tensor(self.index.vectors([i for ids in cands for i in ids])).view(len(rows), k, -1)
+        p = torch.as_tensor(self.index.vectors([i for ids in cands for i in ids])).view(len(rows), len(cands[0]), -1)
         loss = retriever_loss(q, p, target, float(self.cfg["tau_score"]))
         self.optimizer.zero_grad()
         loss.backward()
         self.optimizer.step()
-        return {"retriever/loss": float(loss.detach()), "retriever/target_entropy": entropy(target)}
+        return float(loss.detach())
+
+    def step(self, model, step: int, budget: int) -> dict:
+        """One retriever update: greedy reply per single story, metric target, KL, AdamW step."""
+        rng = random.Random(self.seed * 100003 + step)  # the same examples again after a resume
+        rows = rng.sample(self.rows, min(int(self.cfg["retriever_batch"]), len(self.rows)))
+        cands = self.candidates(rows, rng)
+        replies = self.candidate_replies(model, self.candidate_prompts(rows, cands, budget))
+        target = self.targets(rows, replies, len(cands[0]))
+        loss = self.update(rows, cands, target)
+        return {"retriever/loss": loss, "retriever/target_entropy": entropy(target)}
 
     def topk(self, rows) -> list[list[int]]:
         """Each row's top-k stories (corpus positions) by the query encoder as it is now."""
-        import torch
-
-        with torch.no_grad():
-            q = self.encode(self.queries(rows), grad=False).numpy()
-        return [[int(i) for i in ids] for ids in self.index.search(q, int(self.cfg["k"]))[1]]
+        return [[int(i) for i in ids] for ids in self.index.search(self.query_vectors(rows), int(self.cfg["k"]))[1]]
 
     def top1_change_rate(self) -> float:
         now = self.top1(self.probe)
