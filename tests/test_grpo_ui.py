@@ -34,7 +34,7 @@ def _recipe(name, **changes):
     from studio.ui.train_tab import form_to_flat
 
     keys, values, flat = _form(name, **changes)
-    return recipe_from_flat(form_to_flat(keys, values, flat))
+    return recipe_from_flat(form_to_flat(keys, values, flat, grpo_section=True))
 
 
 def test_the_form_shows_a_grpo_recipes_rewards_and_gives_them_back():
@@ -143,3 +143,17 @@ def test_completions_and_reports_are_text_not_markup():
     assert "| my&#95;run&#95;&#42;x&#42; | 0.500 [0.000, 1.000] | 50.0% [0.0%, 100.0%] |" in text
     assert "within noise" in text and "<img" not in text and "](" not in text
     assert "First held-out prompts" in text and "4<br><i>reward 1.00</i>" in text
+
+
+def test_the_dpo_forms_own_beta_is_read_although_grpo_has_a_beta_too():
+    """The DPO tab's form shares form_to_flat with Train; GRPO's hidden section must not swallow DPO's beta."""
+    from studio.recipes import load_recipe, recipe_from_flat, recipe_to_flat
+    from studio.ui.train_tab import form_to_flat
+
+    flat = recipe_to_flat(load_recipe("tiny-dpo"))
+    recipe = recipe_from_flat(form_to_flat(["beta", "loss_type"], [0.37, "ipo"], flat))
+    assert recipe.train["beta"] == 0.37 and recipe.train["loss_type"] == "ipo"
+    from studio.errors import StudioError
+
+    with pytest.raises(StudioError, match="beta"):
+        recipe_from_flat(form_to_flat(["beta"], [-1], flat))

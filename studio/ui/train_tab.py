@@ -178,11 +178,13 @@ def load_form(name: str) -> dict:
     return flat
 
 
-def form_to_flat(keys: list[str], values: list, base: dict) -> dict:
+def form_to_flat(keys: list[str], values: list, base: dict, grpo_section: bool = False) -> dict:
+    """The form's values over the recipe's other keys. `grpo_section`: the form has the Train tab's GRPO section,
+    whose hidden fields mean nothing to another method (the DPO tab's own `beta` is its own field, always read)."""
     flat = dict(base or {})
     rows: dict = {}  # GRPO's reward menu: rewards.N.type / .weight / .settings → the recipe's `rewards:` list
     for key, value in zip(keys, values):
-        if key in GRPO_KEYS and flat.get("method") != "grpo":
+        if grpo_section and key in GRPO_KEYS and flat.get("method") != "grpo":
             continue  # the hidden GRPO section's fields mean nothing to another method
         if key.startswith("rewards."):
             _, n, part = key.split(".")
@@ -487,7 +489,7 @@ def create_train_tab(client: gr.BrowserState) -> dict:
             from studio.recipes import recipe_from_flat
 
             def run():
-                recipe_obj = recipe_from_flat(form_to_flat(keys, values, base))
+                recipe_obj = recipe_from_flat(form_to_flat(keys, values, base, grpo_section=True))
                 report = estimate_parameters(recipe_obj.model_config())
                 return report, memory_line(recipe_obj)
 
@@ -521,7 +523,7 @@ def create_train_tab(client: gr.BrowserState) -> dict:
 
             def run():
                 require_work(profile, "training")
-                return start_job(recipe_from_flat(handed_source(form_to_flat(keys, values, base), given)), owner=client_id,
+                return start_job(recipe_from_flat(handed_source(form_to_flat(keys, values, base, grpo_section=True), given)), owner=client_id,
                                  wait=shared_mode())
 
             job, err = safely(run)
@@ -664,7 +666,7 @@ def create_train_tab(client: gr.BrowserState) -> dict:
         def save_recipe(given, base, *values):
             from studio.recipes import recipe_from_flat
 
-            recipe_obj, err = safely(lambda: recipe_from_flat(handed_source(form_to_flat(keys, values, base), given,
+            recipe_obj, err = safely(lambda: recipe_from_flat(handed_source(form_to_flat(keys, values, base, grpo_section=True), given,
                                                                             saving=True)))
             if err:
                 raise gr.Error(err)
