@@ -91,8 +91,13 @@ def _form(**changes) -> list:
 
     flat = recipe_to_flat(load_recipe(RECIPES_DIR / "tiny-quotes.yaml"))
     flat.update(changes)
+    from studio.ui.grpo import REWARD_ROWS
+    from studio.ui.train_tab import GRPO
+
     keys = ["model_name_or_path", "dataset.source", "dataset.format", "dataset.template"] + [k for k, _ in BASIC] + [
-        k for k, _ in ADVANCED] + ["eval_prompts"] + [k for k, _ in LAPDOG]
+        k for k, _ in ADVANCED] + ["eval_prompts"] + [k for k, _ in LAPDOG] + [
+        f"rewards.{n}.{part}" for n in range(1, REWARD_ROWS + 1) for part in ("type", "weight", "settings")] + [
+        k for k, _ in GRPO]  # a shared app has no reward-code field
     return [_flat_to_widget(k, form_value(flat, k)) for k in keys]
 
 
