@@ -270,3 +270,16 @@ def test_a_visitors_grpo_job_stops_at_the_shared_apps_time_cap_with_a_checkpoint
     _wait(job, 120)
     assert job.status == "cancelled" and 0 < job.step < 500
     assert any("time limit reached" in line for line in job.logs) and run_folders.resumable(job)
+
+
+def test_grpo_starts_from_an_sft_runs_adapter(runs):
+    from conftest import tiny_recipe
+
+    sft = _wait(jobs.start_job(tiny_recipe(max_steps=2, save_steps=2, eval_strategy="no")))
+    assert sft.status == "done", sft.error
+    job = _wait(jobs.start_job(grpo_recipe(init_adapter=f"runs/{sft.id}", max_steps=1, **{"studio.heldout_prompts": 4})))
+    assert job.status == "done", job.error
+    assert any(f"starting from {sft.id}'s adapter" in line for line in job.logs)
+    summary = json.loads((job.run_dir / "summary.json").read_text())
+    assert summary["init_adapter"] == f"runs/{sft.id}" and "not the SFT run" in json.loads(
+        (job.run_dir / "heldout_rewards.json").read_text())["base_is"]
