@@ -438,3 +438,22 @@ def eval_split(recipe, data, log):
     for key in ("load_best_model_at_end", "metric_for_best_model"):
         recipe.train.pop(key, None)
     return None
+
+
+def policy_model(recipe, model_args, init_run, log):
+    """(model, peft_config) for a method that tunes a policy (DPO, GRPO): the base with a fresh LoRA (`peft_config`
+    for TRL to apply), or a finished SFT run's adapter loaded trainable (`init_adapter`; its LoRA settings come
+    with it, so `peft_config` is None)."""
+    from trl import get_peft_config
+
+    from studio.models import load_model, source_note
+
+    log(f"loading {model_args.model_name_or_path}{source_note(model_args.model_name_or_path)}")
+    model = load_model(model_args, trust_remote_code=bool(recipe.train.get("trust_remote_code")))
+    if init_run is None:
+        return model, get_peft_config(model_args)
+    from peft import PeftModel
+
+    from studio.inference import run_adapter
+
+    return PeftModel.from_pretrained(model, str(run_adapter(init_run)), is_trainable=True), None

@@ -15,8 +15,9 @@ from pathlib import Path
 from studio.inference import init_adapter_run
 from studio.metrics import margin_table
 from studio.pairs import load_pairs
-from studio.train.common import (eval_split, keep_trackers_in_run, memory_probe, parallel_summary, quiet_trainer,
-                                 resolve_fast_defaults, stopped_summary, train_job, use_trackers, write_summary)
+from studio.train.common import (eval_split, keep_trackers_in_run, memory_probe, parallel_summary, policy_model,
+                                 quiet_trainer, resolve_fast_defaults, stopped_summary, train_job, use_trackers,
+                                 write_summary)
 from studio.train.progress import make_callback, save_adapter
 from studio.runs import DONE
 
@@ -28,9 +29,9 @@ def build_dpo_trainer(recipe, run_dir: Path, log=print, callbacks=()):
     """seed → tokenizer → pairs → model (fresh adapter or the SFT run's) → speed settings → DPOTrainer."""
     import torch
     from transformers import set_seed
-    from trl import DPOTrainer, get_peft_config
+    from trl import DPOTrainer
 
-    from studio.models import load_model, load_tokenizer, source_note
+    from studio.models import load_tokenizer
 
     seed = int(recipe.train.get("seed", 42))
     set_seed(seed)
@@ -43,16 +44,8 @@ def build_dpo_trainer(recipe, run_dir: Path, log=print, callbacks=()):
         + f", splits {', '.join(f'{k} {len(v)}' for k, v in data.splits.items())}")
     eval_ds = eval_split(recipe, data, log)
 
-    log(f"loading {model_args.model_name_or_path}{source_note(model_args.model_name_or_path)}")
-    model = load_model(model_args, trust_remote_code=bool(recipe.train.get("trust_remote_code")))
-    peft_config = get_peft_config(model_args)
+    model, peft_config = policy_model(recipe, model_args, init_run, log)
     if init_run is not None:
-        from peft import PeftModel
-
-        from studio.inference import run_adapter
-
-        model = PeftModel.from_pretrained(model, str(run_adapter(init_run)), is_trainable=True)
-        peft_config = None  # the SFT run's LoRA settings come with its adapter
         log(f"starting from {init_run.name}'s adapter; the reference is a frozen copy of it")
     else:
         log("starting from the base model: a fresh adapter; the reference is the base (adapter off)")

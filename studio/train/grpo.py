@@ -16,8 +16,8 @@ from pathlib import Path
 from studio.errors import StudioError
 from studio.inference import init_adapter_run, is_instruct, marked_reply
 from studio.runs import DONE
-from studio.train.common import (keep_trackers_in_run, parallel_summary, quiet_trainer, stopped_summary, train_job,
-                                 use_trackers, write_summary)
+from studio.train.common import (keep_trackers_in_run, parallel_summary, policy_model, quiet_trainer, stopped_summary,
+                                 train_job, use_trackers, write_summary)
 from studio.train.progress import make_callback, save_adapter
 
 HELDOUT_PROMPTS = 200  # held-out prompts scored after training (studio.heldout_prompts changes it)
@@ -74,9 +74,9 @@ def build_grpo_trainer(recipe, run_dir: Path, log=print, callbacks=(), emit=None
     receives the latest sampled completions after each log."""
     import torch
     from transformers import set_seed
-    from trl import GRPOTrainer, get_peft_config
+    from trl import GRPOTrainer
 
-    from studio.models import load_model, load_tokenizer, source_note
+    from studio.models import load_tokenizer
     from studio.rewards import build, describe
 
     seed = int(recipe.train.get("seed", 42))
@@ -94,16 +94,8 @@ def build_grpo_trainer(recipe, run_dir: Path, log=print, callbacks=(), emit=None
     log(f"rewards: {describe(recipe.header.get('rewards'), recipe.header.get('reward_code'))} "
         "(TRL sums them with these weights, then compares each completion with its group)")
 
-    log(f"loading {model_args.model_name_or_path}{source_note(model_args.model_name_or_path)}")
-    model = load_model(model_args, trust_remote_code=bool(recipe.train.get("trust_remote_code")))
-    peft_config = get_peft_config(model_args)
+    model, peft_config = policy_model(recipe, model_args, init_run, log)
     if init_run is not None:
-        from peft import PeftModel
-
-        from studio.inference import run_adapter
-
-        model = PeftModel.from_pretrained(model, str(run_adapter(init_run)), is_trainable=True)
-        peft_config = None  # the SFT run's LoRA settings come with its adapter
         log(f"starting from {init_run.name}'s adapter")
     else:
         log("starting from the base model: a fresh adapter" + (
