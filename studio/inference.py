@@ -94,10 +94,27 @@ def load_for_inference(ref: str, device: str | None = None, adapter: bool = True
     from studio.model_cache import cached as from_cache
     from studio.models import resolve_model_path
 
-    where = str(run.resolve()) if run is not None else resolve_model_path(base)
-    label = (run.name if adapter else f"{run.name} (base)") if run is not None else base
-    return from_cache(("transformers", where, bool(adapter and run is not None), device),
-                      lambda: _load(run, base, device, adapter), label=label, kind="transformers")
+    with_adapter = bool(adapter and run is not None)
+    # a run's base alone is the base: one entry, whichever run or tab asked for it (Evaluate's base column,
+    # Persona Chat's "its base model", the base by name), never a second copy per run
+    where = str(run.resolve()) if with_adapter else resolve_model_path(base)
+    label = run.name if with_adapter else base
+    return from_cache(("transformers", where, with_adapter, device),
+                      lambda: _load(run if with_adapter else None, base, device, with_adapter), label=label,
+                      kind="transformers", expect=lambda: _weight_bytes(base, run_adapter(run) if with_adapter else None))
+
+
+def _weight_bytes(base: str, adapter_dir: Path | None) -> int:
+    """What loading `base` (+ an adapter) will take, from its weight files (0 when unknown, e.g. a Hub id not yet
+    downloaded): the cache makes room first."""
+    from studio.models import resolve_model_path
+
+    try:
+        folders = [Path(resolve_model_path(base)), adapter_dir]
+    except (StudioError, OSError):
+        return 0
+    return sum(p.stat().st_size for f in folders if f is not None and f.is_dir()
+               for ext in ("*.safetensors", "*.bin") for p in f.glob(ext))
 
 
 def _load(run: Path | None, base: str, device: str | None, adapter: bool) -> Loaded:

@@ -218,22 +218,29 @@ def margin_table(model, tokenizer, rows: list[dict], reference_adapter: str | No
 
 
 def preference_margins(run: str, rows: list[dict]) -> list[dict]:
-    """A finished DPO run's margin table on `rows` (prompt/chosen/rejected), loaded from disk with plain PEFT.
+    """A finished DPO run's margin table on `rows` (prompt/chosen/rejected), its adapter read from disk with PEFT.
 
-    The reference is what the run trained against: its `init_adapter` run's adapter, or the base.
+    The reference is what the run trained against: its `init_adapter` run's adapter, or the base. The adapters
+    go on a tree of this report's own over the cached base's tensors (studio.model_cache.shared_weights_copy):
+    `margin_table` switches adapters on and off, which a cached model shared with chat and Evaluate must never
+    see, and a copy of its own would hold the base's weights twice.
     """
     import yaml
+    from peft import PeftModel
 
     from studio.access import resolve_run
     from studio.inference import init_adapter_run, load_for_inference, run_adapter
+    from studio.model_cache import shared_weights_copy
 
-    loaded = load_for_inference(str(resolve_run(run)))
-    recipe = yaml.safe_load((loaded.run / "recipe.yaml").read_text("utf-8")) or {}
+    run_dir = resolve_run(run)
+    base = load_for_inference(str(run_dir), adapter=False, cached=True)  # the base alone: one entry for all tabs
+    model = PeftModel.from_pretrained(shared_weights_copy(base.model), str(run_adapter(run_dir)), is_trainable=False)
+    recipe = yaml.safe_load((run_dir / "recipe.yaml").read_text("utf-8")) or {}
     reference, beta = None, float(recipe.get("beta", 0.1))
     if recipe.get("init_adapter"):
         from studio.recipes import recipe_from_dict
 
-        init_run = init_adapter_run(recipe_from_dict(recipe, str(loaded.run / "recipe.yaml")))
-        loaded.model.load_adapter(str(run_adapter(init_run)), adapter_name="ref")
+        init_run = init_adapter_run(recipe_from_dict(recipe, str(run_dir / "recipe.yaml")))
+        model.load_adapter(str(run_adapter(init_run)), adapter_name="ref", is_trainable=False)
         reference = "ref"
-    return margin_table(loaded.model, loaded.tokenizer, rows, reference, beta=beta)
+    return margin_table(model.eval(), base.tokenizer, rows, reference, beta=beta)

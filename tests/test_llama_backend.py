@@ -384,10 +384,10 @@ def test_the_cache_is_bounded_by_bytes_least_recently_used_first():
 
 
 def test_the_default_limit_follows_the_machines_ram(monkeypatch):
-    from studio.model_cache import limit_bytes, machine_ram
+    from studio.model_cache import default_limit, limit_bytes, machine_ram
 
     monkeypatch.delenv("STUDIO_MODEL_CACHE_MB", raising=False)
-    assert limit_bytes() == max(1 << 30, machine_ram() // 4)
+    assert limit_bytes() == default_limit(machine_ram())  # its rule: tests/test_memory_sharing.py
     monkeypatch.setenv("STUDIO_MODEL_CACHE_MB", "1500")
     assert limit_bytes() == 1500 << 20
 

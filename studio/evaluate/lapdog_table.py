@@ -12,9 +12,24 @@ from studio.evaluate.results import save_result
 PERSONA_ARMS = ("closed-book (stage 1)", "+ fixed retriever", "+ LAPDOG retriever")
 
 
+def _run_on_cached_base(run_dir, stage1):
+    """The run's two adapters (final as "default", stage 1 as "stage1") over the cached base's own tensors
+    (studio.model_cache.shared_weights_copy): only the adapters' weights are new, however many tabs hold the base.
+    The arms switch adapters on this tree of their own, never on a cached model."""
+    from peft import PeftModel
+
+    from studio.inference import load_for_inference, run_adapter
+    from studio.model_cache import shared_weights_copy
+
+    base = load_for_inference(str(run_dir), adapter=False, cached=True)  # the base alone: one entry for all tabs
+    model = PeftModel.from_pretrained(shared_weights_copy(base.model), str(run_adapter(run_dir)), is_trainable=False)
+    model.load_adapter(str(stage1), adapter_name="stage1", is_trainable=False)
+    return model.eval(), base.tokenizer
+
+
 def _three_arms(run_dir, recipe, cfg, rows, queries, k, corpus, stage1, batch_size, progress):
     """The fixed and the trained retriever's stories, then each arm's greedy replies and scores."""
-    from studio.inference import chat_prompt, generate, load_for_inference
+    from studio.inference import chat_prompt, generate
     from studio.metrics import corpus_scores, text_stats
     from studio.persona import persona_messages
     from studio.retrieval import load_retriever
@@ -23,9 +38,7 @@ def _three_arms(run_dir, recipe, cfg, rows, queries, k, corpus, stage1, batch_si
     fixed = load_retriever(corpus, cfg["embedder"]).search(queries, k)
     learned = load_retriever(corpus, cfg["embedder"], run_dir).search(queries, k)
     checkpoint()
-    loaded = load_for_inference(str(run_dir))
-    model, tok = loaded.model, loaded.tokenizer
-    model.load_adapter(str(stage1), adapter_name="stage1")
+    model, tok = _run_on_cached_base(run_dir, stage1)
     budget = int(recipe.train.get("max_length") or 1024) - int(cfg["reply_max_new_tokens"])
     arms = [(PERSONA_ARMS[0], "stage1", [[] for _ in rows]), (PERSONA_ARMS[1], "default", fixed),
             (PERSONA_ARMS[2], "default", learned)]
@@ -41,7 +54,7 @@ def _three_arms(run_dir, recipe, cfg, rows, queries, k, corpus, stage1, batch_si
                                                     batch_size=batch_size, progress=checked(step))]
         outputs[label] = replies
         metrics[label] = {**corpus_scores(replies, references), **text_stats(replies)}
-    del loaded, model
+    del model
     return fixed, learned, outputs, metrics
 
 
