@@ -147,9 +147,12 @@ def test_splits_are_80_10_10_and_seeded(write):
 
 
 def test_format_and_template_override(write):
-    rows = [{"question": "What is 2+2?", "answer": "4"}]
-    with pytest.raises(StudioError, match=r"no column looks like a prompt.*\[question, answer\]"):
+    rows = [{"q": "What is 2+2?", "a": "4"}]
+    with pytest.raises(StudioError, match=r"no column looks like a prompt.*\[q, a\]"):
         prepare_dataset(str(write("qa.jsonl", rows)))
+    # question/answer (GSM8K's layout) is a prompt with its reference: the reward format, as prompt/completion
+    data = prepare_dataset(str(write("gsm.jsonl", [{"question": "What is 2+2?", "answer": "4"}])))
+    assert data.format.name == "reward" and data.format.kind == "prompt_completion"
     rows = [{"text": "ignored", "topic": "cats"}]
     data = prepare_dataset(str(write("t.jsonl", rows)), format="text", template="Topic: {topic}\n{text}")
     assert data.example == "Topic: cats\nignored"
