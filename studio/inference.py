@@ -191,6 +191,41 @@ def generate(model, tokenizer, prompts: list[str], max_new_tokens: int = 64, *, 
     return outputs
 
 
+def continuation_logprobs(model, tokenizer, contexts: list[str], continuations: list[str],
+                          batch_size: int = 8) -> list[float]:
+    """Σ log p(continuation | context) for each pair, teacher-forced: batched forwards with right padding, the
+    log-softmax taken over the continuation's positions only (a batch's full logits would be batch × length ×
+    vocabulary floats). Contexts are plain strings, already templated, tokenized as `generate` does."""
+    import torch
+
+    device = next(model.parameters()).device
+    special = not _has_bos(tokenizer, contexts)
+    seqs, spans = [], []
+    for context, continuation in zip(contexts, continuations):
+        head = tokenizer(context, add_special_tokens=special)["input_ids"]
+        tail = tokenizer(continuation, add_special_tokens=False)["input_ids"]
+        seqs.append(head + tail)
+        spans.append((len(head), len(head) + len(tail)))
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id or 0)
+    out: list[float] = []
+    for start in range(0, len(seqs), batch_size):
+        batch = seqs[start:start + batch_size]
+        width = max(map(len, batch))
+        ids = torch.full((len(batch), width), pad, dtype=torch.long)
+        mask = torch.zeros((len(batch), width), dtype=torch.long)
+        for j, s in enumerate(batch):
+            ids[j, :len(s)], mask[j, :len(s)] = torch.tensor(s), 1
+        with torch.no_grad():
+            hidden = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits
+        for j, (a, b) in enumerate(spans[start:start + batch_size]):
+            if b <= a:
+                out.append(0.0)
+                continue
+            logp = torch.log_softmax(hidden[j, a - 1:b - 1].float(), -1)
+            out.append(float(logp.gather(-1, ids[j, a:b].to(device).unsqueeze(-1)).sum()))
+    return out
+
+
 def _has_bos(tokenizer, prompts: list[str]) -> bool:
     """True when every prompt already begins with the start token (a chat template that writes its own, as
     Llama-3's and Gemma's do): tokenizing it with special tokens on would give the model two."""

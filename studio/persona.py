@@ -27,7 +27,8 @@ DEFAULTS = {
     "stage1_steps": None,  # None: max_steps
     "stage2_steps": None,
     "story_side": "frozen",
-    "refresh_steps": 10,  # stage 2: the generator's stories come again from the query encoder every N steps (0: never)
+    "refresh_steps": 10,
+    "signal": "metric",  # the retriever's target: metric (greedy reply per story, F1+ROUGE-L+BLEU: the paper's) or likelihood  # stage 2: the generator's stories come again from the query encoder every N steps (0: never)
 }
 
 

@@ -33,7 +33,7 @@ EXPORT_KEYS = {"hub_model_id", "private", "merge"}
 # `retrieval:` (method lapdog): the story corpus, the retriever and LAPDOG's stage-2 settings
 RETRIEVAL_KEYS = {"corpus", "embedder", "k", "tau_score", "tau_gold", "candidate_random", "query",
                   "retriever_learning_rate", "retriever_batch", "reply_max_new_tokens", "stage1_steps", "stage2_steps",
-                  "story_side", "refresh_steps", "candidate_max_new_tokens"}
+                  "story_side", "refresh_steps", "candidate_max_new_tokens", "signal"}
 METHODS = ("sft", "dpo", "lapdog", "grpo")
 _SECRET = re.compile(r"^hf_[A-Za-z0-9]{16,}$")
 
@@ -363,6 +363,8 @@ def validate(recipe: Recipe) -> Recipe:
     retrieval = recipe.header.get("retrieval") or {}
     if retrieval.get("query", "persona") not in ("persona", "persona+turn"):
         raise StudioError(f"{where}: retrieval.query must be 'persona' or 'persona+turn', got {retrieval['query']!r}")
+    if retrieval.get("signal", "metric") not in ("metric", "likelihood"):
+        raise StudioError(f"{where}: retrieval.signal must be 'metric' or 'likelihood', got {retrieval['signal']!r}")
     if retrieval.get("story_side", "frozen") != "frozen":
         raise StudioError(f"{where}: retrieval.story_side: only 'frozen' (query encoder trained, story index fixed)")
     if not recipe.dataset.get("source"):

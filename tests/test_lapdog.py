@@ -136,6 +136,9 @@ def test_batched_candidates_score_as_one_prompt_at_a_time(generator, learner_for
         del generator.model.generate
     assert batched == alone and any(batched)
     assert torch.allclose(learner.targets(ROWS, batched, 3), learner.targets(ROWS, alone, 3), atol=1e-6)
+    # scored as the persona table scores a reply: up to its first newline
+    tailed = [r + "\ni go skiing in the alps." for r in batched]
+    assert torch.allclose(learner.targets(ROWS, tailed, 3), learner.targets(ROWS, batched, 3), atol=1e-6)
     assert generator.model.training is False  # candidate_replies restores the mode it found (eval here)
 
     # candidate replies may be shorter than evaluation replies (retrieval.candidate_max_new_tokens)
@@ -170,6 +173,46 @@ def test_refresh_encodes_each_distinct_query_once_and_retrieves_as_one_row_at_a_
     assert ids == one_by_one
     assert ids[-1][0] == 5  # the barn painter's story first
     assert learner.top1(rows) == [i[0] for i in one_by_one]
+
+
+def test_likelihood_signal_scores_the_gold_reply_per_story_without_generating(generator, learner_for):
+    """Issue 32 (a sharper signal): `retrieval.signal: likelihood` targets softmax(log p(gold | story)/τ_gold), the
+    teacher-forced log-likelihoods summed over the gold reply's tokens, batched equal to one full forward per
+    prompt; no candidate is generated, and the step still moves the query encoder."""
+    import random
+
+    from studio.errors import StudioError
+    from studio.inference import continuation_logprobs
+    from studio.recipes import load_recipe
+
+    learner = learner_for(signal="likelihood", tau_gold=1.0)
+    cands = learner.candidates(ROWS, random.Random(0))
+    prompts = learner.candidate_prompts(ROWS, cands, budget=400)
+    golds = [row["reply"] for row in ROWS for _ in range(3)]
+    batched = continuation_logprobs(generator.model, generator.tokenizer, prompts, golds, batch_size=4)
+    tok = generator.tokenizer
+    for prompt, gold, got in zip(prompts, golds, batched):  # one unpadded forward each, summed by hand
+        head = tok(prompt)["input_ids"]
+        ids = head + tok(gold, add_special_tokens=False)["input_ids"]
+        with torch.no_grad():
+            logp = torch.log_softmax(generator.model(input_ids=torch.tensor([ids])).logits[0].float(), -1)
+        assert got == pytest.approx(sum(float(logp[t - 1, ids[t]]) for t in range(len(head), len(ids))), abs=1e-3)
+    assert len(set(round(x, 4) for x in batched)) > 1 and all(x < 0 for x in batched)
+
+    target = learner.likelihood_targets(generator.model, ROWS, prompts, 3)
+    expected = torch.softmax(torch.tensor(batched).view(2, 3), -1)
+    assert torch.allclose(target, expected, atol=1e-4)
+
+    generator.model.generate = lambda *a, **k: pytest.fail("the likelihood signal generated a reply")
+    try:
+        before = {n: p.detach().clone() for n, p in learner.encoder.named_parameters()}
+        metrics = learner.step(generator.model, step=1, budget=400)
+    finally:
+        del generator.model.generate
+    assert metrics["retriever/loss"] >= 0
+    assert any(not torch.equal(p.detach(), before[n]) for n, p in learner.encoder.named_parameters())
+    with pytest.raises(StudioError, match="retrieval.signal must be 'metric' or 'likelihood'"):
+        load_recipe("tiny-persona-lapdog", ["retrieval.signal=bleu"])
 
 
 def test_candidate_max_new_tokens_is_a_checked_recipe_key():

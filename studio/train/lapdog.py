@@ -157,11 +157,29 @@ class RetrieverLearner:
             model.train(was_training)
 
     def targets(self, rows, replies: list[str], k: int):
-        """softmax(metric/τ_gold) over each example's k candidates (n×k)."""
+        """softmax(metric/τ_gold) over each example's k candidates (n×k), each reply cut at its first newline as
+        the persona table scores replies (what comes after is never scored there, so it teaches nothing)."""
         import torch
 
+        replies = [r.split("\n")[0].strip() for r in replies]
         return torch.stack([kl_target(reply_scores(replies[j * k:(j + 1) * k], row["reply"]), float(self.cfg["tau_gold"]))
                             for j, row in enumerate(rows)])
+
+    def likelihood_targets(self, model, rows, prompts: list[str], k: int):
+        """softmax(log p(gold reply | story)/τ_gold) over each example's k candidates (n×k): the generator's own
+        likelihood of the gold reply with each story alone, teacher-forced (Atlas' perplexity distillation,
+        REPLUG's LSR); at τ_gold 1 it is the posterior over the k stories given the reply. No generation."""
+        import torch
+
+        from studio.inference import continuation_logprobs
+
+        was_training = model.training
+        model.eval()
+        try:
+            logp = continuation_logprobs(model, self.tok, prompts, [row["reply"] for row in rows for _ in range(k)])
+        finally:
+            model.train(was_training)
+        return torch.stack([kl_target(logp[j * k:(j + 1) * k], float(self.cfg["tau_gold"])) for j in range(len(rows))])
 
     def update(self, rows, cands, target) -> float:
         """The query encoder's step: queries encoded with gradient, KL to the target, AdamW."""
@@ -176,12 +194,16 @@ class RetrieverLearner:
         return float(loss.detach())
 
     def step(self, model, step: int, budget: int) -> dict:
-        """One retriever update: greedy reply per single story, metric target, KL, AdamW step."""
+        """One retriever update: greedy reply per single story and metric target (`signal: metric`, the paper's),
+        or the gold reply's likelihood per single story (`signal: likelihood`); KL, AdamW step."""
         rng = random.Random(self.seed * 100003 + step)  # the same examples again after a resume
         rows = rng.sample(self.rows, min(int(self.cfg["retriever_batch"]), len(self.rows)))
         cands = self.candidates(rows, rng)
-        replies = self.candidate_replies(model, self.candidate_prompts(rows, cands, budget))
-        target = self.targets(rows, replies, len(cands[0]))
+        prompts = self.candidate_prompts(rows, cands, budget)
+        if self.cfg.get("signal", "metric") == "likelihood":
+            target = self.likelihood_targets(model, rows, prompts, len(cands[0]))
+        else:
+            target = self.targets(rows, self.candidate_replies(model, prompts), len(cands[0]))
         loss = self.update(rows, cands, target)
         return {"retriever/loss": loss, "retriever/target_entropy": entropy(target)}
 
