@@ -134,13 +134,18 @@ class Target:
         # the app answering is this one (a port picked free can be taken by another worker's app before ours
         # binds it; that app would answer start_app's probe)
         port = url.rstrip("/").rsplit(":", 1)[1]
-        wait_for(lambda: f"Running on local URL:  http://127.0.0.1:{port}" in (
-            self.runs.parent / f"app-{port}.log").read_text("utf-8", "replace"), 60, f"this app to say it serves {port}")
-        assert self.proc.poll() is None, (self.runs.parent / f"app-{port}.log").read_text()[-2000:]
-        self.api = Api(url)
-        self.a_session, self.b_session = f"fuzz-a-{uuid.uuid4().hex[:10]}", f"fuzz-b-{uuid.uuid4().hex[:10]}"
-        self.a_id, self.b_id = self._page_id(self.a_session), self._page_id(self.b_session)
-        self._visitor_a()
+        try:  # a set-up that fails stops its app: the fixture's teardown closes only the targets it got
+            wait_for(lambda: f"Running on local URL:  http://127.0.0.1:{port}" in (
+                self.runs.parent / f"app-{port}.log").read_text("utf-8", "replace"), 60,
+                f"this app to say it serves {port}")
+            assert self.proc.poll() is None, (self.runs.parent / f"app-{port}.log").read_text()[-2000:]
+            self.api = Api(url)
+            self.a_session, self.b_session = f"fuzz-a-{uuid.uuid4().hex[:10]}", f"fuzz-b-{uuid.uuid4().hex[:10]}"
+            self.a_id, self.b_id = self._page_id(self.a_session), self._page_id(self.b_session)
+            self._visitor_a()
+        except BaseException:
+            self.close()
+            raise
 
     def _page_id(self, session: str) -> str:
         """The browser id a page gets on its first load (the page sends nothing yet)."""
@@ -214,7 +219,11 @@ class Target:
 
     def close(self):
         self.proc.terminate()
-        self.proc.wait(10)
+        try:
+            self.proc.wait(10)
+        except subprocess.TimeoutExpired:  # a server stuck in a request: it goes anyway
+            self.proc.kill()
+            self.proc.wait(10)
 
 
 @pytest.fixture(scope="module")
