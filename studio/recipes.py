@@ -564,6 +564,8 @@ def recipe_from_flat(flat: dict, where: str = "form") -> Recipe:
     if flat.get("name"):
         check_run_name(flat["name"], "recipe name")
     check_data_source(flat.get("dataset.source") or "")
+    # held-out data is read like the training data (a split name such as `validation` passes as a bare name)
+    check_data_source(flat.get("dataset.eval_source") or "")
     check_model_source(flat.get("model_name_or_path") or "")
     retrieval = flat.get("retrieval")
     if isinstance(retrieval, dict):  # lapdog: the story corpus and the embedder are read like data and models

@@ -42,6 +42,10 @@ class Run:
         self.elapsed_before = 0.0  # seconds spent by earlier processes, for resumed runs
         self.finished_at: float | None = None
         self.last_event_at: float | None = None
+        # the first step of this process's part ends here: the steps after it give the rate (the first one also
+        # carries the warm-up: the first forward and backward, allocations, a compile)
+        self.first_step: int | None = None
+        self.first_step_at: float | None = None
         self.history: list[dict] = []
         self.logs: list[str] = []
         self.error: str | None = None
@@ -62,6 +66,7 @@ class Run:
                 self.started_at, self.finished_at = e["t"], None
                 self.start_step = e.get("step", self.step)
                 self.start_tokens = self.tokens
+                self.first_step = self.first_step_at = None
                 # resumed from a checkpoint: the steps logged after it are trained again
                 self.history = [row for row in self.history if row.get("step", 0) <= self.start_step]
             if e["status"] in (DONE, FAILED, CANCELLED):
@@ -71,6 +76,8 @@ class Run:
         elif kind == "progress":
             self.step, self.total = e["step"], e.get("total", self.total)
             self.epoch, self.tokens = e.get("epoch", self.epoch), e.get("tokens", self.tokens)
+            if self.first_step is None and self.started_at is not None and self.step > self.start_step:
+                self.first_step, self.first_step_at = self.step, e["t"]
         elif kind == "metrics":
             self.history.append({k: v for k, v in e.items() if k not in ("t", "type")})
         elif kind == "log":
@@ -112,11 +119,21 @@ class Run:
         end = self.finished_at or time.time()
         return self.elapsed_before + max(0.0, end - self.started_at)
 
+    def steps_per_second(self, now: float) -> float:
+        """Training speed for the ETA: the steps after the first over the time since it ended (the first step
+        carries the warm-up, 4x the real per-step time on SmolLM2 here: issue 34's first ETA read 1,378 s for a
+        363 s job); with only the first step done, every step over the whole time so far."""
+        if self.first_step is not None and self.step > self.first_step and now > self.first_step_at:
+            return (self.step - self.first_step) / (now - self.first_step_at)
+        run_time = now - self.started_at if self.started_at is not None else 0.0
+        steps_done = max(0, self.step - self.start_step)
+        return steps_done / run_time if run_time > 0 and steps_done else 0.0
+
     def snapshot(self) -> dict:
         """Progress in plain numbers, for the CLI bar and the UI."""
-        run_time = (self.finished_at or time.time()) - self.started_at if self.started_at else 0.0
-        steps_done = max(0, self.step - self.start_step)
-        rate = steps_done / run_time if run_time > 0 and steps_done else 0.0
+        now = self.finished_at or time.time()
+        run_time = now - self.started_at if self.started_at is not None else 0.0
+        rate = self.steps_per_second(now)
         eta = (self.total - self.step) / rate if rate and self.active else None
         tokens_per_s = (self.tokens - self.start_tokens) / run_time if run_time > 0 else 0.0
         last = {}

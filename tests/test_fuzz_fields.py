@@ -22,15 +22,17 @@ SEED = 18
 TOKEN = "hf_" + "Zq9" * 12  # a recognisable token typed into the Export tab's field: never echoed back
 FORM = ["embedded/tiny-llama", "quotes", "quotes", "", 16, 32, 0.0, "q_proj, v_proj", False, 0.005, 2, 3.0, 1, 4,
         128, 5, "cosine", "adamw_torch", 5, "no", 50, 50, 42, False, False, False, False, "none", "",  # page order
-        None, None, None, None, None, None, None, None, None]  # the LAPDOG section's fields (hidden for this recipe)
+        None, None, None, None, None, None, None, None, None,  # the LAPDOG section's fields (hidden for this recipe)
+        *["(none)", 1.0, ""] * 4, 8, 256, 1.0, 0.0, 200,  # the GRPO section's reward rows and fields (hidden too)
+        ""]  # held-out data (dataset.eval_source), last in the API's order (a shared app has no reward-code field)
 FIELD = {"model": 0, "source": 1, "format": 2, "template": 3, "lora_r": 4, "lora_alpha": 5, "lora_dropout": 6,
          "targets": 7, "4bit": 8, "learning_rate": 9, "max_steps": 10, "epochs": 11, "batch": 12, "accum": 13,
          "max_length": 14, "warmup": 15, "optim": 17, "logging_steps": 18, "eval_steps": 20, "seed": 22,
-         "prompts": 28}  # 27 is report_to
+         "prompts": 28, "eval_source": len(FORM) - 1}  # 27 is report_to
 NAN, INF = float("nan"), float("inf")
 HOSTILE_TEXT = ["../../etc/passwd", "/etc/passwd", "http://169.254.169.254/latest", "file:///etc/passwd",
                 "a" * 10_000, "x\x00y", "\x1b[2J", "owner/" + "n" * 200, "..", "~", "{text.__class__}", ""]
-CHAT = ["i like dogs", "hi", [], [], "embedded/tiny-llama", None, "off", "", 0, False, 0.0, 0.9, 1.1, 8]
+CHAT = ["i like dogs", "hi", [], [], "embedded/tiny-llama", None, "off", "", 0, False, 0.0, 0.9, 1.1, 8, 0]  # …, seed
 
 
 def _train_cases(rng):
@@ -40,10 +42,13 @@ def _train_cases(rng):
                 "warmup", "seed", "lora_dropout", "logging_steps", "eval_steps"):
         for value in rng.sample(bad_numbers, 4) + [NAN, 10**12]:
             cases.append((key, value))
-    for key in ("model", "source", "template", "targets", "optim", "prompts", "format"):
+    for key in ("model", "source", "template", "targets", "optim", "prompts", "format", "eval_source"):
         for value in rng.sample(HOSTILE_TEXT, 3) + [{"a": 1}, ["a", 1], 5]:
             cases.append((key, value))
     return cases
+
+
+TEXT_FIELDS = ("model", "source", "template", "targets", "optim", "prompts", "format", "eval_source")
 
 
 def _cases():
@@ -55,11 +60,15 @@ def _cases():
         form[FIELD[key]] = value
         out.append((f"check {key}={value!r:.40}", "/check_parameters", form, None))
         # a start only where the value can never train: it must be refused before a run folder or thread exists
-        text_field = key in ("model", "source", "template", "targets", "optim", "prompts", "format")
+        text_field = key in TEXT_FIELDS
         if (key in ("format", "targets") and value != "") or (not text_field and (
                 not isinstance(value, (str, int)) or value in ("abc", 10**12, 1e308)
                 or (value == -1 and key != "max_steps"))):
             out.append((f"train {key}={value!r:.40}", "/start_training", ["visitor-1", *form], True))
+    for value in HOSTILE_TEXT[:4] + ["..", "../x", "~/x", "runs/../../x"]:  # held-out data a visitor was not handed
+        form = list(FORM)
+        form[FIELD["eval_source"]] = value
+        out.append((f"train eval_source={value!r:.40}", "/start_training", ["visitor-1", *form], True))
     form = list(FORM)
     form[FIELD["max_length"]] = 10**12
     out.append(("save recipe max_length=1e12", "/save_recipe", form, True))
@@ -182,6 +191,10 @@ def test_every_field_through_the_api(app):
 
     cases = _cases()
     assert len(cases) >= 200
+    # the untouched form reaches the studio: a form that drifted from the page's fields (one value short) is
+    # refused by Gradio itself for every case, and would test nothing
+    outputs, error = _call(url, "/check_parameters", FORM)
+    assert error is None and "**Parameters:**" in outputs[0], (error, outputs)
     problems, counts = [], {"refused": 0, "answered": 0, "refused by gradio": 0}
     server_paths = re.compile(re.escape(str(runs.parent)) + "|" + re.escape(str(ROOT)) + r"|/tmp/|/root/")
     for name, api, args, must_refuse in cases:

@@ -73,6 +73,12 @@ def test_recipe_keeps_the_handed_dataset_and_points_to_the_real_model_and_dpo(ap
     recipe.click()
     page.get_by_role("option", name="tiny-quotes", exact=True).click()
     wait_for(lambda: source.input_value() == "upload: capitals.jsonl", 60, "the handed dataset, kept")
+    # issue 34: the hand-over is this browser's, kept on the server, so a reload brings it back (the next test
+    # trains on it after this reload)
+    page.reload()
+    page.get_by_role("tab", name="Train").click()
+    wait_for(lambda: source.input_value() == "upload: capitals.jsonl", 60, "the handed dataset after a reload")
+    assert "Kept your dataset from the Data tab (upload: capitals.jsonl)" in page.locator("#train-message").inner_text()
 
 
 def test_lists_fill_when_a_run_finishes_without_refresh(app, page):  # finding 3

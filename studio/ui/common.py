@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import html
 import logging
+import threading
+from collections import OrderedDict
 
 from studio.errors import StudioError
 
@@ -88,6 +90,49 @@ def page_browser_id(client_id) -> str:
         client_id = issue_browser_id()
     browser(client_id)
     return client_id
+
+
+_handovers: "OrderedDict[str, dict]" = OrderedDict()  # "client:<verified browser id>" → the dataset handed to Train
+_handovers_lock = threading.Lock()
+
+
+def keep_handover(client_id, choice: dict | None) -> None:
+    """Remember (or, with None, forget) the dataset the Data tab handed to the Train tab for this browser, so a
+    reload of the page gets it back. Kept per browser id the server issued and verified (`browser`), never per
+    anything a page says: a page whose id does not verify (an API client, a forged id) keeps nothing across loads,
+    and no browser can name another's. In memory: a restart forgets hand-overs, as it forgets sessions."""
+    from studio.access import max_visitors
+
+    key = browser(client_id)
+    if not key or not key.startswith("client:"):
+        return
+    with _handovers_lock:
+        if choice is None:
+            _handovers.pop(key, None)
+            return
+        _handovers[key] = dict(choice)
+        _handovers.move_to_end(key)
+        while len(_handovers) > max_visitors():
+            _handovers.popitem(last=False)
+
+
+def handover(client_id) -> dict | None:
+    """This browser's kept hand-over (see `keep_handover`), while its data can still be read by this visitor: an
+    upload that has left (the upload TTL) is forgotten, not offered."""
+    from pathlib import Path
+
+    from studio.access import may_read
+
+    key = browser(client_id)
+    with _handovers_lock:
+        choice = _handovers.get(key) if key and key.startswith("client:") else None
+    if choice is None:
+        return None
+    source = str(choice.get("source") or "")
+    if (shown_source(source).startswith("upload: ") and not Path(source).is_file()) or not may_read(source):
+        keep_handover(client_id, None)
+        return None
+    return dict(choice)
 
 
 def browser_state():

@@ -223,7 +223,9 @@ def create_data_tab() -> dict:
             def relabel(where):
                 return gr.update(value=f"Use this dataset on the {where or 'Train'} tab")
 
-            def send(choice, where):
+            def send(choice, where, client_id=None):
+                from studio.ui.common import keep_handover
+
                 keep = [gr.update() for _ in fields]
                 if not choice:
                     return (gr.update(),) * 4 + (error_html("Load a dataset first."), gr.update(), *keep, gr.update())
@@ -234,13 +236,15 @@ def create_data_tab() -> dict:
                     out = [name if field is wired[where] else gr.update() for field in fields]
                     return (gr.update(),) * 4 + (ok_html(handover_line(where, name)), gr.update(), *out, switch)
                 prompts = choice.get("prompts") or []
+                keep_handover(client_id, choice)  # a reload of the page gets it back (train_tab's on_load)
                 return (name, choice["format"], choice["template"] or "", "\n".join(prompts) if prompts else gr.update(),
                         ok_html(handover_line("Train", name, bool(prompts))), choice, *keep, switch)
 
             chosen.change(offer, chosen, [target, use], api_name=False)
             target.change(relabel, target, use, api_name=False)
-            use.click(send, [chosen, target], [train["dataset_source"], train["dataset_format"],
+            use.click(send, [chosen, target, train["client"]], [train["dataset_source"], train["dataset_format"],
                                                train["dataset_template"], train["eval_prompts"], status,
-                                               train["handed"], *fields, tabs])
+                                               train["handed"], *fields, tabs],
+                      api_name=False)  # the page's own wiring (it fills other tabs' fields): nothing for API clients
 
         return {"connect": connect}

@@ -129,7 +129,7 @@ def create_evaluate_tab(client: gr.BrowserState) -> dict:
             refresh = gr.Button("Refresh runs", scale=0)
         with gr.Row():
             suite = gr.Dropdown([TEST_SPLIT, RECIPE_SUITE, *SUITES, "upload"], value=TEST_SPLIT, label="Rows")
-            data = gr.Textbox(label="Dataset for the test split (empty: the run's own)", placeholder="empty: the run's own data; or a sample (quotes), a file or a Hub id")
+            data = gr.Textbox(label="Dataset for the test split (empty: the run's own)", placeholder="empty: the run's own held-out rows (its dataset.eval_source if set); or a sample (quotes), a file or a Hub id")
             limit = gr.Number(value=20, precision=0, minimum=1, label="Max rows")
             max_new = gr.Number(value=32, precision=0, minimum=1, maximum=512, label="Max new tokens")
             name = gr.Textbox(label="Result name (optional)")

@@ -5,12 +5,14 @@ from __future__ import annotations
 import enum
 import math
 import tempfile
+import threading
+from collections import OrderedDict
 from pathlib import Path
 
 import gradio as gr
 
-from studio.ui.common import (browser, error_html, job_log, ok_html, page_browser_id, progress_html, safely,
-                              shown_source, text_cell)
+from studio.ui.common import (browser, error_html, handover, job_log, keep_handover, ok_html, page_browser_id,
+                              progress_html, safely, shown_source, text_cell)
 
 
 def memory_line(recipe) -> str:
@@ -92,6 +94,8 @@ INT_KEYS = {"num_generations", "max_completion_length", "studio.heldout_prompts"
             "retrieval.stage1_steps", "retrieval.stage2_steps", "retrieval.refresh_steps"}
 
 
+EVAL_SOURCE_INFO = ("dataset.eval_source, evaluated instead of a random split: a sample, your file as the Data tab "
+                    "names it, a Hub id or its split (validation); locally also a path")
 RECIPE_INFO = ("tiny-… recipes: the embedded toy model, under a minute. smollm2-… recipes: a real model, "
                "SmolLM2-135M-Instruct, minutes on a CPU. DPO recipes: start them on the DPO tab.")
 
@@ -351,6 +355,29 @@ def watch_slot(kinds, client_id, watching: dict):
     return None, note, False, watching
 
 
+_picks: "OrderedDict[str, None]" = OrderedDict()  # sessions (page loads) whose visitor picked a recipe
+_picks_lock = threading.Lock()
+
+
+def note_pick(request) -> None:
+    """A recipe was picked in this page load (a Gradio session names one load): its load-time fill, if still to
+    come, must not overwrite the pick (issue 34: a pick in the first seconds was undone by the page's fill)."""
+    session = getattr(request, "session_hash", None)
+    if not session:
+        return
+    with _picks_lock:
+        _picks[session] = None
+        while len(_picks) > 2000:  # a load's fill comes within seconds of its first pick: old marks are spent
+            _picks.popitem(last=False)
+
+
+def picked(request) -> bool:
+    """Was a recipe picked in this page load already (see `note_pick`)?"""
+    session = getattr(request, "session_hash", None)
+    with _picks_lock:
+        return bool(session) and session in _picks
+
+
 def create_train_tab(client: gr.BrowserState) -> dict:
     """`client` is this browser's id (kept in localStorage): who may stop the job it started."""
     from studio.models import PRESETS
@@ -364,8 +391,10 @@ def create_train_tab(client: gr.BrowserState) -> dict:
                                 allow_custom_value=True, scale=3)
         with gr.Row():
             ds_source = gr.Textbox(label="Dataset (sample name, file path or Hub id)", scale=3)
-            ds_format = gr.Dropdown(["auto"], label="Format", allow_custom_value=True, scale=1)
+            ds_format = gr.Dropdown(["auto"], label="Format", allow_custom_value=True, scale=2)
             ds_template = gr.Textbox(label="Template override", scale=2)
+            ds_eval = gr.Textbox("", label="Held-out data (optional)", scale=3, elem_id="train-eval-source",
+                                 placeholder="empty: a held-out split of the dataset", info=EVAL_SOURCE_INFO)
         widgets: dict = {"model_name_or_path": model, "dataset.source": ds_source, "dataset.format": ds_format,
                          "dataset.template": ds_template}
         def place_rows(*rows):
@@ -403,6 +432,8 @@ def create_train_tab(client: gr.BrowserState) -> dict:
                 widgets["reward_code"] = gr.Textbox(
                     "", label="Reward code file (a .py of functions on this machine, for rewards of type code; "
                           "local app only)", placeholder="e.g. /home/me/my_rewards.py")
+        # last in the API's order (shown in the dataset row): an API client that leaves it out sends "" (none)
+        widgets["dataset.eval_source"] = ds_eval
         keys, comps = list(widgets), list(widgets.values())
         with gr.Row():
             check = gr.Button("Check parameters")
@@ -450,22 +481,31 @@ def create_train_tab(client: gr.BrowserState) -> dict:
                     out.append(value)
             return out + [flat, ""]
 
-        handed = gr.State(None)  # the dataset the Data tab handed over, kept when another recipe is picked
+        # the dataset the Data tab handed over, kept when another recipe is picked (and, per browser, on the server:
+        # a reload gets it back, see on_load)
+        handed = gr.State(None)
 
-        def pick_recipe(name, given):
+        def hand_over(out, given):
+            """The handed dataset written over a fill's form values (`out`, in `keys` order)."""
+            fmt = keys.index("dataset.format")
+            out[keys.index("dataset.source")] = shown_source(given["source"])
+            out[keys.index("dataset.template")] = given["template"] or ""
+            out[keys.index("dataset.eval_source")] = ""  # the recipe's held-out data belongs to the recipe's data
+            out[fmt] = {**out[fmt], "value": given["format"] or "auto"} if isinstance(out[fmt], dict) else (
+                given["format"] or "auto")
+            if given.get("prompts") and "eval_prompts" in keys:  # the before/after samples ask this data's prompts
+                out[keys.index("eval_prompts")] = "\n".join(given["prompts"])
+            return out
+
+        def pick_recipe(name, given, request: gr.Request = None):
+            note_pick(request)  # a fill on page load that finishes after this pick leaves the form alone
             out = fill(name)
             flat, notes = out[-2], []
             if isinstance(flat, dict) and flat.get("method") == "dpo":
                 notes.append(f"{name} is a DPO recipe: it trains on preference pairs. The DPO tab labels "
                              "pairs and shows its rewards; start it there.")
             if given and isinstance(flat, dict) and flat.get("method") != "dpo":
-                fmt = keys.index("dataset.format")
-                out[keys.index("dataset.source")] = shown_source(given["source"])
-                out[keys.index("dataset.template")] = given["template"] or ""
-                out[fmt] = {**out[fmt], "value": given["format"] or "auto"} if isinstance(out[fmt], dict) else (
-                    given["format"] or "auto")
-                if given.get("prompts") and "eval_prompts" in keys:  # the before/after samples ask this data's prompts
-                    out[keys.index("eval_prompts")] = "\n".join(given["prompts"])
+                hand_over(out, given)
                 notes.append(f"Kept your dataset from the Data tab ({shown_source(given['source'])}) and its sample "
                              f"prompts; "
                              f"the recipe's own is {flat.get('dataset.source')}: type it in the "
@@ -482,7 +522,11 @@ def create_train_tab(client: gr.BrowserState) -> dict:
         # page drop the fields' new values)
         recipe.change(pick_recipe, [recipe, handed], comps + [base_flat, message], api_name="fill").then(
             method_sections, base_flat, [lapdog_box, grpo_box], api_name=False, show_progress="hidden")
-        ds_source.input(lambda: None, None, handed, api_name=False)  # typed over: the recipe's data wins again
+        def typed_over(client_id):  # the recipe's (or the typed) data wins again, after a reload too
+            keep_handover(client_id, None)
+            return None
+
+        ds_source.input(typed_over, client, handed, api_name=False)
 
         def check_params(base, *values):
             from studio.models import estimate_parameters, format_parameter_report
@@ -679,11 +723,22 @@ def create_train_tab(client: gr.BrowserState) -> dict:
         save.click(save_recipe, [handed, base_flat, *comps], recipe_file, api_name="save_recipe").then(
             lambda: gr.update(visible=True), None, recipe_file).then(None, None, None, js=DOWNLOAD_JS)
 
-        def on_load(client_id, name):
+        def on_load(client_id, name, request: gr.Request = None):
+            """The page's first fill of the form (the recipe shown, and this browser's hand-over from the Data tab
+            if it made one before a reload), unless a recipe was picked before it finished: the pick stands."""
             client_id = page_browser_id(client_id)  # the stored id if this server issued it, else a new one
-            return [client_id] + fill(name)
+            given = handover(client_id)
+            if not picked(request):
+                return [client_id] + pick_recipe(name, given, None) + [given]
+            out = [gr.update()] * (len(comps) + 2)
+            if given is None:
+                return [client_id] + out + [gr.update()]
+            hand_over(out, given)
+            out[-1] = ok_html(f"Kept your dataset from the Data tab ({shown_source(given['source'])}).")
+            return [client_id] + out + [given]
 
-        return {"on_load": (on_load, [client, recipe], [client] + comps + [base_flat, message]),
+        return {"on_load": (on_load, [client, recipe], [client] + comps + [base_flat, message, handed]),
+                "client": client,
                 "eval_prompts": widgets["eval_prompts"],
                 "dataset_source": ds_source, "handed": handed, "dataset_format": ds_format, "dataset_template": ds_template,
                 "run_history": (list_run_ids, None, [run_pick, run_other])}
