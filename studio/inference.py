@@ -146,12 +146,15 @@ def _load(run: Path | None, base: str, device: str | None, adapter: bool) -> Loa
 
 def generate(model, tokenizer, prompts: list[str], max_new_tokens: int = 64, *, do_sample: bool = False,
              temperature: float = 1.0, top_p: float = 1.0, repetition_penalty: float = 1.0, seed: int = 0,
-             batch_size: int = 16, progress=None, cut: set | None = None) -> list[str]:
+             batch_size: int = 16, progress=None, cut: set | None = None, stop: str | None = None) -> list[str]:
     """Continuations of `prompts` (plain strings, already templated), batched with left padding.
 
     Greedy by default. Greedy outputs equal one-prompt-at-a-time generation (tested); with sampling the
     seed makes a batch reproducible. `progress(done, total)` is called after each batch. `cut`, when given,
     receives the index of every prompt whose continuation stopped at `max_new_tokens`, not at its end token.
+    `stop`: a row is done once its continuation holds this text (a caller that cuts there, as Evaluate cuts
+    single-line answers at the first newline), and a batch once all its rows are: the text up to `stop` is
+    the same, without decoding to `max_new_tokens` the tokens after it that would be thrown away.
     """
     import torch
 
@@ -176,6 +179,8 @@ def generate(model, tokenizer, prompts: list[str], max_new_tokens: int = 64, *, 
             if do_sample:
                 torch.manual_seed(seed + start)
                 kwargs.update(temperature=temperature, top_p=top_p)
+            if stop:
+                kwargs["stopping_criteria"] = _stop_at(tokenizer, stop, enc["input_ids"].shape[1])
             with torch.no_grad():
                 ids = model.generate(**enc, **kwargs)
             new = ids[:, enc["input_ids"].shape[1]:]
@@ -189,6 +194,19 @@ def generate(model, tokenizer, prompts: list[str], max_new_tokens: int = 64, *, 
     finally:
         tokenizer.padding_side = side
     return outputs
+
+
+def _stop_at(tokenizer, stop: str, start: int):
+    """generate()'s stopping criteria: each row is done once the text it added since `start` holds `stop`."""
+    import torch
+    from transformers import StoppingCriteria, StoppingCriteriaList
+
+    class StopAt(StoppingCriteria):
+        def __call__(self, input_ids, scores, **kwargs):
+            done = [stop in tokenizer.decode(row[start:], skip_special_tokens=True) for row in input_ids]
+            return torch.tensor(done, dtype=torch.bool, device=input_ids.device)
+
+    return StoppingCriteriaList([StopAt()])
 
 
 def continuation_logprobs(model, tokenizer, contexts: list[str], continuations: list[str],

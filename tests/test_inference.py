@@ -18,6 +18,26 @@ def test_batched_greedy_equals_one_at_a_time():
     assert batched == single and all(batched)
 
 
+def test_a_stop_text_ends_each_row_there_with_the_same_text_before_it():
+    """Evaluate cuts single-line answers at the first newline: generation stops each row there instead of decoding
+    to max_new_tokens what is thrown away (issue 34: Evaluate of 4 rows x 3 models), and the text before the stop is
+    what it was. The embedded model writes no newlines: its most common letter stands in for one."""
+    loaded = load_for_inference("embedded/tiny-llama")
+    steps = []
+    forward = loaded.model.forward
+    loaded.model.forward = lambda *a, **k: steps.append(1) or forward(*a, **k)
+    try:
+        full = generate(loaded.model, loaded.tokenizer, PROMPTS, 24, batch_size=4)
+        full_steps = len(steps)
+        stop = max("abcdefghijklmnopqrstuvwxyz", key=lambda c: sum(c in text for text in full))
+        cut = generate(loaded.model, loaded.tokenizer, PROMPTS, 24, batch_size=4, stop=stop)
+    finally:
+        del loaded.model.forward
+    assert [text.split(stop)[0] for text in cut] == [text.split(stop)[0] for text in full]
+    assert all(stop in c for f, c in zip(full, cut) if stop in f)
+    assert len(steps) - full_steps < full_steps / 2  # fewer than half the decoding steps
+
+
 def test_seeded_sampling_is_reproducible():
     loaded = load_for_inference("embedded/tiny-llama")
     a = generate(loaded.model, loaded.tokenizer, PROMPTS[:2], 12, do_sample=True, seed=3, temperature=1.2)

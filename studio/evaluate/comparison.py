@@ -67,7 +67,7 @@ def generate_items(model, tokenizer, items: list[Item], max_new_tokens: int = 48
             prompts.append(chat_prompt(tokenizer, messages))
         limit: set = set()
         outs = generate(model, tokenizer, prompts, max_new_tokens, batch_size=batch_size, progress=progress,
-                        cut=limit, **sampling)
+                        cut=limit, stop=stop, **sampling)  # a row ends at `stop`: what follows is cut anyway
         for n, (i, out) in enumerate(zip(idx, outs)):
             answers[i].append(_cut(out, stop))
             if cut is not None and k == len(items[i].turns) - 1 and n in limit and not (stop and stop in out):
