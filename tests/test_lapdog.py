@@ -344,6 +344,13 @@ def test_tiny_lapdog_run_stops_in_stage2_resumes_and_chat_loads_adapter_and_retr
     prompt = chat_prompt(tok, persona_messages(tok, persona, [], history, 384 - 6)[0])
     alone = generate(stage1, tok, [prompt], 6)[0].split("\n")[0].strip()
     assert row["outputs"][PERSONA_ARMS[0]] == alone
+    # the gold reply's log-likelihood per token under each arm's prompt, teacher-forced (here closed-book, by hand)
+    head = tok(prompt, add_special_tokens=False)["input_ids"]
+    ids = head + tok(row["reference"], add_special_tokens=False)["input_ids"]
+    with torch.no_grad():
+        logp = torch.log_softmax(stage1(input_ids=torch.tensor([ids])).logits[0].float(), -1)
+    by_hand = sum(float(logp[t - 1, ids[t]]) for t in range(len(head), len(ids))) / (len(ids) - len(head))
+    assert row["gold_ll"][PERSONA_ARMS[0]] == pytest.approx(by_hand, abs=1e-3)
     # issue 32: 95 % intervals over dialogues, LAPDOG vs fixed and fixed vs closed-book paired, said in words
     iv = result["intervals"]
     assert set(iv["intervals"]) == set(PERSONA_ARMS) and iv["rows"] == len(result["rows"])
@@ -352,6 +359,13 @@ def test_tiny_lapdog_run_stops_in_stage2_resumes_and_chat_loads_adapter_and_retr
     assert iv["dialogues"] == result["config"]["data"]["dialogues"] == len({r["prompt"].splitlines()[0]
                                                                              for r in result["rows"]})
     assert len(iv["words"]) == 6
+    ll = iv["likelihood"]  # per dialogue, then intervals over dialogues, the same pairs
+    assert ll["items"] == iv["dialogues"] and len(ll["words"]) == 2 and set(ll["means"]) == set(PERSONA_ARMS)
+    for lab in PERSONA_ARMS:
+        assert result["metrics"][lab]["gold_ll"] < 0 and ll["intervals"][lab][0] <= ll["means"][lab] <= ll["intervals"][lab][1]
+    from studio.evaluate.intervals import intervals_markdown
+
+    assert "gold reply log-likelihood per token" in intervals_markdown(result)
     # issue 32: `eval RUN --persona --data FILE` judges the run on dialogues of another source
     from studio import cli
 

@@ -114,6 +114,12 @@ def intervals_markdown(result: dict) -> str:
     for lab, m in iv["intervals"].items():
         lines.append(f"- {lab}: " + ", ".join(f"{NAMES[k]} [{lo:.2f}, {hi:.2f}]" for k, (lo, hi) in m.items()))
     lines += [f"- {w}" for w in iv["words"]]
+    ll = iv.get("likelihood")  # the persona table: the gold reply's log-likelihood per token (higher: likelier)
+    if ll:
+        lines.append("- gold reply log-likelihood per token (teacher-forced, nats; higher is better), "
+                     + ", ".join(f"{lab}: {ll['means'][lab]:.3f} [{lo:.3f}, {hi:.3f}]"
+                                 for lab, (lo, hi) in ll["intervals"].items()))
+        lines += [f"- {w}" for w in ll["words"]]
     return "\n".join(lines)
 
 

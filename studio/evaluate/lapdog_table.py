@@ -10,6 +10,8 @@ from studio.evaluate.results import save_result
 
 
 PERSONA_ARMS = ("closed-book (stage 1)", "+ fixed retriever", "+ LAPDOG retriever")
+GOLD_LL = ("Gold reply log-likelihood per token (nats, teacher-forced, higher is better): how likely the arm's model, "
+           "with the arm's stories in its prompt, finds the real reply; a mean per dialogue, intervals over dialogues.")
 
 
 def _run_on_cached_base(run_dir, stage1):
@@ -43,7 +45,7 @@ def _three_arms(run_dir, recipe, cfg, rows, queries, k, corpus, stage1, batch_si
     arms = [(PERSONA_ARMS[0], "stage1", [[] for _ in rows]), (PERSONA_ARMS[1], "default", fixed),
             (PERSONA_ARMS[2], "default", learned)]
     references = [r["reply"] for r in rows]
-    outputs, metrics = {}, {}
+    outputs, metrics, gold_ll = {}, {}, {}
     for n, (label, adapter, found) in enumerate(arms):
         model.set_adapter(adapter)
         prompts = [chat_prompt(tok, persona_messages(tok, r["persona"], s, r["history"], budget)[0])
@@ -54,8 +56,21 @@ def _three_arms(run_dir, recipe, cfg, rows, queries, k, corpus, stage1, batch_si
                                                     batch_size=batch_size, progress=checked(step))]
         outputs[label] = replies
         metrics[label] = {**corpus_scores(replies, references), **text_stats(replies)}
+        checkpoint()
+        gold_ll[label] = gold_loglik(model, tok, prompts, references)
+        metrics[label]["gold_ll"] = round(sum(gold_ll[label]) / max(1, len(rows)), 4)
     del model
-    return fixed, learned, outputs, metrics
+    return fixed, learned, outputs, metrics, gold_ll
+
+
+def gold_loglik(model, tok, prompts: list[str], references: list[str]) -> list[float]:
+    """Each row's gold reply log-likelihood per token under the arm's prompt (teacher-forced, nats): how much the
+    arm's stories make the real reply likelier, a finer measure than the overlap of one greedy reply."""
+    from studio.inference import continuation_logprobs
+
+    sums = continuation_logprobs(model, tok, prompts, references)
+    lengths = [max(1, len(tok(r, add_special_tokens=False)["input_ids"])) for r in references]
+    return [s / n for s, n in zip(sums, lengths)]
 
 
 def persona_report(run: str, limit: int = 32, batch_size: int = 16, name: str | None = None, progress=None,
@@ -72,7 +87,7 @@ def persona_report(run: str, limit: int = 32, batch_size: int = 16, name: str | 
     """
     from studio.access import check_run_name, resolve_run
     from studio.metrics import DEFINITIONS, TEXT_DEFINITIONS, sentence_scores
-    from studio.evaluate.intervals import bootstrap_table
+    from studio.evaluate.intervals import bootstrap_table, mean_intervals
     from studio.persona import dialogue_rows, heldout_dialogues, query_text, settings, spread_over_dialogues
     from studio.recipes import load_recipe
     from studio.retrieval import run_retriever_dir
@@ -94,7 +109,7 @@ def persona_report(run: str, limit: int = 32, batch_size: int = 16, name: str | 
     queries = [query_text(r["persona"], r["history"], cfg["query"] == "persona+turn") for r in rows]
     # retrieval, the three arms' generation and their scores are heavy work (studio.work): queued, billed, low
     # priority, stopped at the next batch when the page is gone
-    fixed, learned, outputs, metrics = heavy("evaluation", _three_arms, run_dir, recipe, cfg, rows, queries, k,
+    fixed, learned, outputs, metrics, gold_ll = heavy("evaluation", _three_arms, run_dir, recipe, cfg, rows, queries, k,
                                              corpus, stage1, batch_size, progress)
     labels = list(PERSONA_ARMS)
     table = []
@@ -102,13 +117,21 @@ def persona_report(run: str, limit: int = 32, batch_size: int = 16, name: str | 
         turns = "\n".join(f"{m['role']}: {m['content']}" for m in r["history"])
         scores = {lab: sentence_scores(outputs[lab][i], r["reply"]) for lab in labels}
         table.append({"id": i, "prompt": f"persona: {r['persona']}\n{turns}", "reference": r["reply"],
+                      "gold_ll": {lab: round(gold_ll[lab][i], 4) for lab in labels},
                       "outputs": {lab: outputs[lab][i] for lab in labels}, "scores": scores,
                       "delta": scores[labels[-1]][SCORE_KEY] - scores[labels[0]][SCORE_KEY],
                       "stories": {"fixed": [s["id"] for s in fixed[i]], "lapdog": [s["id"] for s in learned[i]]}})
     changed = sum(a[0]["id"] != b[0]["id"] for a, b in zip(fixed, learned)) / len(rows)
     # 95 % intervals over dialogues (one persona = one dialogue), LAPDOG vs fixed and fixed vs closed-book paired
-    intervals = bootstrap_table(outputs, [r["reply"] for r in rows], [r["persona"] for r in rows],
-                                [(PERSONA_ARMS[2], PERSONA_ARMS[1]), (PERSONA_ARMS[1], PERSONA_ARMS[0])])
+    pairs = [(PERSONA_ARMS[2], PERSONA_ARMS[1]), (PERSONA_ARMS[1], PERSONA_ARMS[0])]
+    intervals = bootstrap_table(outputs, [r["reply"] for r in rows], [r["persona"] for r in rows], pairs)
+    # the gold reply's likelihood per token: a mean per dialogue, then intervals over dialogues
+    by_dialogue: dict[str, list[int]] = {}
+    for i, r in enumerate(rows):
+        by_dialogue.setdefault(r["persona"], []).append(i)
+    intervals["likelihood"] = mean_intervals(
+        {lab: [sum(gold_ll[lab][i] for i in idx) / len(idx) for idx in by_dialogue.values()] for lab in labels},
+        pairs, name="gold log-likelihood per token")
     config = {"models": [{"label": PERSONA_ARMS[0], "ref": run_dir.name, "adapter": "stage1/adapter", "stories": 0},
                          {"label": PERSONA_ARMS[1], "ref": run_dir.name, "adapter": "adapter", "stories": k,
                           "retriever": cfg["embedder"]},
@@ -122,7 +145,7 @@ def persona_report(run: str, limit: int = 32, batch_size: int = 16, name: str | 
     stamp = time.strftime("%Y%m%d-%H%M%S")
     result = {"name": check_run_name(name or f"persona-{stamp}", "result name"),
               "created": time.strftime("%Y-%m-%d %H:%M:%S"), "owner": run_dir.name, "config": config,
-              "labels": labels, "score_key": SCORE_KEY, "definitions": {**TEXT_DEFINITIONS, **DEFINITIONS},
+              "labels": labels, "score_key": SCORE_KEY, "definitions": {**TEXT_DEFINITIONS, **DEFINITIONS, "gold_ll": GOLD_LL},
               "metrics": metrics, "rows": table, "intervals": intervals}
     if save:
         result["path"] = str(save_result(result))
