@@ -66,7 +66,7 @@ def test_the_field_shows_and_a_recipe_fills_it(tab):
     assert load_form("qwen2.5-gsm8k-grpo").get("dataset.eval_source") == "test"  # a recipe's own shows in the field
 
 
-def test_a_handover_comes_back_after_a_reload_for_its_browser_only(tab, tmp_path):
+def test_a_handover_comes_back_after_a_reload_for_its_browser_only(tab, tmp_path, monkeypatch):
     """The Data tab's "Use this dataset" is kept per verified browser id; a reload (a new session, the same id)
     fills the form with it and says so; another browser, a forged id and an API client (no id) get nothing."""
     from studio.ownership import issue_browser_id
@@ -93,10 +93,28 @@ def test_a_handover_comes_back_after_a_reload_for_its_browser_only(tab, tmp_path
 
     keep_handover(mine, None)  # typed over in the Dataset field: forgotten
     assert handover(mine) is None
+    from studio.ui import common
+
+    monkeypatch.setattr(common, "HANDOVERS_KEPT", 2)  # a bounded table: the least recent browser's goes first
+    browsers = [issue_browser_id() for _ in range(3)]
+    for browser_id in browsers:
+        keep_handover(browser_id, choice)
+    assert handover(browsers[0]) is None and handover(browsers[1]) and handover(browsers[2])
+    # an upload that has left (the upload TTL) is not offered
+    monkeypatch.setenv("GRADIO_TEMP_DIR", str(tmp_path / "gradio"))
+    upload = tmp_path / "gradio" / "0123abcd" / "capitals.jsonl"
+    upload.parent.mkdir(parents=True)
+    upload.write_text(data.read_text())
+    keep_handover(browsers[2], {**choice, "source": str(upload)})
+    assert handover(browsers[2])["source"] == str(upload)
+    upload.unlink()
+    assert handover(browsers[2]) is None
 
 
-def test_a_recipe_picked_before_the_page_fill_is_not_overwritten(tab):
-    """The pick's event can finish before the page's load-time fill; the fill then leaves the form alone."""
+def test_a_recipe_picked_before_the_page_fill_is_not_overwritten(tab, monkeypatch):
+    """The pick's event can finish before the page's load-time fill (on a fresh app both wait for the ML stack's
+    import); the fill then leaves the form alone, whether the pick came before it began or while it waited."""
+    from studio.ui import train_tab
     from studio.ui.train_tab import note_pick
 
     fn, labels, _ = tab
@@ -104,6 +122,11 @@ def test_a_recipe_picked_before_the_page_fill_is_not_overwritten(tab):
     out = fn(None, "tiny-quotes", _request("early"))
     assert out[0]  # the browser id is still issued
     assert all(value == {"__type__": "update"} for value in out[1:])  # no field, no base recipe, no message
+    real = train_tab.load_form
+    monkeypatch.setattr(train_tab, "load_form", lambda name: note_pick(_request("during")) or real(name))
+    out = fn(None, "tiny-quotes", _request("during"))  # picked while the load's fill waited (seen in Chromium)
+    assert all(value == {"__type__": "update"} for value in out[1:])
+    monkeypatch.setattr(train_tab, "load_form", real)
     filled = dict(zip(labels, fn(None, "tiny-quotes", _request("no-pick"))))
     assert filled["Max steps (-1: use epochs)"] == 200  # a load with no pick fills the form as before
 

@@ -93,6 +93,7 @@ def page_browser_id(client_id) -> str:
 
 
 _handovers: "OrderedDict[str, dict]" = OrderedDict()  # "client:<verified browser id>" → the dataset handed to Train
+HANDOVERS_KEPT = 2000  # the browsers whose last hand-over is kept (the least recent go first): a few KB each
 _handovers_lock = threading.Lock()
 
 
@@ -112,7 +113,7 @@ def keep_handover(client_id, choice: dict | None) -> None:
             return
         _handovers[key] = dict(choice)
         _handovers.move_to_end(key)
-        while len(_handovers) > max_visitors():
+        while len(_handovers) > min(max_visitors(), HANDOVERS_KEPT):
             _handovers.popitem(last=False)
 
 

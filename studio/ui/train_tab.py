@@ -729,7 +729,9 @@ def create_train_tab(client: gr.BrowserState) -> dict:
             client_id = page_browser_id(client_id)  # the stored id if this server issued it, else a new one
             given = handover(client_id)
             if not picked(request):
-                return [client_id] + pick_recipe(name, given, None) + [given]
+                filled = pick_recipe(name, given, None)  # on a fresh app this waits for the ML stack's import
+                if not picked(request):  # asked again now: a pick made while this fill waited must stand
+                    return [client_id] + filled + [given]
             out = [gr.update()] * (len(comps) + 2)
             if given is None:
                 return [client_id] + out + [gr.update()]
