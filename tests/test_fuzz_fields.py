@@ -24,11 +24,12 @@ FORM = ["embedded/tiny-llama", "quotes", "quotes", "", 16, 32, 0.0, "q_proj, v_p
         128, 5, "cosine", "adamw_torch", 5, "no", 50, 50, 42, False, False, False, False, "none", "",  # page order
         None, None, None, None, None, None, None, None, None,  # the LAPDOG section's fields (hidden for this recipe)
         *["(none)", 1.0, ""] * 4, 8, 256, 1.0, 0.0, 200,  # the GRPO section's reward rows and fields (hidden too)
-        ""]  # held-out data (dataset.eval_source), last in the API's order (a shared app has no reward-code field)
+        "", None]  # held-out data (dataset.eval_source) and LAPDOG's retriever signal, last in the API's order
+# (a shared app has no reward-code field)
 FIELD = {"model": 0, "source": 1, "format": 2, "template": 3, "lora_r": 4, "lora_alpha": 5, "lora_dropout": 6,
          "targets": 7, "4bit": 8, "learning_rate": 9, "max_steps": 10, "epochs": 11, "batch": 12, "accum": 13,
          "max_length": 14, "warmup": 15, "optim": 17, "logging_steps": 18, "eval_steps": 20, "seed": 22,
-         "prompts": 28, "eval_source": len(FORM) - 1}  # 27 is report_to
+         "prompts": 28, "eval_source": len(FORM) - 2}  # 27 is report_to
 NAN, INF = float("nan"), float("inf")
 HOSTILE_TEXT = ["../../etc/passwd", "/etc/passwd", "http://169.254.169.254/latest", "file:///etc/passwd",
                 "a" * 10_000, "x\x00y", "\x1b[2J", "owner/" + "n" * 200, "..", "~", "{text.__class__}", ""]

@@ -97,7 +97,8 @@ def _form(**changes) -> list:
     keys = ["model_name_or_path", "dataset.source", "dataset.format", "dataset.template"] + [k for k, _ in BASIC] + [
         k for k, _ in ADVANCED] + ["eval_prompts"] + [k for k, _ in LAPDOG] + [
         f"rewards.{n}.{part}" for n in range(1, REWARD_ROWS + 1) for part in ("type", "weight", "settings")] + [
-        k for k, _ in GRPO] + ["dataset.eval_source"]  # a shared app has no reward-code field; held-out data is last
+        k for k, _ in GRPO] + ["dataset.eval_source", "retrieval.signal"]  # no reward-code field on a shared app;
+    # held-out data and the retriever signal are last
     return [_flat_to_widget(k, form_value(flat, k)) for k in keys]
 
 

@@ -52,7 +52,7 @@ def _three_arms(run_dir, recipe, cfg, rows, queries, k, corpus, stage1, batch_si
                    for r, s in zip(rows, found)]
         step = (lambda done, total, n=n, label=label: progress((n + done / total) / len(arms),
                                                                f"{label}: {done}/{total}")) if progress else None
-        replies = [_cut(o, "\n") for o in generate(model, tok, prompts, int(cfg["reply_max_new_tokens"]),
+        replies = [_cut(o, "\n") for o in generate(model, tok, prompts, int(cfg["reply_max_new_tokens"]), stop="\n",
                                                     batch_size=batch_size, progress=checked(step))]
         outputs[label] = replies
         metrics[label] = {**corpus_scores(replies, references), **text_stats(replies)}

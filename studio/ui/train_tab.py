@@ -413,6 +413,9 @@ def create_train_tab(client: gr.BrowserState) -> dict:
             gr.Markdown("Stage 1 trains the generator closed-book; stage 2 trains it with the top-k stories while "
                         "the retriever learns which stories make the gold reply likelier (docs/persona-chat.md).")
             place_rows(LAPDOG[:5], LAPDOG[5:])
+            signal = gr.Dropdown(["metric", "likelihood"], label="Retriever signal",
+                                 info="metric: each story's greedy reply scored by F1 + ROUGE-L + BLEU (the paper's); "
+                                      "likelihood: the gold reply's likelihood with each story (sharper, no generation)")
         with gr.Accordion("Rewards (GRPO)", open=True, visible=False, elem_id="train-grpo") as grpo_box:
             from studio.access import shared_mode
             from studio.ui.grpo import NONE, REWARD_ROWS, legend_markdown, reward_types
@@ -434,6 +437,7 @@ def create_train_tab(client: gr.BrowserState) -> dict:
                           "local app only)", placeholder="e.g. /home/me/my_rewards.py")
         # last in the API's order (shown in the dataset row): an API client that leaves it out sends "" (none)
         widgets["dataset.eval_source"] = ds_eval
+        widgets["retrieval.signal"] = signal  # after it, for the same reason (an API client's None: the default)
         keys, comps = list(widgets), list(widgets.values())
         with gr.Row():
             check = gr.Button("Check parameters")
