@@ -41,7 +41,7 @@ def _train_cases(rng):
     cases = []
     for key in ("learning_rate", "max_steps", "lora_r", "lora_alpha", "max_length", "batch", "accum", "epochs",
                 "warmup", "seed", "lora_dropout", "logging_steps", "eval_steps"):
-        for value in rng.sample(bad_numbers, 4) + [NAN, 10**12]:
+        for value in rng.sample(bad_numbers, 2) + [NAN, 10**12]:  # 2 drawn a key: the suite's time (each is a call)
             cases.append((key, value))
     for key in ("model", "source", "template", "targets", "optim", "prompts", "format", "eval_source"):
         for value in rng.sample(HOSTILE_TEXT, 3) + [{"a": 1}, ["a", 1], 5]:

@@ -276,15 +276,21 @@ def test_llama_threads_follow_what_the_rest_of_the_process_leaves_free(monkeypat
 
 @needs_llama
 def test_a_reply_beside_a_busy_process_decodes_on_the_free_threads(tiny_run, monkeypatch):
+    import studio.llama_backend as llama_backend
     from studio.chat import load_setup, reply
-    from studio.llama_backend import BUSY, THREADS_ENV, n_threads
+    from studio.llama_backend import THREADS_ENV, n_threads
 
     monkeypatch.delenv(THREADS_ENV, raising=False)
     setup = load_setup(str(tiny_run), retrieval=False)
-    monkeypatch.setattr(BUSY, "busy", 64.0)  # as if a training job kept every core busy
+    # a watch with no sampling thread: the process-wide one, started by an earlier test, would overwrite what is
+    # set here with this process's real CPU share every half second (a flake on a loaded machine)
+    watch = llama_backend._BusyWatch()
+    monkeypatch.setattr(watch, "start", lambda: None)
+    monkeypatch.setattr(llama_backend, "BUSY", watch)
+    watch.busy = 64.0  # as if a training job kept every core busy
     text = reply(setup, PERSONA, [{"role": "user", "content": "hello there"}], 0, max_new_tokens=8)[0]
     assert setup.engine.threads == 1 and isinstance(text, str)
-    monkeypatch.setattr(BUSY, "busy", 0.0)
+    watch.busy = 0.0
     reply(setup, PERSONA, [{"role": "user", "content": "hello there"}], 0, max_new_tokens=8)
     assert setup.engine.threads == n_threads()  # quiet again: every core
 
