@@ -271,7 +271,7 @@ def cmd_eval(args) -> int:
     if result.get("intervals"):
         from studio.evaluate.intervals import intervals_markdown
 
-        print(intervals_markdown(result).replace("**", ""))
+        print(intervals_markdown(result).replace("**", "").replace("- \\", "- "))
     print(result["path"])
     return 0
 

@@ -43,6 +43,9 @@ def test_a_difference_inside_the_noise_says_so():
     assert "within noise" in f1["verdict"]
     text = intervals_markdown({"intervals": out})
     assert "95 % intervals" in text and "A − B, F1:" in text and "within noise" in text
+    # a label that begins with a list marker ("+ fixed retriever") stays one item, not a nested list
+    plus = intervals_markdown({"intervals": {**out, "words": ["+ fixed − closed-book, F1: +1.00"]}})
+    assert "- \\+ fixed − closed-book" in plus and "\n- + " not in plus
 
 
 def test_rows_of_one_dialogue_are_drawn_together():

@@ -104,6 +104,12 @@ def dialogue_key(context: list, i: int):
     return i
 
 
+def _item(text: str) -> str:
+    """A Markdown list item whose text may begin with a list marker of its own (the persona table's "+ fixed
+    retriever"): escaped, or "- + …" renders as a list nested in the item."""
+    return "- " + ("\\" + text if text[:1] in "+-*" else text)
+
+
 def intervals_markdown(result: dict) -> str:
     """The intervals and paired differences of a result, as lines a person reads ('' when it has none)."""
     iv = result.get("intervals")
@@ -112,14 +118,14 @@ def intervals_markdown(result: dict) -> str:
     pct = round(100 * iv["confidence"])
     lines = [f"**{pct} % intervals** ({iv['method']}, {iv['dialogues']} dialogues, {iv['rows']} rows):"]
     for lab, m in iv["intervals"].items():
-        lines.append(f"- {lab}: " + ", ".join(f"{NAMES[k]} [{lo:.2f}, {hi:.2f}]" for k, (lo, hi) in m.items()))
-    lines += [f"- {w}" for w in iv["words"]]
+        lines.append(_item(f"{lab}: " + ", ".join(f"{NAMES[k]} [{lo:.2f}, {hi:.2f}]" for k, (lo, hi) in m.items())))
+    lines += [_item(w) for w in iv["words"]]
     ll = iv.get("likelihood")  # the persona table: the gold reply's log-likelihood per token (higher: likelier)
     if ll:
         lines.append("- gold reply log-likelihood per token (teacher-forced, nats; higher is better), "
                      + ", ".join(f"{lab}: {ll['means'][lab]:.3f} [{lo:.3f}, {hi:.3f}]"
                                  for lab, (lo, hi) in ll["intervals"].items()))
-        lines += [f"- {w}" for w in ll["words"]]
+        lines += [_item(w) for w in ll["words"]]
     return "\n".join(lines)
 
 
