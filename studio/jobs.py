@@ -112,12 +112,14 @@ def get_job(job_id: str) -> Job | None:
     return _jobs.get(job_id)
 
 
-def latest_job(kinds, started_here: str | None = None, visible=None) -> Job | None:
+def latest_job(kinds, started_here: str | None = None, visible=None, owner: str | None = None) -> Job | None:
     """What a tab shows after a (re)load: the newest job of this process of the kinds the tab starts that
     `visible(job)` allows (the page's visitor may watch it). A start that failed before its first step is shown
-    only to the page that started it (`started_here`)."""
+    only to the page that started it (`started_here`) or its browser (`owner`, the browser's id: a page whose
+    own record of the start was overwritten by a poll that crossed it still learns why its start failed)."""
     for job in reversed(list(_jobs.values())):
-        if job.kind in kinds and (not job.failed_start or job.id == started_here) and (
+        if job.kind in kinds and (not job.failed_start or job.id == started_here
+                                  or (owner is not None and job.owner == owner)) and (
                 visible is None or visible(job)):
             return job
     return None

@@ -68,6 +68,13 @@ CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 needs_chromium = pytest.mark.skipif(not os.path.exists(CHROMIUM), reason="Debian chromium not installed")
 
 
+def attribute(page, selector: str, name: str) -> str | None:
+    """`name` of the first element matching `selector` now, or None when there is none: one read in the page (a
+    locator's count() and then get_attribute() waits 30 s for an element a poll removed between the two)."""
+    return page.evaluate("([s, n]) => { const e = document.querySelector(s); return e ? e.getAttribute(n) : null; }",
+                         [selector, name])
+
+
 def wait_for(cond, timeout: float = 60, what="condition", every: float = 0.25) -> None:
     """Poll `cond` until it is true; fail the test naming `what` (or what `what()` says then) after `timeout` s."""
     deadline = time.time() + timeout

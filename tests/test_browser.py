@@ -4,7 +4,7 @@ import re
 
 import pytest
 
-from app_server import ROOT, needs_chromium, running_app, wait_for
+from app_server import ROOT, attribute, needs_chromium, running_app, wait_for
 
 pytestmark = needs_chromium
 ARTIFACTS = ROOT / "artifacts" / "screenshots"
@@ -20,8 +20,8 @@ def app(tmp_path_factory):
 
 
 def _step(page) -> int:
-    el = page.locator("#train-progress .studio-progress")
-    return int(el.get_attribute("data-step")) if el.count() else -1
+    step = attribute(page, "#train-progress .studio-progress", "data-step")
+    return -1 if step is None else int(step)
 
 
 def start_long_run(page, steps: str = "3000") -> None:

@@ -7,7 +7,7 @@ import re
 
 import pytest
 
-from app_server import ROOT, needs_chromium, running_app, wait_for
+from app_server import ROOT, attribute, needs_chromium, running_app, wait_for
 
 pytestmark = needs_chromium
 ARTIFACTS = ROOT / "artifacts" / "screenshots"
@@ -26,8 +26,7 @@ def app(tmp_path_factory):
 
 
 def _status(page):
-    bar = page.locator("#train-progress .studio-progress")
-    return bar.get_attribute("data-status") if bar.count() else None
+    return attribute(page, "#train-progress .studio-progress", "data-status")
 
 
 def _step_shown(page):

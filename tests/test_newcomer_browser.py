@@ -4,7 +4,7 @@
 import pytest
 import yaml
 
-from app_server import needs_chromium, running_app, wait_for
+from app_server import attribute, needs_chromium, running_app, wait_for
 
 pytestmark = needs_chromium
 
@@ -31,8 +31,7 @@ def _train_tab(page):
 
 
 def _status(page, box="#train-progress"):
-    el = page.locator(f"{box} .studio-progress")
-    return el.get_attribute("data-status") if el.count() else None
+    return attribute(page, f"{box} .studio-progress", "data-status")
 
 
 def _overlap(a, b) -> bool:

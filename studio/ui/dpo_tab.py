@@ -8,7 +8,7 @@ import gradio as gr
 
 from studio.ui.common import browser, error_html, job_log, ok_html, progress_html, safely
 import studio.ui.heavy  # noqa: F401 - the page heavy work asks (studio.work): is it still there
-from studio.ui.train_tab import _report_to_widget, arm_timer, ended_line, queue_html, watch_slot
+from studio.ui.train_tab import _report_to_widget, arm_timer, ended_line, queue_html, watch_slot, written
 
 BASE_START = "(base model: a fresh adapter)"
 LOSS_TYPES = ["sigmoid", "ipo", "hinge", "robust", "exo_pair", "nca_pair", "bco_pair", "sppo_hard", "aot",
@@ -200,6 +200,7 @@ def create_dpo_tab(client: gr.BrowserState) -> dict:
         logs = gr.Textbox(label="Log", lines=6, max_lines=10, autoscroll=True, elem_id="dpo-log")
         seen = gr.State((-1, False))
         watch = gr.State({})  # the job this page started, and whether its "Started" banner is still up
+        polled = gr.State(True)  # whether the timer was polling at this page's last poll (only the poll writes it)
 
         # ---- labelling handlers ------------------------------------------------------------------------------
         def show_session(s: dict, note: str = "", point_train: bool = True):
@@ -359,9 +360,9 @@ def create_dpo_tab(client: gr.BrowserState) -> dict:
             if not hasattr(job, "run_dir"):  # a Ticket: the slot is busy, the job waits in line
                 # (-2, True): the next poll empties the chart and table (they showed this page's previous run)
                 return (queue_html(job) or ok_html("Your job is waiting in line."), (-2, True),
-                        {"ticket": job.id, "polling": True, "fresh": True})
+                        {"ticket": job.id, "fresh": True})
             return (ok_html(f"Started {job.id}. Closing the browser does not stop it; reload to re-attach."), (-1, False),
-                    {"id": job.id, "banner": True, "polling": True})
+                    {"id": job.id, "banner": True})
 
         start.click(start_run, [client, base_flat, init_adapter, *comps], [message, seen, watch],
                     api_name="start_dpo").then(arm_timer, watch, [timer, leave], api_visibility="private")
@@ -377,24 +378,23 @@ def create_dpo_tab(client: gr.BrowserState) -> dict:
 
         stop.click(stop_run, client, message, api_name="stop_dpo")
 
-        def poll(profile: gr.OAuthProfile | None, client_id, seen_state, watching):
+        def poll(profile: gr.OAuthProfile | None, client_id, seen_state, before, was_polling):
             from studio.access import can_see_logs
             from studio.charts import dpo_chart
 
             client_id = browser(client_id) or client_id  # the verified browser id where the app issues one
-            was_polling = (watching or {}).get("polling", True)
             # this tab's own last run, never another tab's, and never another visitor's (studio.access.may_watch)
-            job, note, polling, watching = watch_slot(("dpo",), client_id, dict(watching or {}))
+            job, note, polling, watching = watch_slot(("dpo",), client_id, dict(before or {}))
             if job is not None and not can_see_logs(profile):
                 job, polling = None, False
             timer_update = gr.update() if polling == was_polling else gr.Timer(active=polling)
-            watching["polling"] = polling
             queued = "data-position" in (note or "")
             fresh = watching.pop("fresh", False)  # the start's queue answer moves to the queue line once (train_tab)
             if job is None:
                 cleared = seen_state[0] == -1 and not seen_state[1]
                 return ("", gr.update() if cleared else None, gr.update() if cleared else [], "", (-1, False),
-                        "" if queued and fresh else gr.update(), watching, note or "", timer_update, gr.update(visible=queued))
+                        "" if queued and fresh else gr.update(), written(before, watching), polling, note or "", timer_update,
+                        gr.update(visible=queued))
             s = job.snapshot()
             bar = progress_html(s) + (error_html(s["error"]) if s.get("error") else "")
             n, finished = len(job.history), job.summary is not None
@@ -406,11 +406,11 @@ def create_dpo_tab(client: gr.BrowserState) -> dict:
             banner = gr.update()
             if watching.get("banner") and watching.get("id") == job.id and not job.active:
                 banner, watching = ended_line(job), {**watching, "banner": False}  # how it ended, what next
-            return (bar, fig, rows, job_log(job), (n, finished), banner, watching, note or "", timer_update,
-                    gr.update(visible=False))
+            return (bar, fig, rows, job_log(job), (n, finished), banner, written(before, watching), polling,
+                    note or "", timer_update, gr.update(visible=False))
 
-        timer.tick(poll, [client, seen, watch], [progress, chart, table, logs, seen, message, watch, queue_line,
-                                                 timer, leave], show_progress="hidden")
+        timer.tick(poll, [client, seen, watch, polled], [progress, chart, table, logs, seen, message, watch, polled,
+                                                         queue_line, timer, leave], show_progress="hidden")
 
         from studio.ui.train_tab import leave_queue_line  # one button, two tabs
 

@@ -328,6 +328,13 @@ def arm_timer(watching):
     return gr.update(), gr.update()
 
 
+def written(before: dict | None, after: dict):
+    """A poll's answer for the page's `watch` State: unchanged is left alone (gr.update()), so a poll that crossed a
+    start never writes back the record the start replaced (seen in CI: the page lost the job it started, and the
+    failed start's status and ending line with it)."""
+    return gr.update() if after == (before or {}) else after
+
+
 def watch_slot(kinds, client_id, watching: dict):
     """What this page may show of the one training slot: (its job or None, a queue/busy line or None, whether
     to keep polling, the updated `watching`). Only the job's own visitor sees the job (studio.access.may_watch);
@@ -347,7 +354,7 @@ def watch_slot(kinds, client_id, watching: dict):
             return None, queue_html(ticket), True, {**watching, "ticket": ticket.id}
         else:
             watching = {**watching, "ticket": None}
-    job = latest_job(kinds, watching.get("id"), visible=lambda j: may_watch(j.run_dir))
+    job = latest_job(kinds, watching.get("id"), visible=lambda j: may_watch(j.run_dir), owner=client_id or None)
     if job is not None:
         return job, note, job.active, watching
     if note is None and slot_busy():
@@ -469,6 +476,7 @@ def create_train_tab(client: gr.BrowserState) -> dict:
         seen = gr.State(-1)  # metric rows already drawn, so the chart is rebuilt only when it changed
         # the job this page started, and whether its "Started" banner is still up (cleared when the job ends)
         watch = gr.State({})
+        polled = gr.State(True)  # whether the timer was polling at this page's last poll (only the poll writes it)
 
         def fill(name):
             flat, err = safely(load_form, name)
@@ -558,9 +566,9 @@ def create_train_tab(client: gr.BrowserState) -> dict:
             if not hasattr(job, "run_dir"):  # a Ticket: the slot is busy, the job waits in line
                 # seen -2: the next poll empties the chart (it showed this page's previous run while waiting)
                 return (queue_html(job) or ok_html("Your job is waiting in line."), -2,
-                        {"ticket": job.id, "banner": False, "polling": True, "fresh": True})
+                        {"ticket": job.id, "banner": False, "fresh": True})
             return (ok_html(f"{verb} {job.id}{what}. Closing the browser does not stop it; reload to re-attach."), -1,
-                    {"id": job.id, "banner": True, "polling": True})
+                    {"id": job.id, "banner": True})
 
         def start_run(profile: gr.OAuthProfile | None, client_id, given, base, *values):
             from studio.access import require_work, shared_mode
@@ -591,25 +599,23 @@ def create_train_tab(client: gr.BrowserState) -> dict:
 
         stop.click(stop_run, client, message, api_name="stop_training")
 
-        def poll(profile: gr.OAuthProfile | None, client_id, seen_rows, watching):
+        def poll(profile: gr.OAuthProfile | None, client_id, seen_rows, before, was_polling):
             from studio.access import can_see_logs
             from studio.ui.grpo import completions_markdown
 
             client_id = browser(client_id) or client_id  # the verified browser id where the app issues one
-            was_polling = (watching or {}).get("polling", True)
-            job, note, polling, watching = watch_slot(TRAIN_KINDS, client_id, dict(watching or {}))
+            job, note, polling, watching = watch_slot(TRAIN_KINDS, client_id, dict(before or {}))
             if job is not None and not can_see_logs(profile):  # a demo's visitor: no one's live view
                 job, polling = None, False
             timer_update = gr.update() if polling == was_polling else gr.Timer(active=polling)
-            watching["polling"] = polling
             queued = "data-position" in (note or "")
             # the start's own "waiting in line" answer moves to the queue line once (not shown twice); a later
             # message (a second start refused: one job waiting per visitor) stays
             fresh = watching.pop("fresh", False)
             if job is None:
                 return ("", None if seen_rows != -1 else gr.update(), "" if seen_rows != -1 else gr.update(), "", "",
-                        "" if queued and fresh else gr.update(), -1, watching, note or "", timer_update,
-                        gr.update(visible=queued))  # the line, not twice
+                        "" if queued and fresh else gr.update(), -1, written(before, watching), polling, note or "",
+                        timer_update, gr.update(visible=queued))  # the line, not twice
             s = job.snapshot()
             bar = progress_html(s) + (error_html(s["error"]) if s.get("error") else "")
             n = len(job.history)
@@ -622,10 +628,11 @@ def create_train_tab(client: gr.BrowserState) -> dict:
                 # "Started …" / "Stopping …" give way to how the run ended and what to do next
                 banner, watching = ended_line(job), {**watching, "banner": False}
             return (bar, fig, completions_markdown(job.completions), job_log(job), finished_markdown(job), banner, n,
-                    watching, note or "", timer_update, gr.update(visible=False))
+                    written(before, watching), polling, note or "", timer_update, gr.update(visible=False))
 
-        timer.tick(poll, [client, seen, watch], [progress, chart, completions, logs, samples, message, seen, watch,
-                                                 queue_line, timer, leave], show_progress="hidden")
+        timer.tick(poll, [client, seen, watch, polled], [progress, chart, completions, logs, samples, message, seen,
+                                                         watch, polled, queue_line, timer, leave],
+                   show_progress="hidden")
 
         leave.click(leave_queue_line, [client, watch], [message, queue_line, leave, watch], api_name="leave_queue")
 
