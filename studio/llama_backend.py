@@ -18,9 +18,11 @@ temperature, top-k 50, top-p; greedy when the temperature is 0; stops on the mod
 
 from __future__ import annotations
 
+import atexit
 import codecs
 import os
 import threading
+import weakref
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -279,6 +281,20 @@ def reply_threads() -> int:
     return BUSY.free_threads(n_threads())
 
 
+_ENGINES: "weakref.WeakSet[LlamaEngine]" = weakref.WeakSet()
+
+
+@atexit.register
+def _close_engines() -> None:
+    """Free llama.cpp's models while the interpreter still works: left to llama_cpp's own __del__ at exit, each
+    printed a TypeError traceback ('NoneType' object is not callable: its module was torn down first)."""
+    for engine in list(_ENGINES):
+        try:
+            engine.llm.close()
+        except Exception:  # noqa: BLE001 - exiting anyway; one engine that can't close doesn't stop the others
+            pass
+
+
 class LlamaEngine:
     """One llama.cpp model + context (the base GGUF, with a LoRA adapter applied when a run has one).
 
@@ -296,6 +312,7 @@ class LlamaEngine:
             self.llm = llama_cpp.Llama(model_path=str(base_path), lora_path=str(lora_path) if lora_path else None,
                                        n_ctx=min(n_ctx_train or MAX_CTX, MAX_CTX), n_threads=n_threads(),
                                        n_threads_batch=n_threads(), seed=0, verbose=False, type_k=llama_cpp.GGML_TYPE_F32, type_v=llama_cpp.GGML_TYPE_F32)
+        _ENGINES.add(self)
         self.n_ctx = self.llm.n_ctx()
         self.tokenizer = tokenizer
         self.vocab = llama_cpp.llama_model_get_vocab(self.llm.model)
