@@ -10,10 +10,13 @@ the finished prompt). Prints a table, then one JSON line.
 
     python benchmarks/chat_latency.py [--backend llama.cpp|transformers|both] [--messages 6] [--threads 2]
     python benchmarks/chat_latency.py --while-training   # the same, beside a training job in this process
+    python benchmarks/chat_latency.py --beside-process   # beside `python -m studio train` in another process
 
 `--while-training` starts a LoRA training job in this process first (the Train tab's Job, `--train-recipe`,
 smollm2-quotes by default, running for the whole benchmark) and adds an arm with llama.cpp's threads fixed at
 `--threads` (what the studio did before it picked its threads from what the process leaves free).
+`--beside-process` runs the same job as `python -m studio train` in a process of its own (torch's default
+threads): the fixed arm is then also what the studio chose before it read other processes' load from /proc/stat.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ import argparse
 import json
 import os
 import statistics
+import sys
 import time
 
 from _common import device_name
@@ -106,6 +110,33 @@ def start_training(recipe_path: str):
     return job
 
 
+def start_training_process(recipe_path: str):
+    """The same LoRA job as `start_training`, in a process of its own (`python -m studio train`, torch's default
+    threads, as a user starts one beside the app); returns (the process, its runs folder) once it has taken its
+    first steps."""
+    import subprocess
+    import tempfile
+    from pathlib import Path
+
+    runs = Path(tempfile.mkdtemp(prefix="chat-latency-beside-"))
+    root = Path(__file__).resolve().parent.parent
+    proc = subprocess.Popen([sys.executable, "-m", "studio", "train", recipe_path, "--runs-dir", str(runs),
+                             "--run-name", "beside", "--set", "max_steps=100000", "--set", "save_steps=100000",
+                             "--set", "eval_strategy=no", "--set", "logging_steps=1"],
+                            cwd=root, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            env={**os.environ, "PYTHONPATH": str(root)})
+    deadline = time.time() + 600
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            raise SystemExit(f"the training process ended before the benchmark (exit {proc.returncode})")
+        events = runs / "beside" / "events.jsonl"
+        if events.exists() and sum('"step"' in line for line in events.read_text().splitlines()) >= 2:
+            return proc, runs
+        time.sleep(1)
+    proc.kill()
+    raise SystemExit("the training process took no step in 10 minutes")
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--backend", choices=["llama.cpp", "transformers", "both"], default="both")
@@ -116,6 +147,8 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--repetition-penalty", type=float, default=1.1, help="the tab's default; bare llama.cpp gets it too")
     p.add_argument("--while-training", action="store_true", help="beside a training job in this process")
+    p.add_argument("--beside-process", action="store_true",
+                   help="beside a training job in another process (python -m studio train)")
     p.add_argument("--train-recipe", default="recipes/smollm2-quotes.yaml")
     args = p.parse_args()
     import torch
@@ -124,9 +157,12 @@ def main() -> None:
     from studio.chat import load_setup
 
     job = start_training(args.train_recipe) if args.while_training else None
+    beside = start_training_process(args.train_recipe) if args.beside_process else None
     backends = ["llama.cpp", "transformers"] if args.backend == "both" else [args.backend]
     arms = [(b, None) for b in backends]
-    if job is not None and "llama.cpp" in backends:  # the old way beside it: threads fixed, whatever is busy
+    if (job is not None or beside is not None) and "llama.cpp" in backends:
+        # the old way beside it: threads fixed, whatever is busy (beside another process, what the studio chose
+        # before it read /proc/stat: this process's own CPU time showed nothing busy, so every core)
         arms.insert(1, ("llama.cpp", args.threads))
     messages = [MESSAGES[i % len(MESSAGES)] for i in range(args.messages)]
     results, setups = {}, {}
@@ -144,7 +180,7 @@ def main() -> None:
         threads = getattr(setup.engine, "threads", None)
         name = f"studio {backend}" + (f" fixed {fixed}" if fixed else "")
         results[name] = {"load_s": load_s, "rows": rows,
-                         "line": setup.backend + (f" ({threads} threads at the last reply)" if threads else "")}
+                         "line": setup.backend + (f" ({threads} thread{'s' if threads != 1 else ''} at the last reply)" if threads else "")}
     os.environ.pop("STUDIO_LLAMA_THREADS", None)
     bare = None
     llama_setup = setups.get("llama.cpp")
@@ -168,10 +204,19 @@ def main() -> None:
         training = {"recipe": args.train_recipe, "status": snap.get("status"), "step": snap.get("step")}
         job.request_stop()
         job.wait(120)
+    if beside is not None:
+        proc, runs = beside
+        events = (runs / "beside" / "events.jsonl").read_text().splitlines()
+        steps = [json.loads(line).get("step") for line in events if '"step"' in line]
+        training = {"recipe": args.train_recipe, "process": "python -m studio train", "step": max(steps, default=0)}
+        proc.terminate()
+        proc.wait(60)
     load = os.getloadavg()[0]
     print(f"model {args.model} · {device_name()} · {args.threads} threads · load average {load:.2f} · greedy, "
           f"k={args.k}, max {args.max_new_tokens} new tokens, repetition penalty {args.repetition_penalty}"
-          + (f" · beside a training job ({training['recipe']}, step {training['step']} at the end)" if training else ""))
+          + (f" · beside a training job ({training['recipe']}"
+             + (f", in another process: {training['process']}" if "process" in training else ", in this process")
+             + f", step {training['step']} at the end)" if training else ""))
     print(f"{'what':<26} {'load s':>7} {'TTFT s':>7} {'tok/s':>7}  backend")
     out = {}
     for name, r in results.items():

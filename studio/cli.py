@@ -392,6 +392,10 @@ def main(argv: list[str] | None = None) -> int:
         from transformers.utils import logging as hf_logging  # a file gets lines, not bars redrawn with \r
 
         hf_logging.disable_progress_bar()
+    if args.command in ("train", "eval", "export", "chat", "pairs"):
+        from studio.machine import cap_torch_threads
+
+        cap_torch_threads()  # a container's CPU quota, not its host's cores
     if getattr(args, "runs_dir", None):
         from pathlib import Path
 

@@ -208,23 +208,28 @@ def _context_length(path: Path) -> int:
 
 
 def n_threads() -> int:
+    """llama.cpp's threads at most: STUDIO_LLAMA_THREADS, else the cores this process may use (studio.machine: its
+    affinity, capped by a container's CPU quota)."""
+    from studio.machine import cores
+
     text = os.environ.get(THREADS_ENV, "").strip()
     if text.isdigit() and int(text) > 0:
         return int(text)
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:
-        return max(1, os.cpu_count() or 1)
+    return cores()
 
 
 class _BusyWatch:
-    """How many cores the rest of this process keeps busy (a training job's torch threads, an evaluation), sampled
-    from the process's CPU time every half second while no llama.cpp reply decodes. llama.cpp's threads wait for
-    each other by spinning: with more threads than free cores one is descheduled and the others spin, and a reply
-    decoded 4 tokens/s beside a training job against 145 quiet (issue 34, item 3); one thread per free core doesn't."""
+    """How many cores other work keeps busy (a training job's torch threads in this process, an evaluation, and,
+    where /proc/stat can tell, other processes: a `python -m studio train` beside the app), sampled every half
+    second while no llama.cpp reply decodes. llama.cpp's threads wait for each other by spinning: with more threads
+    than free cores one is descheduled and the others spin, and a reply decoded 4 tokens/s beside a training job
+    against 145 quiet (issue 34, item 3); one thread per free core doesn't."""
 
     def __init__(self, every: float = 0.5):
         self.every, self.busy, self.decoding, self.held = every, 0.0, 0, 0
+        self.decodes = 0  # replies started so far: a window in which one ran (even briefly) is not "the others"
+        self._mark = None  # (time, process CPU time, decodes, decoding, machine load) at the last sample
+        self.own = self.others = 0.0  # cores this process keeps busy besides our replies; other processes
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
 
@@ -242,16 +247,44 @@ class _BusyWatch:
                 self._thread = threading.Thread(target=self._loop, name="llama.cpp busy watch", daemon=True)
                 self._thread.start()
 
+    def begin_decode(self) -> None:
+        with self._lock:
+            self.decoding += 1
+            self.decodes += 1
+
+    def end_decode(self) -> None:
+        with self._lock:
+            self.decoding -= 1
+
     def _loop(self) -> None:
         import time
 
-        last_t, last_cpu = time.monotonic(), time.process_time()
         while True:
+            self.sample()
             time.sleep(self.every)
-            now_t, now_cpu = time.monotonic(), time.process_time()
-            if self.decoding == 0:  # our own decode is not "the others"
-                self.busy = max(0.0, (now_cpu - last_cpu) / max(now_t - last_t, 1e-6))
-            last_t, last_cpu = now_t, now_cpu
+
+    def sample(self, machine=None) -> None:
+        """Update `busy` from what was used since the last sample (the first one only sets the mark): the rest of
+        this process (its CPU time in windows where none of our replies decoded, even briefly: their threads are
+        not the others') plus, where /proc/stat tells it, other processes on our CPUs (every process's busy time
+        less ours, which holds our decode: measurable while replies follow each other)."""
+        import time
+
+        from studio.machine import MachineLoad
+
+        now_t, now_cpu, decodes, decoding = time.monotonic(), time.process_time(), self.decodes, self.decoding
+        if self._mark is None:
+            self._mark = (now_t, now_cpu, decodes, decoding, machine or MachineLoad())
+            return
+        last_t, last_cpu, last_decodes, was_decoding, load = self._mark
+        own = max(0.0, (now_cpu - last_cpu) / max(now_t - last_t, 1e-6))  # this process, our decode included
+        everyone = load.busy()  # busy cores on our CPUs since its last call, this process included; None: unknown
+        if everyone is not None:  # other processes: measurable in every window, our decode being in `own`
+            self.others = max(0.0, everyone - own)
+        if not (decoding or was_decoding or decodes != last_decodes):  # the rest of this process: between replies
+            self.own = own
+        self.busy = self.own + self.others
+        self._mark = (now_t, now_cpu, decodes, decoding, load)
 
     def free_threads(self, cores: int) -> int:
         """Threads for the next reply: the cores the rest of the process leaves free (what is held, or what was
@@ -390,8 +423,7 @@ class LlamaEngine:
                 self.llm._ctx.set_n_threads(threads, threads)
                 self.threads = threads
             sampler = self._sampler(ids, temperature, top_p, repetition_penalty, seed)
-            with BUSY._lock:
-                BUSY.decoding += 1
+            BUSY.begin_decode()
             try:
                 self._feed(list(ids))
                 llm = self.llm
@@ -402,8 +434,7 @@ class LlamaEngine:
                     yield token
                     llm.eval([token])
             finally:
-                with BUSY._lock:
-                    BUSY.decoding -= 1
+                BUSY.end_decode()
 
     def stream_text(self, ids: list[int], max_new_tokens: int, **kwargs):
         """Yield (text so far, token count) at each token that adds visible text; a multi-byte character cut

@@ -27,4 +27,7 @@ def import_ml_stack() -> None:
 
             transformers.AutoTokenizer  # noqa: B018 - resolve the lazy attributes while we hold the lock
             transformers.AutoModelForCausalLM  # noqa: B018
+            from studio.machine import cap_torch_threads
+
+            cap_torch_threads()  # a container's CPU quota, not its host's cores
             _ready = True

@@ -235,23 +235,32 @@ def test_llama_threads_follow_what_the_rest_of_the_process_leaves_free(monkeypat
     import threading
     import time
 
-    from studio.llama_backend import BUSY, THREADS_ENV, _BusyWatch, n_threads, reply_threads
+    import studio.llama_backend as llama_backend
+    from studio.llama_backend import THREADS_ENV, _BusyWatch, n_threads, reply_threads
 
     watch = _BusyWatch()
     assert [watch.free_threads(4) for watch.busy in (0.0, 0.5, 0.7, 2.2, 9.0)] == [4, 4, 3, 2, 1]
     monkeypatch.delenv(THREADS_ENV, raising=False)
-    monkeypatch.setattr(BUSY, "busy", 0.0)
+    # a watch with no sampling thread: a running one would replace what is set here with the machine's real load
+    busy = _BusyWatch()
+    monkeypatch.setattr(busy, "start", lambda: None)
+    monkeypatch.setattr(llama_backend, "BUSY", busy)
     assert reply_threads() == n_threads()
-    monkeypatch.setattr(BUSY, "busy", 64.0)
+    busy.busy = 64.0
     assert reply_threads() == 1
-    monkeypatch.setattr(BUSY, "busy", 0.0)
-    held = BUSY.hold(n_threads())  # a training job says it keeps every core: a reply takes one thread
+    busy.busy = 0.0
+    held = busy.hold(n_threads())  # a training job says it keeps every core: a reply takes one thread
     assert reply_threads() == 1
     held.release()
-    assert reply_threads() == n_threads() and BUSY.held == 0
+    assert reply_threads() == n_threads() and busy.held == 0
     monkeypatch.setenv(THREADS_ENV, "3")
     assert reply_threads() == 3
-    spinning, watch = threading.Event(), _BusyWatch(every=0.2)
+
+    class NoMachine:  # this process's CPU time alone (as where /proc/stat can't be read)
+        def busy(self):
+            return None
+
+    spinning, watch = threading.Event(), _BusyWatch()
     spinning.set()
 
     def spin():
@@ -260,18 +269,41 @@ def test_llama_threads_follow_what_the_rest_of_the_process_leaves_free(monkeypat
 
     worker = threading.Thread(target=spin, daemon=True)
     worker.start()
-    watch.start()
     try:
-        deadline = time.time() + 20
-        while watch.busy < 0.2 and time.time() < deadline:
-            time.sleep(0.1)
+        watch.sample(NoMachine())
+        time.sleep(0.5)
+        watch.sample()
         assert watch.busy >= 0.2, watch.busy  # loose: the machine may be loaded, but a spinning thread shows
-        watch.decoding, frozen = 1, watch.busy  # while our own reply decodes, nothing is updated
-        time.sleep(0.6)
+        watch.begin_decode()  # while our own reply decodes, nothing is updated
+        frozen = watch.busy
+        time.sleep(0.3)
+        watch.sample()
         assert watch.busy == frozen
+        watch.end_decode()
+        time.sleep(0.3)
+        watch.sample()  # the window in which it decoded, even in part, is not the others' either
+        assert watch.busy == frozen
+        time.sleep(0.3)
+        watch.sample()
+        assert watch.busy >= 0.2 and watch.busy != frozen
     finally:
         spinning.clear()
         worker.join()
+
+    class Machine:  # what /proc/stat says: every process's busy cores on our CPUs, this one included
+        everyone = 0.0
+
+        def busy(self):
+            return self.everyone
+
+    machine, watch = Machine(), _BusyWatch()
+    watch.sample(machine)
+    watch.begin_decode()  # replies back to back: no quiet window, yet another process's load shows
+    machine.everyone = 64.0  # far more than this idle process's own CPU time
+    time.sleep(0.2)
+    watch.sample()
+    assert watch.others > 60 and watch.free_threads(4) == 1
+    watch.end_decode()
 
 
 @needs_llama
