@@ -73,21 +73,22 @@ def load_setup(model: str | None = None, stories: str | None = None, retrieval: 
     """
     from studio.access import check_data_source
     from studio.inference import resolve_ref
-    from studio.llama_backend import load_generation
+    from studio.llama_backend import load_generation, own_work
 
     model = str(model or DEFAULT_MODEL).strip()
     run, _ = resolve_ref(model)
     stories = check_data_source(stories or "") or None
-    loaded, engine, line = load_generation(model, adapter=adapter)
-    setup = ChatSetup(loaded, None, engine, line)
-    if retrieval and (adapter or run is None):
-        setup.retriever = _retriever(stories, embedder, run if adapter else None, progress)
-    elif retrieval:  # a run's base beside the run: the same stories (a LAPDOG run's own), the untrained retriever
-        from studio.retrieval import run_retrieval_info
+    with own_work():  # llama.cpp's thread watch: the load is this chat's own work, other processes' load is not
+        loaded, engine, line = load_generation(model, adapter=adapter)
+        setup = ChatSetup(loaded, None, engine, line)
+        if retrieval and (adapter or run is None):
+            setup.retriever = _retriever(stories, embedder, run if adapter else None, progress)
+        elif retrieval:  # a run's base beside the run: the same stories (a LAPDOG run's own), the untrained retriever
+            from studio.retrieval import run_retrieval_info
 
-        info = run_retrieval_info(run)
-        setup.retriever = _retriever(stories or info.get("corpus"), embedder or info.get("story_embedder"), None,
-                                     progress)
+            info = run_retrieval_info(run)
+            setup.retriever = _retriever(stories or info.get("corpus"), embedder or info.get("story_embedder"), None,
+                                         progress)
     return setup
 
 
@@ -188,9 +189,11 @@ def stream_reply(setup: ChatSetup, persona: str, history: list[dict], k: int = 3
     """Yield (reply so far, stories used) token by token. `history` ends with the user's message.
     `seed=None` draws a fresh seed per reply (so two turns are not sampled alike); give one to repeat a reply.
     When done, `info` (if given) holds "tokens" (generated) and "cut" (stopped by max_new_tokens, not by an end token)."""
+    import contextlib
     import random
 
     from studio.inference import chat_prompt
+    from studio.llama_backend import own_work
 
     checked = check_sampling(k=k, temperature=temperature, top_p=top_p, repetition_penalty=repetition_penalty,
                              max_new_tokens=max_new_tokens)
@@ -202,12 +205,15 @@ def stream_reply(setup: ChatSetup, persona: str, history: list[dict], k: int = 3
     for m in history:
         check_length(f"{m['role']} message", m["content"], MAX_MESSAGE_CHARS)
     tok, model = setup.loaded.tokenizer, setup.loaded.model
-    found = retrieve(setup, persona, history, k, with_turn)
-    budget = context_budget(tok, model, max_new_tokens)
-    if setup.engine is not None:
-        budget = min(budget, setup.engine.n_ctx - max_new_tokens)
-    messages, used, _ = persona_messages(tok, persona, found, history, budget)
-    ids = tok(chat_prompt(tok, messages), add_special_tokens=False)["input_ids"]
+    # the reply's own work before its decode (retrieval, an embedder's first load) is not "the rest of the
+    # process" to llama.cpp's thread watch, as the decode is not
+    with own_work() if setup.engine is not None else contextlib.nullcontext():
+        found = retrieve(setup, persona, history, k, with_turn)
+        budget = context_budget(tok, model, max_new_tokens)
+        if setup.engine is not None:
+            budget = min(budget, setup.engine.n_ctx - max_new_tokens)
+        messages, used, _ = persona_messages(tok, persona, found, history, budget)
+        ids = tok(chat_prompt(tok, messages), add_special_tokens=False)["input_ids"]
     seed = random.randrange(2**31) if seed is None else int(seed)
     sampled = bool(temperature and float(temperature) > 0)
     if setup.engine is not None:

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import atexit
 import codecs
+import contextlib
 import os
 import threading
 import weakref
@@ -248,6 +249,7 @@ class _BusyWatch:
                 self._thread.start()
 
     def begin_decode(self) -> None:
+        """Our own chat's work starts: a reply's decode, or its model's load (`own_work`)."""
         with self._lock:
             self.decoding += 1
             self.decodes += 1
@@ -303,6 +305,19 @@ class _Held:
 
 
 BUSY = _BusyWatch()
+
+
+@contextlib.contextmanager
+def own_work():
+    """Around loading a chat's models: the watch starts (its first windows pass while they load, so the first
+    reply already knows what other processes keep busy) and counts the load as our own work, like a decode, not
+    as the rest of the process (else the load's CPU time, read last before the first reply, took its threads)."""
+    BUSY.start()
+    BUSY.begin_decode()
+    try:
+        yield
+    finally:
+        BUSY.end_decode()
 
 
 def reply_threads() -> int:

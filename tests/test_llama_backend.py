@@ -253,6 +253,9 @@ def test_llama_threads_follow_what_the_rest_of_the_process_leaves_free(monkeypat
     assert reply_threads() == 1
     held.release()
     assert reply_threads() == n_threads() and busy.held == 0
+    with llama_backend.own_work():  # a chat's model load and retrieval count as its own work, like a decode
+        assert busy.decoding == 1
+    assert busy.decoding == 0 and busy.decodes == 1
     monkeypatch.setenv(THREADS_ENV, "3")
     assert reply_threads() == 3
 
